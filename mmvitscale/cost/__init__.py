@@ -1,0 +1,10 @@
+"""Hardware cost: FLOPs / params with attention counted, and measured latency.
+
+Lives apart from the models: it works on any ``nn.Module`` or resolved architecture.
+"""
+from .analytic import vit_flops, vit_params
+from .counter import FlopCounter, count_params, get_complexity
+from .latency import measure_latency
+
+__all__ = ['FlopCounter', 'count_params', 'get_complexity', 'measure_latency', 'vit_flops',
+           'vit_params']

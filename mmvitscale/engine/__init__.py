@@ -1,0 +1,1 @@
+"""Training-time extensions (hooks) for mmengine runners."""

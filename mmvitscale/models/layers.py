@@ -1,0 +1,137 @@
+"""Tensor-building blocks shared by every backbone (ViT, PiT, ...)."""
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
+    """Stochastic depth per sample (identity at eval or ``p == 0``)."""
+    if p == 0.0 or not training:
+        return x
+    keep = 1.0 - p
+    mask = x.new_empty((x.shape[0], ) + (1, ) * (x.ndim - 1)).bernoulli_(keep)
+    return x * mask.div_(keep)
+
+
+class DropPath(nn.Module):
+    """Module wrapper of :func:`drop_path`."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        return drop_path(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f'p={self.p}'
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection and fused SDPA."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f'dim={dim} is not divisible by num_heads={num_heads}')
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        x = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        x = x.transpose(1, 2).reshape(B, N, C)
+        return self.proj_drop(self.proj(x))
+
+
+class Mlp(nn.Module):
+    """Two-layer feed-forward network with GELU."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm Transformer encoder block, shared by ScaledViT and ScaledPiT."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, qkv_bias: bool = True,
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
+                 norm_eps: float = 1e-6) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, mlp_hidden, drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def resample_abs_pos_embed(pos_embed: Tensor, new_size: Sequence[int],
+                           old_size: Optional[Sequence[int]] = None,
+                           num_prefix_tokens: int = 1, mode: str = 'bicubic') -> Tensor:
+    """Resize a ``(1, prefix + H*W, C)`` absolute position embedding to a new token grid.
+
+    Prefix tokens (class / distillation) are kept as they are; the grid part is interpolated
+    (bicubic, antialiased when shrinking). ``old_size`` defaults to a square grid.
+    """
+    new_size = tuple(int(s) for s in new_size)
+    num_grid = pos_embed.shape[1] - num_prefix_tokens
+    if old_size is None:
+        side = int(round(num_grid**0.5))
+        if side * side != num_grid:
+            raise ValueError(f'cannot infer a square grid from {num_grid} position tokens; '
+                             'pass old_size')
+        old_size = (side, side)
+    old_size = tuple(int(s) for s in old_size)
+    if old_size[0] * old_size[1] != num_grid:
+        raise ValueError(f'old_size={old_size} does not match {num_grid} position tokens')
+    if new_size == old_size:
+        return pos_embed
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = grid.shape[-1]
+    orig_dtype = grid.dtype
+    grid = grid.float().reshape(1, old_size[0], old_size[1], dim).permute(0, 3, 1, 2)
+    shrink = new_size[0] < old_size[0] or new_size[1] < old_size[1]
+    grid = F.interpolate(grid, size=new_size, mode=mode, align_corners=False,
+                         antialias=shrink and mode in ('bilinear', 'bicubic'))
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_size[0] * new_size[1], dim).to(orig_dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def init_vit_weights(module: nn.Module) -> None:
+    """DeiT-style init: truncated normal (std .02) linears, zero biases, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def grid_of(x: Tensor, patch_size: int, field: str = 'input') -> Tuple[int, int]:
+    """Token grid of an NCHW input, refusing sizes that are not multiples of the patch."""
+    H, W = x.shape[-2:]
+    if H % patch_size or W % patch_size:
+        raise ValueError(f'{field} size {H}x{W} is not a multiple of patch_size={patch_size}')
+    return H // patch_size, W // patch_size

@@ -1,0 +1,238 @@
+"""ScaledViT: a vanilla (DeiT-recipe) Vision Transformer whose basic knobs are scalable."""
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from mmengine.model import BaseModule
+from torch import Tensor, nn
+
+from ..registry import MODELS
+from ..scaling import ViTArch, make_vit_arch, scale_vit, to_2tuple
+from .layers import TransformerBlock, grid_of, init_vit_weights, resample_abs_pos_embed
+
+OUT_TYPES = ('raw', 'cls_token', 'featmap', 'avg_featmap')
+
+
+def _preset(embed_dims: int, num_layers: int, num_heads: int, mlp_ratio: float = 4.0) -> dict:
+    return dict(embed_dims=embed_dims, num_layers=num_layers, num_heads=num_heads,
+                mlp_ratio=mlp_ratio)
+
+
+class ScaledViT(BaseModule):
+    """Vanilla ViT backbone (DeiT recipe) with a ``scaling`` rule on top of a preset.
+
+    Patch embedding, class token, learned absolute position embedding, pre-norm blocks with
+    fused scaled-dot-product attention. Parameter names follow timm, so official DeiT / timm
+    weights map one to one.
+
+    Args:
+        arch: preset name (``deit-tiny``/``deit-small``/``deit-base`` and aliases) or a dict
+            with ``embed_dims``, ``num_layers``, ``num_heads`` and optional ``mlp_ratio``.
+        img_size: training resolution (int or (H, W)); position embeddings are built for it.
+        patch_size: side of the square, non-overlapping patches.
+        in_channels: input image channels.
+        scaling: a scaling rule applied to the preset (see :mod:`mmvitscale.scaling`).
+        out_indices: block indices whose outputs are returned (negative counts from the end).
+        out_type: ``cls_token`` (B, C), ``featmap`` (B, C, H, W), ``avg_featmap`` (B, C) or
+            ``raw`` (B, N, C) tokens.
+        with_cls_token: prepend a class token (required for ``out_type='cls_token'``).
+        final_norm: apply the last LayerNorm to the last block's output.
+        return_tuple: return a tuple (mmpretrain / mmdet convention); ``False`` returns the last
+            requested output as a single tensor (mmaction2's TSN-style heads need that).
+        drop_rate, attn_drop_rate, drop_path_rate: regularisation (drop path grows linearly).
+        qkv_bias: bias in the qkv projection.
+        norm_eps: LayerNorm epsilon (1e-6 like DeiT / timm).
+        frozen_stages: freeze the embeddings (0) plus the first ``frozen_stages`` blocks.
+        interpolate_mode: position-embedding resize mode, on load and at forward time.
+        init_cfg: mmengine init config, e.g. ``dict(type='Pretrained', checkpoint=...)``.
+    """
+
+    arch_zoo: Dict[str, dict] = {
+        **dict.fromkeys(['t', 'ti', 'tiny', 'deit-t', 'deit-ti', 'deit-tiny'],
+                        _preset(192, 12, 3)),
+        **dict.fromkeys(['s', 'small', 'deit-s', 'deit-small'], _preset(384, 12, 6)),
+        **dict.fromkeys(['b', 'base', 'deit-b', 'deit-base'], _preset(768, 12, 12)),
+    }
+    num_prefix_tokens = 1
+
+    def __init__(self,
+                 arch: Union[str, Mapping] = 'deit-tiny',
+                 img_size: Union[int, Tuple[int, int]] = 224,
+                 patch_size: int = 16,
+                 in_channels: int = 3,
+                 scaling: Optional[Mapping] = None,
+                 out_indices: Union[int, Sequence[int]] = -1,
+                 out_type: str = 'cls_token',
+                 with_cls_token: bool = True,
+                 final_norm: bool = True,
+                 return_tuple: bool = True,
+                 drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0,
+                 qkv_bias: bool = True,
+                 norm_eps: float = 1e-6,
+                 frozen_stages: int = -1,
+                 interpolate_mode: str = 'bicubic',
+                 init_cfg: Optional[Union[dict, list]] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.arch_spec = self.resolve_arch(arch, img_size, patch_size, scaling)
+        spec = self.arch_spec
+        if out_type not in OUT_TYPES:
+            raise ValueError(f'out_type must be one of {OUT_TYPES}, got {out_type!r}')
+        if out_type == 'cls_token' and not with_cls_token:
+            raise ValueError("out_type='cls_token' needs with_cls_token=True")
+        self.out_type = out_type
+        self.out_indices = self._normalise_indices(out_indices, spec.num_layers)
+        self.return_tuple = return_tuple
+        self.interpolate_mode = interpolate_mode
+        self.embed_dims = spec.embed_dims
+        self.num_layers = spec.num_layers
+        self.patch_size = spec.patch_size
+        self.img_size = spec.img_size
+        self.grid_size = spec.grid
+        self.num_prefix_tokens = 1 if with_cls_token else 0
+
+        D = spec.embed_dims
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(in_channels, D, spec.patch_size, spec.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if with_cls_token else None
+        num_pos = spec.grid[0] * spec.grid[1] + self.num_prefix_tokens
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_pos, D))
+        self.pos_drop = nn.Dropout(drop_rate)
+        dpr = torch.linspace(0, drop_path_rate, spec.num_layers).tolist()
+        self.blocks = nn.ModuleList([
+            TransformerBlock(D, spec.num_heads, spec.mlp_hidden, qkv_bias, drop_rate,
+                             attn_drop_rate, dpr[i], norm_eps) for i in range(spec.num_layers)
+        ])
+        self.norm = nn.LayerNorm(D, eps=norm_eps) if final_norm else nn.Identity()
+        self.frozen_stages = frozen_stages
+        self._register_load_state_dict_pre_hook(self._resize_pos_embed_on_load)
+        self._freeze_stages()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def resolve_arch(cls, arch: Union[str, Mapping], img_size=224, patch_size: int = 16,
+                     scaling: Optional[Mapping] = None) -> ViTArch:
+        """Preset (or dict) + resolution + patch size + scaling rule -> :class:`ViTArch`."""
+        if isinstance(arch, str):
+            key = arch.lower()
+            if key not in cls.arch_zoo:
+                raise ValueError(f'arch {arch!r} is not a known preset; choose from '
+                                 f'{sorted(set(cls.arch_zoo))} or pass a dict')
+            arch = cls.arch_zoo[key]
+        elif isinstance(arch, Mapping):
+            required = {'embed_dims', 'num_layers', 'num_heads'}
+            missing = sorted(required - set(arch))
+            if missing:
+                raise ValueError(f'arch dict is missing key {missing[0]!r}; it needs '
+                                 f'{sorted(required)} and optionally mlp_ratio')
+            unknown = sorted(set(arch) - required - {'mlp_ratio'})
+            if unknown:
+                raise ValueError(f'arch dict has unknown key {unknown[0]!r} '
+                                 f'(value {arch[unknown[0]]!r})')
+        else:
+            raise ValueError(f'arch must be a preset name or a dict, got {arch!r}')
+        base = make_vit_arch(arch['embed_dims'], arch['num_layers'], arch['num_heads'],
+                             arch.get('mlp_ratio', 4.0), to_2tuple(img_size), patch_size)
+        return scale_vit(base, scaling)
+
+    @staticmethod
+    def _normalise_indices(out_indices, num_layers: int) -> Tuple[int, ...]:
+        if isinstance(out_indices, int):
+            out_indices = [out_indices]
+        if not isinstance(out_indices, Sequence) or not out_indices:
+            raise ValueError(f'out_indices must be an int or a non-empty sequence, '
+                             f'got {out_indices!r}')
+        result = []
+        for i in out_indices:
+            j = num_layers + i if i < 0 else i
+            if not 0 <= j < num_layers:
+                raise ValueError(f'out_indices entry {i} is out of range for '
+                                 f'{num_layers} blocks')
+            result.append(j)
+        return tuple(sorted(set(result)))
+
+    def init_weights(self) -> None:
+        """Truncated-normal init, unless ``init_cfg`` loads a pretrained checkpoint."""
+        if self.init_cfg is not None and any(
+                c.get('type') == 'Pretrained' for c in
+            (self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg])):
+            super().init_weights()
+            return
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.apply(init_vit_weights)
+        super().init_weights()
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        frozen = [self.patch_embed, self.pos_drop]
+        frozen += list(self.blocks[:self.frozen_stages])
+        if self.frozen_stages >= self.num_layers:
+            frozen.append(self.norm)
+        for m in frozen:
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad = False
+        self.pos_embed.requires_grad = False
+        if self.cls_token is not None:
+            self.cls_token.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'ScaledViT':
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    def _resize_pos_embed_on_load(self, state_dict, prefix, *args, **kwargs) -> None:
+        key = prefix + 'pos_embed'
+        if key not in state_dict:
+            return
+        ckpt = state_dict[key]
+        if ckpt.shape == self.pos_embed.shape:
+            return
+        if ckpt.shape[-1] != self.pos_embed.shape[-1]:
+            return  # width mismatch: left to load_state_dict to report
+        state_dict[key] = resample_abs_pos_embed(ckpt, self.grid_size,
+                                                 num_prefix_tokens=self.num_prefix_tokens,
+                                                 mode=self.interpolate_mode)
+
+    # ------------------------------------------------------------------ forward
+    def pos_embed_for(self, grid: Tuple[int, int]) -> Tensor:
+        """Position embedding for a token grid (resampled when it differs from training)."""
+        return resample_abs_pos_embed(self.pos_embed, grid, self.grid_size,
+                                      self.num_prefix_tokens, self.interpolate_mode)
+
+    def embed(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
+        """Images (B, C, H, W) -> tokens (B, prefix + h*w, D) and the token grid (h, w)."""
+        grid = grid_of(x, self.patch_size)
+        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.pos_drop(x + self.pos_embed_for(grid)), grid
+
+    def _format(self, x: Tensor, grid: Tuple[int, int]) -> Tensor:
+        if self.out_type == 'raw':
+            return x
+        if self.out_type == 'cls_token':
+            return x[:, 0]
+        patches = x[:, self.num_prefix_tokens:]
+        if self.out_type == 'avg_featmap':
+            return patches.mean(dim=1)
+        B, _, C = patches.shape
+        return patches.transpose(1, 2).reshape(B, C, *grid)
+
+    def forward(self, x: Tensor) -> Union[Tuple[Tensor, ...], Tensor]:
+        x, grid = self.embed(x)
+        outs = []
+        last = self.num_layers - 1
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i == last:
+                x = self.norm(x)
+            if i in self.out_indices:
+                outs.append(self._format(x, grid))
+        return tuple(outs) if self.return_tuple else outs[-1]
+
+
+MODELS.register_module(module=ScaledViT)

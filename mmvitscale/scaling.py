@@ -1,0 +1,176 @@
+"""Scaling rules: plain data in, a validated architecture out.
+
+A *rule* is a dict applied to a preset. Each knob takes either an absolute target or a
+multiplier (the same knob with a ``_mult`` suffix), never both:
+
+=================  ===========================  ============================================
+knob               absolute key                 multiplier key
+=================  ===========================  ============================================
+depth              ``depth`` (blocks)           ``depth_mult``
+width              ``width`` (embed dims)       ``width_mult``
+heads              ``heads``                    ``heads_mult``
+MLP ratio          ``mlp_ratio``                ``mlp_ratio_mult``
+input resolution   ``resolution``               ``resolution_mult``
+patch size         ``patch_size``               ``patch_size_mult``
+=================  ===========================  ============================================
+
+Rounding (multipliers only; absolute values are used as given and validated):
+
+* depth, heads, patch size: ``round(base * m)``; a result below 1 is an error.
+* width: ``base * m`` rounded to the nearest multiple of ``lcm(heads, 8)`` so every head has
+  the same size and the width stays a multiple of 8; a result of 0 is an error. The same
+  rounding (with ``m = 1``) applies when only the head count changes.
+* MLP ratio: ``base * m`` (float); the hidden size is ``round(width * ratio)``.
+* resolution: ``base * m`` rounded to the nearest multiple of the (scaled) patch size.
+
+Absolute widths must be divisible by the head count; absolute resolutions by the patch size
+(ViTs here do not pad). Violations raise ``ValueError`` naming the field and value.
+"""
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+KNOBS = ('depth', 'width', 'heads', 'mlp_ratio', 'resolution', 'patch_size')
+RULE_KEYS = frozenset(KNOBS) | frozenset(k + '_mult' for k in KNOBS)
+
+Size = Union[int, Tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class ViTArch:
+    """A fully resolved plain-ViT architecture."""
+
+    embed_dims: int
+    num_layers: int
+    num_heads: int
+    mlp_ratio: float
+    img_size: Tuple[int, int]
+    patch_size: int
+
+    @property
+    def head_dims(self) -> int:
+        return self.embed_dims // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(round(self.embed_dims * self.mlp_ratio))
+
+    @property
+    def grid(self) -> Tuple[int, int]:
+        return (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def to_2tuple(size: Size, field: str = 'img_size') -> Tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(
+            isinstance(s, int) for s in size):
+        return (int(size[0]), int(size[1]))
+    raise ValueError(f'{field} must be an int or a pair of ints, got {size!r}')
+
+
+def _positive_number(rule: Mapping, key: str) -> float:
+    value = rule[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f'scaling.{key} must be a positive number, got {value!r}')
+    return float(value)
+
+
+def _pick(rule: Mapping, knob: str) -> Tuple[Optional[float], Optional[float]]:
+    """Return (absolute, multiplier) for a knob; at most one is not None."""
+    absolute = _positive_number(rule, knob) if knob in rule else None
+    mult = _positive_number(rule, knob + '_mult') if knob + '_mult' in rule else None
+    if absolute is not None and mult is not None:
+        raise ValueError(f'scaling gives both {knob}={rule[knob]!r} and '
+                         f'{knob}_mult={rule[knob + "_mult"]!r}; use one of them')
+    return absolute, mult
+
+
+def _scaled_int(rule: Mapping, knob: str, base: int) -> int:
+    absolute, mult = _pick(rule, knob)
+    if absolute is not None:
+        if absolute != int(absolute):
+            raise ValueError(f'scaling.{knob} must be an integer, got {rule[knob]!r}')
+        return int(absolute)
+    if mult is None:
+        return base
+    value = int(round(base * mult))
+    if value < 1:
+        raise ValueError(f'scaling.{knob}_mult={rule[knob + "_mult"]!r} turns {knob} {base} '
+                         f'into {value}; it must stay >= 1')
+    return value
+
+
+def validate_rule(rule: Optional[Mapping]) -> Dict[str, float]:
+    """Check keys and value types of a scaling rule; returns a plain dict copy."""
+    if rule is None:
+        return {}
+    if not isinstance(rule, Mapping):
+        raise ValueError(f'scaling must be a dict, got {type(rule).__name__}: {rule!r}')
+    unknown = sorted(set(rule) - RULE_KEYS)
+    if unknown:
+        raise ValueError(f'unknown scaling key {unknown[0]!r} (value {rule[unknown[0]]!r}); '
+                         f'known keys: {sorted(RULE_KEYS)}')
+    for key in rule:
+        _positive_number(rule, key)
+    return dict(rule)
+
+
+def scale_vit(base: ViTArch, rule: Optional[Mapping] = None) -> ViTArch:
+    """Apply a scaling rule (see module docstring) to a base architecture."""
+    rule = validate_rule(rule)
+    depth = _scaled_int(rule, 'depth', base.num_layers)
+    heads = _scaled_int(rule, 'heads', base.num_heads)
+    patch = _scaled_int(rule, 'patch_size', base.patch_size)
+
+    width_abs, width_mult = _pick(rule, 'width')
+    if width_abs is not None:
+        if width_abs != int(width_abs):
+            raise ValueError(f'scaling.width must be an integer, got {rule["width"]!r}')
+        width = int(width_abs)
+    elif width_mult is not None or 'heads' in rule or 'heads_mult' in rule:
+        step = heads * 8 // math.gcd(heads, 8)
+        width = int(round(base.embed_dims * (width_mult or 1.0) / step)) * step
+        if width < 1:
+            raise ValueError(f'scaling.width_mult={width_mult!r} turns width {base.embed_dims} '
+                             f'into 0 (width is rounded to a multiple of lcm(heads, 8)={step})')
+    else:
+        width = base.embed_dims
+
+    ratio_abs, ratio_mult = _pick(rule, 'mlp_ratio')
+    mlp_ratio = ratio_abs if ratio_abs is not None else base.mlp_ratio * (ratio_mult or 1.0)
+
+    res_abs, res_mult = _pick(rule, 'resolution')
+    if res_abs is not None:
+        if res_abs != int(res_abs):
+            raise ValueError(f'scaling.resolution must be an integer, got {rule["resolution"]!r}')
+        img_size = (int(res_abs), int(res_abs))
+    elif res_mult is not None:
+        img_size = tuple(
+            max(1, int(round(s * res_mult / patch))) * patch for s in base.img_size)
+    else:
+        img_size = base.img_size
+    return make_vit_arch(width, depth, heads, mlp_ratio, img_size, patch, source='scaling')
+
+
+def make_vit_arch(embed_dims: int, num_layers: int, num_heads: int, mlp_ratio: float,
+                  img_size: Size, patch_size: int, source: str = 'arch') -> ViTArch:
+    """Build a :class:`ViTArch`, raising ``ValueError`` naming the first infeasible field."""
+    img_size = to_2tuple(img_size)
+    for name, value in (('depth', num_layers), ('heads', num_heads), ('width', embed_dims),
+                        ('patch_size', patch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f'{source}: {name} must be a positive integer, got {value!r}')
+    if not mlp_ratio > 0:
+        raise ValueError(f'{source}: mlp_ratio must be positive, got {mlp_ratio!r}')
+    if embed_dims % num_heads:
+        raise ValueError(f'{source}: width={embed_dims} is not divisible by '
+                         f'heads={num_heads}')
+    for s in img_size:
+        if s < patch_size or s % patch_size:
+            raise ValueError(f'{source}: resolution={s} is not a multiple of '
+                             f'patch_size={patch_size} (no padding is applied)')
+    return ViTArch(embed_dims, num_layers, num_heads, float(mlp_ratio), img_size, patch_size)

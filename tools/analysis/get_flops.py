@@ -1,0 +1,69 @@
+"""FLOPs (multiply-accumulates, attention counted) and params of a config's model.
+
+    python tools/analysis/get_flops.py CONFIG [--shape H W] [--backbone-only]
+
+Unlike mmengine's / fvcore's jit counters this sees fused ``scaled_dot_product_attention``.
+"""
+import argparse
+import json
+
+import mmvitscale  # noqa: F401  (stack shims + registries)
+from mmengine.config import Config, DictAction
+from mmengine.model import BaseModel
+from mmengine.registry import MODELS, init_default_scope
+
+from mmvitscale.cost import get_complexity
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description='Count FLOPs and params of a model config')
+    parser.add_argument('config', help='config file path')
+    parser.add_argument('--shape', type=int, nargs='+', default=None,
+                        help='input H W (or one value for square); default: the backbone '
+                        'img_size, else 224')
+    parser.add_argument('--backbone-only', action='store_true',
+                        help='count the backbone alone instead of the whole model')
+    parser.add_argument('--json', action='store_true', help='print JSON instead of text')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings in the config, key=value')
+    return parser.parse_args(argv)
+
+
+def _shape(args, cfg):
+    if args.shape:
+        if len(args.shape) not in (1, 2):
+            raise SystemExit(f'--shape takes 1 or 2 values, got {args.shape}')
+        return tuple(args.shape * 2) if len(args.shape) == 1 else tuple(args.shape)
+    size = cfg.model.get('backbone', {}).get('img_size', 224)
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    init_default_scope(cfg.get('default_scope', 'mmvitscale'))
+    model_cfg = cfg.model.backbone if args.backbone_only else cfg.model
+    model = MODELS.build(model_cfg)
+    H, W = _shape(args, cfg)
+    in_ch = cfg.model.get('backbone', {}).get('in_channels', 3)
+    forward = None
+    if isinstance(model, BaseModel):
+        def forward(m, x):  # noqa: E306
+            return m(x, mode='tensor')
+    result = get_complexity(model, (in_ch, H, W), forward=forward)
+    result['input_shape'] = [in_ch, H, W]
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return result
+    print(f"Input shape: {in_ch}x{H}x{W}")
+    print(f"Flops: {result['flops'] / 1e9:.4g} GFLOPs (multiply-accumulates)")
+    print(f"Params: {result['params'] / 1e6:.4g} M")
+    for op, macs in sorted(result['by_op'].items(), key=lambda kv: -kv[1]):
+        print(f'  {op:<48s} {macs / 1e9:.4g} G')
+    return result
+
+
+if __name__ == '__main__':
+    main()
