@@ -27,6 +27,7 @@ import contextlib
 import importlib.machinery
 import importlib.util
 import os.path as osp
+import pickle
 import sys
 import threading
 import types
@@ -165,12 +166,68 @@ def trusted_checkpoints() -> Iterator[None]:
         _TRUST.depth -= 1
 
 
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler for mmengine checkpoints that resolves only data classes.
+
+    Allowed: torch's own weights-only allowlist, mmengine's ``HistoryBuffer`` and numpy array /
+    scalar reconstruction. ``getattr`` (how bound methods pickle) is only allowed to fetch one of
+    ``HistoryBuffer``'s statistics methods from a ``HistoryBuffer`` instance. Anything else,
+    e.g. ``os.system``, raises ``UnpicklingError`` before it can be called.
+    """
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in (('builtins', 'getattr'), ('__builtin__', 'getattr')):
+            return _history_buffer_getattr
+        allowed = _allowed_globals()
+        key = f'{module}.{name}'
+        if key in allowed:
+            return allowed[key]
+        raise pickle.UnpicklingError(f'refusing to load global {key} from a checkpoint '
+                                     '(only tensors and mmengine data classes are allowed)')
+
+
+def _history_buffer_getattr(obj, name):
+    from mmengine.logging import HistoryBuffer
+    if (obj is HistoryBuffer or isinstance(obj, HistoryBuffer)) and \
+            name in HistoryBuffer._statistics_methods:
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(f'refusing getattr({type(obj).__name__}, {name!r}) '
+                                 'in a checkpoint')
+
+
+def _allowed_globals() -> dict:
+    from torch._weights_only_unpickler import _get_allowed_globals
+    allowed = dict(_get_allowed_globals())
+    for obj in _mmengine_safe_globals():
+        allowed[f'{obj.__module__}.{obj.__name__}'] = obj
+    return allowed
+
+
+_restricted_pickle = types.ModuleType('mmvitscale_restricted_pickle')
+_restricted_pickle.Unpickler = _RestrictedUnpickler
+_restricted_pickle.__name__ = 'mmvitscale_restricted_pickle'
+
+
 def torch_load(filename, map_location=None):
-    """``torch.load`` with ``weights_only=True`` unless inside :func:`trusted_checkpoints`."""
+    """Load a checkpoint without executing pickled code, unless trusted.
+
+    Inside :func:`trusted_checkpoints` (``Runner.resume``) this is a full ``torch.load``.
+    Otherwise it is ``torch.load(weights_only=True)`` with mmengine's data classes allowed, and,
+    for mmengine checkpoints whose message hub pickles bound methods, a restricted unpickler
+    that resolves nothing but tensors and those data classes.
+    """
     if trusted_load_active():
         return torch.load(filename, map_location=map_location, weights_only=False)
-    with torch.serialization.safe_globals(_mmengine_safe_globals()):
-        return torch.load(filename, map_location=map_location, weights_only=True)
+    try:
+        with torch.serialization.safe_globals(_mmengine_safe_globals()):
+            return torch.load(filename, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first_error = err
+    try:
+        return torch.load(filename, map_location=map_location, weights_only=False,
+                          pickle_module=_restricted_pickle)
+    except pickle.UnpicklingError as err:
+        raise pickle.UnpicklingError(f'{err}\n(weights-only load said: {first_error})') from None
 
 
 def _local_loader(filename: str, map_location=None):
