@@ -28,7 +28,7 @@ Absolute widths must be divisible by the head count; absolute resolutions by the
 """
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 KNOBS = ('depth', 'width', 'heads', 'mlp_ratio', 'resolution', 'patch_size')
 RULE_KEYS = frozenset(KNOBS) | frozenset(k + '_mult' for k in KNOBS)
@@ -174,3 +174,128 @@ def make_vit_arch(embed_dims: int, num_layers: int, num_heads: int, mlp_ratio: f
             raise ValueError(f'{source}: resolution={s} is not a multiple of '
                              f'patch_size={patch_size} (no padding is applied)')
     return ViTArch(embed_dims, num_layers, num_heads, float(mlp_ratio), img_size, patch_size)
+
+
+# ----------------------------------------------------------------------------- PiT
+PIT_KNOBS = KNOBS + ('patch_stride', )
+PIT_RULE_KEYS = frozenset(PIT_KNOBS) | frozenset(k + '_mult' for k in PIT_KNOBS)
+
+
+@dataclass(frozen=True)
+class PiTArch:
+    """A fully resolved pooling-based ViT: per-stage head dims, depths and head counts."""
+
+    base_dims: Tuple[int, ...]
+    depths: Tuple[int, ...]
+    heads: Tuple[int, ...]
+    mlp_ratio: float
+    img_size: Tuple[int, int]
+    patch_size: int
+    patch_stride: int
+
+    @property
+    def embed_dims(self) -> Tuple[int, ...]:
+        return tuple(b * h for b, h in zip(self.base_dims, self.heads))
+
+    @property
+    def grids(self) -> Tuple[Tuple[int, int], ...]:
+        """Token grid of each stage (stride-2 pooling between stages, kernel 3, padding 1)."""
+        h, w = (int((s - self.patch_size) // self.patch_stride + 1) for s in self.img_size)
+        grids = [(h, w)]
+        for _ in self.depths[1:]:
+            h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+            grids.append((h, w))
+        return tuple(grids)
+
+    def mlp_hidden(self, stage: int) -> int:
+        return int(round(self.embed_dims[stage] * self.mlp_ratio))
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _per_stage(rule: Mapping, knob: str, base: Tuple[int, ...]) -> Tuple[int, ...]:
+    """A per-stage integer knob: absolute int / list, or a multiplier applied to each stage."""
+    if knob in rule and isinstance(rule[knob], (list, tuple)):
+        values = rule[knob]
+        if len(values) != len(base) or any(
+                isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+            raise ValueError(f'scaling.{knob} must be {len(base)} positive integers (one per '
+                             f'stage), got {values!r}')
+        if knob + '_mult' in rule:
+            raise ValueError(f'scaling gives both {knob}={values!r} and '
+                             f'{knob}_mult={rule[knob + "_mult"]!r}; use one of them')
+        return tuple(values)
+    return tuple(_scaled_int(rule, knob, b) for b in base)
+
+
+def validate_pit_rule(rule: Optional[Mapping]) -> Dict[str, Any]:
+    if rule is None:
+        return {}
+    if not isinstance(rule, Mapping):
+        raise ValueError(f'scaling must be a dict, got {type(rule).__name__}: {rule!r}')
+    unknown = sorted(set(rule) - PIT_RULE_KEYS)
+    if unknown:
+        raise ValueError(f'unknown scaling key {unknown[0]!r} (value {rule[unknown[0]]!r}); '
+                         f'known keys: {sorted(PIT_RULE_KEYS)}')
+    for key, value in rule.items():
+        if not isinstance(value, (list, tuple)):
+            _positive_number(rule, key)
+    return dict(rule)
+
+
+def scale_pit(base: PiTArch, rule: Optional[Mapping] = None) -> PiTArch:
+    """Apply a scaling rule to a PiT preset.
+
+    Same keys as :func:`scale_vit` plus ``patch_stride``; ``depth``, ``heads`` and ``width``
+    (the per-head dims, PiT's ``base_dims``) also take one value per stage. Multipliers apply to
+    every stage and round to the nearest integer (>= 1); stage width is ``base_dim * heads``,
+    so it is always divisible by the head count. A resolution multiplier rounds to a multiple
+    of the patch stride.
+    """
+    rule = validate_pit_rule(rule)
+    depths = _per_stage(rule, 'depth', base.depths)
+    heads = _per_stage(rule, 'heads', base.heads)
+    base_dims = _per_stage(rule, 'width', base.base_dims)
+    patch = _scaled_int(rule, 'patch_size', base.patch_size)
+    stride = _scaled_int(rule, 'patch_stride', base.patch_stride)
+    ratio_abs, ratio_mult = _pick(rule, 'mlp_ratio')
+    mlp_ratio = ratio_abs if ratio_abs is not None else base.mlp_ratio * (ratio_mult or 1.0)
+    res_abs, res_mult = _pick(rule, 'resolution')
+    if res_abs is not None:
+        if res_abs != int(res_abs):
+            raise ValueError(f'scaling.resolution must be an integer, got {rule["resolution"]!r}')
+        img_size = (int(res_abs), int(res_abs))
+    elif res_mult is not None:
+        img_size = tuple(max(1, int(round(s * res_mult / stride))) * stride
+                         for s in base.img_size)
+    else:
+        img_size = base.img_size
+    return make_pit_arch(base_dims, depths, heads, mlp_ratio, img_size, patch, stride,
+                         source='scaling')
+
+
+def make_pit_arch(base_dims: Sequence[int], depths: Sequence[int], heads: Sequence[int],
+                  mlp_ratio: float, img_size: Size, patch_size: int, patch_stride: int,
+                  source: str = 'arch') -> PiTArch:
+    """Build a :class:`PiTArch`, raising ``ValueError`` naming the first infeasible field."""
+    img_size = to_2tuple(img_size)
+    base_dims, depths, heads = tuple(base_dims), tuple(depths), tuple(heads)
+    if not len(base_dims) == len(depths) == len(heads) or not depths:
+        raise ValueError(f'{source}: base_dims, depths and heads need one entry per stage, got '
+                         f'{base_dims}, {depths}, {heads}')
+    for name, values in (('width', base_dims), ('depth', depths), ('heads', heads)):
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f'{source}: {name} must be positive integers, got {values}')
+    for name, value in (('patch_size', patch_size), ('patch_stride', patch_stride)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f'{source}: {name} must be a positive integer, got {value!r}')
+    if not mlp_ratio > 0:
+        raise ValueError(f'{source}: mlp_ratio must be positive, got {mlp_ratio!r}')
+    for s in img_size:
+        if s < patch_size:
+            raise ValueError(f'{source}: resolution={s} is smaller than '
+                             f'patch_size={patch_size}')
+    return PiTArch(base_dims, depths, heads, float(mlp_ratio), img_size, patch_size,
+                   patch_stride)

@@ -12,6 +12,8 @@
 #   to the headless build and old pins of setuptools / requests / rich.
 # * mmcv 2.1.0 has no CPU wheel for this torch: it is built from the sdist with CPU ops
 #   (-g0 halves build time and size). pip's wheel cache makes later rebuilds fast.
+# * setuptools 79: < 81 keeps pkg_resources (mmengine, mim); < 80 keeps a real
+#   `setup.py develop`, which the editable install below relies on.
 # * torchvision exists only as a CUDA-built wheel for torch 2.13; installed with --no-deps,
 #   its C ops cannot load on CPU torch; mmvitscale/compat.py works around that at import.
 set -euo pipefail
@@ -72,7 +74,9 @@ if ! "$PY" -c "import mmcv, mmcv.ops" >/dev/null 2>&1; then
 fi
 pipc --no-deps mmengine mmpretrain mmdet mmaction2 openmim timm
 log "installing mmvitscale (editable)"
-pipc --no-deps --no-build-isolation -e "$ROOT"
+# Legacy develop mode (an egg-link to this checkout): `mim list` and mim's `.mim` lookups
+# find the package only there; a PEP 660 editable wheel hides the source folder from them.
+pipc --no-deps --no-build-isolation --no-use-pep517 -e "$ROOT"
 "$PY" -c "import mmvitscale, mmcv.ops, mmdet, mmpretrain, mmaction, timm"
 inputs_hash > "$STAMP"
 log "environment ready in $(( $(date +%s) - start )) s"

@@ -135,3 +135,19 @@ def grid_of(x: Tensor, patch_size: int, field: str = 'input') -> Tuple[int, int]
     if H % patch_size or W % patch_size:
         raise ValueError(f'{field} size {H}x{W} is not a multiple of patch_size={patch_size}')
     return H // patch_size, W // patch_size
+
+
+def normalise_indices(out_indices, num: int, what: str = 'blocks') -> Tuple[int, ...]:
+    """Sorted, de-duplicated, non-negative output indices; negative ones count from the end."""
+    if isinstance(out_indices, int):
+        out_indices = [out_indices]
+    if not isinstance(out_indices, Sequence) or not out_indices:
+        raise ValueError(f'out_indices must be an int or a non-empty sequence, '
+                         f'got {out_indices!r}')
+    result = set()
+    for i in out_indices:
+        j = num + i if i < 0 else i
+        if not 0 <= j < num:
+            raise ValueError(f'out_indices entry {i} is out of range for {num} {what}')
+        result.add(j)
+    return tuple(sorted(result))

@@ -7,7 +7,8 @@ from torch import Tensor, nn
 
 from ..registry import MODELS
 from ..scaling import ViTArch, make_vit_arch, scale_vit, to_2tuple
-from .layers import TransformerBlock, grid_of, init_vit_weights, resample_abs_pos_embed
+from .layers import (TransformerBlock, grid_of, init_vit_weights, normalise_indices,
+                     resample_abs_pos_embed)
 
 OUT_TYPES = ('raw', 'cls_token', 'featmap', 'avg_featmap')
 
@@ -81,7 +82,7 @@ class ScaledViT(BaseModule):
         if out_type == 'cls_token' and not with_cls_token:
             raise ValueError("out_type='cls_token' needs with_cls_token=True")
         self.out_type = out_type
-        self.out_indices = self._normalise_indices(out_indices, spec.num_layers)
+        self.out_indices = normalise_indices(out_indices, spec.num_layers)
         self.return_tuple = return_tuple
         self.interpolate_mode = interpolate_mode
         self.embed_dims = spec.embed_dims
@@ -135,33 +136,14 @@ class ScaledViT(BaseModule):
                              arch.get('mlp_ratio', 4.0), to_2tuple(img_size), patch_size)
         return scale_vit(base, scaling)
 
-    @staticmethod
-    def _normalise_indices(out_indices, num_layers: int) -> Tuple[int, ...]:
-        if isinstance(out_indices, int):
-            out_indices = [out_indices]
-        if not isinstance(out_indices, Sequence) or not out_indices:
-            raise ValueError(f'out_indices must be an int or a non-empty sequence, '
-                             f'got {out_indices!r}')
-        result = []
-        for i in out_indices:
-            j = num_layers + i if i < 0 else i
-            if not 0 <= j < num_layers:
-                raise ValueError(f'out_indices entry {i} is out of range for '
-                                 f'{num_layers} blocks')
-            result.append(j)
-        return tuple(sorted(set(result)))
-
     def init_weights(self) -> None:
         """Truncated-normal init, unless ``init_cfg`` loads a pretrained checkpoint."""
-        if self.init_cfg is not None and any(
-                c.get('type') == 'Pretrained' for c in
-            (self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg])):
-            super().init_weights()
-            return
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        if self.cls_token is not None:
-            nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.apply(init_vit_weights)
+        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg or {}]
+        if not any(c.get('type') == 'Pretrained' for c in cfgs):
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+            if self.cls_token is not None:
+                nn.init.trunc_normal_(self.cls_token, std=0.02)
+            self.apply(init_vit_weights)
         super().init_weights()
 
     def _freeze_stages(self) -> None:

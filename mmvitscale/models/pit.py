@@ -1,0 +1,230 @@
+"""ScaledPiT: pooling-based ViT (Heo et al. 2021) with the same scaling rules as ScaledViT."""
+import math
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+from torch import Tensor, nn
+
+from ..registry import MODELS
+from ..scaling import PiTArch, make_pit_arch, scale_pit, to_2tuple
+from .layers import TransformerBlock, init_vit_weights, normalise_indices
+from .vit import OUT_TYPES
+
+
+def _preset(base_dims, depths, heads, patch_size=16, patch_stride=8) -> dict:
+    return dict(base_dims=base_dims, depths=depths, heads=heads, mlp_ratio=4.0,
+                patch_size=patch_size, patch_stride=patch_stride)
+
+
+def resample_pos_embed_2d(pos_embed: Tensor, size: Sequence[int], mode: str = 'bicubic') -> Tensor:
+    """Resize a ``(1, C, H, W)`` position embedding (antialiased when shrinking)."""
+    size = tuple(int(s) for s in size)
+    if tuple(pos_embed.shape[-2:]) == size:
+        return pos_embed
+    shrink = size[0] < pos_embed.shape[-2] or size[1] < pos_embed.shape[-1]
+    out = F.interpolate(pos_embed.float(), size=size, mode=mode, align_corners=False,
+                        antialias=shrink and mode in ('bilinear', 'bicubic'))
+    return out.to(pos_embed.dtype)
+
+
+class Pooling(nn.Module):
+    """Between stages: a strided depthwise conv widens and halves the token map; a Linear maps
+    the class token. With ``out % in == 0`` (every PiT preset) this is exactly PiT's
+    depthwise pooling; otherwise ``groups = gcd(in, out)``."""
+
+    def __init__(self, in_dim: int, out_dim: int, stride: int = 2) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_dim, out_dim, stride + 1, stride, stride // 2,
+                              groups=math.gcd(in_dim, out_dim))
+        self.fc = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: Tensor, cls_token: Tensor) -> Tuple[Tensor, Tensor]:
+        return self.conv(x), self.fc(cls_token)
+
+
+class PiTStage(nn.Module):
+    """Optional pooling, then Transformer blocks over [class token; flattened map]."""
+
+    def __init__(self, dim: int, depth: int, heads: int, mlp_hidden: int,
+                 pool: Optional[Pooling], drop_path: Sequence[float], drop: float = 0.0,
+                 attn_drop: float = 0.0, norm_eps: float = 1e-6) -> None:
+        super().__init__()
+        self.pool = pool
+        self.blocks = nn.Sequential(*[
+            TransformerBlock(dim, heads, mlp_hidden, True, drop, attn_drop, drop_path[i],
+                             norm_eps) for i in range(depth)
+        ])
+
+    def forward(self, x: Tensor, cls_token: Tensor) -> Tuple[Tensor, Tensor]:
+        if self.pool is not None:
+            x, cls_token = self.pool(x, cls_token)
+        B, C, H, W = x.shape
+        n_cls = cls_token.shape[1]
+        tokens = self.blocks(torch.cat([cls_token, x.flatten(2).transpose(1, 2)], dim=1))
+        x = tokens[:, n_cls:].transpose(1, 2).reshape(B, C, H, W)
+        return x, tokens[:, :n_cls]
+
+
+class ScaledPiT(BaseModule):
+    """Pooling-based Vision Transformer with scalable knobs.
+
+    Overlapping conv patch embedding, learned 2-D position embedding (resized at load and at
+    forward time, unlike timm), three stages joined by depthwise-conv pooling; the Transformer
+    block is the one ScaledViT uses. Parameter names follow timm's ``PoolingVisionTransformer``.
+
+    Args:
+        arch: ``pit-ti``/``pit-xs``/``pit-s``/``pit-b`` (and aliases) or a dict with
+            ``base_dims``, ``depths``, ``heads`` and optional ``mlp_ratio``, ``patch_size``,
+            ``patch_stride``.
+        img_size: training resolution; the position embedding is built for its token grid.
+        scaling: a PiT scaling rule (see :func:`mmvitscale.scaling.scale_pit`).
+        out_indices: stage indices (0..2) to return; strides are ``patch_stride * 2**i``.
+        out_type: ``cls_token``, ``featmap`` (B, C, H, W), ``avg_featmap`` or ``raw`` tokens.
+        return_tuple: tuple output (mmpretrain / mmdet) or the last one as a tensor (mmaction2).
+        drop_rate, attn_drop_rate, drop_path_rate, norm_eps, frozen_stages, interpolate_mode,
+        init_cfg: as in :class:`~mmvitscale.models.ScaledViT` (frozen_stages counts stages).
+    """
+
+    arch_zoo: Dict[str, dict] = {
+        **dict.fromkeys(['ti', 'tiny', 'pit-ti', 'pit-tiny'],
+                        _preset((32, 32, 32), (2, 6, 4), (2, 4, 8))),
+        **dict.fromkeys(['xs', 'pit-xs'], _preset((48, 48, 48), (2, 6, 4), (2, 4, 8))),
+        **dict.fromkeys(['s', 'small', 'pit-s', 'pit-small'],
+                        _preset((48, 48, 48), (2, 6, 4), (3, 6, 12))),
+        **dict.fromkeys(['b', 'base', 'pit-b', 'pit-base'],
+                        _preset((64, 64, 64), (3, 6, 4), (4, 8, 16), 14, 7)),
+    }
+    num_prefix_tokens = 1
+
+    def __init__(self,
+                 arch: Union[str, Mapping] = 'pit-ti',
+                 img_size: Union[int, Tuple[int, int]] = 224,
+                 in_channels: int = 3,
+                 scaling: Optional[Mapping] = None,
+                 out_indices: Union[int, Sequence[int]] = -1,
+                 out_type: str = 'cls_token',
+                 return_tuple: bool = True,
+                 drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0,
+                 norm_eps: float = 1e-6,
+                 frozen_stages: int = -1,
+                 interpolate_mode: str = 'bicubic',
+                 init_cfg: Optional[Union[dict, list]] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        self.arch_spec = spec = self.resolve_arch(arch, img_size, scaling)
+        if out_type not in OUT_TYPES:
+            raise ValueError(f'out_type must be one of {OUT_TYPES}, got {out_type!r}')
+        self.out_type = out_type
+        self.num_stages = len(spec.depths)
+        self.out_indices = normalise_indices(out_indices, self.num_stages, 'stages')
+        self.return_tuple = return_tuple
+        self.interpolate_mode = interpolate_mode
+        self.frozen_stages = frozen_stages
+        dims = spec.embed_dims
+        self.embed_dims = dims[-1]
+        self.img_size = spec.img_size
+        self.grid_size = spec.grids[0]
+
+        self.patch_embed = nn.Module()
+        self.patch_embed.conv = nn.Conv2d(in_channels, dims[0], spec.patch_size,
+                                          spec.patch_stride)
+        self.pos_embed = nn.Parameter(torch.zeros(1, dims[0], *self.grid_size))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dims[0]))
+        self.pos_drop = nn.Dropout(drop_rate)
+        dpr = torch.linspace(0, drop_path_rate, sum(spec.depths)).split(list(spec.depths))
+        self.transformers = nn.ModuleList([
+            PiTStage(dims[i], spec.depths[i], spec.heads[i], spec.mlp_hidden(i),
+                     Pooling(dims[i - 1], dims[i]) if i else None, dpr[i].tolist(), drop_rate,
+                     attn_drop_rate, norm_eps) for i in range(self.num_stages)
+        ])
+        self.norm = nn.LayerNorm(dims[-1], eps=norm_eps)
+        self._register_load_state_dict_pre_hook(self._resize_pos_embed_on_load)
+        self._freeze_stages()
+
+    @classmethod
+    def resolve_arch(cls, arch: Union[str, Mapping], img_size=224,
+                     scaling: Optional[Mapping] = None) -> PiTArch:
+        """Preset (or dict) + resolution + scaling rule -> :class:`PiTArch`."""
+        if isinstance(arch, str):
+            if arch.lower() not in cls.arch_zoo:
+                raise ValueError(f'arch {arch!r} is not a known preset; choose from '
+                                 f'{sorted(set(cls.arch_zoo))} or pass a dict')
+            arch = cls.arch_zoo[arch.lower()]
+        elif isinstance(arch, Mapping):
+            required = {'base_dims', 'depths', 'heads'}
+            missing = sorted(required - set(arch))
+            if missing:
+                raise ValueError(f'arch dict is missing key {missing[0]!r}; it needs '
+                                 f'{sorted(required)}')
+            unknown = sorted(set(arch) - required - {'mlp_ratio', 'patch_size', 'patch_stride'})
+            if unknown:
+                raise ValueError(f'arch dict has unknown key {unknown[0]!r} '
+                                 f'(value {arch[unknown[0]]!r})')
+        else:
+            raise ValueError(f'arch must be a preset name or a dict, got {arch!r}')
+        base = make_pit_arch(arch['base_dims'], arch['depths'], arch['heads'],
+                             arch.get('mlp_ratio', 4.0), to_2tuple(img_size),
+                             arch.get('patch_size', 16), arch.get('patch_stride', 8))
+        return scale_pit(base, scaling)
+
+    def init_weights(self) -> None:
+        """Truncated-normal init, unless ``init_cfg`` loads a pretrained checkpoint."""
+        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg or {}]
+        if not any(c.get('type') == 'Pretrained' for c in cfgs):
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+            self.apply(init_vit_weights)
+        super().init_weights()
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        modules = [self.patch_embed, *self.transformers[:self.frozen_stages]]
+        if self.frozen_stages >= self.num_stages:
+            modules.append(self.norm)
+        for m in modules:
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad = False
+        self.pos_embed.requires_grad = False
+        self.cls_token.requires_grad = False
+
+    def train(self, mode: bool = True) -> 'ScaledPiT':
+        super().train(mode)
+        self._freeze_stages()
+        return self
+
+    def _resize_pos_embed_on_load(self, state_dict, prefix, *args, **kwargs) -> None:
+        key = prefix + 'pos_embed'
+        ckpt = state_dict.get(key)
+        if ckpt is not None and ckpt.dim() == 4 and ckpt.shape[:2] == self.pos_embed.shape[:2]:
+            state_dict[key] = resample_pos_embed_2d(ckpt, self.grid_size, self.interpolate_mode)
+
+    def _format(self, x: Tensor, cls_token: Tensor) -> Tensor:
+        if self.out_type == 'featmap':
+            return x
+        if self.out_type == 'avg_featmap':
+            return x.mean(dim=(2, 3))
+        if self.out_type == 'cls_token':
+            return cls_token[:, 0]
+        return torch.cat([cls_token, x.flatten(2).transpose(1, 2)], dim=1)
+
+    def forward(self, x: Tensor) -> Union[Tuple[Tensor, ...], Tensor]:
+        x = self.patch_embed.conv(x)
+        x = self.pos_drop(x + resample_pos_embed_2d(self.pos_embed, x.shape[-2:],
+                                                    self.interpolate_mode))
+        cls_token = self.cls_token.expand(x.shape[0], -1, -1)
+        outs = []
+        for i, stage in enumerate(self.transformers):
+            x, cls_token = stage(x, cls_token)
+            if i == self.num_stages - 1:
+                cls_token = self.norm(cls_token)
+            if i in self.out_indices:
+                outs.append(self._format(x, cls_token))
+        return tuple(outs) if self.return_tuple else outs[-1]
+
+
+MODELS.register_module(module=ScaledPiT)
