@@ -94,6 +94,12 @@ def test_count_params_counts_shared_once():
     assert count_params(lin, trainable_only=True) == 3
 
 
+def test_counts_inside_inference_mode():
+    lin = nn.Linear(4, 3)
+    with torch.inference_mode():
+        assert get_complexity(lin, (4, ))['flops'] == 12
+
+
 def test_get_complexity_restores_training_mode():
     model = ScaledViT(dict(embed_dims=16, num_layers=1, num_heads=2), img_size=32)
     model.train()

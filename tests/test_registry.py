@@ -45,8 +45,21 @@ def test_mmpretrain_image_classifier():
     assert len(preds) == 2 and preds[0].pred_score.shape == (10, )
 
 
+VIT_DET = (dict(type='mmvitscale.ScaledViT', arch=TINY, img_size=64, patch_size=16,
+                out_type='featmap'),
+           dict(type='mmvitscale.SimpleFeaturePyramid', in_channels=32, out_channels=32,
+                scale_factors=(2.0, 1.0, 0.5), num_outs=5))
+PIT_DET = (dict(type='mmvitscale.ScaledPiT', img_size=64, out_type='featmap',
+                out_indices=(0, 1, 2),
+                arch=dict(base_dims=(8, 8, 8), depths=(1, 1, 1), heads=(1, 2, 4),
+                          patch_size=8, patch_stride=8)),
+           dict(type='FPN', in_channels=[8, 16, 32], out_channels=32, start_level=0,
+                add_extra_convs='on_input', num_outs=5))
+
+
 @pytest.mark.slow
-def test_mmdet_retinanet_with_pyramid_neck():
+@pytest.mark.parametrize('backbone, neck', [VIT_DET, PIT_DET], ids=['vit+sfp', 'pit+fpn'])
+def test_mmdet_retinanet(backbone, neck):
     from mmdet.registry import MODELS
     from mmdet.testing import demo_mm_inputs
     _scope('mmdet')
@@ -55,10 +68,8 @@ def test_mmdet_retinanet_with_pyramid_neck():
         data_preprocessor=dict(type='DetDataPreprocessor', mean=[123.675, 116.28, 103.53],
                                std=[58.395, 57.12, 57.375], bgr_to_rgb=True,
                                pad_size_divisor=32),
-        backbone=dict(type='mmvitscale.ScaledViT', arch=TINY, img_size=64, patch_size=16,
-                      out_type='featmap'),
-        neck=dict(type='mmvitscale.SimpleFeaturePyramid', in_channels=32, out_channels=32,
-                  scale_factors=(2.0, 1.0, 0.5), num_outs=5),
+        backbone=backbone,
+        neck=neck,
         bbox_head=dict(
             type='RetinaHead', num_classes=10, in_channels=32, stacked_convs=1,
             feat_channels=32,
@@ -79,7 +90,8 @@ def test_mmdet_retinanet_with_pyramid_neck():
     data = demo_mm_inputs(batch_size=2, image_shapes=(3, 64, 64), num_classes=10)
     batch = model.data_preprocessor(data, True)
     feats = model.extract_feat(batch['inputs'])
-    assert [f.shape[-1] for f in feats] == [8, 4, 2, 1, 1]
+    assert [f.shape[-1] for f in feats[:3]] == [8, 4, 2]  # strides 8 / 16 / 32
+    assert len(feats) == 5
     losses = model(**batch, mode='loss')
     total = sum(v if isinstance(v, torch.Tensor) else sum(v) for k, v in losses.items()
                 if 'loss' in k)

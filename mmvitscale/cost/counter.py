@@ -159,7 +159,8 @@ def get_complexity(model: nn.Module,
     model.eval()
     counter = FlopCounter()
     try:
-        with torch.no_grad(), counter:
+        # Python dispatch modes see nothing under inference_mode: leave it for the count.
+        with torch.inference_mode(False), torch.no_grad(), counter:
             if forward is not None:
                 forward(model, inputs)
             elif isinstance(inputs, tuple):

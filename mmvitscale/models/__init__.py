@@ -2,7 +2,8 @@
 from .layers import Attention, Mlp, TransformerBlock, resample_abs_pos_embed
 from .necks import SimpleFeaturePyramid
 from .pit import ScaledPiT
+from .video_vit import ScaledVideoViT
 from .vit import ScaledViT
 
 __all__ = ['Attention', 'Mlp', 'TransformerBlock', 'resample_abs_pos_embed', 'ScaledViT', 'ScaledPiT',
-           'SimpleFeaturePyramid']
+           'SimpleFeaturePyramid', 'ScaledVideoViT']

@@ -1,0 +1,363 @@
+"""ScaledVideoViT: a space-time plain ViT for 3-D video recognizers (TimeSformer / ViViT style).
+
+The number of input frames is a scaling knob next to the ViT ones. A scaling rule may hold
+``frames`` (absolute) or ``frames_mult`` (multiplier), never both:
+
+* ``frames``: used as given; it must be a positive integer multiple of ``tubelet_size``.
+* ``frames_mult``: ``num_frames * m`` rounded to the nearest multiple of ``tubelet_size``; a
+  result below one tubelet is an error.
+
+Every other key is handed to :func:`mmvitscale.scaling.scale_vit` unchanged. Violations raise
+``ValueError`` naming the field and the value.
+"""
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+from torch import Tensor, nn
+
+from ..registry import MODELS
+from ..scaling import RULE_KEYS, ViTArch, _pick
+from .layers import (Attention, TransformerBlock, grid_of, init_vit_weights, normalise_indices,
+                     resample_abs_pos_embed)
+from .vit import OUT_TYPES, ScaledViT
+
+ATTENTION_TYPES = ('joint', 'divided', 'space_only')
+FRAME_KEYS = ('frames', 'frames_mult')
+VIDEO_RULE_KEYS = RULE_KEYS | frozenset(FRAME_KEYS)
+
+
+@dataclass(frozen=True)
+class VideoViTArch:
+    """A resolved space-time ViT: the spatial :class:`ViTArch` plus the clip length."""
+
+    spatial: ViTArch
+    num_frames: int
+    tubelet_size: int
+
+    @property
+    def time_grid(self) -> int:
+        return self.num_frames // self.tubelet_size
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens of one clip in joint attention: class token + T' * h * w patches."""
+        h, w = self.spatial.grid
+        return 1 + self.time_grid * h * w
+
+
+def scale_frames(num_frames: int, tubelet_size: int, rule: Optional[Mapping] = None) -> int:
+    """Apply the ``frames`` / ``frames_mult`` part of a scaling rule (see module docstring)."""
+    for name, value in (('num_frames', num_frames), ('tubelet_size', tubelet_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f'arch: {name} must be a positive integer, got {value!r}')
+    if num_frames % tubelet_size:
+        raise ValueError(f'arch: num_frames={num_frames} is not a multiple of '
+                         f'tubelet_size={tubelet_size}')
+    absolute, mult = _pick(rule or {}, 'frames')
+    if absolute is not None:
+        if absolute != int(absolute):
+            raise ValueError(f'scaling.frames must be an integer, got {rule["frames"]!r}')
+        frames = int(absolute)
+        if frames % tubelet_size:
+            raise ValueError(f'scaling: frames={frames} is not a multiple of '
+                             f'tubelet_size={tubelet_size}')
+        return frames
+    if mult is None:
+        return num_frames
+    frames = int(round(num_frames * mult / tubelet_size)) * tubelet_size
+    if frames < tubelet_size:
+        raise ValueError(f'scaling.frames_mult={rule["frames_mult"]!r} turns frames {num_frames} '
+                         f'into {frames}; it must stay >= tubelet_size={tubelet_size}')
+    return frames
+
+
+def resample_time_embed(time_embed: Tensor, length: int) -> Tensor:
+    """Linearly resize a ``(1, T, C)`` temporal position embedding to ``length`` positions."""
+    if time_embed.shape[1] == length:
+        return time_embed
+    out = F.interpolate(time_embed.float().transpose(1, 2), size=int(length), mode='linear',
+                        align_corners=False)
+    return out.transpose(1, 2).to(time_embed.dtype)
+
+
+class DividedSpaceTimeBlock(TransformerBlock):
+    """TimeSformer block: temporal attention (per patch location, over frames), then the
+    inherited spatial attention (per frame, with the class token) and MLP.
+
+    ``temporal_fc`` is zero-initialised, so a freshly inflated block acts as a 2-D block.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, qkv_bias: bool = True,
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
+                 norm_eps: float = 1e-6) -> None:
+        super().__init__(dim, num_heads, mlp_hidden, qkv_bias, drop, attn_drop, drop_path,
+                         norm_eps)
+        self.temporal_norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.temporal_attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.temporal_fc = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, grid: Tuple[int, int, int]) -> Tensor:
+        """``x``: (B, 1 + T*h*w, D) tokens, frame-major; ``grid``: (T, h, w)."""
+        T, h, w = grid
+        S = h * w
+        B, _, D = x.shape
+        cls, patches = x[:, :1], x[:, 1:]
+        xt = patches.reshape(B, T, S, D).transpose(1, 2).reshape(B * S, T, D)
+        res = self.temporal_fc(self.temporal_attn(self.temporal_norm1(xt)))
+        res = res.reshape(B, S, T, D).transpose(1, 2).reshape(B, T * S, D)
+        patches = patches + self.drop_path(res)
+        xs = torch.cat([cls.unsqueeze(1).expand(B, T, 1, D).reshape(B * T, 1, D),
+                        patches.reshape(B * T, S, D)], dim=1)
+        res = self.attn(self.norm1(xs))
+        res = torch.cat([res[:, :1].reshape(B, T, D).mean(1, keepdim=True),
+                         res[:, 1:].reshape(B, T * S, D)], dim=1)
+        x = torch.cat([cls, patches], dim=1) + self.drop_path(res)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ScaledVideoViT(BaseModule):
+    """Space-time plain ViT for 3-D recognizers (input ``(N, C, T, H, W)``), scalable like
+    :class:`~mmvitscale.models.ScaledViT` plus a ``frames`` knob (see module docstring).
+
+    Tubelet embedding (Conv3d, kernel = stride = ``(tubelet_size, p, p)``), one class token,
+    a learned spatial position embedding ``pos_embed`` (shaped as ScaledViT's) and a learned
+    temporal one ``time_embed`` over the ``T / tubelet_size`` time positions; both are resampled
+    at forward time (spatial: as ScaledViT; temporal: linear) when the clip differs from the
+    training one. Parameter names match ScaledViT (``blocks.{i}.*``, ``norm``, ``cls_token``,
+    ``pos_embed``), so a 2-D checkpoint initialises it (:meth:`inflate_from_2d`, also applied
+    automatically when a state dict with a 2-D patch kernel is loaded).
+
+    Args:
+        arch: a ScaledViT preset name or arch dict.
+        img_size, patch_size, in_channels: as ScaledViT.
+        num_frames: training clip length; a multiple of ``tubelet_size``.
+        tubelet_size: frames per tubelet (temporal kernel and stride of the embedding).
+        scaling: a ScaledViT scaling rule plus ``frames`` / ``frames_mult``.
+        attention_type: ``joint`` (all space-time tokens attend together), ``divided``
+            (TimeSformer: temporal then spatial attention in each block; adds
+            ``temporal_norm1``, ``temporal_attn``, ``temporal_fc`` per block) or
+            ``space_only`` (each frame on its own, class tokens averaged over time at the
+            output; no ``time_embed``).
+        out_indices: block indices whose outputs are returned.
+        out_type: ``cls_token`` (N, C), ``avg_featmap`` (N, C) mean of the patch tokens,
+            ``featmap`` (N, C, T', H', W') or ``raw`` (N, 1 + T'*H'*W', C) tokens.
+        final_norm: apply the last LayerNorm to the last block's output.
+        return_tuple: tuple output, or (default, as mmaction2 heads need) the last output alone.
+        drop_rate, attn_drop_rate, drop_path_rate, qkv_bias, norm_eps, interpolate_mode,
+        init_cfg: as ScaledViT.
+    """
+
+    arch_zoo: Dict[str, dict] = ScaledViT.arch_zoo
+    num_prefix_tokens = 1
+
+    def __init__(self,
+                 arch: Union[str, Mapping] = 'deit-tiny',
+                 img_size: Union[int, Tuple[int, int]] = 224,
+                 patch_size: int = 16,
+                 num_frames: int = 8,
+                 tubelet_size: int = 1,
+                 in_channels: int = 3,
+                 scaling: Optional[Mapping] = None,
+                 attention_type: str = 'divided',
+                 out_indices: Union[int, Sequence[int]] = -1,
+                 out_type: str = 'cls_token',
+                 final_norm: bool = True,
+                 return_tuple: bool = False,
+                 drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0,
+                 qkv_bias: bool = True,
+                 norm_eps: float = 1e-6,
+                 interpolate_mode: str = 'bicubic',
+                 init_cfg: Optional[Union[dict, list]] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if attention_type not in ATTENTION_TYPES:
+            raise ValueError(f'attention_type must be one of {ATTENTION_TYPES}, '
+                             f'got {attention_type!r}')
+        if out_type not in OUT_TYPES:
+            raise ValueError(f'out_type must be one of {OUT_TYPES}, got {out_type!r}')
+        self.video_spec = self.resolve_arch(arch, img_size, patch_size, num_frames,
+                                            tubelet_size, scaling)
+        self.arch_spec = spec = self.video_spec.spatial
+        self.attention_type = attention_type
+        self.out_type = out_type
+        self.out_indices = normalise_indices(out_indices, spec.num_layers)
+        self.return_tuple = return_tuple
+        self.interpolate_mode = interpolate_mode
+        self.embed_dims = spec.embed_dims
+        self.num_layers = spec.num_layers
+        self.patch_size = spec.patch_size
+        self.img_size = spec.img_size
+        self.grid_size = spec.grid
+        self.num_frames = self.video_spec.num_frames
+        self.tubelet_size = tubelet_size
+        self.time_size = self.video_spec.time_grid
+
+        D = spec.embed_dims
+        p = spec.patch_size
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv3d(in_channels, D, (tubelet_size, p, p),
+                                          (tubelet_size, p, p))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + spec.grid[0] * spec.grid[1], D))
+        if attention_type == 'space_only':
+            self.time_embed = None
+        else:
+            self.time_embed = nn.Parameter(torch.zeros(1, self.time_size, D))
+        self.pos_drop = nn.Dropout(drop_rate)
+        block = DividedSpaceTimeBlock if attention_type == 'divided' else TransformerBlock
+        dpr = torch.linspace(0, drop_path_rate, spec.num_layers).tolist()
+        self.blocks = nn.ModuleList([
+            block(D, spec.num_heads, spec.mlp_hidden, qkv_bias, drop_rate, attn_drop_rate,
+                  dpr[i], norm_eps) for i in range(spec.num_layers)
+        ])
+        self.norm = nn.LayerNorm(D, eps=norm_eps) if final_norm else nn.Identity()
+        self._register_load_state_dict_pre_hook(self._adapt_state_dict_on_load)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def resolve_arch(cls, arch: Union[str, Mapping], img_size=224, patch_size: int = 16,
+                     num_frames: int = 8, tubelet_size: int = 1,
+                     scaling: Optional[Mapping] = None) -> VideoViTArch:
+        """Preset + clip geometry + scaling rule (ViT keys and ``frames``) -> VideoViTArch."""
+        spatial_rule = None
+        if scaling is not None:
+            if not isinstance(scaling, Mapping):
+                raise ValueError(f'scaling must be a dict, got {type(scaling).__name__}: '
+                                 f'{scaling!r}')
+            unknown = sorted(set(scaling) - VIDEO_RULE_KEYS)
+            if unknown:
+                raise ValueError(f'unknown scaling key {unknown[0]!r} '
+                                 f'(value {scaling[unknown[0]]!r}); '
+                                 f'known keys: {sorted(VIDEO_RULE_KEYS)}')
+            spatial_rule = {k: v for k, v in scaling.items() if k not in FRAME_KEYS}
+        spatial = ScaledViT.resolve_arch(arch, img_size, patch_size, spatial_rule)
+        frames = scale_frames(num_frames, tubelet_size, scaling)
+        return VideoViTArch(spatial, frames, tubelet_size)
+
+    def init_weights(self) -> None:
+        """Truncated-normal init (zero ``temporal_fc``), unless ``init_cfg`` is Pretrained."""
+        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg or {}]
+        if not any(c.get('type') == 'Pretrained' for c in cfgs):
+            for param in (self.pos_embed, self.cls_token, self.time_embed):
+                if param is not None:
+                    nn.init.trunc_normal_(param, std=0.02)
+            self.apply(init_vit_weights)
+            for blk in self.blocks:
+                if isinstance(blk, DividedSpaceTimeBlock):
+                    nn.init.zeros_(blk.temporal_fc.weight)
+                    nn.init.zeros_(blk.temporal_fc.bias)
+        super().init_weights()
+
+    def inflate_from_2d(self, state_dict_2d: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+        """A state dict for this model from a ScaledViT / timm-ViT one.
+
+        The 2-D patch kernel is repeated over the tubelet and divided by ``tubelet_size`` (a
+        static clip embeds as the image does); ``pos_embed`` is resampled to this grid;
+        ``time_embed`` is zero; divided blocks copy ``norm1`` / ``attn`` into their temporal
+        counterparts and get a zero ``temporal_fc``. Other keys (e.g. a classifier head) pass
+        through unchanged.
+        """
+        sd = dict(state_dict_2d)
+        key = 'patch_embed.proj.weight'
+        if key in sd and sd[key].ndim == 4:
+            tb = self.tubelet_size
+            sd[key] = sd[key].unsqueeze(2).repeat(1, 1, tb, 1, 1) / tb
+        if 'pos_embed' in sd and sd['pos_embed'].shape != self.pos_embed.shape \
+                and sd['pos_embed'].shape[-1] == self.embed_dims:
+            sd['pos_embed'] = resample_abs_pos_embed(sd['pos_embed'], self.grid_size,
+                                                     num_prefix_tokens=1,
+                                                     mode=self.interpolate_mode)
+        if self.time_embed is not None and 'time_embed' not in sd:
+            sd['time_embed'] = torch.zeros_like(self.time_embed.data)
+        for i, blk in enumerate(self.blocks):
+            if not isinstance(blk, DividedSpaceTimeBlock):
+                continue
+            pre = f'blocks.{i}.'
+            for src, dst in (('norm1', 'temporal_norm1'), ('attn', 'temporal_attn')):
+                for name in getattr(blk, dst).state_dict():
+                    if pre + f'{dst}.{name}' not in sd and pre + f'{src}.{name}' in sd:
+                        sd[pre + f'{dst}.{name}'] = sd[pre + f'{src}.{name}'].clone()
+            for name, value in blk.temporal_fc.state_dict().items():
+                sd.setdefault(pre + f'temporal_fc.{name}', torch.zeros_like(value))
+        return sd
+
+    def _adapt_state_dict_on_load(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Inflate 2-D checkpoints; resample position embeddings of other clip geometries."""
+        kernel = state_dict.get(prefix + 'patch_embed.proj.weight')
+        if kernel is not None and kernel.ndim == 4:
+            sub = {k[len(prefix):]: state_dict.pop(k) for k in list(state_dict)
+                   if k.startswith(prefix)}
+            state_dict.update({prefix + k: v for k, v in self.inflate_from_2d(sub).items()})
+            return
+        pos = state_dict.get(prefix + 'pos_embed')
+        if pos is not None and pos.shape != self.pos_embed.shape \
+                and pos.shape[-1] == self.embed_dims:
+            state_dict[prefix + 'pos_embed'] = resample_abs_pos_embed(
+                pos, self.grid_size, num_prefix_tokens=1, mode=self.interpolate_mode)
+        time = state_dict.get(prefix + 'time_embed')
+        if time is not None and self.time_embed is not None \
+                and time.shape != self.time_embed.shape and time.shape[-1] == self.embed_dims:
+            state_dict[prefix + 'time_embed'] = resample_time_embed(time, self.time_size)
+
+    # ------------------------------------------------------------------ forward
+    def embed(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int, int]]:
+        """Clips (B, C, T, H, W) -> tokens and the token grid (T', h, w).
+
+        Tokens are (B, 1 + T'*h*w, D) frame-major, or (B*T', 1 + h*w, D) for ``space_only``.
+        """
+        if x.ndim != 5:
+            raise ValueError(f'ScaledVideoViT expects (N, C, T, H, W) input, '
+                             f'got shape {tuple(x.shape)}')
+        h, w = grid_of(x, self.patch_size)
+        if x.shape[2] % self.tubelet_size:
+            raise ValueError(f'input frames T={x.shape[2]} is not a multiple of '
+                             f'tubelet_size={self.tubelet_size}')
+        T = x.shape[2] // self.tubelet_size
+        B = x.shape[0]
+        pos = resample_abs_pos_embed(self.pos_embed, (h, w), self.grid_size, 1,
+                                     self.interpolate_mode)
+        x = self.patch_embed.proj(x).flatten(3).permute(0, 2, 3, 1)  # (B, T', h*w, D)
+        x = x + pos[:, None, 1:]
+        cls = self.cls_token + pos[:, :1]
+        if self.attention_type == 'space_only':
+            x = x.reshape(B * T, h * w, -1)
+            x = torch.cat([cls.expand(B * T, -1, -1), x], dim=1)
+        else:
+            x = x + resample_time_embed(self.time_embed, T)[:, :, None]
+            x = torch.cat([cls.expand(B, -1, -1), x.flatten(1, 2)], dim=1)
+        return self.pos_drop(x), (T, h, w)
+
+    def _format(self, x: Tensor, grid: Tuple[int, int, int]) -> Tensor:
+        T, h, w = grid
+        if self.attention_type == 'space_only':  # per-frame tokens -> one clip sequence
+            B = x.shape[0] // T
+            cls = x[:, 0].reshape(B, T, -1).mean(1, keepdim=True)
+            x = torch.cat([cls, x[:, 1:].reshape(B, T * h * w, -1)], dim=1)
+        if self.out_type == 'raw':
+            return x
+        if self.out_type == 'cls_token':
+            return x[:, 0]
+        patches = x[:, 1:]
+        if self.out_type == 'avg_featmap':
+            return patches.mean(dim=1)
+        B, _, C = patches.shape
+        return patches.transpose(1, 2).reshape(B, C, T, h, w)
+
+    def forward(self, x: Tensor) -> Union[Tuple[Tensor, ...], Tensor]:
+        x, grid = self.embed(x)
+        outs = []
+        last = self.num_layers - 1
+        for i, block in enumerate(self.blocks):
+            x = block(x, grid) if self.attention_type == 'divided' else block(x)
+            if i == last:
+                x = self.norm(x)
+            if i in self.out_indices:
+                outs.append(self._format(x, grid))
+        return tuple(outs) if self.return_tuple else outs[-1]
+
+
+MODELS.register_module(module=ScaledVideoViT)
