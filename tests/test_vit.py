@@ -142,3 +142,17 @@ def test_matches_timm_deit(timm_name, arch):
         expected = ref.forward_head(ref.forward_features(x), pre_logits=True)
         ours = model(x)[0]
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+
+
+def test_cpu_inference_fast_path_matches_eager_ops():
+    from mmvitscale.cost import get_complexity
+    from mmvitscale.models import layers
+    model = tiny(out_type='raw')
+    x = torch.randn(2, 3, 32, 32)
+    eager = model(x)[0].detach()  # autograd on: plain nn.Linear + GELU
+    with torch.no_grad():
+        fast = model(x)[0]
+    torch.testing.assert_close(fast, eager, rtol=0, atol=1e-6)
+    by_op = get_complexity(model, (3, 32, 32))['by_op']
+    if layers._ONEDNN_LINEAR:
+        assert '_linear_pointwise' in by_op and 'addmm' not in by_op

@@ -7,7 +7,8 @@ that fvcore / mmengine's jit-trace counters skip.
 Convention (the papers' and fvcore's, so numbers compare with published tables):
 
 * matmul-like ops count multiply-accumulates (MACs): ``mm``, ``addmm``, ``bmm``, ``baddbmm``,
-  convolutions (transposed too) and attention (``Q K^T`` plus ``A V``);
+  oneDNN's fused ``_linear_pointwise``, convolutions (transposed too) and attention
+  (``Q K^T`` plus ``A V``);
 * normalisation layers count ``5 * numel`` with affine parameters (``4 *`` without), as fvcore;
 * element-wise ops, softmax, activations and pooling count 0.
 """
@@ -57,6 +58,11 @@ def _conv(args, out) -> int:
     return _prod(y.shape) * (w.shape[1]) * kernel
 
 
+def _linear_pointwise(args, out) -> int:
+    x, w = args[0], args[1]
+    return _prod(x.shape[:-1]) * w.shape[1] * w.shape[0]
+
+
 def _sdpa(args, out) -> int:
     q, k, v = args[0], args[1], args[2]
     batch = _prod(q.shape[:-2])
@@ -100,6 +106,10 @@ def _handlers() -> Dict[object, Callable]:
         packet = getattr(aten, name, None)
         if packet is not None:
             handlers[packet] = fn
+    # oneDNN linear (+bias, +activation), used by mmvitscale's CPU inference fast path
+    packet = getattr(torch.ops.mkldnn, '_linear_pointwise', None)
+    if packet is not None:
+        handlers[packet] = _linear_pointwise
     return handlers
 
 

@@ -5,5 +5,5 @@ from .pit import ScaledPiT
 from .video_vit import ScaledVideoViT
 from .vit import ScaledViT
 
-__all__ = ['Attention', 'Mlp', 'TransformerBlock', 'resample_abs_pos_embed', 'ScaledViT', 'ScaledPiT',
-           'SimpleFeaturePyramid', 'ScaledVideoViT']
+__all__ = ['Attention', 'Mlp', 'TransformerBlock', 'resample_abs_pos_embed', 'ScaledViT',
+           'ScaledPiT', 'SimpleFeaturePyramid', 'ScaledVideoViT']

@@ -29,6 +29,35 @@ class DropPath(nn.Module):
         return f'p={self.p}'
 
 
+def _has_onednn_linear() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
+                                                                 '_linear_pointwise')
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
+
+
+_ONEDNN_LINEAR = _has_onednn_linear()
+
+
+def fused_linear(x: Tensor, layer: nn.Linear, gelu: bool = False) -> Tensor:
+    """``layer(x)`` (then exact GELU when ``gelu``), fused into one oneDNN call where possible.
+
+    Inference-only fast path: on CPU float32 with autograd off, oneDNN's linear adds the bias
+    and applies GELU inside the GEMM instead of copying the bias into the output first
+    (``addmm``) and running GELU as a second pass. It computes the same values as the
+    eager ops; anywhere else (training, GPU, other dtypes) the eager ops run.
+    """
+    if (_ONEDNN_LINEAR and not torch.is_grad_enabled() and x.device.type == 'cpu'
+            and x.dtype == torch.float32 and layer.weight.dtype == torch.float32):
+        if gelu:
+            return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, 'gelu', [],
+                                                      'none')
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, 'none', [], '')
+    x = layer(x)
+    return F.gelu(x) if gelu else x
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection and fused SDPA."""
 
@@ -46,12 +75,13 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = fused_linear(x, self.qkv).reshape(B, N, 3, self.num_heads,
+                                                self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         x = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(B, N, C)
-        return self.proj_drop(self.proj(x))
+        return self.proj_drop(fused_linear(x, self.proj))
 
 
 class Mlp(nn.Module):
@@ -60,12 +90,11 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        return self.drop(fused_linear(self.drop(fused_linear(x, self.fc1, gelu=True)), self.fc2))
 
 
 class TransformerBlock(nn.Module):

@@ -83,6 +83,13 @@ def resample_time_embed(time_embed: Tensor, length: int) -> Tensor:
     return out.transpose(1, 2).to(time_embed.dtype)
 
 
+def _needs_resize(ckpt: Optional[Tensor], param: Optional[Tensor]) -> bool:
+    """A checkpoint embedding of the same width but another token count (else left to
+    ``load_state_dict`` to accept or report)."""
+    return (ckpt is not None and param is not None and ckpt.shape != param.shape
+            and ckpt.shape[-1] == param.shape[-1])
+
+
 class DividedSpaceTimeBlock(TransformerBlock):
     """TimeSformer block: temporal attention (per patch location, over frames), then the
     inherited spatial attention (per frame, with the class token) and MLP.
@@ -266,8 +273,7 @@ class ScaledVideoViT(BaseModule):
         if key in sd and sd[key].ndim == 4:
             tb = self.tubelet_size
             sd[key] = sd[key].unsqueeze(2).repeat(1, 1, tb, 1, 1) / tb
-        if 'pos_embed' in sd and sd['pos_embed'].shape != self.pos_embed.shape \
-                and sd['pos_embed'].shape[-1] == self.embed_dims:
+        if _needs_resize(sd.get('pos_embed'), self.pos_embed):
             sd['pos_embed'] = resample_abs_pos_embed(sd['pos_embed'], self.grid_size,
                                                      num_prefix_tokens=1,
                                                      mode=self.interpolate_mode)
@@ -294,13 +300,11 @@ class ScaledVideoViT(BaseModule):
             state_dict.update({prefix + k: v for k, v in self.inflate_from_2d(sub).items()})
             return
         pos = state_dict.get(prefix + 'pos_embed')
-        if pos is not None and pos.shape != self.pos_embed.shape \
-                and pos.shape[-1] == self.embed_dims:
+        if _needs_resize(pos, self.pos_embed):
             state_dict[prefix + 'pos_embed'] = resample_abs_pos_embed(
                 pos, self.grid_size, num_prefix_tokens=1, mode=self.interpolate_mode)
         time = state_dict.get(prefix + 'time_embed')
-        if time is not None and self.time_embed is not None \
-                and time.shape != self.time_embed.shape and time.shape[-1] == self.embed_dims:
+        if _needs_resize(time, self.time_embed):
             state_dict[prefix + 'time_embed'] = resample_time_embed(time, self.time_size)
 
     # ------------------------------------------------------------------ forward
