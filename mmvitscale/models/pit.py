@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
+from ..checkpoint import register_checkpoint_hook
 from ..registry import MODELS
 from ..scaling import PiTArch, make_pit_arch, scale_pit, to_2tuple
 from .layers import TransformerBlock, init_vit_weights, normalise_indices
@@ -141,6 +142,7 @@ class ScaledPiT(BaseModule):
                      attn_drop_rate, norm_eps) for i in range(self.num_stages)
         ])
         self.norm = nn.LayerNorm(dims[-1], eps=norm_eps)
+        register_checkpoint_hook(self, 'pit')  # other formats -> ours, first
         self._register_load_state_dict_pre_hook(self._resize_pos_embed_on_load)
         self._freeze_stages()
 

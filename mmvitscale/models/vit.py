@@ -5,6 +5,7 @@ import torch
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
+from ..checkpoint import register_checkpoint_hook
 from ..registry import MODELS
 from ..scaling import ViTArch, make_vit_arch, scale_vit, to_2tuple
 from .layers import (TransformerBlock, grid_of, init_vit_weights, normalise_indices,
@@ -106,6 +107,7 @@ class ScaledViT(BaseModule):
         ])
         self.norm = nn.LayerNorm(D, eps=norm_eps) if final_norm else nn.Identity()
         self.frozen_stages = frozen_stages
+        register_checkpoint_hook(self, 'vit')  # other formats -> ours, first
         self._register_load_state_dict_pre_hook(self._resize_pos_embed_on_load)
         self._freeze_stages()
 

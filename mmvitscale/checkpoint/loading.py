@@ -1,0 +1,179 @@
+"""Fitting converted checkpoints to a model, the load hook and :func:`load_pretrained`.
+
+Rules applied when a checkpoint's shape differs from the model's:
+
+* resolution: position embeddings are resampled by the model's own load hook (after this one);
+* depth: a deeper checkpoint loads its first N blocks (per stage for PiT), its final norm kept;
+  a shallower one, or a PiT with another number of stages, is refused (``ValueError``);
+* width (embed dims, MLP hidden size, patch size: any other tensor shape) is refused with a
+  ``ValueError`` naming each mismatching key and both shapes;
+* class token: a checkpoint with one loads into a model without (``with_cls_token=False``) by
+  dropping it and its position row; the reverse is refused.
+
+The number of heads is not stored in a checkpoint and cannot be checked.
+"""
+import re
+from functools import partial
+from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
+
+from mmengine.logging import print_log
+from torch import Tensor, nn
+
+from ..compat import torch_load
+from .converters import StateDict, convert_state_dict
+
+_BLOCK_KEY = {
+    'vit': re.compile(r'blocks\.(?P<block>\d+)\.'),
+    'pit': re.compile(r'transformers\.(?P<stage>\d+)\.blocks\.(?P<block>\d+)\.'),
+}
+_STAGE_KEY = re.compile(r'transformers\.(\d+)\.')
+_TARGET_ATTR = '_mmvitscale_checkpoint_target'
+
+
+def _depths(keys, target: str) -> Dict[int, int]:
+    """Blocks per stage (ViT: one stage, 0) found in ``keys``."""
+    depths: Dict[int, int] = {}
+    for key in keys:
+        match = _BLOCK_KEY[target].match(key)
+        if match:
+            stage = int(match.groupdict().get('stage') or 0)
+            depths[stage] = max(depths.get(stage, 0), int(match.group('block')) + 1)
+    if target == 'pit':
+        for key in keys:
+            match = _STAGE_KEY.match(key)
+            if match:
+                depths.setdefault(int(match.group(1)), 0)
+    return depths
+
+
+def _fit_class_token(state_dict: StateDict, model_state: Mapping[str, Tensor]) -> None:
+    if 'cls_token' in state_dict and 'cls_token' not in model_state:
+        state_dict.pop('cls_token')
+        if isinstance(state_dict.get('pos_embed'), Tensor):
+            state_dict['pos_embed'] = state_dict['pos_embed'][:, 1:]
+        print_log('checkpoint class token dropped: the model has with_cls_token=False',
+                  logger='current')
+    elif 'cls_token' in model_state and 'cls_token' not in state_dict:
+        raise ValueError('the checkpoint has no cls_token but the model has one; build it with '
+                         "with_cls_token=False (and out_type='featmap'/'avg_featmap'/'raw')")
+
+
+def _where(target: str, stage: int) -> str:
+    return f' in stage {stage}' if target == 'pit' else ''
+
+
+def _fit_depth(state_dict: StateDict, model_state: Mapping[str, Tensor], target: str) -> None:
+    ckpt, model = _depths(state_dict, target), _depths(model_state, target)
+    if target == 'pit' and len(ckpt) != len(model):
+        raise ValueError(f'the checkpoint has {len(ckpt)} PiT stages, the model {len(model)}')
+    for stage, depth in sorted(model.items()):
+        have = ckpt.get(stage, 0)
+        if have < depth:
+            raise ValueError(f'the checkpoint has {have} blocks{_where(target, stage)}, the model '
+                             f'{depth}: a shallower checkpoint is refused')
+    truncated = []
+    for key in list(state_dict):
+        match = _BLOCK_KEY[target].match(key)
+        if match:
+            stage = int(match.groupdict().get('stage') or 0)
+            if int(match.group('block')) >= model[stage]:
+                del state_dict[key]
+                truncated.append(stage)
+    if truncated:
+        kept = ', '.join(f'{model[s]} of {ckpt[s]}{_where(target, s)}'
+                         for s in sorted(set(truncated)))
+        print_log(f'checkpoint deeper than the model: loaded the first {kept} blocks',
+                  logger='current')
+
+
+def _pos_embed_channels(shape: Tuple[int, ...], target: str) -> Tuple[int, ...]:
+    """``pos_embed``'s shape without its token grid: ViT (1, N, C), PiT (1, C, H, W)."""
+    if len(shape) < 2:
+        return shape
+    return len(shape), shape[1] if target == 'pit' else shape[-1]
+
+
+def _check_shapes(state_dict: StateDict, model_state: Mapping[str, Tensor], target: str) -> None:
+    bad: List[str] = []
+    for key, value in state_dict.items():
+        ref = model_state.get(key)
+        if ref is None or not isinstance(value, Tensor):
+            continue
+        got, want = tuple(value.shape), tuple(ref.shape)
+        if key == 'pos_embed':  # the token grid is resampled later: compare the channels
+            got_c, want_c = _pos_embed_channels(got, target), _pos_embed_channels(want, target)
+            same = got_c == want_c
+        else:
+            same = got == want
+        if not same:
+            bad.append(f'{key}: checkpoint {got} vs model {want}')
+    if bad:
+        raise ValueError('checkpoint does not fit the model (only depth and resolution are '
+                         'adapted, not width):\n  ' + '\n  '.join(bad))
+
+
+def fit_state_dict(state_dict: StateDict, model_state: Mapping[str, Tensor],
+                   target: str) -> StateDict:
+    """Adapt a converted state dict to a model's own ``state_dict()`` (see module rules)."""
+    state_dict = dict(state_dict)
+    if target == 'vit':
+        _fit_class_token(state_dict, model_state)
+    _fit_depth(state_dict, model_state, target)
+    _check_shapes(state_dict, model_state, target)
+    return state_dict
+
+
+def adapt_state_dict(checkpoint: Mapping, model: nn.Module, target: str,
+                     fmt: Optional[str] = None) -> Tuple[StateDict, str]:
+    """Convert ``checkpoint`` (any registered format, wrapped or not) and fit it to ``model``."""
+    state_dict, fmt = convert_state_dict(checkpoint, target, fmt)
+    return fit_state_dict(state_dict, model.state_dict(), target), fmt
+
+
+def convert_on_load(module: nn.Module, state_dict: dict, prefix: str, *args,
+                    target: str) -> None:
+    """``load_state_dict`` pre-hook: converts and fits the keys under ``prefix`` in place."""
+    keys = [k for k in state_dict if k.startswith(prefix)]
+    if not keys:
+        return
+    own = {k[len(prefix):]: state_dict[k] for k in keys}
+    converted, _ = adapt_state_dict(own, module, target)
+    for key in keys:
+        del state_dict[key]
+    state_dict.update({prefix + k: v for k, v in converted.items()})
+
+
+def register_checkpoint_hook(module: nn.Module, target: str) -> None:
+    """Make ``module.load_state_dict`` (hence mmengine's ``Pretrained`` init and ``load_from``)
+    accept every registered format for ``target``. Register it before other pre-hooks."""
+    setattr(module, _TARGET_ATTR, target)
+    module._register_load_state_dict_pre_hook(partial(convert_on_load, target=target),
+                                              with_module=True)
+
+
+class LoadResult(NamedTuple):
+    fmt: str
+    missing_keys: List[str]
+    unexpected_keys: List[str]
+
+
+def load_pretrained(model: nn.Module, path: str, fmt: Optional[str] = None,
+                    strict: bool = True) -> LoadResult:
+    """Load a checkpoint file of any registered format into a ScaledViT / ScaledPiT.
+
+    The file is read weights-only (:func:`mmvitscale.compat.torch_load`). Unexpected keys
+    (classifier heads, ...) are returned; missing keys raise ``RuntimeError`` when ``strict``.
+    """
+    target = getattr(model, _TARGET_ATTR, None)
+    if target is None:
+        raise TypeError(f'load_pretrained loads into ScaledViT / ScaledPiT, got '
+                        f'{type(model).__name__}; call load_state_dict on a whole model')
+    state_dict, fmt = adapt_state_dict(torch_load(path, map_location='cpu'), model, target, fmt)
+    result = model.load_state_dict(state_dict, strict=False)
+    if strict and result.missing_keys:
+        raise RuntimeError(f'{path} ({fmt}) lacks model keys: {result.missing_keys}')
+    return LoadResult(fmt, list(result.missing_keys), list(result.unexpected_keys))
+
+
+__all__ = ['adapt_state_dict', 'convert_on_load', 'fit_state_dict', 'load_pretrained',
+           'register_checkpoint_hook', 'LoadResult']
