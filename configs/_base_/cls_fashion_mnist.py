@@ -9,12 +9,12 @@ data_preprocessor = dict(num_classes=10, mean=[72.94], std=[90.02], to_rgb=False
 train_dataloader = dict(
     batch_size=128,
     num_workers=2,
-    dataset=dict(type=dataset_type, data_root=data_root, test_mode=False),
+    dataset=dict(type=dataset_type, data_root=data_root, test_mode=False, download=False),
     sampler=dict(type='DefaultSampler', shuffle=True))
 val_dataloader = dict(
     batch_size=256,
     num_workers=2,
-    dataset=dict(type=dataset_type, data_root=data_root, test_mode=True),
+    dataset=dict(type=dataset_type, data_root=data_root, test_mode=True, download=False),
     sampler=dict(type='DefaultSampler', shuffle=False))
 test_dataloader = val_dataloader
 val_evaluator = dict(type='Accuracy', topk=(1, ))

@@ -1,0 +1,264 @@
+"""Shared machinery of the dataset generators, and the classification layout for mmpretrain.
+
+Every generated dataset is a folder whose ``manifest.json`` is written last and records the
+generator kind, its parameters, the item counts, the sha256 of the annotation files and the
+total size of the data files. A generator:
+
+* checks its parameters before any work (:class:`ValueError` naming the parameter);
+* is a no-op when the target already holds a valid dataset with the same parameters;
+* refuses (:class:`DatasetError`, suggesting ``--overwrite``) a target without a valid manifest,
+  made with other parameters, or whose files are missing, resized or changed;
+* writes into a temporary folder next to the target and renames it into place only after
+  validating it, so an interrupted run never leaves a half-written dataset behind.
+"""
+import contextlib
+import hashlib
+import json
+import os
+import os.path as osp
+import shutil
+import tempfile
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
+
+from . import fashion_mnist as fm
+
+MANIFEST = 'manifest.json'
+FORMAT_VERSION = 1
+CLS_KIND = 'fashion-mnist-cls'
+
+
+class DatasetError(RuntimeError):
+    """An existing or freshly written dataset is invalid."""
+
+
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file's content."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path``, creating its folder."""
+    os.makedirs(osp.dirname(path) or '.', exist_ok=True)
+    with open(path, 'wb') as f:
+        f.write(data)
+
+
+def dump_json(obj: Any) -> bytes:
+    """Deterministic, compact JSON bytes (key order as built, newline-terminated)."""
+    return (json.dumps(obj, separators=(',', ':'), ensure_ascii=False) + '\n').encode('utf-8')
+
+
+def progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterable:
+    """Wrap ``iterable`` in a progress bar (tqdm, else mmengine's) when ``enabled``."""
+    if not enabled:
+        return iterable
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm comes with mmdet; mmengine is always there
+        from mmengine.utils import track_iter_progress
+        return track_iter_progress((iterable, total))
+    return tqdm(iterable, total=total, desc=desc, unit='item', dynamic_ncols=True)
+
+
+def check_positive(params: Dict[str, Any], names: Iterable[str], flag: Callable[[str], str]):
+    """Raise ValueError naming the first of ``names`` whose value is not a positive int."""
+    for name in names:
+        value = params[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f'{flag(name)} must be a positive integer, got {value!r}')
+
+
+def cli_flag(name: str) -> str:
+    """``num_train`` -> ``--num-train``."""
+    return '--' + name.replace('_', '-')
+
+
+def _normalised(params: Dict[str, Any]) -> Dict[str, Any]:
+    return json.loads(json.dumps(params))
+
+
+def data_size(root: str, files: Iterable[str]) -> int:
+    """Total bytes of ``files`` (relative to ``root``); DatasetError naming a missing one."""
+    total = 0
+    for rel in files:
+        path = osp.join(root, rel)
+        if not osp.isfile(path):
+            raise DatasetError(f'{root}: data file {rel} is missing')
+        total += osp.getsize(path)
+    return total
+
+
+def check_existing(out_dir: str, kind: str, params: Dict[str, Any],
+                   list_data: Callable[[str], Dict[str, List[str]]]) -> Optional[dict]:
+    """The manifest of a valid dataset at ``out_dir`` made with ``params``; None if none there.
+
+    ``list_data(root)`` returns, per split, the data files its (already hash-checked)
+    annotations reference. Raises :class:`DatasetError` saying what is wrong otherwise.
+    """
+    if not osp.lexists(out_dir) or (osp.isdir(out_dir) and not os.listdir(out_dir)):
+        return None  # absent or an empty folder: nothing to keep, nothing to lose
+    hint = 'delete it or rerun with --overwrite (overwrite=True) to regenerate it'
+    if not osp.isdir(out_dir):
+        raise DatasetError(f'{out_dir} exists and is not a folder; {hint}')
+    path = osp.join(out_dir, MANIFEST)
+    if not osp.isfile(path):
+        raise DatasetError(f'{out_dir} exists but has no {MANIFEST} (a partial dataset, or not '
+                           f'made by this tool); {hint}')
+    try:
+        with open(path, encoding='utf-8') as f:
+            manifest = json.load(f)
+        got_kind, got_params = manifest['kind'], manifest['params']
+        files, sizes = manifest['files'], manifest['data_bytes']
+    except (ValueError, KeyError, TypeError) as e:
+        raise DatasetError(f'{path} is corrupt ({type(e).__name__}: {e}); {hint}') from e
+    if got_kind != kind or manifest.get('format_version') != FORMAT_VERSION:
+        raise DatasetError(f'{out_dir} holds a {got_kind!r} dataset (format '
+                           f'{manifest.get("format_version")}), not {kind!r} (format '
+                           f'{FORMAT_VERSION}); {hint}')
+    wanted = _normalised(params)
+    if got_params != wanted:
+        diff = ', '.join(f'{k}={got_params.get(k)!r} (requested {v!r})'
+                         for k, v in wanted.items() if got_params.get(k) != v)
+        raise DatasetError(f'{out_dir} was generated with other parameters: {diff}; {hint}')
+    for rel, digest in files.items():
+        file_path = osp.join(out_dir, rel)
+        if not osp.isfile(file_path):
+            raise DatasetError(f'{out_dir}: {rel} is missing; {hint}')
+        if sha256_file(file_path) != digest:
+            raise DatasetError(f'{out_dir}: {rel} was modified or is corrupt (sha256 differs '
+                               f'from {MANIFEST}); {hint}')
+    try:
+        listed = list_data(out_dir)
+        for split, rels in listed.items():
+            size = data_size(out_dir, rels)
+            if size != sizes.get(split):
+                raise DatasetError(f'{out_dir}: the {split} data files total {size} bytes, '
+                                   f'{MANIFEST} says {sizes.get(split)} (files were changed)')
+    except DatasetError as e:
+        raise DatasetError(f'{e}; {hint}') from e
+    return manifest
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir: str) -> Iterator[str]:
+    """Yield a fresh temporary folder next to ``out_dir``; on success it replaces ``out_dir``.
+
+    On any exception the temporary folder is removed and ``out_dir`` is left untouched.
+    """
+    out_dir = osp.abspath(out_dir)
+    parent, name = osp.split(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f'.{name}.tmp-', dir=parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700
+    old = None
+    try:
+        yield tmp
+        if osp.lexists(out_dir):
+            old = osp.join(tempfile.mkdtemp(prefix=f'.{name}.old-', dir=parent), name)
+            os.rename(out_dir, old)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        if old is not None and not osp.lexists(out_dir):
+            os.rename(old, out_dir)  # put the previous dataset back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(osp.dirname(old), ignore_errors=True)
+
+
+def write_manifest(root: str, kind: str, params: Dict[str, Any], counts: Dict[str, Any],
+                   ann_files: Iterable[str], data: Dict[str, List[str]]) -> dict:
+    """Write ``manifest.json`` (last step of a generator) and return it."""
+    data_bytes, data_sha256 = {}, {}
+    for split, rels in data.items():
+        data_bytes[split] = data_size(root, rels)
+        digest = hashlib.sha256()
+        for rel in rels:
+            digest.update(f'{rel}\0{sha256_file(osp.join(root, rel))}\n'.encode())
+        data_sha256[split] = digest.hexdigest()
+    manifest = dict(
+        kind=kind, format_version=FORMAT_VERSION, params=_normalised(params), counts=counts,
+        files={rel: sha256_file(osp.join(root, rel)) for rel in ann_files},
+        data_bytes=data_bytes, data_sha256=data_sha256)
+    write_bytes(osp.join(root, MANIFEST), json.dumps(manifest, indent=2).encode() + b'\n')
+    return manifest
+
+
+def generate(out_dir: str, kind: str, params: Dict[str, Any], overwrite: bool,
+             build: Callable[[str], Dict[str, Any]],
+             list_data: Callable[[str], Dict[str, List[str]]],
+             validate: Callable[[str], Dict[str, Any]], ann_files: List[str]) -> dict:
+    """Common driver: no-op check, atomic build, validation, manifest.
+
+    ``build(tmp)`` writes the dataset into ``tmp``; ``validate(root)`` checks it and returns its
+    counts (raising :class:`DatasetError`); ``list_data`` is as in :func:`check_existing`.
+    Returns the manifest plus ``reused`` (True when an existing valid dataset was kept).
+    """
+    if not overwrite:
+        manifest = check_existing(out_dir, kind, params, list_data)
+        if manifest is not None:
+            return dict(manifest, reused=True)
+    with atomic_dir(out_dir) as tmp:
+        build(tmp)
+        counts = validate(tmp)
+        manifest = write_manifest(tmp, kind, params, counts, ann_files, list_data(tmp))
+    return dict(manifest, reused=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Classification: the layout mmpretrain's MNIST / FashionMNIST read.
+# ---------------------------------------------------------------------------------------------
+def _cls_list_data(root: str) -> Dict[str, List[str]]:
+    return {}
+
+
+def _cls_validate(root: str) -> Dict[str, Any]:
+    counts = {}
+    for split, (images, labels) in fm.SPLITS.items():
+        arrays = []
+        for name in (images, labels):
+            path = osp.join(root, name)
+            if not osp.isfile(path):
+                raise DatasetError(f'{root}: {name} was not written')
+            with open(path, 'rb') as f:
+                arrays.append(fm.parse_idx(f.read(), path))
+        img, lab = arrays
+        if img.shape != (fm.SPLIT_SIZES[split], 28, 28) or lab.shape != img.shape[:1]:
+            raise DatasetError(f'{root}: {split} has shapes {img.shape} / {lab.shape}')
+        if int(lab.max()) >= len(fm.CLASSES):
+            raise DatasetError(f'{root}: {split} labels exceed {len(fm.CLASSES) - 1}')
+        counts[split] = int(img.shape[0])
+    return counts
+
+
+def prepare_classification(out_dir: str, source: Optional[str] = None,
+                           overwrite: bool = False) -> dict:
+    """Write the decompressed idx files mmpretrain's ``FashionMNIST`` reads under ``data_root``.
+
+    mmpretrain looks for ``{train,t10k}-{images-idx3,labels-idx1}-ubyte`` (its list of ``.gz``
+    names with the suffix dropped) and reads them raw, so the gzipped source cannot simply be
+    linked. The content's md5 is checked against the official release (mmpretrain's md5s are
+    of upstream ``.gz`` archives, which differ from Debian's re-gzipped ones and are only
+    checked when it downloads). Returns the manifest.
+    """
+    src = fm.source_dir(source)
+
+    def build(tmp: str) -> None:
+        for name, md5 in fm.RAW_MD5.items():
+            path = fm.find_file(src, name)
+            data = fm.read_raw(path)
+            got = hashlib.md5(data).hexdigest()
+            if got != md5:
+                raise DatasetError(f'{path}: decompressed md5 {got} is not that of the '
+                                   f'official Fashion-MNIST file ({md5})')
+            write_bytes(osp.join(tmp, name), data)
+
+    return generate(out_dir, CLS_KIND, {}, overwrite, build, _cls_list_data, _cls_validate,
+                    sorted(fm.RAW_MD5))
