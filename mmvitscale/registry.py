@@ -6,9 +6,11 @@ mmpretrain, mmaction2 default scope) can say ``type='mmvitscale.ScaledViT'`` wit
 """
 from mmengine.registry import HOOKS as MMENGINE_HOOKS
 from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
 from mmengine.registry import Registry
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, locations=['mmvitscale.models'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, locations=['mmvitscale.engine'])
+RUNNERS = Registry('runner', parent=MMENGINE_RUNNERS, locations=['mmvitscale.engine'])
 
-__all__ = ['MODELS', 'HOOKS']
+__all__ = ['MODELS', 'HOOKS', 'RUNNERS']

@@ -85,3 +85,60 @@ def derive_video(arch: Any, scaling: Optional[Mapping], img_size: int = 224,
     backbone.update(backbone_kwargs)
     return dict(backbone=backbone, input_size=tuple(spec.spatial.img_size),
                 num_frames=spec.num_frames, arch=_plain(spec.spatial.as_dict()))
+
+
+def derive_detection(arch: Any, scaling: Optional[Mapping], img_size: int = 224,
+                     patch_size: int = 16, base_scale=(1333, 800),
+                     **backbone_kwargs) -> Dict[str, Any]:
+    """ScaledViT + simple-feature-pyramid detection settings under a rule.
+
+    The input scale follows the rule's resolution change (``base_scale`` times the ratio of the
+    scaled to the base resolution); the pyramid has strides ``p/2, p, 2p, 4p, 8p`` for patch
+    size ``p`` (scale factors 2, 1, 0.5 plus two pooled levels) and images are padded to a
+    multiple of ``2p``.
+
+    Returns:
+        :func:`derive_image`'s dict plus ``scale`` (w, h), ``strides`` and
+        ``pad_size_divisor``.
+    """
+    backbone_kwargs.setdefault('out_type', 'featmap')
+    out = derive_image('vit', arch, scaling, img_size, patch_size, **backbone_kwargs)
+    p = out['arch']['patch_size']
+    if p % 2:
+        raise ValueError('detection needs an even patch size for the stride p/2 pyramid level; '
+                         f'the rule gives patch_size={p}')
+    ratio = out['input_size'][0] / img_size
+    out.update(scale=tuple(int(round(s * ratio)) for s in base_scale),
+               strides=[p // 2, p, 2 * p, 4 * p, 8 * p], pad_size_divisor=2 * p)
+    return out
+
+
+SIZE_KEYS = ('scale', 'crop_size', 'size')
+
+
+def rescale_pipeline(pipeline, size: int, base_size: int = 224) -> list:
+    """A host data pipeline with every spatial size scaled by ``size / base_size``.
+
+    Touches the ``scale`` / ``crop_size`` / ``size`` entries (ints or (w, h) pairs; -1 kept)
+    of each transform, e.g. ``RandomResizedCrop(scale=224)``, ``ResizeEdge(scale=256)``,
+    ``CenterCrop(crop_size=224)``, so a base recipe follows the rule's resolution.
+    """
+    ratio = size / base_size
+
+    def scaled(value):
+        if isinstance(value, bool) or not isinstance(value, (int, list, tuple)):
+            return value
+        if isinstance(value, int):
+            return value if value < 0 else int(round(value * ratio))
+        if all(isinstance(v, int) for v in value):
+            return tuple(scaled(v) for v in value)
+        return value
+
+    out = []
+    for transform in pipeline:
+        t = _plain(transform)
+        for key in SIZE_KEYS:
+            if key in t:
+                t[key] = scaled(t[key])
+        out.append(t)
+    return out

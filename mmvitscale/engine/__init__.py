@@ -1,1 +1,4 @@
-"""Training-time extensions (hooks) for mmengine runners."""
+"""Training-time extensions (runners, hooks) for mmengine; registered in mmvitscale.registry."""
+from .runner import DataCheckedRunner, missing_data
+
+__all__ = ['DataCheckedRunner', 'missing_data']

@@ -1,0 +1,37 @@
+# Offline video recognition: Fashion-MNIST items moving in one of 8 directions, 16-frame mp4
+# clips (`python tools/data/make_video.py --out data/fmnist_video`), mmaction2 runtime.
+_base_ = ['mmaction::_base_/default_runtime.py']
+
+data_root = 'data/fmnist_video/'
+clip_frames = 16  # frames per generated clip
+model = dict(
+    type='Recognizer3D',
+    cls_head=dict(type='TimeSformerHead', num_classes=8, average_clips='prob'),
+    data_preprocessor=dict(type='ActionDataPreprocessor', mean=[127.5] * 3, std=[127.5] * 3,
+                           format_shape='NCTHW'))
+train_dataloader = dict(
+    batch_size=16,
+    num_workers=2,
+    sampler=dict(type='DefaultSampler', shuffle=True),
+    dataset=dict(type='VideoDataset', ann_file=data_root + 'train_list_videos.txt',
+                 data_prefix=dict(video=data_root + 'videos_train')))
+val_dataloader = dict(
+    batch_size=16,
+    num_workers=2,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(type='VideoDataset', ann_file=data_root + 'val_list_videos.txt',
+                 data_prefix=dict(video=data_root + 'videos_val'), test_mode=True))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='AccMetric')
+test_evaluator = val_evaluator
+
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=6, val_begin=1, val_interval=6)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+optim_wrapper = dict(optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
+                     clip_grad=dict(max_norm=5.0))
+param_scheduler = dict(type='CosineAnnealingLR', by_epoch=True, T_max=6,
+                       convert_to_iter_based=True)
+default_hooks = dict(logger=dict(interval=20), checkpoint=dict(max_keep_ckpts=1))
+env_cfg = dict(dist_cfg=dict(backend='gloo'))
+randomness = dict(seed=0)

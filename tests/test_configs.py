@@ -1,0 +1,209 @@
+"""Rule files -> task configs: inheritance, derived values, building and short training."""
+import os.path as osp
+import shutil
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from mmvitscale.cost import get_complexity
+from mmvitscale.models import ScaledViT
+from mmvitscale.rules import derive_detection, derive_image, rescale_pipeline
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CFG = osp.join(ROOT, 'configs')
+OFFLINE = {
+    'cls': 'cls/scaled_vit_fmnist.py',
+    'det': 'det/scaled_vit_retina_fmnist.py',
+    'video': 'video/scaled_vit_fmnist_video.py',
+}
+ALL_CONFIGS = sorted(
+    osp.relpath(osp.join(d, f), CFG) for d, _, fs in __import__('os').walk(CFG) for f in fs
+    if f.endswith('.py') and '_base_' not in d)
+RULES = ['deit_tiny_shape', 'deeper_narrower', 'wider_shallower', 'hires_bigpatch',
+         'more_frames_shallower']
+
+
+def load(rel, root=CFG):
+    return Config.fromfile(osp.join(root, rel))
+
+
+@pytest.mark.parametrize('rel', ALL_CONFIGS)
+def test_every_config_loads(rel):
+    cfg = load(rel)
+    assert cfg.model.backbone.type.startswith('mmvitscale.')
+    assert 'scaled' in cfg
+
+
+def _with_rule(tmp_path, rule):
+    """A copy of configs/ whose baseline rule file holds another rule's contents."""
+    root = tmp_path / 'configs'
+    shutil.copytree(CFG, root)
+    shutil.copyfile(root / '_base_' / 'scaling' / f'{rule}.py',
+                    root / '_base_' / 'scaling' / 'deit_tiny_shape.py')
+    return str(root)
+
+
+def _summary(cfg, task):
+    arch = cfg.scaled['arch']
+    out = dict(depth=arch['num_layers'], width=arch['embed_dims'],
+               input=tuple(cfg.scaled['input_size']))
+    pipe = cfg.train_dataloader.dataset.pipeline
+    if task == 'cls':
+        out['pipe'] = tuple(next(t for t in pipe if t.type == 'Resize').scale)
+    elif task == 'det':
+        out['pipe'] = tuple(next(t for t in pipe if t.type == 'Resize').scale)
+        out['strides'] = tuple(cfg.model.bbox_head.anchor_generator.strides)
+    else:
+        out['pipe'] = tuple(next(t for t in pipe if t.type == 'Resize').scale)
+        out['frames'] = next(t for t in pipe if t.type == 'SampleFrames').clip_len
+        assert out['frames'] == cfg.scaled['num_frames']
+        from mmvitscale.models import ScaledVideoViT
+        b = cfg.model.backbone
+        spec = ScaledVideoViT.resolve_arch(b.arch, b.img_size, b.patch_size, b.num_frames,
+                                           b.tubelet_size, b.scaling)
+        assert spec.num_frames == out['frames']  # the backbone derives the same clip length
+    return out
+
+
+def test_changing_the_rule_file_changes_all_three_tasks(tmp_path):
+    base = {t: _summary(load(rel), t) for t, rel in OFFLINE.items()}
+    assert base['cls'] == dict(depth=6, width=64, input=(32, 32), pipe=(32, 32))
+    assert base['det']['strides'] == (8, 16, 32, 64, 128) and base['det']['pipe'] == (128, 128)
+    assert base['video']['frames'] == 8
+
+    deeper = _with_rule(tmp_path / 'a', 'deeper_narrower')
+    for task, rel in OFFLINE.items():
+        s = _summary(load(rel, deeper), task)
+        assert (s['depth'], s['width']) == (round(base[task]['depth'] * 1.5), 48), task
+        assert s['pipe'] == base[task]['pipe']
+
+    hires = _with_rule(tmp_path / 'b', 'hires_bigpatch')
+    cls, det, video = (_summary(load(rel, hires), t) for t, rel in OFFLINE.items())
+    assert cls['pipe'] == (40, 40) and cls['depth'] == 6
+    assert det['pipe'] == (160, 160) and det['strides'] == (10, 20, 40, 80, 160)
+    assert video['pipe'] == (40, 40) and video['frames'] == 8
+
+    frames = _with_rule(tmp_path / 'c', 'more_frames_shallower')
+    cls, det, video = (_summary(load(rel, frames), t) for t, rel in OFFLINE.items())
+    assert video['frames'] == 16 and video['depth'] == 2
+    assert cls['depth'] == 3 and det['depth'] == 3  # image tasks ignore the frame knob
+
+
+@pytest.mark.parametrize('rule', ['deeper_narrower', 'wider_shallower', 'hires_bigpatch'])
+@pytest.mark.parametrize('arch, img, patch', [
+    ('deit-tiny', 224, 16), (dict(embed_dims=64, num_layers=6, num_heads=2), 32, 4)])
+def test_image_rules_keep_flops_near_the_baseline(rule, arch, img, patch):
+    rule_cfg = Config.fromfile(osp.join(CFG, '_base_', 'scaling', f'{rule}.py'))
+
+    def flops(scaling):
+        d = derive_image('vit', arch, scaling, img_size=img, patch_size=patch)['backbone']
+        model = ScaledViT(**{k: v for k, v in d.items() if k != 'type'})
+        return get_complexity(model, (3, *model.img_size))['flops']
+
+    assert flops(rule_cfg.scaling) == pytest.approx(flops({}), rel=0.15)
+
+
+def test_rescale_pipeline_and_detection_rules():
+    pipe = rescale_pipeline([dict(type='RandomResizedCrop', scale=224),
+                             dict(type='ResizeEdge', scale=256, edge='short'),
+                             dict(type='Resize', scale=(-1, 256)),
+                             dict(type='CenterCrop', crop_size=224)], 280)
+    assert [t.get('scale', t.get('crop_size')) for t in pipe] == [280, 320, (-1, 320), 280]
+    with pytest.raises(ValueError, match='even patch size .* the rule gives patch_size=5'):
+        derive_detection('deit-tiny', dict(patch_size=5), img_size=225, patch_size=15)
+    with pytest.raises(ValueError, match="family must be one of \\('vit', 'pit'\\), got 'cnn'"):
+        derive_image('cnn', 'deit-tiny', {})
+
+
+@pytest.mark.parametrize('rel, host', [
+    ('cls/scaled-vit-tiny_4xb256_in1k.py', 'data/imagenet'),
+    ('det/scaled_vit_retina.py', 'data/coco'),
+    ('video/scaled_vit_timesformer_k400.py', 'data/kinetics400'),
+])
+def test_real_data_configs_stop_with_a_hint_before_building(rel, host, tmp_path, monkeypatch):
+    from mmengine.registry import RUNNERS
+    monkeypatch.chdir(tmp_path)
+    cfg = load(rel)
+    with pytest.raises(SystemExit) as err:
+        RUNNERS.build(cfg)
+    message = str(err.value)
+    assert message.startswith('dataset not found; missing:') and host in message
+    assert 'offline variant' in message and 'tools/train.py configs/' in message
+    assert not (tmp_path / 'work_dirs').exists()
+
+
+def _build(cfg):
+    from mmengine.registry import DefaultScope, MODELS
+    DefaultScope.get_instance(f'cfg-{id(cfg)}', scope_name=cfg.default_scope)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    return model
+
+
+def test_real_detection_config_builds_and_runs():
+    cfg = load('det/scaled_vit_retina.py')
+    model = _build(cfg).eval()
+    with torch.no_grad():
+        feats = model.extract_feat(torch.randn(1, 3, 256, 320))
+    assert [tuple(f.shape[-2:]) for f in feats] == [(32, 40), (16, 20), (8, 10), (4, 5), (2, 3)]
+
+
+@pytest.fixture(scope='module')
+def offline_data(tmp_path_factory):
+    from mmvitscale import datasets
+    try:
+        datasets.source_dir()
+    except datasets.FashionMNISTNotFoundError as err:
+        pytest.skip(str(err))
+    root = tmp_path_factory.mktemp('data')
+    datasets.prepare_classification(str(root / 'fashion_mnist'))
+    datasets.generate_det(str(root / 'fmnist_det'), num_train=32, num_val=16,
+                          show_progress=False)
+    datasets.generate_video(str(root / 'fmnist_video'), num_train=32, num_val=16,
+                            show_progress=False)
+    return root
+
+
+def _loader(batch_size, **dataset):
+    return dict(num_workers=0, persistent_workers=False, batch_size=batch_size,
+                dataset=dataset)
+
+
+def _short_run_options(task, root):
+    opts = dict(train_cfg=dict(max_epochs=1, val_interval=1))
+    if task == 'cls':
+        r = str(root / 'fashion_mnist')
+        for split in ('train', 'val', 'test'):
+            opts[f'{split}_dataloader'] = _loader(16, data_root=r, indices=32)
+    elif task == 'det':
+        r = str(root / 'fmnist_det') + '/'
+        for split in ('train', 'val', 'test'):
+            opts[f'{split}_dataloader'] = _loader(8, data_root=r)
+        opts['model'] = dict(test_cfg=dict(score_thr=0.0))  # untrained: keep every box
+        opts['val_evaluator'] = dict(ann_file=r + 'annotations/instances_val.json')
+        opts['test_evaluator'] = opts['val_evaluator']
+    else:
+        r = str(root / 'fmnist_video') + '/'
+        for split, name in (('train', 'train'), ('val', 'val'), ('test', 'val')):
+            opts[f'{split}_dataloader'] = _loader(
+                8, ann_file=r + f'{name}_list_videos.txt',
+                data_prefix=dict(video=r + f'videos_{name}'))
+    return opts
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('task', sorted(OFFLINE))
+def test_offline_configs_train_and_evaluate(task, offline_data, tmp_path):
+    from mmengine.runner import Runner
+    cfg = load(OFFLINE[task])
+    cfg.merge_from_dict(_short_run_options(task, offline_data))
+    cfg.work_dir = str(tmp_path / task)
+    runner = Runner.from_cfg(cfg)
+    before = {k: v.clone() for k, v in runner.model.state_dict().items()}
+    runner.train()
+    after = runner.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    metrics = runner.test()
+    key = {'cls': 'accuracy/top1', 'det': 'coco/bbox_mAP', 'video': 'acc/top1'}[task]
+    assert key in metrics and 0.0 <= metrics[key] <= 100.0
