@@ -77,3 +77,15 @@ def test_wheel_ships_configs_tools_and_model_index(tmp_path):
     assert 'mmvitscale/.mim/configs/cls/scaled-vit-tiny_4xb256_in1k.py' in names
     assert 'mmvitscale/.mim/tools/train.py' in names
     assert 'mmvitscale/models/vit.py' in names
+
+
+def test_backbone_benchmark_quick_run_writes_report(tmp_path):
+    sys.path.insert(0, osp.join(ROOT, 'benchmarks'))
+    import backbones
+    result = backbones.main(['--quick', '--out-dir', str(tmp_path)])
+    data = json.loads((tmp_path / 'backbones.json').read_text())
+    assert [r['model'] for r in data['rows']] == ['deit-tiny', 'pit-ti']
+    for row in result['rows']:
+        assert row['max_abs_diff'] < 1e-4  # same weights, same numbers as timm
+        assert row['throughput_ratio'] > 0 and row['macs_per_image'] > 0
+    assert '| deit-tiny |' in (tmp_path / 'backbones.md').read_text()

@@ -4,7 +4,7 @@ Lives apart from the models: it works on any ``nn.Module`` or resolved architect
 """
 from .analytic import vit_flops, vit_params
 from .counter import FlopCounter, count_params, get_complexity
-from .latency import measure_latency
+from .latency import cpu_name, device_name, measure_latency
 
-__all__ = ['FlopCounter', 'count_params', 'get_complexity', 'measure_latency', 'vit_flops',
-           'vit_params']
+__all__ = ['FlopCounter', 'count_params', 'cpu_name', 'device_name', 'get_complexity',
+           'measure_latency', 'vit_flops', 'vit_params']

@@ -63,6 +63,10 @@ def _linear_pointwise(args, out) -> int:
     return _prod(x.shape[:-1]) * w.shape[1] * w.shape[0]
 
 
+def _linear_pointwise_binary(args, out) -> int:  # (x, other, weight, bias, attr)
+    return _linear_pointwise((args[0], args[2]), out)
+
+
 def _sdpa(args, out) -> int:
     q, k, v = args[0], args[1], args[2]
     batch = _prod(q.shape[:-2])
@@ -109,7 +113,9 @@ def _handlers() -> Dict[object, Callable]:
     # oneDNN linear (+bias, +activation), used by mmvitscale's CPU inference fast path
     packet = getattr(torch.ops.mkldnn, '_linear_pointwise', None)
     if packet is not None:
-        handlers[packet] = _linear_pointwise
+        handlers[packet.default] = _linear_pointwise
+        if 'binary' in packet.overloads():
+            handlers[packet.binary] = _linear_pointwise_binary
     return handlers
 
 
@@ -127,7 +133,7 @@ class FlopCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        fn = self.handlers.get(func.overloadpacket)
+        fn = self.handlers.get(func) or self.handlers.get(func.overloadpacket)
         if fn is not None:
             self.by_op[func.overloadpacket.__name__] += int(fn(args, out))
         return out

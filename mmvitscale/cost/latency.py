@@ -44,3 +44,24 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int] = (3, 224, 224)
     return dict(median_ms=statistics.median(times), p10_ms=q[0], p90_ms=q[-1],
                 mean_ms=statistics.fmean(times), repeats=repeats, batch_size=batch_size,
                 threads=torch.get_num_threads(), device=str(dev))
+
+
+def cpu_name() -> str:
+    """The CPU model as the OS reports it (``/proc/cpuinfo`` on Linux)."""
+    import platform
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: str = 'cpu') -> str:
+    """Human-readable name of a torch device (GPU name or CPU model)."""
+    dev = torch.device(device)
+    if dev.type == 'cuda':
+        return torch.cuda.get_device_name(dev)
+    return cpu_name()

@@ -40,22 +40,30 @@ def _has_onednn_linear() -> bool:
 _ONEDNN_LINEAR = _has_onednn_linear()
 
 
-def fused_linear(x: Tensor, layer: nn.Linear, gelu: bool = False) -> Tensor:
-    """``layer(x)`` (then exact GELU when ``gelu``), fused into one oneDNN call where possible.
+def fused_linear(x: Tensor, layer: nn.Linear, gelu: bool = False,
+                 residual: Optional[Tensor] = None) -> Tensor:
+    """``layer(x)``, then exact GELU when ``gelu``, plus ``residual`` when given.
 
-    Inference-only fast path: on CPU float32 with autograd off, oneDNN's linear adds the bias
-    and applies GELU inside the GEMM instead of copying the bias into the output first
-    (``addmm``) and running GELU as a second pass. It computes the same values as the
-    eager ops; anywhere else (training, GPU, other dtypes) the eager ops run.
+    Inference fast path: on CPU float32 with autograd off, oneDNN's linear adds the bias, the
+    GELU or the residual inside the GEMM (post-ops) instead of copying the bias into the output
+    first (``addmm``) and running GELU / the residual add as extra memory passes. Values agree
+    with the eager ops to float rounding; anywhere else (autograd on, GPU, other dtypes) the
+    eager ops run.
     """
     if (_ONEDNN_LINEAR and not torch.is_grad_enabled() and x.device.type == 'cpu'
-            and x.dtype == torch.float32 and layer.weight.dtype == torch.float32):
+            and x.dtype == torch.float32 and layer.weight.dtype == torch.float32
+            and not (gelu and residual is not None)):
+        if residual is not None:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.weight,
+                                                             layer.bias, 'add')
         if gelu:
             return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, 'gelu', [],
                                                       'none')
         return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, 'none', [], '')
     x = layer(x)
-    return F.gelu(x) if gelu else x
+    if gelu:
+        x = F.gelu(x)
+    return x if residual is None else x.add_(residual)
 
 
 class Attention(nn.Module):
@@ -73,7 +81,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        """Attention of ``x`` (B, N, C); ``residual`` is added to the output (eval use only:
+        it is added before ``proj_drop``)."""
         B, N, C = x.shape
         qkv = fused_linear(x, self.qkv).reshape(B, N, 3, self.num_heads,
                                                 self.head_dim).permute(2, 0, 3, 1, 4)
@@ -81,7 +91,7 @@ class Attention(nn.Module):
         x = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(B, N, C)
-        return self.proj_drop(fused_linear(x, self.proj))
+        return self.proj_drop(fused_linear(x, self.proj, residual=residual))
 
 
 class Mlp(nn.Module):
@@ -93,8 +103,10 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.drop(fused_linear(self.drop(fused_linear(x, self.fc1, gelu=True)), self.fc2))
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        """MLP of ``x``; ``residual`` is added to the output (eval use: before ``drop``)."""
+        hidden = self.drop(fused_linear(x, self.fc1, gelu=True))
+        return self.drop(fused_linear(hidden, self.fc2, residual=residual))
 
 
 class TransformerBlock(nn.Module):
@@ -111,8 +123,14 @@ class TransformerBlock(nn.Module):
         self.mlp = Mlp(dim, mlp_hidden, drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        if not self.training:  # dropout / drop path are identities: fuse the residual adds
+            x = self.attn(self.norm1(x), residual=x)
+            return self.mlp(self.norm2(x), residual=x)
+        # residual added in place into the branch output (a fresh tensor): one allocation and
+        # one memory pass less, same values, autograd-safe (linear / mul backward do not need
+        # their outputs); the input x is never modified.
+        x = self.drop_path(self.attn(self.norm1(x))).add_(x)
+        return self.drop_path(self.mlp(self.norm2(x))).add_(x)
 
 
 def resample_abs_pos_embed(pos_embed: Tensor, new_size: Sequence[int],

@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import os.path as osp
-import platform
 import tempfile
 
 import mmvitscale  # noqa: F401
@@ -20,7 +19,7 @@ from rich.progress import track
 from rich.table import Table
 from torch import nn
 
-from mmvitscale.cost import get_complexity, measure_latency, vit_flops
+from mmvitscale.cost import cpu_name, get_complexity, measure_latency, vit_flops
 from mmvitscale.models import ScaledViT
 
 # (name, preset, scaling rule); rules are plain data, see mmvitscale.scaling.
@@ -105,7 +104,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = [build_row(*r, args) for r in track(DEFAULT_ROWS, description='measuring')]
-    meta = dict(cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+    meta = dict(cpu=cpu_name(), threads=torch.get_num_threads(),
                 torch=torch.__version__)
     os.makedirs(args.out_dir, exist_ok=True)
     _atomic_write(osp.join(args.out_dir, 'scaling_table.json'),

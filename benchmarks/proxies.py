@@ -1,0 +1,203 @@
+"""As-ViT training-free proxies: vectorised implementation against the per-sample loops.
+
+    python benchmarks/proxies.py [--out-dir DIR] [--rounds N] [--num-inits N] [--quick]
+
+For a small ScaledViT and a small ScaledPiT at As-ViT's growth-proxy scale (32x32 inputs,
+batch 16, 10 circle points, 5 seeded inits) it computes the NTK condition number and the
+length distortion with ``mmvitscale.search.proxies`` (``vmap(grad)`` / ``jvp``) and with the
+reference loops (one backward pass per sample / one double-backward jvp per point), checks
+that the values agree (relative difference, goal <= 1e-4) and times both, alternating the two
+round by round so machine drift hits both equally. Times are medians of wall-clock and of
+process CPU seconds (the latter is less sensitive to other jobs on a shared machine).
+Writes ``proxies.json`` and ``proxies.md``; speed goals live here, not in tests.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import platform
+import statistics
+import tempfile
+import time
+from typing import Callable, Dict, List, Tuple
+
+import mmvitscale  # noqa: F401  (shims first)
+import torch
+from torch import nn
+
+from mmvitscale.models import ScaledPiT, ScaledViT
+from mmvitscale.search import proxies as P
+
+INPUT_SHAPE = (3, 32, 32)
+RTOL = 1e-4  # agreement goal between the fast path and the loops
+
+
+def small_vit() -> nn.Module:
+    """Width 64, 4 blocks, patch 4 on 32x32 (65 tokens); features pooled before any norm."""
+    model = ScaledViT(dict(embed_dims=64, num_layers=4, num_heads=2, mlp_ratio=4.0),
+                      img_size=32, patch_size=4, out_type='avg_featmap', final_norm=False)
+    model.init_weights()
+    return model
+
+
+def small_pit() -> nn.Module:
+    """Widths 32/64/128 over 1/2/1 blocks, 15x15 tokens at stage 1; average-pooled map."""
+    model = ScaledPiT(dict(base_dims=(16, 16, 16), depths=(1, 2, 1), heads=(2, 4, 8),
+                           patch_size=4, patch_stride=2), img_size=32, out_type='avg_featmap')
+    model.init_weights()
+    return model
+
+
+MODELS: Dict[str, Callable[[], nn.Module]] = {'vit-w64-d4': small_vit, 'pit-w32-d1.2.1': small_pit}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--out-dir', default='work_dirs/benchmarks')
+    parser.add_argument('--rounds', type=int, default=3, help='alternating timed rounds')
+    parser.add_argument('--num-inits', type=int, default=5)
+    parser.add_argument('--batch', type=int, default=16, help='NTK batch size')
+    parser.add_argument('--num-points', type=int, default=10, help='circle points')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch intra-op threads (default: torch\'s choice)')
+    parser.add_argument('--models', nargs='+', choices=sorted(MODELS), default=None)
+    parser.add_argument('--quick', action='store_true',
+                        help='one round, one init (smoke test of the script)')
+    return parser.parse_args(argv)
+
+
+def _timed(fn: Callable[[], float]) -> Tuple[float, float, float]:
+    """(value, wall seconds, process CPU seconds) of one call."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    value = fn()
+    return value, time.perf_counter() - w0, time.process_time() - c0
+
+
+def _rel(a: float, b: float) -> float:
+    if a == b:
+        return 0.0
+    return abs(a - b) / max(abs(a), abs(b))
+
+
+def bench_model(name: str, builder: Callable[[], nn.Module], args) -> Dict:
+    inputs = torch.randn((args.batch, ) + INPUT_SHAPE,
+                         generator=torch.Generator().manual_seed(args.seed))
+    kw = dict(num_inits=args.num_inits, seed=args.seed)
+    impls = {
+        'ntk': {
+            'fast': lambda: P.ntk_condition(builder, inputs, **kw),
+            'loop': lambda: P._ntk_condition_loop(builder, inputs, **kw),
+        },
+        'length': {
+            'fast': lambda: P.length_distortion(builder, INPUT_SHAPE, args.num_points, **kw),
+            'loop': lambda: P._length_distortion_loop(builder, INPUT_SHAPE, args.num_points,
+                                                      **kw),
+        },
+    }
+    values: Dict[str, Dict[str, float]] = {p: {} for p in impls}
+    wall: Dict[str, Dict[str, List[float]]] = {p: {'fast': [], 'loop': []} for p in impls}
+    cpu: Dict[str, Dict[str, List[float]]] = {p: {'fast': [], 'loop': []} for p in impls}
+    for proxy, fns in impls.items():  # untimed first calls: values + warm-up
+        for impl, fn in fns.items():
+            values[proxy][impl] = fn()
+    for _ in range(args.rounds):
+        for proxy, fns in impls.items():
+            for impl, fn in fns.items():
+                value, w, c = _timed(fn)
+                if value != values[proxy][impl] and not (value != value):  # nan-safe
+                    raise RuntimeError(f'{name} {proxy} {impl} is not deterministic: '
+                                       f'{value!r} vs {values[proxy][impl]!r}')
+                wall[proxy][impl].append(w)
+                cpu[proxy][impl].append(c)
+    num_params = sum(p.numel() for p in P._model_for_init(builder, 0).parameters())
+    row = dict(model=name, params=num_params)
+    for proxy in impls:
+        for impl in ('fast', 'loop'):
+            row[f'{proxy}_{impl}'] = values[proxy][impl]
+            row[f'{proxy}_{impl}_wall_s'] = statistics.median(wall[proxy][impl])
+            row[f'{proxy}_{impl}_cpu_s'] = statistics.median(cpu[proxy][impl])
+        row[f'{proxy}_rel_diff'] = _rel(values[proxy]['fast'], values[proxy]['loop'])
+        row[f'{proxy}_agree'] = row[f'{proxy}_rel_diff'] <= RTOL
+        for clock in ('wall', 'cpu'):
+            row[f'{proxy}_speedup_{clock}'] = (row[f'{proxy}_loop_{clock}_s'] /
+                                               row[f'{proxy}_fast_{clock}_s'])
+    for clock in ('wall', 'cpu'):
+        loop = sum(row[f'{p}_loop_{clock}_s'] for p in impls)
+        fast = sum(row[f'{p}_fast_{clock}_s'] for p in impls)
+        row[f'both_speedup_{clock}'] = loop / fast
+    return row
+
+
+def to_markdown(result: Dict) -> str:
+    m = result['meta']
+    lines = [
+        f"Device: {m['device_name']} (cpu, {m['threads']} threads), torch {m['torch']}; "
+        f"inputs {m['input_shape']}, NTK batch {m['batch']}, {m['num_points']} circle points, "
+        f"{m['num_inits']} inits per proxy; medians over {m['rounds']} alternating rounds; "
+        f"all values agree within {RTOL:g} relative: {'yes' if m['all_agree'] else 'NO'}. "
+        'fast = vmap(grad) / jvp, loop = one backward per sample / one jvp per point.', '',
+        '| model | params | proxy | fast | loop | rel. diff | fast s (wall / cpu) '
+        '| loop s (wall / cpu) | speed-up wall | speed-up cpu |',
+        '|---|---|---|---|---|---|---|---|---|---|'
+    ]
+    for r in result['rows']:
+        for proxy, label in (('ntk', 'NTK kappa'), ('length', 'length distortion')):
+            lines.append(
+                f"| {r['model']} | {r['params']} | {label} | {r[f'{proxy}_fast']:.6g} | "
+                f"{r[f'{proxy}_loop']:.6g} | {r[f'{proxy}_rel_diff']:.1e} | "
+                f"{r[f'{proxy}_fast_wall_s']:.3f} / {r[f'{proxy}_fast_cpu_s']:.3f} | "
+                f"{r[f'{proxy}_loop_wall_s']:.3f} / {r[f'{proxy}_loop_cpu_s']:.3f} | "
+                f"{r[f'{proxy}_speedup_wall']:.2f}x | {r[f'{proxy}_speedup_cpu']:.2f}x |")
+        lines.append(f"| {r['model']} | | both | | | | | | {r['both_speedup_wall']:.2f}x | "
+                     f"{r['both_speedup_cpu']:.2f}x |")
+    return '\n'.join(lines) + '\n'
+
+
+def _atomic_write(path: str, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=osp.dirname(path) or '.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'w') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def main(argv=None) -> Dict:
+    args = parse_args(argv)
+    if args.quick:
+        args.rounds, args.num_inits = 1, 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = {k: MODELS[k] for k in (args.models or MODELS)}
+    meta = dict(device_name=platform.processor() or platform.machine(),
+                threads=torch.get_num_threads(), torch=torch.__version__,
+                input_shape=list(INPUT_SHAPE), batch=args.batch, num_points=args.num_points,
+                num_inits=args.num_inits, rounds=args.rounds, seed=args.seed)
+    rows = []
+    for i, (name, builder) in enumerate(models.items()):
+        print(f'[{i + 1}/{len(models)}] {name}', flush=True)
+        rows.append(bench_model(name, builder, args))
+        r = rows[-1]
+        for proxy in ('ntk', 'length'):
+            print(f"    {proxy:6s} fast {r[f'{proxy}_fast']:.6g} loop {r[f'{proxy}_loop']:.6g} "
+                  f"(rel diff {r[f'{proxy}_rel_diff']:.1e}); speed-up "
+                  f"{r[f'{proxy}_speedup_wall']:.2f}x wall, {r[f'{proxy}_speedup_cpu']:.2f}x cpu",
+                  flush=True)
+        print(f"    both   speed-up {r['both_speedup_wall']:.2f}x wall, "
+              f"{r['both_speedup_cpu']:.2f}x cpu", flush=True)
+    meta['all_agree'] = all(r[f'{p}_agree'] for r in rows for p in ('ntk', 'length'))
+    result = dict(meta=meta, rows=rows)
+    os.makedirs(args.out_dir, exist_ok=True)
+    _atomic_write(osp.join(args.out_dir, 'proxies.json'), json.dumps(result, indent=2))
+    md = to_markdown(result)
+    _atomic_write(osp.join(args.out_dir, 'proxies.md'), md)
+    print(md)
+    return result
+
+
+if __name__ == '__main__':
+    main()
