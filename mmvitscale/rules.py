@@ -88,18 +88,15 @@ def derive_video(arch: Any, scaling: Optional[Mapping], img_size: int = 224,
 
 
 def derive_detection(arch: Any, scaling: Optional[Mapping], img_size: int = 224,
-                     patch_size: int = 16, base_scale=(1333, 800),
-                     **backbone_kwargs) -> Dict[str, Any]:
+                     patch_size: int = 16, **backbone_kwargs) -> Dict[str, Any]:
     """ScaledViT + simple-feature-pyramid detection settings under a rule.
 
-    The input scale follows the rule's resolution change (``base_scale`` times the ratio of the
-    scaled to the base resolution); the pyramid has strides ``p/2, p, 2p, 4p, 8p`` for patch
-    size ``p`` (scale factors 2, 1, 0.5 plus two pooled levels) and images are padded to a
-    multiple of ``2p``.
+    The pyramid has strides ``p/2, p, 2p, 4p, 8p`` for patch size ``p`` (scale factors 2, 1,
+    0.5 plus two pooled levels) and images are padded to a multiple of ``2p``. Scale the host
+    pipelines with :func:`rescale_pipeline` (``input_size[0]`` against ``img_size``).
 
     Returns:
-        :func:`derive_image`'s dict plus ``scale`` (w, h), ``strides`` and
-        ``pad_size_divisor``.
+        :func:`derive_image`'s dict plus ``strides`` and ``pad_size_divisor``.
     """
     backbone_kwargs.setdefault('out_type', 'featmap')
     out = derive_image('vit', arch, scaling, img_size, patch_size, **backbone_kwargs)
@@ -107,21 +104,23 @@ def derive_detection(arch: Any, scaling: Optional[Mapping], img_size: int = 224,
     if p % 2:
         raise ValueError('detection needs an even patch size for the stride p/2 pyramid level; '
                          f'the rule gives patch_size={p}')
-    ratio = out['input_size'][0] / img_size
-    out.update(scale=tuple(int(round(s * ratio)) for s in base_scale),
-               strides=[p // 2, p, 2 * p, 4 * p, 8 * p], pad_size_divisor=2 * p)
+    out.update(strides=[p // 2, p, 2 * p, 4 * p, 8 * p], pad_size_divisor=2 * p)
     return out
 
 
-SIZE_KEYS = ('scale', 'crop_size', 'size')
+SIZE_KEYS = ('scale', 'crop_size', 'size', 'scale_range')
 
 
-def rescale_pipeline(pipeline, size: int, base_size: int = 224) -> list:
-    """A host data pipeline with every spatial size scaled by ``size / base_size``.
+def rescale_pipeline(pipeline, size: int, base_size: int = 224,
+                     frames: Optional[int] = None) -> list:
+    """A host data pipeline following a rule's resolution (and clip length).
 
-    Touches the ``scale`` / ``crop_size`` / ``size`` entries (ints or (w, h) pairs; -1 kept)
-    of each transform, e.g. ``RandomResizedCrop(scale=224)``, ``ResizeEdge(scale=256)``,
-    ``CenterCrop(crop_size=224)``, so a base recipe follows the rule's resolution.
+    Every spatial size is scaled by ``size / base_size``: the ``scale`` / ``crop_size`` /
+    ``size`` / ``scale_range`` entries (ints or pairs; -1 kept) of each transform, e.g.
+    ``RandomResizedCrop(scale=224)``, ``ResizeEdge(scale=256)``, mmdet's
+    ``Resize(scale=(1333, 800))``, ``CenterCrop(crop_size=224)``. With ``frames``, each
+    ``SampleFrames`` samples that many frames over the same time span (its
+    ``frame_interval`` scaled inversely, at least 1).
     """
     ratio = size / base_size
 
@@ -140,5 +139,107 @@ def rescale_pipeline(pipeline, size: int, base_size: int = 224) -> list:
         for key in SIZE_KEYS:
             if key in t:
                 t[key] = scaled(t[key])
+        if frames is not None and t.get('type') == 'SampleFrames':
+            span = t['clip_len'] * t.get('frame_interval', 1)
+            t['clip_len'], t['frame_interval'] = frames, max(1, span // frames)
         out.append(t)
     return out
+
+
+SCALING_DIR = '_base_/scaling/'
+_PREDEFINED = ('fileDirname', 'fileBasename', 'fileBasenameNoExtension', 'fileExtname')
+
+
+def _is_scaling_entry(entry: Any) -> bool:
+    """Whether a ``_base_`` entry points into a ``_base_/scaling/`` folder."""
+    return (isinstance(entry, str) and '::' not in entry
+            and SCALING_DIR in entry.replace('\\', '/'))
+
+
+def _check_rule_file(rule_path: str) -> None:
+    """ValueError naming ``rule_path`` unless it exists and defines a ``scaling`` dict."""
+    import os.path as osp
+
+    from mmengine.config import Config
+    if not osp.isfile(rule_path):
+        raise ValueError(f'rule file not found: {rule_path}')
+    try:
+        rule = Config.fromfile(rule_path)
+    except Exception as err:  # a syntax error etc.: say which file
+        raise ValueError(f'rule file {rule_path} cannot be loaded: '
+                         f'{type(err).__name__}: {err}') from err
+    if not isinstance(rule.get('scaling'), Mapping):
+        raise ValueError(f'rule file {rule_path} has no top-level `scaling = dict(...)`')
+
+
+def load_with_rule(config_path: str, rule_path: str):
+    """Load a task config with its scaling-rule base swapped for another rule file.
+
+    The config's ``_base_`` list must hold exactly one entry under ``_base_/scaling/``; it is
+    replaced by ``rule_path`` (other relative entries are made absolute, ``pkg::`` entries kept),
+    the rewritten text is loaded from a temporary folder and the folder removed, so every value
+    the config derives from ``_base_.scaling`` follows the new rule.
+
+    Returns:
+        the loaded :class:`mmengine.config.Config`.
+
+    Raises:
+        ValueError: naming the file, when the config is missing or has no (or several) scaling
+            bases, or the rule file is missing or defines no ``scaling`` dict.
+    """
+    import ast
+    import os.path as osp
+    import re
+    import shutil
+    import tempfile
+
+    from mmengine.config import Config
+    config_path, rule_path = osp.abspath(config_path), osp.abspath(rule_path)
+    if not osp.isfile(config_path):
+        raise ValueError(f'config file not found: {config_path}')
+    _check_rule_file(rule_path)
+    with open(config_path, encoding='utf-8') as f:
+        text = f.read()
+    node = next((n for n in ast.parse(text, filename=config_path).body
+                 if isinstance(n, ast.Assign) and len(n.targets) == 1
+                 and isinstance(n.targets[0], ast.Name) and n.targets[0].id == '_base_'), None)
+    if node is None:
+        raise ValueError(f'{config_path} has no `_base_ = [...]` list, so no scaling rule base '
+                         'to replace')
+    try:
+        bases = ast.literal_eval(node.value)
+    except ValueError as err:
+        raise ValueError(f'{config_path}: `_base_` is not a literal list of paths') from err
+    bases = [bases] if isinstance(bases, str) else list(bases)
+    hits = [i for i, b in enumerate(bases) if _is_scaling_entry(b)]
+    if len(hits) != 1:
+        raise ValueError(f'{config_path} has {len(hits)} scaling rule bases (entries under '
+                         f'{SCALING_DIR}) in its _base_ {bases}; expected exactly one')
+    cfg_dir = osp.dirname(config_path)
+    new_bases = []
+    for i, base in enumerate(bases):
+        if i == hits[0]:
+            base = rule_path
+        elif isinstance(base, str) and '::' not in base:
+            base = osp.normpath(osp.join(cfg_dir, base))
+        new_bases.append(base)
+
+    lines = text.splitlines(keepends=True)
+    start = sum(len(line) for line in lines[:node.lineno - 1]) + node.col_offset
+    end = sum(len(line) for line in lines[:node.end_lineno - 1]) + node.end_col_offset
+    text = text[:start] + f'_base_ = {new_bases!r}' + text[end:]
+    name = osp.basename(config_path)
+    values = dict(fileDirname=cfg_dir, fileBasename=name,
+                  fileBasenameNoExtension=osp.splitext(name)[0],
+                  fileExtname=osp.splitext(name)[1])
+    for key in _PREDEFINED:  # keep {{ fileDirname }} etc. meaning the original file
+        text = re.sub(r'\{\{\s*' + key + r'\s*\}\}', values[key].replace('\\', '/'), text)
+
+    tmp_dir = tempfile.mkdtemp(prefix='mmvitscale_rule_')
+    try:
+        tmp_path = osp.join(tmp_dir, name)
+        with open(tmp_path, 'w', encoding='utf-8') as f:
+            f.write(text)
+        return Config.fromfile(tmp_path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -110,6 +110,13 @@ def test_rescale_pipeline_and_detection_rules():
                              dict(type='Resize', scale=(-1, 256)),
                              dict(type='CenterCrop', crop_size=224)], 280)
     assert [t.get('scale', t.get('crop_size')) for t in pipe] == [280, 320, (-1, 320), 280]
+    video = rescale_pipeline([dict(type='SampleFrames', clip_len=8, frame_interval=32),
+                              dict(type='RandomRescale', scale_range=(256, 320))], 112,
+                             frames=16)
+    assert video[0] == dict(type='SampleFrames', clip_len=16, frame_interval=16)
+    assert video[1]['scale_range'] == (128, 160)
+    assert rescale_pipeline([dict(type='SampleFrames', clip_len=8)], 224, frames=32)[0] == dict(
+        type='SampleFrames', clip_len=32, frame_interval=1)
     with pytest.raises(ValueError, match='even patch size .* the rule gives patch_size=5'):
         derive_detection('deit-tiny', dict(patch_size=5), img_size=225, patch_size=15)
     with pytest.raises(ValueError, match="family must be one of \\('vit', 'pit'\\), got 'cnn'"):

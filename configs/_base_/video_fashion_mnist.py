@@ -3,7 +3,22 @@
 _base_ = ['mmaction::_base_/default_runtime.py']
 
 data_root = 'data/fmnist_video/'
-clip_frames = 16  # frames per generated clip
+train_pipeline = [  # 8 of the clip's 16 frames, at 32 px
+    dict(type='DecordInit'),
+    dict(type='SampleFrames', clip_len=8, frame_interval=2, num_clips=1),
+    dict(type='DecordDecode'),
+    dict(type='Resize', scale=(32, 32), keep_ratio=False),
+    dict(type='FormatShape', input_format='NCTHW'),
+    dict(type='PackActionInputs'),
+]
+val_pipeline = [
+    dict(type='DecordInit'),
+    dict(type='SampleFrames', clip_len=8, frame_interval=2, num_clips=1, test_mode=True),
+    dict(type='DecordDecode'),
+    dict(type='Resize', scale=(32, 32), keep_ratio=False),
+    dict(type='FormatShape', input_format='NCTHW'),
+    dict(type='PackActionInputs'),
+]
 model = dict(
     type='Recognizer3D',
     cls_head=dict(type='TimeSformerHead', num_classes=8, average_clips='prob'),
@@ -14,13 +29,14 @@ train_dataloader = dict(
     num_workers=2,
     sampler=dict(type='DefaultSampler', shuffle=True),
     dataset=dict(type='VideoDataset', ann_file=data_root + 'train_list_videos.txt',
-                 data_prefix=dict(video=data_root + 'videos_train')))
+                 data_prefix=dict(video=data_root + 'videos_train'), pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=16,
     num_workers=2,
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(type='VideoDataset', ann_file=data_root + 'val_list_videos.txt',
-                 data_prefix=dict(video=data_root + 'videos_val'), test_mode=True))
+                 data_prefix=dict(video=data_root + 'videos_val'), pipeline=val_pipeline,
+                 test_mode=True))
 test_dataloader = val_dataloader
 val_evaluator = dict(type='AccMetric')
 test_evaluator = val_evaluator

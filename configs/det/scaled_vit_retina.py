@@ -3,30 +3,19 @@
 _base_ = ['../_base_/scaling/deit_tiny_shape.py', '../_base_/retinanet_sfp.py',
           'mmdet::_base_/datasets/coco_detection.py', 'mmdet::_base_/schedules/schedule_1x.py',
           'mmdet::_base_/default_runtime.py']
-from mmvitscale.rules import derive_detection  # noqa: E402  (after _base_: stays a text config)
+from mmvitscale.rules import derive_detection, rescale_pipeline  # noqa: E402  (after _base_)
 
 scaled = derive_detection('deit-tiny', _base_.scaling, img_size=224, patch_size=16,
-                          base_scale=(1333, 800), drop_path_rate=0.1)
+                          drop_path_rate=0.1)
 model = dict(
     data_preprocessor=dict(pad_size_divisor=scaled['pad_size_divisor']),
     backbone=scaled['backbone'],
     neck=dict(in_channels=scaled['arch']['embed_dims'], out_channels=256),
     bbox_head=dict(anchor_generator=dict(strides=scaled['strides'])))
 
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='Resize', scale=scaled['scale'], keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=scaled['scale'], keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-]
+size = scaled['input_size'][0]
+train_pipeline = rescale_pipeline(_base_.train_pipeline, size, 224)
+test_pipeline = rescale_pipeline(_base_.test_pipeline, size, 224)
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = dict(dataset=dict(pipeline=test_pipeline))

@@ -2,7 +2,7 @@
 # motion). Change the first base to apply another scaling rule: backbone, input size and clip
 # length follow it.
 _base_ = ['../_base_/scaling/deit_tiny_shape.py', '../_base_/video_fashion_mnist.py']
-from mmvitscale.rules import derive_video  # noqa: E402  (after _base_: stays a text config)
+from mmvitscale.rules import derive_video, rescale_pipeline  # noqa: E402  (after _base_)
 
 scaled = derive_video(dict(embed_dims=64, num_layers=4, num_heads=2, mlp_ratio=4.0),
                       _base_.scaling, img_size=32, patch_size=8, num_frames=8,
@@ -10,26 +10,9 @@ scaled = derive_video(dict(embed_dims=64, num_layers=4, num_heads=2, mlp_ratio=4
 model = dict(backbone=scaled['backbone'],
              cls_head=dict(in_channels=scaled['arch']['embed_dims']))
 
-frames = scaled['num_frames']
-interval = max(1, _base_.clip_frames // frames)
-size = scaled['input_size'][0]
-train_pipeline = [
-    dict(type='DecordInit'),
-    dict(type='SampleFrames', clip_len=frames, frame_interval=interval, num_clips=1),
-    dict(type='DecordDecode'),
-    dict(type='Resize', scale=(size, size), keep_ratio=False),
-    dict(type='FormatShape', input_format='NCTHW'),
-    dict(type='PackActionInputs'),
-]
-val_pipeline = [
-    dict(type='DecordInit'),
-    dict(type='SampleFrames', clip_len=frames, frame_interval=interval, num_clips=1,
-         test_mode=True),
-    dict(type='DecordDecode'),
-    dict(type='Resize', scale=(size, size), keep_ratio=False),
-    dict(type='FormatShape', input_format='NCTHW'),
-    dict(type='PackActionInputs'),
-]
+size, frames = scaled['input_size'][0], scaled['num_frames']
+train_pipeline = rescale_pipeline(_base_.train_pipeline, size, 32, frames)
+val_pipeline = rescale_pipeline(_base_.val_pipeline, size, 32, frames)
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=val_pipeline))
 test_dataloader = dict(dataset=dict(pipeline=val_pipeline))

@@ -2,38 +2,20 @@
 # mmaction2's TimeSformer recipe. Change the first base to apply another scaling rule.
 _base_ = ['../_base_/scaling/deit_tiny_shape.py',
           'mmaction::recognition/timesformer/timesformer_divST_8xb8-8x32x1-15e_kinetics400-rgb.py']
-from mmvitscale.rules import derive_video  # noqa: E402  (after _base_: stays a text config)
+from mmvitscale.rules import derive_video, rescale_pipeline  # noqa: E402  (after _base_)
 
 scaled = derive_video('deit-tiny', _base_.scaling, img_size=224, patch_size=16, num_frames=8,
                       attention_type='divided')
 model = dict(backbone=dict(_delete_=True, **scaled['backbone']),
              cls_head=dict(in_channels=scaled['arch']['embed_dims']))
 
-frames, size = scaled['num_frames'], scaled['input_size'][0]
-interval = max(1, 256 // frames)  # the recipe's 8 x 32 frame span, kept as frames change
-train_pipeline = [
-    dict(type='DecordInit'),
-    dict(type='SampleFrames', clip_len=frames, frame_interval=interval, num_clips=1),
-    dict(type='DecordDecode'),
-    dict(type='RandomRescale', scale_range=(size * 8 // 7, size * 10 // 7)),
-    dict(type='RandomCrop', size=size),
-    dict(type='Flip', flip_ratio=0.5),
-    dict(type='FormatShape', input_format='NCTHW'),
-    dict(type='PackActionInputs'),
-]
-val_pipeline = [
-    dict(type='DecordInit'),
-    dict(type='SampleFrames', clip_len=frames, frame_interval=interval, num_clips=1,
-         test_mode=True),
-    dict(type='DecordDecode'),
-    dict(type='Resize', scale=(-1, size * 8 // 7)),
-    dict(type='CenterCrop', crop_size=size),
-    dict(type='FormatShape', input_format='NCTHW'),
-    dict(type='PackActionInputs'),
-]
+size, frames = scaled['input_size'][0], scaled['num_frames']
+train_pipeline = rescale_pipeline(_base_.train_pipeline, size, 224, frames)
+val_pipeline = rescale_pipeline(_base_.val_pipeline, size, 224, frames)
+test_pipeline = rescale_pipeline(_base_.test_pipeline, size, 224, frames)
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=val_pipeline))
-test_dataloader = dict(dataset=dict(pipeline=val_pipeline))
+test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 
 runner_type = 'mmvitscale.DataCheckedRunner'
 data_check = dict(
