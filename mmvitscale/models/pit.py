@@ -4,14 +4,13 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from ..checkpoint import register_checkpoint_hook
 from ..registry import MODELS
 from ..scaling import PiTArch, make_pit_arch, scale_pit, to_2tuple
-from .layers import TransformerBlock, init_vit_weights, normalise_indices
-from .vit import OUT_TYPES
+from .base import ScalableBackbone
+from .layers import TransformerBlock, normalise_indices
 
 
 def _preset(base_dims, depths, heads, patch_size=16, patch_stride=8) -> dict:
@@ -68,7 +67,7 @@ class PiTStage(nn.Module):
         return x, tokens[:, :n_cls]
 
 
-class ScaledPiT(BaseModule):
+class ScaledPiT(ScalableBackbone):
     """Pooling-based Vision Transformer with scalable knobs.
 
     Overlapping conv patch embedding, learned 2-D position embedding (resized at load and at
@@ -97,6 +96,7 @@ class ScaledPiT(BaseModule):
         **dict.fromkeys(['b', 'base', 'pit-b', 'pit-base'],
                         _preset((64, 64, 64), (3, 6, 4), (4, 8, 16), 14, 7)),
     }
+    arch_keys = (('base_dims', 'depths', 'heads'), ('mlp_ratio', 'patch_size', 'patch_stride'))
     num_prefix_tokens = 1
 
     def __init__(self,
@@ -116,9 +116,7 @@ class ScaledPiT(BaseModule):
                  init_cfg: Optional[Union[dict, list]] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.arch_spec = spec = self.resolve_arch(arch, img_size, scaling)
-        if out_type not in OUT_TYPES:
-            raise ValueError(f'out_type must be one of {OUT_TYPES}, got {out_type!r}')
-        self.out_type = out_type
+        self.out_type = self.check_out_type(out_type)
         self.num_stages = len(spec.depths)
         self.out_indices = normalise_indices(out_indices, self.num_stages, 'stages')
         self.return_tuple = return_tuple
@@ -150,54 +148,20 @@ class ScaledPiT(BaseModule):
     def resolve_arch(cls, arch: Union[str, Mapping], img_size=224,
                      scaling: Optional[Mapping] = None) -> PiTArch:
         """Preset (or dict) + resolution + scaling rule -> :class:`PiTArch`."""
-        if isinstance(arch, str):
-            if arch.lower() not in cls.arch_zoo:
-                raise ValueError(f'arch {arch!r} is not a known preset; choose from '
-                                 f'{sorted(set(cls.arch_zoo))} or pass a dict')
-            arch = cls.arch_zoo[arch.lower()]
-        elif isinstance(arch, Mapping):
-            required = {'base_dims', 'depths', 'heads'}
-            missing = sorted(required - set(arch))
-            if missing:
-                raise ValueError(f'arch dict is missing key {missing[0]!r}; it needs '
-                                 f'{sorted(required)}')
-            unknown = sorted(set(arch) - required - {'mlp_ratio', 'patch_size', 'patch_stride'})
-            if unknown:
-                raise ValueError(f'arch dict has unknown key {unknown[0]!r} '
-                                 f'(value {arch[unknown[0]]!r})')
-        else:
-            raise ValueError(f'arch must be a preset name or a dict, got {arch!r}')
+        arch = cls.select_arch(arch)
         base = make_pit_arch(arch['base_dims'], arch['depths'], arch['heads'],
                              arch.get('mlp_ratio', 4.0), to_2tuple(img_size),
                              arch.get('patch_size', 16), arch.get('patch_stride', 8))
         return scale_pit(base, scaling)
 
-    def init_weights(self) -> None:
-        """Truncated-normal init, unless ``init_cfg`` loads a pretrained checkpoint."""
-        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg or {}]
-        if not any(c.get('type') == 'Pretrained' for c in cfgs):
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
-            nn.init.trunc_normal_(self.cls_token, std=0.02)
-            self.apply(init_vit_weights)
-        super().init_weights()
-
-    def _freeze_stages(self) -> None:
+    def frozen_modules(self):
         if self.frozen_stages < 0:
-            return
+            return []
         modules = [self.patch_embed, *self.transformers[:self.frozen_stages]]
-        if self.frozen_stages >= self.num_stages:
-            modules.append(self.norm)
-        for m in modules:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
-        self.pos_embed.requires_grad = False
-        self.cls_token.requires_grad = False
+        return modules + ([self.norm] if self.frozen_stages >= self.num_stages else [])
 
-    def train(self, mode: bool = True) -> 'ScaledPiT':
-        super().train(mode)
-        self._freeze_stages()
-        return self
+    def frozen_params(self):
+        return [self.pos_embed, self.cls_token] if self.frozen_stages >= 0 else []
 
     def _resize_pos_embed_on_load(self, state_dict, prefix, *args, **kwargs) -> None:
         key = prefix + 'pos_embed'

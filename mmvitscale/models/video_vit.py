@@ -15,14 +15,14 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from ..registry import MODELS
 from ..scaling import RULE_KEYS, ViTArch, _pick
-from .layers import (Attention, TransformerBlock, grid_of, init_vit_weights, normalise_indices,
+from .base import ScalableBackbone
+from .layers import (Attention, TransformerBlock, grid_of, normalise_indices,
                      resample_abs_pos_embed)
-from .vit import OUT_TYPES, ScaledViT
+from .vit import ScaledViT
 
 ATTENTION_TYPES = ('joint', 'divided', 'space_only')
 FRAME_KEYS = ('frames', 'frames_mult')
@@ -125,7 +125,7 @@ class DividedSpaceTimeBlock(TransformerBlock):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class ScaledVideoViT(BaseModule):
+class ScaledVideoViT(ScalableBackbone):
     """Space-time plain ViT for 3-D recognizers (input ``(N, C, T, H, W)``), scalable like
     :class:`~mmvitscale.models.ScaledViT` plus a ``frames`` knob (see module docstring).
 
@@ -158,6 +158,8 @@ class ScaledVideoViT(BaseModule):
     """
 
     arch_zoo: Dict[str, dict] = ScaledViT.arch_zoo
+    arch_keys = ScaledViT.arch_keys
+    init_std_params = ('pos_embed', 'cls_token', 'time_embed')
     num_prefix_tokens = 1
 
     def __init__(self,
@@ -184,8 +186,7 @@ class ScaledVideoViT(BaseModule):
         if attention_type not in ATTENTION_TYPES:
             raise ValueError(f'attention_type must be one of {ATTENTION_TYPES}, '
                              f'got {attention_type!r}')
-        if out_type not in OUT_TYPES:
-            raise ValueError(f'out_type must be one of {OUT_TYPES}, got {out_type!r}')
+        self.check_out_type(out_type)
         self.video_spec = self.resolve_arch(arch, img_size, patch_size, num_frames,
                                             tubelet_size, scaling)
         self.arch_spec = spec = self.video_spec.spatial
@@ -245,19 +246,13 @@ class ScaledVideoViT(BaseModule):
         frames = scale_frames(num_frames, tubelet_size, scaling)
         return VideoViTArch(spatial, frames, tubelet_size)
 
-    def init_weights(self) -> None:
-        """Truncated-normal init (zero ``temporal_fc``), unless ``init_cfg`` is Pretrained."""
-        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg or {}]
-        if not any(c.get('type') == 'Pretrained' for c in cfgs):
-            for param in (self.pos_embed, self.cls_token, self.time_embed):
-                if param is not None:
-                    nn.init.trunc_normal_(param, std=0.02)
-            self.apply(init_vit_weights)
-            for blk in self.blocks:
-                if isinstance(blk, DividedSpaceTimeBlock):
-                    nn.init.zeros_(blk.temporal_fc.weight)
-                    nn.init.zeros_(blk.temporal_fc.bias)
-        super().init_weights()
+    def reset_parameters(self) -> None:
+        """DeiT-style init; ``temporal_fc`` starts at zero (TimeSformer's residual init)."""
+        super().reset_parameters()
+        for blk in self.blocks:
+            if isinstance(blk, DividedSpaceTimeBlock):
+                nn.init.zeros_(blk.temporal_fc.weight)
+                nn.init.zeros_(blk.temporal_fc.bias)
 
     def inflate_from_2d(self, state_dict_2d: Mapping[str, Tensor]) -> Dict[str, Tensor]:
         """A state dict for this model from a ScaledViT / timm-ViT one.

@@ -2,16 +2,15 @@
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from ..checkpoint import register_checkpoint_hook
 from ..registry import MODELS
 from ..scaling import ViTArch, make_vit_arch, scale_vit, to_2tuple
-from .layers import (TransformerBlock, grid_of, init_vit_weights, normalise_indices,
-                     resample_abs_pos_embed)
+from .base import OUT_TYPES, ScalableBackbone
+from .layers import TransformerBlock, grid_of, normalise_indices, resample_abs_pos_embed
 
-OUT_TYPES = ('raw', 'cls_token', 'featmap', 'avg_featmap')
+__all__ = ['OUT_TYPES', 'ScaledViT']
 
 
 def _preset(embed_dims: int, num_layers: int, num_heads: int, mlp_ratio: float = 4.0) -> dict:
@@ -19,7 +18,7 @@ def _preset(embed_dims: int, num_layers: int, num_heads: int, mlp_ratio: float =
                 mlp_ratio=mlp_ratio)
 
 
-class ScaledViT(BaseModule):
+class ScaledViT(ScalableBackbone):
     """Vanilla ViT backbone (DeiT recipe) with a ``scaling`` rule on top of a preset.
 
     Patch embedding, class token, learned absolute position embedding, pre-norm blocks with
@@ -54,6 +53,7 @@ class ScaledViT(BaseModule):
         **dict.fromkeys(['s', 'small', 'deit-s', 'deit-small'], _preset(384, 12, 6)),
         **dict.fromkeys(['b', 'base', 'deit-b', 'deit-base'], _preset(768, 12, 12)),
     }
+    arch_keys = (('embed_dims', 'num_layers', 'num_heads'), ('mlp_ratio', ))
     num_prefix_tokens = 1
 
     def __init__(self,
@@ -78,8 +78,7 @@ class ScaledViT(BaseModule):
         super().__init__(init_cfg=init_cfg)
         self.arch_spec = self.resolve_arch(arch, img_size, patch_size, scaling)
         spec = self.arch_spec
-        if out_type not in OUT_TYPES:
-            raise ValueError(f'out_type must be one of {OUT_TYPES}, got {out_type!r}')
+        self.check_out_type(out_type)
         if out_type == 'cls_token' and not with_cls_token:
             raise ValueError("out_type='cls_token' needs with_cls_token=True")
         self.out_type = out_type
@@ -116,57 +115,21 @@ class ScaledViT(BaseModule):
     def resolve_arch(cls, arch: Union[str, Mapping], img_size=224, patch_size: int = 16,
                      scaling: Optional[Mapping] = None) -> ViTArch:
         """Preset (or dict) + resolution + patch size + scaling rule -> :class:`ViTArch`."""
-        if isinstance(arch, str):
-            key = arch.lower()
-            if key not in cls.arch_zoo:
-                raise ValueError(f'arch {arch!r} is not a known preset; choose from '
-                                 f'{sorted(set(cls.arch_zoo))} or pass a dict')
-            arch = cls.arch_zoo[key]
-        elif isinstance(arch, Mapping):
-            required = {'embed_dims', 'num_layers', 'num_heads'}
-            missing = sorted(required - set(arch))
-            if missing:
-                raise ValueError(f'arch dict is missing key {missing[0]!r}; it needs '
-                                 f'{sorted(required)} and optionally mlp_ratio')
-            unknown = sorted(set(arch) - required - {'mlp_ratio'})
-            if unknown:
-                raise ValueError(f'arch dict has unknown key {unknown[0]!r} '
-                                 f'(value {arch[unknown[0]]!r})')
-        else:
-            raise ValueError(f'arch must be a preset name or a dict, got {arch!r}')
+        arch = cls.select_arch(arch)
         base = make_vit_arch(arch['embed_dims'], arch['num_layers'], arch['num_heads'],
                              arch.get('mlp_ratio', 4.0), to_2tuple(img_size), patch_size)
         return scale_vit(base, scaling)
 
-    def init_weights(self) -> None:
-        """Truncated-normal init, unless ``init_cfg`` loads a pretrained checkpoint."""
-        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg or {}]
-        if not any(c.get('type') == 'Pretrained' for c in cfgs):
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
-            if self.cls_token is not None:
-                nn.init.trunc_normal_(self.cls_token, std=0.02)
-            self.apply(init_vit_weights)
-        super().init_weights()
-
-    def _freeze_stages(self) -> None:
+    def frozen_modules(self):
         if self.frozen_stages < 0:
-            return
-        frozen = [self.patch_embed, self.pos_drop]
-        frozen += list(self.blocks[:self.frozen_stages])
-        if self.frozen_stages >= self.num_layers:
-            frozen.append(self.norm)
-        for m in frozen:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
-        self.pos_embed.requires_grad = False
-        if self.cls_token is not None:
-            self.cls_token.requires_grad = False
+            return []
+        modules = [self.patch_embed, self.pos_drop, *self.blocks[:self.frozen_stages]]
+        return modules + ([self.norm] if self.frozen_stages >= self.num_layers else [])
 
-    def train(self, mode: bool = True) -> 'ScaledViT':
-        super().train(mode)
-        self._freeze_stages()
-        return self
+    def frozen_params(self):
+        if self.frozen_stages < 0:
+            return []
+        return [p for p in (self.pos_embed, self.cls_token) if p is not None]
 
     def _resize_pos_embed_on_load(self, state_dict, prefix, *args, **kwargs) -> None:
         key = prefix + 'pos_embed'
