@@ -156,3 +156,16 @@ def test_cpu_inference_fast_path_matches_eager_ops():
     by_op = get_complexity(model, (3, 32, 32))['by_op']
     if layers._ONEDNN_LINEAR:
         assert '_linear_pointwise' in by_op and 'addmm' not in by_op
+
+
+def test_fast_path_keeps_forward_mode_tangents():
+    """Under torch.func.jvp with autograd off, outputs and tangents match the eager ops."""
+    model = tiny(out_type='raw')
+    x, v = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
+    eps = 1e-3
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):  # the fused CPU kernel has no fwd AD
+        out, tangent = torch.func.jvp(lambda t: model(t)[0], (x, ), (v, ))
+        finite = (model(x + eps * v)[0] - model(x - eps * v)[0]) / (2 * eps)
+    torch.testing.assert_close(tangent, finite, rtol=1e-2, atol=1e-3)
+    assert tangent.abs().max() > 1e-3

@@ -40,6 +40,20 @@ def _has_onednn_linear() -> bool:
 _ONEDNN_LINEAR = _has_onednn_linear()
 
 
+def _no_transforms_active() -> bool:
+    """No torch.func transform (vmap / grad / jvp) and no forward-mode AD level is active.
+
+    oneDNN's linear has no batching or forward-AD rules; under those it would silently drop
+    tangents, so the fast path must stay off there.
+    """
+    try:
+        from torch._C._functorch import peek_interpreter_stack
+        from torch.autograd.forward_ad import _current_level
+    except ImportError:  # pragma: no cover - other torch versions: be conservative
+        return False
+    return peek_interpreter_stack() is None and _current_level < 0
+
+
 def fused_linear(x: Tensor, layer: nn.Linear, gelu: bool = False,
                  residual: Optional[Tensor] = None) -> Tensor:
     """``layer(x)``, then exact GELU when ``gelu``, plus ``residual`` when given.
@@ -47,12 +61,12 @@ def fused_linear(x: Tensor, layer: nn.Linear, gelu: bool = False,
     Inference fast path: on CPU float32 with autograd off, oneDNN's linear adds the bias, the
     GELU or the residual inside the GEMM (post-ops) instead of copying the bias into the output
     first (``addmm``) and running GELU / the residual add as extra memory passes. Values agree
-    with the eager ops to float rounding; anywhere else (autograd on, GPU, other dtypes) the
-    eager ops run.
+    with the eager ops to float rounding; anywhere else (autograd on, torch.func transforms or
+    forward-mode AD, GPU, other dtypes) the eager ops run.
     """
     if (_ONEDNN_LINEAR and not torch.is_grad_enabled() and x.device.type == 'cpu'
             and x.dtype == torch.float32 and layer.weight.dtype == torch.float32
-            and not (gelu and residual is not None)):
+            and not (gelu and residual is not None) and _no_transforms_active()):
         if residual is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.weight,
                                                              layer.bias, 'add')
