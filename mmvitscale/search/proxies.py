@@ -1,0 +1,388 @@
+"""Training-free architecture proxies of As-ViT (Chen et al., ICLR 2022), vectorised.
+
+* **Trainability**: condition number ``kappa = lambda_max / lambda_min`` of the empirical NTK
+  ``K = G G^T`` of one batch, where row ``i`` of ``G`` is the gradient of the summed pooled
+  features of sample ``i`` w.r.t. the weight tensors. Lower is better.
+* **Expressivity**: length distortion, ``sum_k ||d f(x(t_k)) / dt||`` over ``num_points``
+  points of a circle ``x(t) = U [cos t, sin t]`` in input space, with every LayerNorm replaced
+  by the identity. Higher is better.
+
+Both are averaged over ``num_inits`` seeded random initialisations. Per-sample gradients come
+from one ``vmap(grad(...))`` over the batch and the circle derivatives from one forward-mode
+``jvp``, instead of the reference loops of backward passes (``_ntk_condition_loop`` /
+``_length_distortion_loop``, kept for benchmarks and tests).
+
+Works on any backbone returning a tensor or a tuple of tensors (the last one is used): a 4-D
+(or higher) map is averaged over its spatial dims, 3-D tokens over the tokens. The model is run
+in eval mode on a copy; the caller's module is never modified.
+
+Caveat of the "sum of features" readout: a final LayerNorm with unit gain and zero bias (its
+value at init) makes ``sum(LN(x))`` constant, so every parameter before it gets a zero
+gradient and only the norm's own gain shapes the NTK. Pool features that bypass the final norm
+(e.g. ``ScaledViT(final_norm=False)``, ``ScaledPiT(out_type='avg_featmap')``) or add a head.
+"""
+import contextlib
+import copy
+import functools
+import logging
+import math
+import warnings
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+logger = logging.getLogger(__name__)
+
+ModelOrBuilder = Union[nn.Module, Callable[[], nn.Module]]
+PARAM_SETS = ('weight', 'all')
+
+__all__ = ['ntk_condition', 'length_distortion', 'score_proxies', 'pool_features']
+
+
+# ---------------------------------------------------------------------------- helpers
+def pool_features(out: Union[Tensor, Sequence[Tensor]]) -> Tensor:
+    """Backbone output -> one ``(B, C)`` feature vector per sample.
+
+    Takes the last element of a tuple / list; averages a ``(B, C, H, W, ...)`` map over its
+    spatial dims and ``(B, N, C)`` tokens over the tokens.
+    """
+    if isinstance(out, (tuple, list)):
+        if not out:
+            raise ValueError('the model returned an empty sequence')
+        out = out[-1]
+    if not isinstance(out, Tensor):
+        raise TypeError(f'the model must return a tensor or a tuple of tensors, got '
+                        f'{type(out).__name__}')
+    if out.ndim >= 4:
+        return out.flatten(2).mean(dim=2)
+    if out.ndim == 3:
+        return out.mean(dim=1)
+    if out.ndim == 2:
+        return out
+    raise ValueError(f'cannot pool an output of shape {tuple(out.shape)} (needs a batch dim)')
+
+
+@contextlib.contextmanager
+def _quiet_init() -> Iterator[None]:
+    """Silence mmengine's per-parameter init report and repeated-init warnings."""
+    try:
+        from mmengine.logging import MMLogger
+        mm_logger = MMLogger.get_current_instance()
+    except Exception:  # pragma: no cover - mmengine missing or unusable
+        mm_logger = None
+    level = mm_logger.level if mm_logger is not None else None
+    if mm_logger is not None:
+        mm_logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            yield
+    finally:
+        if mm_logger is not None:
+            mm_logger.setLevel(level)
+
+
+def _reinit(model: nn.Module) -> None:
+    """Fresh random init in place: ``reset_parameters`` everywhere, then ``init_weights``."""
+    for m in model.modules():
+        if callable(getattr(m, 'reset_parameters', None)):
+            m.reset_parameters()
+    if callable(getattr(model, 'init_weights', None)):
+        for m in model.modules():  # mmengine skips modules it believes are initialised
+            if hasattr(m, '_is_init'):
+                m._is_init = False
+        model.init_weights()
+
+
+def _model_for_init(model_or_builder: ModelOrBuilder, seed: int) -> nn.Module:
+    """A private, eval-mode model seeded with ``seed`` (global RNG state left untouched).
+
+    A builder is called with the seed set and its model is used as returned (so the builder
+    decides the init); a module is deep-copied and re-initialised.
+    """
+    with torch.random.fork_rng(devices=[]), _quiet_init():
+        torch.manual_seed(seed)
+        if isinstance(model_or_builder, nn.Module):
+            model = copy.deepcopy(model_or_builder)
+            _reinit(model)
+        elif callable(model_or_builder):
+            model = model_or_builder()
+            if not isinstance(model, nn.Module):
+                raise TypeError(f'the builder must return an nn.Module, got '
+                                f'{type(model).__name__}')
+        else:
+            raise TypeError('model_or_builder must be an nn.Module or a callable returning one')
+    return model.eval()
+
+
+def _strip_layernorms(model: nn.Module) -> nn.Module:
+    """Replace every ``nn.LayerNorm`` of ``model`` (a private copy) by ``nn.Identity``."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.LayerNorm):
+            setattr(model, name, nn.Identity())
+        else:
+            _strip_layernorms(child)
+    return model
+
+
+def _select_params(model: nn.Module, params: str) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+    """(differentiated, constant) parameter dicts; ``'weight'`` keeps names with ``weight`` in
+    their last component (As-ViT / TE-NAS convention), ``'all'`` every trainable tensor."""
+    if params not in PARAM_SETS:
+        raise ValueError(f'params must be one of {PARAM_SETS}, got {params!r}')
+    chosen, const = {}, {}
+    for name, p in model.named_parameters():
+        keep = p.requires_grad and (params == 'all' or 'weight' in name.rsplit('.', 1)[-1])
+        (chosen if keep else const)[name] = p.detach()
+    if not chosen:
+        raise ValueError(f'the model has no trainable parameters matching params={params!r}')
+    const.update({name: b for name, b in model.named_buffers()})
+    return chosen, const
+
+
+def _math_attention():
+    """Math SDPA: the fused CPU kernels have neither vmap batching rules (per-sample loops)
+    nor forward-mode / double-backward derivatives."""
+    return sdpa_kernel(SDPBackend.MATH)
+
+
+def _model_dtype_device(model: nn.Module) -> Tuple[torch.dtype, torch.device]:
+    for t in model.parameters():
+        return t.dtype, t.device
+    return torch.get_default_dtype(), torch.device('cpu')
+
+
+def _condition_number(gram: Tensor) -> float:
+    """``lambda_max / lambda_min`` of a symmetric PSD matrix; nan if broken, inf if singular."""
+    if not torch.isfinite(gram).all():
+        return float('nan')
+    try:
+        eig = torch.linalg.eigvalsh(gram)
+    except RuntimeError:  # LinAlgError subclasses RuntimeError
+        return float('nan')
+    lo, hi = eig[0].item(), eig[-1].item()
+    if not hi > 0:
+        return float('nan')  # all-zero gradients: no information at all
+    return hi / lo if lo > 0 else float('inf')
+
+
+def _check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'{name} must be a positive integer, got {value!r}')
+
+
+def _average(values: List[float], what: str) -> float:
+    bad = [v for v in values if not math.isfinite(v)]
+    if bad:
+        logger.warning('%s: %d of %d initialisations gave a non-finite value (%s); the '
+                       'architecture is probably broken', what, len(bad), len(values),
+                       ', '.join(sorted({str(v) for v in bad})))
+    return sum(values) / len(values)
+
+
+def _autograd_on(fn: Callable) -> Callable:
+    """Run ``fn`` with autograd available whatever the caller's mode (``no_grad``,
+    ``inference_mode``): the transforms need it, and with grad mode off ``fused_linear``'s
+    oneDNN fast path would silently drop forward-mode tangents."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.inference_mode(False), torch.enable_grad():
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _make_inputs(inputs: Union[Tensor, Sequence[int]], seed: int) -> Tensor:
+    if isinstance(inputs, Tensor):
+        return inputs.clone() if inputs.is_inference() else inputs
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(tuple(int(s) for s in inputs), generator=gen)
+
+
+def _circle(input_shape: Sequence[int], num_points: int, radius: Optional[float],
+            seed: int) -> Tuple[Tensor, Tensor]:
+    """Points ``x(t_k)`` and tangents ``dx/dt`` of a random circle, both ``(K, *shape)``."""
+    shape = tuple(int(s) for s in input_shape)
+    dim = math.prod(shape)
+    if dim < 2:
+        raise ValueError(f'input_shape {shape} needs at least two elements')
+    gen = torch.Generator().manual_seed(seed)
+    basis, _ = torch.linalg.qr(torch.randn(dim, 2, generator=gen, dtype=torch.float64))
+    basis = basis * (math.sqrt(dim) if radius is None else float(radius))
+    t = torch.arange(num_points, dtype=torch.float64) * (2 * math.pi / num_points)
+    points = torch.stack([t.cos(), t.sin()], dim=1) @ basis.T
+    tangents = torch.stack([-t.sin(), t.cos()], dim=1) @ basis.T
+    return points.reshape(num_points, *shape), tangents.reshape(num_points, *shape)
+
+
+# ---------------------------------------------------------------------------- trainability
+def _ntk_gram(model: nn.Module, inputs: Tensor, params: str, max_numel: int) -> Tensor:
+    """float64 ``G G^T`` from per-sample gradients, one ``vmap(grad)`` per parameter group.
+
+    Parameters are split into groups whose per-sample gradients hold at most ``max_numel``
+    elements, so ``G`` is never materialised as a whole; the Gram matrix accumulates
+    ``g g^T`` tensor by tensor.
+    """
+    chosen, const = _select_params(model, params)
+    batch = inputs.shape[0]
+    groups, group, size = [], [], 0
+    for name, p in chosen.items():
+        if group and size + batch * p.numel() > max_numel:
+            groups.append(group)
+            group, size = [], 0
+        group.append(name)
+        size += batch * p.numel()
+    groups.append(group)
+
+    gram = inputs.new_zeros((batch, batch), dtype=torch.float64)
+    for names in groups:
+        diff = {n: chosen[n] for n in names}
+        fixed = {**const, **{n: p for n, p in chosen.items() if n not in diff}}
+
+        def summed(p: Dict[str, Tensor], x: Tensor) -> Tensor:
+            out = functional_call(model, {**fixed, **p}, (x.unsqueeze(0), ))
+            return pool_features(out).sum()
+
+        with _math_attention():
+            grads = vmap(grad(summed), in_dims=(None, 0))(diff, inputs)
+        for g in grads.values():
+            g = g.reshape(batch, -1).double()
+            gram += g @ g.T
+        del grads
+    return gram
+
+
+@_autograd_on
+def ntk_condition(model_or_builder: ModelOrBuilder, inputs: Union[Tensor, Sequence[int]],
+                  num_inits: int = 5, seed: int = 0, params: str = 'weight',
+                  max_numel: int = 2**26) -> float:
+    """Mean condition number of the empirical NTK over ``num_inits`` seeded initialisations.
+
+    Args:
+        model_or_builder: a backbone (deep-copied and re-initialised per init with seed
+            ``seed + i``) or a zero-argument callable building an initialised one (called with
+            the global seed set to ``seed + i``).
+        inputs: one batch ``(B, C, H, W)`` (As-ViT uses B=16), or its shape to draw a standard
+            normal batch seeded with ``seed``.
+        params: ``'weight'`` (tensors named ``*weight*``, as As-ViT) or ``'all'``.
+        max_numel: cap on per-sample-gradient elements held at once (memory knob).
+
+    Returns:
+        ``kappa`` (lower is better); ``inf`` for a singular NTK and ``nan`` for non-finite
+        gradients, each logged as a warning, never raised.
+    """
+    _check_count('num_inits', num_inits)
+    inputs = _make_inputs(inputs, seed)
+    values = []
+    for i in range(num_inits):
+        model = _model_for_init(model_or_builder, seed + i)
+        dtype, device = _model_dtype_device(model)
+        values.append(_condition_number(
+            _ntk_gram(model, inputs.to(device, dtype), params, max_numel)))
+    return _average(values, 'ntk_condition')
+
+
+@_autograd_on
+def _ntk_condition_loop(model_or_builder: ModelOrBuilder, inputs: Union[Tensor, Sequence[int]],
+                        num_inits: int = 5, seed: int = 0, params: str = 'weight') -> float:
+    """Reference of :func:`ntk_condition` as in the public As-ViT / TE-NAS code: one forward of
+    the batch, then one backward pass per sample through the retained graph."""
+    _check_count('num_inits', num_inits)
+    inputs = _make_inputs(inputs, seed)
+    values = []
+    for i in range(num_inits):
+        model = _model_for_init(model_or_builder, seed + i)
+        dtype, device = _model_dtype_device(model)
+        tensors = dict(model.named_parameters())
+        weights = [tensors[n] for n in _select_params(model, params)[0]]
+        pooled = pool_features(model(inputs.to(device, dtype)))
+        rows = []
+        for b in range(pooled.shape[0]):
+            grads = torch.autograd.grad(pooled[b].sum(), weights, retain_graph=True,
+                                        allow_unused=True)
+            rows.append(torch.cat([(torch.zeros_like(w) if g is None else g).reshape(-1)
+                                   for g, w in zip(grads, weights)]))
+        full = torch.stack(rows).double()
+        values.append(_condition_number(full @ full.T))
+    return _average(values, 'ntk_condition_loop')
+
+
+# ---------------------------------------------------------------------------- expressivity
+@_autograd_on
+def length_distortion(model_or_builder: ModelOrBuilder, input_shape: Sequence[int],
+                      num_points: int = 10, num_inits: int = 5, seed: int = 0,
+                      radius: Optional[float] = None) -> float:
+    """Mean length distortion of a random input circle over ``num_inits`` initialisations.
+
+    Each init ``i`` (model seeded as in :func:`ntk_condition`) draws two orthonormal
+    directions ``U`` of the flattened input space with seed ``seed + i``, scaled to
+    ``radius`` (default ``sqrt(numel)``, the norm of a standard-normal image), strips the
+    LayerNorms of its private copy and returns ``sum_k ||J f(x(t_k)) dx/dt(t_k)||`` for
+    ``t_k = 2 pi k / num_points``, all points in one forward-mode ``jvp``.
+
+    Args:
+        input_shape: one sample's shape, e.g. ``(3, 32, 32)``.
+
+    Returns:
+        The distortion (higher is better); ``nan`` / ``inf`` for a broken model (logged).
+    """
+    _check_count('num_inits', num_inits)
+    _check_count('num_points', num_points)
+    values = []
+    for i in range(num_inits):
+        model = _strip_layernorms(_model_for_init(model_or_builder, seed + i))
+        dtype, device = _model_dtype_device(model)
+        points, tangents = _circle(input_shape, num_points, radius, seed + i)
+        state = {n: t.detach() for n, t in model.named_parameters()}
+        state.update(model.named_buffers())
+
+        def features(x: Tensor) -> Tensor:
+            return pool_features(functional_call(model, state, (x, )))
+
+        with _math_attention():  # grad mode is on (see _autograd_on)
+            _, deriv = jvp(features, (points.to(device, dtype), ),
+                           (tangents.to(device, dtype), ))
+        values.append(deriv.double().flatten(1).norm(dim=1).sum().item())
+    return _average(values, 'length_distortion')
+
+
+@_autograd_on
+def _length_distortion_loop(model_or_builder: ModelOrBuilder, input_shape: Sequence[int],
+                            num_points: int = 10, num_inits: int = 5, seed: int = 0,
+                            radius: Optional[float] = None) -> float:
+    """Reference of :func:`length_distortion`: one point at a time, each derivative by the
+    double-backward trick of ``torch.autograd.functional.jvp``."""
+    _check_count('num_inits', num_inits)
+    _check_count('num_points', num_points)
+    values = []
+    for i in range(num_inits):
+        model = _strip_layernorms(_model_for_init(model_or_builder, seed + i))
+        dtype, device = _model_dtype_device(model)
+        points, tangents = _circle(input_shape, num_points, radius, seed + i)
+        total = 0.0
+        with _math_attention():  # the fused attention kernel has no double backward
+            for x, v in zip(points.to(device, dtype), tangents.to(device, dtype)):
+                _, deriv = torch.autograd.functional.jvp(
+                    lambda z: pool_features(model(z)), x.unsqueeze(0), v.unsqueeze(0))
+                total += deriv.double().norm().item()
+        values.append(total)
+    return _average(values, 'length_distortion_loop')
+
+
+# ---------------------------------------------------------------------------- both
+def score_proxies(model_or_builder: ModelOrBuilder, input_shape: Sequence[int],
+                  batch_size: int = 16, inputs: Optional[Tensor] = None, num_points: int = 10,
+                  num_inits: int = 5, seed: int = 0, params: str = 'weight') -> Dict[str, float]:
+    """Both As-ViT proxies: ``{'ntk_condition': kappa, 'length_distortion': L}``.
+
+    ``inputs`` defaults to a standard-normal ``(batch_size, *input_shape)`` batch drawn with
+    ``seed``.
+    """
+    batch = inputs if inputs is not None else (batch_size, *input_shape)
+    kappa = ntk_condition(model_or_builder, batch, num_inits, seed, params)
+    length = length_distortion(model_or_builder, input_shape, num_points, num_inits, seed)
+    return dict(ntk_condition=kappa, length_distortion=length)

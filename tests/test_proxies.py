@@ -1,0 +1,212 @@
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mmvitscale.models import ScaledPiT, ScaledViT
+from mmvitscale.search import length_distortion, ntk_condition, pool_features, score_proxies
+from mmvitscale.search import proxies as P
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    # tiny models: a second thread only adds synchronisation, costly on a shared machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def linear_builder(weight: torch.Tensor):
+    def build() -> nn.Module:
+        layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+        return layer
+    return build
+
+
+def tiny_vit() -> ScaledViT:
+    model = ScaledViT(dict(embed_dims=16, num_layers=2, num_heads=2, mlp_ratio=2.0),
+                      img_size=16, patch_size=4, out_type='avg_featmap', final_norm=False)
+    model.init_weights()
+    return model
+
+
+def tiny_pit() -> ScaledPiT:
+    model = ScaledPiT(dict(base_dims=(8, 8), depths=(1, 1), heads=(1, 2), patch_size=4,
+                           patch_stride=2), img_size=16, out_type='avg_featmap')
+    model.init_weights()
+    return model
+
+
+class NaNNet(nn.Module):
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * float('nan')
+
+
+# ------------------------------------------------------------------ hand-checkable cases
+def test_ntk_of_linear_map_matches_closed_form():
+    # f(x) = sum(W x): d f / d W = 1 x^T, so K = d_out * X X^T whatever W is.
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 7, generator=gen, dtype=torch.float64)
+    weight = torch.randn(3, 7, generator=gen, dtype=torch.float64)
+    eig = np.linalg.eigvalsh(3 * x.numpy() @ x.numpy().T)
+    expected = eig[-1] / eig[0]
+    assert expected > 2  # a non-trivial condition number
+    got = ntk_condition(linear_builder(weight), x, num_inits=2)
+    assert got == pytest.approx(expected, rel=1e-10)
+
+
+def test_length_distortion_of_linear_map_is_exact():
+    # |W v| = 2 |v| for W = 2 Q (Q orthogonal): every point contributes 2 * radius.
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(1),
+                                       dtype=torch.float64))
+    builder = linear_builder(2 * q)
+    assert length_distortion(builder, (6, ), num_points=10, num_inits=3) == pytest.approx(
+        10 * 2 * math.sqrt(6), rel=1e-12)
+    assert length_distortion(builder, (6, ), num_points=4, num_inits=1,
+                             radius=0.5) == pytest.approx(4 * 2 * 0.5, rel=1e-12)
+
+
+def test_length_distortion_of_generic_linear_map():
+    gen = torch.Generator().manual_seed(2)
+    weight = torch.randn(3, 8, generator=gen, dtype=torch.float64)
+    seed, n, r = 4, 7, math.sqrt(8)
+    builder = linear_builder(weight)
+    got = length_distortion(lambda: nn.Sequential(nn.Flatten(), builder()), (2, 4),
+                            num_points=n, num_inits=1, seed=seed)
+    points, tangents = P._circle((2, 4), n, None, seed)
+    points, tangents = points.reshape(n, -1).numpy(), tangents.reshape(n, -1).numpy()
+    # a circle of radius sqrt(numel) through x(0), with the derivative of x(t) as tangents
+    assert np.allclose(np.linalg.norm(points, axis=1), r)
+    assert np.allclose(np.linalg.norm(tangents, axis=1), r)
+    assert np.allclose((points * tangents).sum(1), 0, atol=1e-9)
+    t = 2 * np.pi / n
+    assert np.allclose(points[1], np.cos(t) * points[0] + np.sin(t) * tangents[0])
+    expected = np.linalg.norm(tangents @ weight.numpy().T, axis=1).sum()
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_pool_features_shapes():
+    x = torch.arange(24.).reshape(2, 3, 4)
+    assert torch.equal(pool_features(x), x.mean(1))
+    fmap = torch.randn(2, 5, 3, 3)
+    assert torch.equal(pool_features((x, fmap)), fmap.mean(dim=(2, 3)))
+    assert torch.equal(pool_features([x[:, 0]]), x[:, 0])
+    with pytest.raises(ValueError):
+        pool_features(torch.ones(3))
+
+
+# ------------------------------------------------------------------ fast path vs loops
+@pytest.mark.parametrize('builder', [tiny_vit, tiny_pit], ids=['vit', 'pit'])
+def test_fast_path_matches_loop_reference(builder):
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    fast = ntk_condition(builder, x, num_inits=2, seed=1)
+    loop = P._ntk_condition_loop(builder, x, num_inits=2, seed=1)
+    assert math.isfinite(fast) and fast > 1
+    assert fast == pytest.approx(loop, rel=1e-4)
+    fast = length_distortion(builder, (3, 16, 16), num_points=6, num_inits=2, seed=1)
+    loop = P._length_distortion_loop(builder, (3, 16, 16), num_points=6, num_inits=2, seed=1)
+    assert math.isfinite(fast) and fast > 0
+    assert fast == pytest.approx(loop, rel=1e-4)
+
+
+def test_ntk_parameter_groups_and_param_sets():
+    x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    whole = ntk_condition(tiny_vit, x, num_inits=1)
+    assert ntk_condition(tiny_vit, x, num_inits=1, max_numel=1) == pytest.approx(whole, rel=1e-9)
+    everything = ntk_condition(tiny_vit, x, num_inits=1, params='all')
+    assert everything == pytest.approx(P._ntk_condition_loop(tiny_vit, x, 1, params='all'),
+                                       rel=1e-4)
+    assert everything != pytest.approx(whole, rel=1e-3)  # biases / embeddings do count
+    with pytest.raises(ValueError, match='params'):
+        ntk_condition(tiny_vit, x, num_inits=1, params='biases')
+
+
+def test_grad_mode_of_caller_does_not_matter():
+    # the oneDNN inference fast path of fused_linear must stay off inside the transforms
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    ntk = ntk_condition(tiny_vit, x, num_inits=1)
+    length = length_distortion(tiny_vit, (3, 16, 16), num_points=4, num_inits=1)
+    with torch.no_grad():
+        assert ntk_condition(tiny_vit, x, num_inits=1) == ntk
+        assert length_distortion(tiny_vit, (3, 16, 16), num_points=4, num_inits=1) == length
+    with torch.inference_mode():
+        assert ntk_condition(tiny_vit, x.clone(), num_inits=1) == ntk
+        assert length_distortion(tiny_vit, (3, 16, 16), num_points=4, num_inits=1) == length
+        assert P._length_distortion_loop(tiny_vit, (3, 16, 16), num_points=4,
+                                         num_inits=1) == pytest.approx(length, rel=1e-4)
+        assert P._ntk_condition_loop(tiny_vit, x, num_inits=1) == pytest.approx(ntk, rel=1e-4)
+
+
+# ------------------------------------------------------------------ seeds, models, failures
+def test_seeded_and_deterministic():
+    model = tiny_vit()
+    rng = torch.get_rng_state()
+    a = score_proxies(model, (3, 16, 16), batch_size=4, num_points=4, num_inits=2, seed=5)
+    assert torch.equal(torch.get_rng_state(), rng)  # the caller's RNG is left alone
+    b = score_proxies(model, (3, 16, 16), batch_size=4, num_points=4, num_inits=2, seed=5)
+    c = score_proxies(model, (3, 16, 16), batch_size=4, num_points=4, num_inits=2, seed=6)
+    assert a == b
+    assert set(a) == {'ntk_condition', 'length_distortion'}
+    assert all(math.isfinite(v) and v > 0 for v in a.values())
+    assert a['ntk_condition'] != c['ntk_condition']
+    assert a['length_distortion'] != c['length_distortion']
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    assert a['ntk_condition'] == ntk_condition(model, x, num_inits=2, seed=5)
+
+
+def test_caller_model_is_not_mutated():
+    model = tiny_vit().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    score_proxies(model, (3, 16, 16), batch_size=4, num_points=4, num_inits=2)
+    assert model.training
+    assert isinstance(model.blocks[0].norm1, nn.LayerNorm)
+    assert sum(isinstance(m, nn.LayerNorm) for m in model.modules()) == 4
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+def test_layernorms_are_removed_for_length_distortion():
+    model = P._strip_layernorms(P._model_for_init(tiny_pit, 0))
+    assert not any(isinstance(m, nn.LayerNorm) for m in model.modules())
+    assert sum(isinstance(m, nn.LayerNorm) for m in tiny_pit().modules()) == 5
+
+
+def test_nan_model_returns_nan_and_warns(caplog):
+    x = torch.randn(4, 4)
+    with caplog.at_level(logging.WARNING, logger=P.__name__):
+        assert math.isnan(ntk_condition(NaNNet(), x, num_inits=2))
+        assert math.isnan(length_distortion(NaNNet(), (4, ), num_points=3, num_inits=2))
+        assert math.isnan(P._ntk_condition_loop(NaNNet(), x, num_inits=1))
+    assert sum('non-finite' in r.getMessage() for r in caplog.records) == 3
+
+
+def test_singular_ntk_is_infinite_not_an_error(caplog):
+    x = torch.randn(4, 3, dtype=torch.float64)
+    x[2] = 0  # a zero input has a zero gradient row: K is exactly singular
+    with caplog.at_level(logging.WARNING, logger=P.__name__):
+        kappa = ntk_condition(linear_builder(torch.ones(2, 3, dtype=torch.float64)), x,
+                              num_inits=1)
+    assert kappa == math.inf
+    assert any('non-finite' in r.getMessage() for r in caplog.records)
+
+
+def test_bad_arguments_are_reported():
+    with pytest.raises(TypeError, match='nn.Module'):
+        ntk_condition(lambda: 3, torch.randn(2, 3), num_inits=1)
+    with pytest.raises(ValueError, match='num_inits'):
+        ntk_condition(NaNNet(), torch.randn(2, 4), num_inits=0)
+    with pytest.raises(ValueError, match='num_points'):
+        length_distortion(NaNNet(), (4, ), num_points=0)
