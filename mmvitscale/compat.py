@@ -22,6 +22,11 @@ and bug reports can see it.
    Scoped fix: mmengine's local checkpoint loader always uses ``weights_only=True`` and the few
    data-only classes mmengine checkpoints contain are allow-listed, except inside
    ``Runner.resume`` (resuming a run's own checkpoint), which may fully unpickle.
+4. ``launcher='pytorch'`` on a machine without an accelerator (e.g. ``tools/dist_train.sh`` with
+   the gloo backend on CPUs): mmengine 0.10.7 calls ``torch.cuda.set_device`` (missing from CPU
+   torch) and wraps the model in DDP with ``device_ids=[LOCAL_RANK]``, which DDP refuses for a
+   CPU module. Fix, only when no CUDA / NPU / MLU / MUSA device exists: initialise the process
+   group without selecting a device, and wrap with ``device_ids=None``.
 """
 import contextlib
 import importlib.machinery
@@ -188,6 +193,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def _history_buffer_getattr(obj, name):
     from mmengine.logging import HistoryBuffer
+    HistoryBuffer()  # its __init__ registers the built-in statistics (min, max, current, mean)
     if (obj is HistoryBuffer or isinstance(obj, HistoryBuffer)) and \
             name in HistoryBuffer._statistics_methods:
         return getattr(obj, name)
@@ -261,12 +267,71 @@ def patch_checkpoint_loading() -> bool:
     return True
 
 
+# --------------------------------------------------------------------------- CPU distributed
+def _no_accelerator() -> bool:
+    from mmengine.device import (is_cuda_available, is_mlu_available, is_musa_available,
+                                 is_npu_available)
+    return not (is_cuda_available() or is_npu_available() or is_mlu_available()
+                or is_musa_available())
+
+
+def _wrap_init_dist_pytorch(init: Callable) -> Callable:
+
+    def init_dist_pytorch(backend, init_backend='torch', **kwargs):
+        if init_backend != 'torch' or not _no_accelerator():
+            return init(backend, init_backend=init_backend, **kwargs)
+        torch.distributed.init_process_group(backend=backend, **kwargs)  # no set_device
+
+    init_dist_pytorch.__wrapped__ = init
+    return init_dist_pytorch
+
+
+def _is_ddp(model_wrapper_cfg) -> bool:
+    from mmengine.registry import MODEL_WRAPPERS
+    from torch.nn.parallel import DistributedDataParallel
+    wrapper = model_wrapper_cfg.get('type', 'MMDistributedDataParallel')
+    if isinstance(wrapper, str):
+        wrapper = MODEL_WRAPPERS.get(wrapper)
+    return isinstance(wrapper, type) and issubclass(wrapper, DistributedDataParallel)
+
+
+def _wrap_wrap_model(wrap_model: Callable) -> Callable:
+
+    def wrap_model_cpu(self, model_wrapper_cfg, model):
+        if self.distributed and _no_accelerator():
+            if model_wrapper_cfg is None:  # what mmengine builds, less the device id
+                model_wrapper_cfg = dict(
+                    type='MMDistributedDataParallel', broadcast_buffers=False,
+                    find_unused_parameters=self.cfg.get('find_unused_parameters', False))
+            if 'device_ids' not in model_wrapper_cfg and _is_ddp(model_wrapper_cfg):
+                model_wrapper_cfg = dict(model_wrapper_cfg, device_ids=None)
+        return wrap_model(self, model_wrapper_cfg, model)
+
+    wrap_model_cpu.__wrapped__ = wrap_model
+    return wrap_model_cpu
+
+
+def patch_cpu_distributed() -> bool:
+    """Let mmengine's ``pytorch`` launcher run on CPU-only machines (gloo backend)."""
+    from mmengine.dist import utils as dist_utils
+    from mmengine.runner import Runner
+    if getattr(dist_utils._init_dist_pytorch, '__wrapped__', None) is not None:
+        return False
+    if not _no_accelerator():  # mmengine's own path selects the device
+        return False
+    dist_utils._init_dist_pytorch = _wrap_init_dist_pytorch(dist_utils._init_dist_pytorch)
+    Runner.wrap_model = _wrap_wrap_model(Runner.wrap_model)
+    APPLIED.append('cpu-distributed')
+    return True
+
+
 def apply_all() -> List[str]:
     """Apply every shim that is needed; returns the names of those applied now."""
     before = len(APPLIED)
     patch_torchvision()
     patch_mmaction_drn()
     patch_checkpoint_loading()
+    patch_cpu_distributed()
     return APPLIED[before:]
 
 
