@@ -50,12 +50,11 @@ def _baddbmm(args, out) -> int:
 def _conv(args, out) -> int:
     x, w = args[0], args[1]
     transposed = bool(args[6]) if len(args) > 6 else False
-    groups = int(args[8]) if len(args) > 8 else 1
     kernel = _prod(w.shape[2:])
     if transposed:  # weight: (Cin, Cout/groups, k...); every input pixel feeds a kernel window
         return _prod(x.shape) * w.shape[1] * kernel
     y = out[0] if isinstance(out, (tuple, list)) else out
-    return _prod(y.shape) * (w.shape[1]) * kernel
+    return _prod(y.shape) * w.shape[1] * kernel  # w.shape[1] = Cin / groups
 
 
 def _linear_pointwise(args, out) -> int:

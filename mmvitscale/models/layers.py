@@ -31,8 +31,8 @@ class DropPath(nn.Module):
 
 def _has_onednn_linear() -> bool:
     try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
-                                                                 '_linear_pointwise')
+        return (torch.backends.mkldnn.is_available()
+                and hasattr(torch.ops.mkldnn, '_linear_pointwise'))
     except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
         return False
 

@@ -38,6 +38,11 @@ def _shape(args, cfg):
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
+def _tensor_mode(model, inputs):
+    """mmengine models: plain forward to tensors, no data samples."""
+    return model(inputs, mode='tensor')
+
+
 def main(argv=None):
     args = parse_args(argv)
     cfg = Config.fromfile(args.config)
@@ -48,10 +53,7 @@ def main(argv=None):
     model = MODELS.build(model_cfg)
     H, W = _shape(args, cfg)
     in_ch = cfg.model.get('backbone', {}).get('in_channels', 3)
-    forward = None
-    if isinstance(model, BaseModel):
-        def forward(m, x):  # noqa: E306
-            return m(x, mode='tensor')
+    forward = _tensor_mode if isinstance(model, BaseModel) else None
     result = get_complexity(model, (in_ch, H, W), forward=forward)
     result['input_shape'] = [in_ch, H, W]
     if args.json:
