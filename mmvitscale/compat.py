@@ -236,7 +236,7 @@ def torch_load(filename, map_location=None):
         raise pickle.UnpicklingError(f'{err}\n(weights-only load said: {first_error})') from None
 
 
-def _local_loader(filename: str, map_location=None):
+def load_from_local(filename: str, map_location=None):
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
     return torch_load(filename, map_location=map_location)
@@ -261,7 +261,7 @@ def patch_checkpoint_loading() -> bool:
     from mmengine.runner.checkpoint import CheckpointLoader
     if getattr(Runner.resume, '__wrapped__', None) is not None:
         return False
-    CheckpointLoader.register_scheme(prefixes='', force=True)(_local_loader)
+    CheckpointLoader.register_scheme(prefixes='', force=True)(load_from_local)
     Runner.resume = _wrap_resume(Runner.resume)
     APPLIED.append('scoped-weights-only')
     return True

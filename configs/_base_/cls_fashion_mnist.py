@@ -14,7 +14,8 @@ train_dataloader = dict(
 val_dataloader = dict(
     batch_size=256,
     num_workers=2,
-    dataset=dict(type=dataset_type, data_root=data_root, test_mode=True, download=False),
+    dataset=dict(type=dataset_type, data_root=data_root, split='test', test_mode=True,
+                 download=False),
     sampler=dict(type='DefaultSampler', shuffle=False))
 test_dataloader = val_dataloader
 val_evaluator = dict(type='Accuracy', topk=(1, ))
