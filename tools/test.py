@@ -8,6 +8,7 @@ import os.path as osp
 
 import mmvitscale  # noqa: F401  (stack shims + registries, before any host import)
 from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 
@@ -38,7 +39,8 @@ def main(argv=None):
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
-    return Runner.from_cfg(cfg).test()
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg else Runner.from_cfg(cfg)
+    return runner.test()
 
 
 if __name__ == '__main__':
