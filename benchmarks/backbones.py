@@ -154,9 +154,9 @@ def main(argv=None) -> Dict:
     device = torch.device(args.device)
     torch.manual_seed(0)
     peak = matmul_rate(device)
-    meta = dict(device=str(device), device_name=device_name(str(device)), threads=torch.get_num_threads(),
-                torch=torch.__version__, timm=timm.__version__, batch=args.batch,
-                rounds=args.rounds)
+    meta = dict(device=str(device), device_name=device_name(str(device)),
+                threads=torch.get_num_threads(), torch=torch.__version__,
+                timm=timm.__version__, batch=args.batch, rounds=args.rounds)
     rows = []
     for i, (key, (make_ours, timm_name)) in enumerate(pairs.items()):
         print(f'[{i + 1}/{len(pairs)}] {key} vs timm {timm_name}', flush=True)

@@ -108,8 +108,8 @@ class ToyData(torch.utils.data.Dataset):
 def _runner(work_dir, max_epochs, **kw):
     return Runner(
         model=ToyModel(), work_dir=str(work_dir),
-        train_dataloader=dict(dataset=ToyData(), sampler=dict(type='DefaultSampler',
-                                                               shuffle=False),
+        train_dataloader=dict(dataset=ToyData(),
+                              sampler=dict(type='DefaultSampler', shuffle=False),
                               batch_size=4, num_workers=0, collate_fn=dict(type='default_collate')),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
         train_cfg=dict(by_epoch=True, max_epochs=max_epochs),

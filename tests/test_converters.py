@@ -196,8 +196,8 @@ def test_distilled_deit_drops_dist_token(tmp_path):
     torch.testing.assert_close(model.pos_embed.data, expected_pos, rtol=0, atol=0)
     # the rule equals a plain timm ViT holding the distilled weights minus the dist token
     plain = timm_vit()
-    sd_plain = {k: v for k, v in sd.items() if k not in ('dist_token', 'head_dist.weight',
-                                                           'head_dist.bias')}
+    dist_keys = ('dist_token', 'head_dist.weight', 'head_dist.bias')
+    sd_plain = {k: v for k, v in sd.items() if k not in dist_keys}
     sd_plain['pos_embed'] = expected_pos
     plain.load_state_dict(sd_plain)
     torch.testing.assert_close(out(model, X), timm_features(plain, X), rtol=0, atol=ATOL)

@@ -40,7 +40,8 @@ def measure_latency(model: nn.Module, input_shape: Sequence[int] = (3, 224, 224)
         _sync(dev)
         times.append((time.perf_counter() - t0) * 1e3)
     times.sort()
-    q = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
+    q = (statistics.quantiles(times, n=10, method='inclusive') if len(times) > 1 else
+         [times[0]] * 9)
     return dict(median_ms=statistics.median(times), p10_ms=q[0], p90_ms=q[-1],
                 mean_ms=statistics.fmean(times), repeats=repeats, batch_size=batch_size,
                 threads=torch.get_num_threads(), device=str(dev))

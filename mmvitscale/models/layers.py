@@ -1,5 +1,6 @@
 """Tensor-building blocks shared by every backbone (ViT, PiT, ...)."""
-from typing import Optional, Sequence, Tuple
+import contextlib
+from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,23 @@ def _has_onednn_linear() -> bool:
 
 
 _ONEDNN_LINEAR = _has_onednn_linear()
+_EAGER_LINEAR_DEPTH = 0  # > 0 inside eager_linear(): fused_linear's fast path is off
+
+
+@contextlib.contextmanager
+def eager_linear() -> Iterator[None]:
+    """Inside the block, :func:`fused_linear` runs the plain ops (no oneDNN fast path).
+
+    For exporters and tracers that must only see standard ATen ops (``torch.export``, ONNX
+    export). TorchScript tracing (``torch.jit.trace``, ``torch.onnx.export(dynamo=False)``)
+    turns the fast path off by itself. Process-wide (not per thread); nests.
+    """
+    global _EAGER_LINEAR_DEPTH
+    _EAGER_LINEAR_DEPTH += 1
+    try:
+        yield
+    finally:
+        _EAGER_LINEAR_DEPTH -= 1
 
 
 def _no_transforms_active() -> bool:
@@ -62,11 +80,13 @@ def fused_linear(x: Tensor, layer: nn.Linear, gelu: bool = False,
     GELU or the residual inside the GEMM (post-ops) instead of copying the bias into the output
     first (``addmm``) and running GELU / the residual add as extra memory passes. Values agree
     with the eager ops to float rounding; anywhere else (autograd on, torch.func transforms or
-    forward-mode AD, GPU, other dtypes) the eager ops run.
+    forward-mode AD, GPU, other dtypes, TorchScript tracing, inside :func:`eager_linear`) the
+    eager ops run.
     """
     if (_ONEDNN_LINEAR and not torch.is_grad_enabled() and x.device.type == 'cpu'
             and x.dtype == torch.float32 and layer.weight.dtype == torch.float32
-            and not (gelu and residual is not None) and _no_transforms_active()):
+            and not (gelu and residual is not None) and not _EAGER_LINEAR_DEPTH
+            and not torch.jit.is_tracing() and _no_transforms_active()):
         if residual is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.weight,
                                                              layer.bias, 'add')

@@ -1,0 +1,322 @@
+"""Latency of one model on (device, backend) pairs, HW-NAS-Bench protocol.
+
+Backends (:data:`BACKENDS`):
+
+* ``eager``: PyTorch eager, fp32 (on CPU with mmvitscale's oneDNN linear fast path);
+* ``compile``: ``torch.compile`` (default mode), compiled before the warm-up;
+* ``eager-fp16`` / ``compile-fp16``: the same in half precision (CUDA only);
+* ``onnxruntime``: ONNX export (TorchScript exporter, static shapes) then an onnxruntime
+  session, CPU provider on ``cpu``, CUDA provider on ``cuda``;
+* ``onnxruntime-trt``: onnxruntime's TensorRT provider (CUDA only).
+
+Protocol: eval mode, no autograd, a warm-up of ``warmup_s`` seconds (at least ``min_warmup``
+runs), then ``repeats`` timed runs, each bracketed by device synchronisation; the median is the
+latency. onnxruntime runs take numpy inputs and return numpy outputs, so on CUDA they include the
+host <-> device copies.
+
+``fresh_process=True`` measures in a new interpreter (``python -m mmvitscale.cost.backends``,
+the model passed as a registry config dict), so allocator / compile caches and thread pools of
+earlier measurements cannot leak into it.
+"""
+import copy
+import json
+import os
+import os.path as osp
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+BACKENDS: Dict[str, Tuple[str, ...]] = {  # backend -> devices it runs on
+    'eager': ('cpu', 'cuda'),
+    'compile': ('cpu', 'cuda'),
+    'eager-fp16': ('cuda', ),
+    'compile-fp16': ('cuda', ),
+    'onnxruntime': ('cpu', 'cuda'),
+    'onnxruntime-trt': ('cuda', ),
+}
+ORT_PROVIDERS = {
+    ('onnxruntime', 'cpu'): ['CPUExecutionProvider'],
+    ('onnxruntime', 'cuda'): ['CUDAExecutionProvider', 'CPUExecutionProvider'],
+    ('onnxruntime-trt', 'cuda'): ['TensorrtExecutionProvider', 'CUDAExecutionProvider',
+                                  'CPUExecutionProvider'],
+}
+RESULT_MARKER = 'MMVITSCALE_LATENCY_RESULT '
+ModelLike = Union[nn.Module, Mapping]
+
+
+class BackendError(RuntimeError):
+    """A backend that cannot run here, or failed to prepare the model."""
+
+
+def check_backend(backend: str, device: str = 'cpu') -> None:
+    """Raise ``ValueError`` unless ``backend`` is known and can run on ``device`` here."""
+    if backend not in BACKENDS:
+        raise ValueError(f'unknown backend {backend!r} (choose from {", ".join(BACKENDS)})')
+    dev = torch.device(device)
+    if dev.type not in BACKENDS[backend]:
+        raise ValueError(f'backend {backend!r} needs device '
+                         f'{" or ".join(BACKENDS[backend])}, got {device!r}')
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'device {device!r} requested but CUDA is not available')
+    if backend.startswith('onnxruntime'):
+        try:
+            import onnxruntime as ort
+        except ImportError as err:
+            raise ValueError(f'backend {backend!r} needs the onnxruntime package') from err
+        wanted = ORT_PROVIDERS[(backend, dev.type)][0]
+        if wanted not in ort.get_available_providers():
+            raise ValueError(f'backend {backend!r} on {device!r} needs onnxruntime\'s {wanted}; '
+                             f'this install has {ort.get_available_providers()}')
+
+
+def build_model(cfg: Mapping, scope: Optional[str] = None) -> nn.Module:
+    """Build a model from a registry config dict (``scope``: the host's default scope)."""
+    from mmengine.registry import MODELS, init_default_scope
+    import mmvitscale.models  # noqa: F401  (registers ScaledViT / ScaledPiT)
+    init_default_scope(scope or 'mmvitscale')
+    return MODELS.build(dict(cfg))
+
+
+def _example(model: nn.Module, input_shape: Sequence[int], batch_size: int,
+             device: Optional[torch.device] = None,
+             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    if device is None:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device('cpu')
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, *input_shape, generator=gen)
+    return x.to(device=device, dtype=dtype)
+
+
+def export_onnx(model: nn.Module, input_shape: Sequence[int], path: str, opset: int = 17,
+                batch_size: int = 1, dynamic_batch: bool = False) -> str:
+    """Export ``model`` (eval mode) to ONNX at ``path``, atomically; returns ``path``.
+
+    ``input_shape`` is one sample's shape without the batch dim, e.g. ``(3, 224, 224)``. The
+    TorchScript exporter (``dynamo=False``) is tried first, then the ``torch.export`` one; both
+    run under :func:`~mmvitscale.models.layers.eager_linear`, so only standard ops are exported.
+    The graph is written to a temporary file next to ``path``, checked with ``onnx.checker`` and
+    renamed over ``path``: readers never see a partial file. Outputs are named ``output_<i>``.
+    """
+    import onnx
+
+    from ..models.layers import eager_linear
+    was_training = model.training
+    model.eval()
+    x = _example(model, input_shape, batch_size)
+    with torch.no_grad():
+        outs = model(x)
+    num_out = len(outs) if isinstance(outs, (tuple, list)) else 1
+    names = [f'output_{i}' for i in range(num_out)]
+    axes = {n: {0: 'batch'} for n in ['input', *names]} if dynamic_batch else None
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + osp.basename(path) + '.', suffix='.tmp')
+    os.close(fd)
+    errors = []
+    try:
+        for dynamo in (False, True):
+            try:
+                with warnings.catch_warnings(), eager_linear(), torch.no_grad():
+                    warnings.simplefilter('ignore')  # tracer / deprecation chatter
+                    kwargs = dict(dynamic_axes=axes) if not dynamo else {}
+                    if dynamo and dynamic_batch:
+                        kwargs = dict(dynamic_shapes=({0: torch.export.Dim('batch')}, ))
+                    torch.onnx.export(model, (x, ), tmp, opset_version=opset,
+                                      input_names=['input'], output_names=names,
+                                      dynamo=dynamo, **kwargs)
+                onnx.checker.check_model(tmp)
+                break
+            except Exception as err:  # noqa: BLE001 - report both exporters' failures
+                errors.append(f'{"dynamo" if dynamo else "torchscript"} exporter: '
+                              f'{type(err).__name__}: {err}')
+        else:
+            raise BackendError(f'ONNX export of {type(model).__name__} failed; '
+                               + '; '.join(errors))
+        os.replace(tmp, path)
+    finally:
+        model.train(was_training)
+        if osp.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _timings(run: Callable[[], Any], sync: Callable[[], None], warmup_s: float,
+             min_warmup: int, repeats: int) -> Tuple[List[float], int]:
+    start, runs = time.perf_counter(), 0
+    while runs < min_warmup or time.perf_counter() - start < warmup_s:
+        run()
+        runs += 1
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times, runs
+
+
+def _torch_runner(model: nn.Module, x: torch.Tensor, backend: str) -> Callable[[], Any]:
+    if not backend.startswith('compile'):
+        return lambda: model(x)
+    try:
+        # fresh dynamo caches: after too many recompiles of one forward (many architectures
+        # measured in one process) dynamo would silently fall back to eager
+        torch._dynamo.reset()
+        compiled = torch.compile(model)
+        compiled(x)  # compiles here, outside the warm-up
+    except Exception as err:  # noqa: BLE001 - inductor raises many types
+        hint = (' (on CPU, inductor needs a working C++ compiler)'
+                if x.device.type == 'cpu' else '')
+        raise BackendError(f"backend 'compile' failed for {type(model).__name__} on "
+                           f'{x.device}{hint}: {type(err).__name__}: {err}') from err
+    return lambda: compiled(x)
+
+
+def _ort_runner(model: nn.Module, input_shape: Sequence[int], batch_size: int, backend: str,
+                device: torch.device, opset: int) -> Tuple[Callable[[], Any], Dict[str, Any]]:
+    import onnxruntime as ort
+    providers = ORT_PROVIDERS[(backend, device.type)]
+    with tempfile.TemporaryDirectory(prefix='mmvitscale_onnx_') as folder:
+        path = export_onnx(model, input_shape, osp.join(folder, 'model.onnx'), opset,
+                           batch_size=batch_size)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            sess = ort.InferenceSession(path, opts, providers=providers)
+        except Exception as err:  # noqa: BLE001
+            raise BackendError(f'onnxruntime session with {providers[0]} failed: '
+                               f'{type(err).__name__}: {err}') from err
+    if sess.get_providers()[0] != providers[0]:
+        raise BackendError(f'onnxruntime fell back from {providers[0]} to '
+                           f'{sess.get_providers()[0]}')
+    feed = {'input': _example(model, input_shape, batch_size, torch.device('cpu')).numpy()}
+    info = dict(onnxruntime=ort.__version__, provider=providers[0],
+                ort_threads=opts.intra_op_num_threads)
+    return (lambda: sess.run(None, feed)), info
+
+
+def measure(model: ModelLike, input_shape: Sequence[int] = (3, 224, 224), backend: str = 'eager',
+            batch_size: int = 1, warmup_s: float = 1.0, repeats: int = 50,
+            device: str = 'cpu', min_warmup: int = 3, opset: int = 17,
+            fresh_process: bool = False, scope: Optional[str] = None,
+            timeout: Optional[float] = None) -> Dict[str, Any]:
+    """Forward latency of ``model`` on ``backend`` / ``device`` in milliseconds per batch.
+
+    Args:
+        model: an ``nn.Module``, or a registry config dict (built with :func:`build_model` in
+            ``scope``); ``fresh_process=True`` needs the dict (plain data crosses processes).
+        input_shape: one sample's shape without the batch dim.
+        backend: a key of :data:`BACKENDS`.
+        batch_size, warmup_s, repeats, min_warmup: the protocol (module docstring).
+        device: ``'cpu'`` or ``'cuda[:i]'``; the module is moved there (the fp16 backends
+            measure a half-precision copy; onnxruntime exports it where it is).
+        opset: ONNX opset for the onnxruntime backends.
+        fresh_process: measure in a new ``python -m mmvitscale.cost.backends`` process (same
+            torch thread count as here).
+        timeout: seconds before a fresh process is killed (``BackendError``).
+
+    Returns:
+        ``dict(median_ms, p10_ms, p90_ms, mean_ms, min_ms, max_ms, repeats, warmup_runs,
+        batch_size, backend, device, threads, setup_s)`` plus backend details
+        (``onnxruntime`` version, ``provider``, ``ort_threads``).
+
+    Raises:
+        ValueError: unknown backend, or one that cannot run on ``device`` here.
+        BackendError: the backend failed to prepare or run the model.
+    """
+    check_backend(backend, device)
+    if repeats < 1 or batch_size < 1:
+        raise ValueError(f'repeats and batch_size must be >= 1, got {repeats}, {batch_size}')
+    if fresh_process:
+        if isinstance(model, nn.Module):
+            raise TypeError('fresh_process=True needs the model as a registry config dict '
+                            '(plain data), not an nn.Module')
+        payload = dict(model=_plain(model), scope=scope, input_shape=list(input_shape),
+                       backend=backend, batch_size=batch_size, warmup_s=warmup_s,
+                       repeats=repeats, device=device, min_warmup=min_warmup, opset=opset,
+                       threads=torch.get_num_threads())
+        return _measure_in_subprocess(payload, timeout)
+    if not isinstance(model, nn.Module):
+        model = build_model(model, scope)
+    dev = torch.device(device)
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    info: Dict[str, Any] = {}
+    try:
+        with torch.no_grad():
+            if backend.startswith('onnxruntime'):
+                run, info = _ort_runner(model, input_shape, batch_size, backend, dev, opset)
+                sync = lambda: None  # noqa: E731 - session.run returns host arrays
+            else:
+                dtype = torch.float16 if backend.endswith('fp16') else torch.float32
+                net = copy.deepcopy(model) if dtype != torch.float32 else model
+                net = net.to(device=dev, dtype=dtype)
+                x = _example(net, input_shape, batch_size, dev, dtype)
+                run = _torch_runner(net, x, backend)
+                sync = ((lambda: torch.cuda.synchronize(dev)) if dev.type == 'cuda' else
+                        (lambda: None))
+            setup_s = time.perf_counter() - t0
+            times, warmup_runs = _timings(run, sync, warmup_s, min_warmup, repeats)
+    finally:
+        model.train(was_training)
+    q = (statistics.quantiles(times, n=10, method='inclusive') if len(times) > 1 else
+         [times[0]] * 9)  # inclusive: p10 / p90 stay within [min, max]
+    return dict(median_ms=statistics.median(times), p10_ms=q[0], p90_ms=q[-1],
+                mean_ms=statistics.fmean(times), min_ms=min(times), max_ms=max(times),
+                repeats=repeats, warmup_runs=warmup_runs, batch_size=batch_size,
+                backend=backend, device=str(dev), threads=torch.get_num_threads(),
+                setup_s=setup_s, **info)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _measure_in_subprocess(payload: Dict[str, Any], timeout: Optional[float]) -> Dict[str, Any]:
+    env = dict(os.environ)
+    root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    env['PYTHONPATH'] = os.pathsep.join(p for p in (root, env.get('PYTHONPATH')) if p)
+    cmd = [sys.executable, '-m', 'mmvitscale.cost.backends']
+    try:
+        proc = subprocess.run(cmd, input=json.dumps(payload), capture_output=True, text=True,
+                              env=env, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        raise BackendError(f'fresh-process measurement of {payload["backend"]!r} timed out '
+                           f'after {timeout} s') from err
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
+    if proc.returncode or not lines:
+        tail = '\n'.join(proc.stderr.strip().splitlines()[-15:])
+        raise BackendError(f'fresh-process measurement of {payload["backend"]!r} failed '
+                           f'(exit {proc.returncode}):\n{tail}')
+    result = json.loads(lines[-1][len(RESULT_MARKER):])
+    result['fresh_process'] = True
+    return result
+
+
+def _main() -> int:
+    """Child side of ``fresh_process``: JSON payload on stdin, marked JSON result on stdout."""
+    import mmvitscale  # noqa: F401  (shims before mmengine / host packages)
+    payload = json.loads(sys.stdin.read())
+    torch.set_num_threads(int(payload.pop('threads')))
+    result = measure(payload.pop('model'), fresh_process=False, **payload)
+    print(RESULT_MARKER + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(_main())

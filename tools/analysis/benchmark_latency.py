@@ -1,0 +1,195 @@
+"""Measure a backbone's latency per backend and append it to the latency table.
+
+    python tools/analysis/benchmark_latency.py CONFIG [options]
+    python tools/analysis/benchmark_latency.py --rule RULE_FILE [--arch deit-tiny] \
+        [--family vit|pit] [options]
+    python tools/analysis/benchmark_latency.py --arch deit-tiny [--family vit|pit] [options]
+
+Options: ``--backends eager compile onnxruntime`` (default ``eager onnxruntime``),
+``--batch 1 32``, ``--repeats 50``, ``--warmup 1.0``, ``--fresh-process``, ``--device cpu``,
+``--threads T``, ``--shape H W`` (default: the architecture's resolution),
+``--table work_dirs/latency/table.jsonl`` (``--csv FILE`` also exports it).
+
+From a config the backbone is ``cfg.model.backbone`` built in the config's ``default_scope``;
+from a rule file its ``scaling`` dict is applied to ``--arch`` (ScaledViT, or ScaledPiT with
+``--family pit``). Each (backend, batch) is measured with :func:`mmvitscale.cost.backends.measure`
+(warm-up, timed repeats, median) and appended to the table under this machine's fingerprint.
+"""
+import argparse
+import os.path as osp
+import sys
+from typing import Any, Dict, List, Optional, Tuple
+
+import mmvitscale  # noqa: F401  (shims before mmengine / host packages)
+import torch
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from torch import nn
+
+from mmvitscale.cost.backends import (BACKENDS, BackendError, build_model, check_backend,
+                                      measure)
+from mmvitscale.cost.latency_table import append_rows, fingerprint, make_row, to_csv
+
+DEFAULT_ARCH = {'vit': 'deit-tiny', 'pit': 'pit-ti'}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config', nargs='?', help='a config with model.backbone')
+    parser.add_argument('--rule', help='a scaling rule file (defines `scaling = dict(...)`)')
+    parser.add_argument('--arch', help='base preset for --rule (default deit-tiny / pit-ti)')
+    parser.add_argument('--family', default='vit', help='vit (ScaledViT) or pit (ScaledPiT)')
+    parser.add_argument('--backends', nargs='+', default=['eager', 'onnxruntime'],
+                        help=f'any of {", ".join(BACKENDS)}')
+    parser.add_argument('--batch', nargs='+', type=int, default=[1], help='batch sizes')
+    parser.add_argument('--repeats', type=int, default=50, help='timed runs per measurement')
+    parser.add_argument('--warmup', type=float, default=1.0, help='warm-up seconds')
+    parser.add_argument('--device', default='cpu', help='cpu or cuda[:i]')
+    parser.add_argument('--threads', type=int, default=None, help='torch / ORT CPU threads')
+    parser.add_argument('--shape', nargs=2, type=int, metavar=('H', 'W'), default=None,
+                        help='input resolution (default: the architecture\'s)')
+    parser.add_argument('--fresh-process', action='store_true',
+                        help='measure each (backend, batch) in a new Python process')
+    parser.add_argument('--table', default='work_dirs/latency/table.jsonl',
+                        help='JSON Lines latency table to append to')
+    parser.add_argument('--csv', default=None, help='also export the whole table as CSV')
+    args = parser.parse_args(argv)
+    try:
+        validate(args)
+    except ValueError as err:
+        parser.error(str(err))
+    return args
+
+
+def validate(args: argparse.Namespace) -> None:
+    """ValueError naming the flag and value of the first bad input (before any work)."""
+    from mmvitscale.rules import FAMILIES, _check_rule_file
+    if args.config is not None and (args.rule or args.arch):
+        raise ValueError('give either CONFIG or --rule / --arch, not both')
+    if args.config is None and not (args.rule or args.arch):
+        raise ValueError('give CONFIG, or --rule RULE_FILE / --arch ARCH')
+    if args.config is not None and not osp.isfile(args.config):
+        raise ValueError(f'CONFIG: file not found: {args.config}')
+    try:
+        torch.device(args.device)
+    except RuntimeError:
+        raise ValueError(f'--device: invalid device {args.device!r}') from None
+    if args.family not in FAMILIES:
+        raise ValueError(f'--family: unknown family {args.family!r} '
+                         f'(choose from {", ".join(FAMILIES)})')
+    if args.rule is not None:
+        try:
+            _check_rule_file(args.rule)
+        except ValueError as err:
+            raise ValueError(f'--rule: {err}') from None
+    for backend in args.backends:
+        if backend not in BACKENDS:
+            raise ValueError(f'--backends: unknown backend {backend!r} '
+                             f'(choose from {", ".join(BACKENDS)})')
+        try:
+            check_backend(backend, args.device)
+        except ValueError as err:
+            raise ValueError(f'--backends {backend} / --device {args.device}: {err}') from None
+    threads = [] if args.threads is None else [args.threads]
+    for flag, values in (('--batch', args.batch), ('--repeats', [args.repeats]),
+                         ('--threads', threads), ('--shape', args.shape or [])):
+        bad = [v for v in values if v < 1]
+        if bad:
+            raise ValueError(f'{flag}: must be >= 1, got {bad[0]}')
+    if args.warmup < 0:
+        raise ValueError(f'--warmup: must be >= 0, got {args.warmup}')
+
+
+def model_spec(args: argparse.Namespace) -> Tuple[Dict[str, Any], Optional[str]]:
+    """The backbone config dict and its registry scope, from CONFIG or --rule / --arch."""
+    from mmvitscale.rules import derive_image
+    if args.config is not None:
+        from mmengine.config import Config
+        cfg = Config.fromfile(args.config)
+        backbone = cfg.get('model', {}).get('backbone')
+        if backbone is None:
+            raise ValueError(f'CONFIG: {args.config} has no model.backbone')
+        return backbone.to_dict(), cfg.get('default_scope')
+    scaling = None
+    if args.rule is not None:
+        from mmengine.config import Config
+        scaling = Config.fromfile(args.rule).scaling
+    arch = args.arch or DEFAULT_ARCH[args.family]
+    return derive_image(args.family, arch, scaling)['backbone'], None
+
+
+def describe(model: nn.Module, cfg: Dict[str, Any]) -> Tuple[str, Dict[str, Any], List[int]]:
+    """Family name, resolved arch dict and default input shape (C, H, W) of a built model."""
+    kind = str(cfg.get('type', type(model).__name__)).split('.')[-1]
+    family = {'ScaledViT': 'vit', 'ScaledPiT': 'pit'}.get(kind, kind)
+    spec = getattr(model, 'arch_spec', None)
+    arch = spec.as_dict() if spec is not None and hasattr(spec, 'as_dict') else dict(cfg)
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = conv.in_channels if conv is not None else 3
+    size = list(spec.img_size) if spec is not None else [224, 224]
+    return family, arch, [channels, *size]
+
+
+def main(argv=None) -> List[Dict[str, Any]]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    console = Console()
+    try:
+        cfg, scope = model_spec(args)
+        model = build_model(cfg, scope)
+    except ValueError as err:
+        console.print(f'[red]error:[/red] {err}')
+        sys.exit(2)
+    family, arch, shape = describe(model, cfg)
+    if args.shape:
+        shape = [shape[0], *args.shape]
+    jobs = [(b, n) for b in args.backends for n in args.batch]
+    rows, failures = [], []
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task('measuring', total=len(jobs))
+        for backend, batch in jobs:
+            progress.update(task, description=f'{backend} batch {batch}')
+            try:
+                result = measure(cfg if args.fresh_process else model, shape, backend,
+                                 batch_size=batch, warmup_s=args.warmup, repeats=args.repeats,
+                                 device=args.device, fresh_process=args.fresh_process,
+                                 scope=scope)
+            except BackendError as err:  # report, keep measuring the other backends
+                failures.append(f'{backend} batch {batch}: {err}')
+                progress.advance(task)
+                continue
+            fp = fingerprint(args.device, backend, result['threads'])
+            rows.append(make_row(fp, family, arch, shape, batch, result,
+                                 setup_s=result['setup_s'],
+                                 fresh_process=bool(args.fresh_process),
+                                 source=args.config or args.rule or args.arch))
+            progress.advance(task)
+    append_rows(args.table, rows)
+    if args.csv:
+        to_csv(args.table, args.csv)
+
+    fp0 = fingerprint(args.device, 'eager')
+    table = Table(title=f'{family} {args.config or args.rule or args.arch} '
+                  f'input {"x".join(map(str, shape))} on {fp0["device"]}, '
+                  f'{fp0["threads"]} threads, torch {fp0["torch"]}')
+    for col in ('backend', 'batch', 'median ms', 'p10 ms', 'p90 ms', 'img/s', 'setup s'):
+        table.add_column(col, justify='left' if col == 'backend' else 'right')
+    for r in rows:
+        table.add_row(r['fingerprint']['backend'], str(r['batch_size']), f"{r['median_ms']:.2f}",
+                      f"{r['p10_ms']:.2f}", f"{r['p90_ms']:.2f}",
+                      f"{1e3 * r['batch_size'] / r['median_ms']:.1f}", f"{r['setup_s']:.1f}")
+    console.print(table)
+    console.print(f'appended {len(rows)} rows to {args.table}'
+                  + (f' (CSV: {args.csv})' if args.csv else ''))
+    for failure in failures:
+        console.print(f'[red]failed:[/red] {failure}')
+    if failures:
+        sys.exit(1)
+    return rows
+
+
+if __name__ == '__main__':
+    main()
