@@ -1,5 +1,5 @@
 """Plumbing shared by the scalable backbones: presets, init, freezing, output checks."""
-from typing import Dict, Iterable, Mapping, Sequence, Union
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 from mmengine.model import BaseModule
 from torch import nn
@@ -20,6 +20,8 @@ class ScalableBackbone(BaseModule):
     arch_zoo: Dict[str, dict] = {}
     arch_keys: Sequence[Sequence[str]] = ((), ())  # (required, optional)
     init_std_params: Sequence[str] = ('pos_embed', 'cls_token')
+    tokenizer: Optional[str] = None  # dotted name of the patch-embedding conv
+    token_stride: int = 1  # progressive re-tokenization factor, see set_token_stride
 
     @classmethod
     def select_arch(cls, arch: Union[str, Mapping]) -> Mapping:
@@ -85,3 +87,56 @@ class ScalableBackbone(BaseModule):
         super().train(mode)
         self._freeze_stages()
         return self
+
+    # ------------------------------------------------------------------ re-tokenization
+    def _tokenizer_conv(self) -> nn.Module:
+        if self.tokenizer is None:
+            raise NotImplementedError(f'{type(self).__name__} has no tokenizer conv')
+        return self.get_submodule(self.tokenizer)
+
+    def set_token_stride(self, factor: int) -> None:
+        """Coarser tokens for progressive re-tokenization (As-ViT).
+
+        The tokenizer conv gets spatial stride ``base_stride * factor`` and dilation ``factor``:
+        its kernel taps every ``factor``-th pixel, so a token sees the area of the
+        ``factor x factor`` tokens it replaces and the token count drops by about
+        ``factor**2``. Weights and position embeddings are untouched (the latter are resampled
+        to the smaller grid at forward time). ``factor=1`` restores the original conv exactly.
+        The training resolution (``img_size``) must still tile; inputs are checked at forward.
+        """
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+            raise ValueError(f'token_stride factor must be a positive int, got {factor!r}')
+        conv = self._tokenizer_conv()
+        base = self.__dict__.get('_token_base')
+        if base is None:  # original (stride, dilation), recorded on the first call
+            base = self._token_base = (tuple(conv.stride), tuple(conv.dilation))
+        if factor != 1:
+            self._token_grid(self.img_size, factor, 'img_size')
+        stride, dilation = base
+        conv.stride = stride[:-2] + tuple(s * factor for s in stride[-2:])
+        conv.dilation = dilation[:-2] + tuple(d * factor for d in dilation[-2:])
+        self.token_stride = factor
+
+    def _token_grid(self, size: Sequence[int], factor: int,
+                    field: str = 'input size') -> Tuple[int, int]:
+        """Token grid of a (H, W) input at ``factor``; ``ValueError`` when it does not tile.
+
+        Non-overlapping tokenizers (kernel == stride, ViT) need H and W to be multiples of
+        ``stride * factor``; overlapping ones (PiT) need at least one dilated kernel extent.
+        """
+        conv = self._tokenizer_conv()
+        stride, dilation = self.__dict__.get('_token_base',
+                                             (tuple(conv.stride), tuple(conv.dilation)))
+        H, W = (int(s) for s in size[-2:])
+        grid = []
+        for n, s, k, d, pad in zip((H, W), stride[-2:], conv.kernel_size[-2:], dilation[-2:],
+                                   conv.padding[-2:]):
+            eff_stride, extent = s * factor, d * factor * (k - 1) + 1
+            if k == s and n % eff_stride:
+                raise ValueError(f'{field} {H}x{W} is not a multiple of the token stride '
+                                 f'{eff_stride} (stride {s} x token_stride={factor})')
+            if n + 2 * pad < extent:
+                raise ValueError(f'{field} {H}x{W} is smaller than the dilated tokenizer '
+                                 f'kernel extent {extent} at token_stride={factor}')
+            grid.append((n + 2 * pad - extent) // eff_stride + 1)
+        return grid[0], grid[1]

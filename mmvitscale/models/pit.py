@@ -98,6 +98,7 @@ class ScaledPiT(ScalableBackbone):
     }
     arch_keys = (('base_dims', 'depths', 'heads'), ('mlp_ratio', 'patch_size', 'patch_stride'))
     num_prefix_tokens = 1
+    tokenizer = 'patch_embed.conv'
 
     def __init__(self,
                  arch: Union[str, Mapping] = 'pit-ti',
@@ -179,6 +180,8 @@ class ScaledPiT(ScalableBackbone):
         return torch.cat([cls_token, x.flatten(2).transpose(1, 2)], dim=1)
 
     def forward(self, x: Tensor) -> Union[Tuple[Tensor, ...], Tensor]:
+        if self.token_stride != 1:
+            self._token_grid(x.shape, self.token_stride)
         x = self.patch_embed.conv(x)
         x = self.pos_drop(x + resample_pos_embed_2d(self.pos_embed, x.shape[-2:],
                                                     self.interpolate_mode))

@@ -161,6 +161,7 @@ class ScaledVideoViT(ScalableBackbone):
     arch_keys = ScaledViT.arch_keys
     init_std_params = ('pos_embed', 'cls_token', 'time_embed')
     num_prefix_tokens = 1
+    tokenizer = 'patch_embed.proj'  # spatial dims only in set_token_stride
 
     def __init__(self,
                  arch: Union[str, Mapping] = 'deit-tiny',
@@ -311,7 +312,8 @@ class ScaledVideoViT(ScalableBackbone):
         if x.ndim != 5:
             raise ValueError(f'ScaledVideoViT expects (N, C, T, H, W) input, '
                              f'got shape {tuple(x.shape)}')
-        h, w = grid_of(x, self.patch_size)
+        h, w = (grid_of(x, self.patch_size) if self.token_stride == 1 else
+                self._token_grid(x.shape, self.token_stride))
         if x.shape[2] % self.tubelet_size:
             raise ValueError(f'input frames T={x.shape[2]} is not a multiple of '
                              f'tubelet_size={self.tubelet_size}')

@@ -55,6 +55,7 @@ class ScaledViT(ScalableBackbone):
     }
     arch_keys = (('embed_dims', 'num_layers', 'num_heads'), ('mlp_ratio', ))
     num_prefix_tokens = 1
+    tokenizer = 'patch_embed.proj'
 
     def __init__(self,
                  arch: Union[str, Mapping] = 'deit-tiny',
@@ -152,7 +153,8 @@ class ScaledViT(ScalableBackbone):
 
     def embed(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
         """Images (B, C, H, W) -> tokens (B, prefix + h*w, D) and the token grid (h, w)."""
-        grid = grid_of(x, self.patch_size)
+        grid = (grid_of(x, self.patch_size) if self.token_stride == 1 else
+                self._token_grid(x.shape, self.token_stride))
         x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
