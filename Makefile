@@ -1,19 +1,23 @@
 # One entry point for the environment, the main job and the tests.
-#   make demo   build .venv if needed, then run the main job on embedded defaults
+#   make demo   build .venv if needed, then run the main job (the scaling-transfer report)
 #   make test   build .venv if needed, then run the whole test suite
 #   make env    build / verify .venv only
+#   make table  cost table of ViT presets and scaled variants (params, FLOPs, CPU latency)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env demo test lint
+.PHONY: env demo test lint table
 env:
 	@VENV=$(abspath $(VENV)) bash tools/setup_env.sh
 
 demo: env
+	$(PY) tools/transfer.py
+
+table: env
 	$(PY) tools/analysis/scaling_table.py
 
 test: env
 	$(PY) -m pytest -q tests
 
 lint:
-	$(PY) -m flake8 mmvitscale tools tests benchmarks
+	$(PY) -m flake8 mmvitscale tools tests benchmarks mmvitscale_mmengine_hook.py setup.py

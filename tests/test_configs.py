@@ -214,3 +214,30 @@ def test_offline_configs_train_and_evaluate(task, offline_data, tmp_path):
     metrics = runner.test()
     key = {'cls': 'accuracy/top1', 'det': 'coco/bbox_mAP', 'video': 'acc/top1'}[task]
     assert key in metrics and 0.0 <= metrics[key] <= 100.0
+
+
+def test_train_script_rule_flag_swaps_the_rule(monkeypatch):
+    import importlib.util
+    path = osp.join(ROOT, 'tools', 'train.py')
+    spec = importlib.util.spec_from_file_location('train_tool', path)
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    seen = {}
+
+    class FakeRunner:
+
+        @classmethod
+        def from_cfg(cls, cfg):
+            seen['cfg'] = cfg
+            return cls()
+
+        def train(self):
+            seen['trained'] = True
+
+    monkeypatch.setattr(train, 'Runner', FakeRunner)
+    rule = osp.join(CFG, '_base_', 'scaling', 'wider_shallower.py')
+    train.main([osp.join(CFG, OFFLINE['cls']), '--rule', rule, '--work-dir', '/tmp/x'])
+    cfg = seen['cfg']
+    assert seen['trained'] and cfg.work_dir == '/tmp/x'
+    assert (cfg.scaled['arch']['num_layers'], cfg.scaled['arch']['embed_dims']) == (3, 88)
+    assert cfg.model.backbone.scaling == dict(depth_mult=0.5, width_mult=1.4)

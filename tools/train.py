@@ -11,10 +11,14 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
+from mmvitscale.rules import load_with_rule
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Train a model')
     parser.add_argument('config', help='train config file path')
+    parser.add_argument('--rule', help='apply this scaling rule file instead of the one the '
+                        'config inherits (configs/_base_/scaling/*.py or your own)')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
                         help='resume from the given checkpoint, or the latest one in work-dir')
@@ -50,7 +54,8 @@ def merge_args(cfg: Config, args) -> Config:
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = merge_args(Config.fromfile(args.config), args)
+    cfg = load_with_rule(args.config, args.rule) if args.rule else Config.fromfile(args.config)
+    cfg = merge_args(cfg, args)
     if 'runner_type' in cfg:
         runner = RUNNERS.build(cfg)
     else:
