@@ -27,7 +27,9 @@ TARGETS = ('vit', 'pit')
 WRAPPER_KEYS = ('state_dict', 'model')  # mmengine / mmpretrain, official DeiT
 BACKBONE_PREFIX = 'backbone.'
 
-_BLOCK = r'(?P<p>norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.(?P<t>weight|bias)'
+# attn.dconv (and attn.aux_mask, below): ScaledViT / ScaledPiT linear-angular attention
+_BLOCK = (r'(?P<p>norm1|attn\.qkv|attn\.proj|attn\.dconv|norm2|mlp\.fc1|mlp\.fc2)'
+          r'\.(?P<t>weight|bias)')
 _AFFINE = r'(?P<t>weight|bias)'
 
 
@@ -117,6 +119,7 @@ _TIMM_VIT_RULES = (
     (r'cls_token', 'cls_token'),
     (r'pos_embed', 'pos_embed'),
     (r'blocks\.(?P<i>\d+)\.' + _BLOCK, r'blocks.\g<i>.\g<p>.\g<t>'),
+    (r'blocks\.(?P<i>\d+)\.attn\.aux_mask', r'blocks.\g<i>.attn.aux_mask'),
     (r'norm\.' + _AFFINE, r'norm.\g<t>'),
 )
 
@@ -171,6 +174,8 @@ _TIMM_PIT_RULES = (
     (r'pos_embed', 'pos_embed'),
     (r'transformers\.(?P<s>\d+)\.blocks\.(?P<i>\d+)\.' + _BLOCK,
      r'transformers.\g<s>.blocks.\g<i>.\g<p>.\g<t>'),
+    (r'transformers\.(?P<s>\d+)\.blocks\.(?P<i>\d+)\.attn\.aux_mask',
+     r'transformers.\g<s>.blocks.\g<i>.attn.aux_mask'),
     (r'transformers\.(?P<s>\d+)\.pool\.(?P<p>conv|fc)\.' + _AFFINE,
      r'transformers.\g<s>.pool.\g<p>.\g<t>'),
     (r'norm\.' + _AFFINE, r'norm.\g<t>'),

@@ -144,14 +144,26 @@ class Mlp(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm Transformer encoder block, shared by ScaledViT and ScaledPiT."""
+    """Pre-norm Transformer encoder block, shared by ScaledViT and ScaledPiT.
+
+    ``attn_type='linear_angular'`` uses :class:`~mmvitscale.models.linear_attention.
+    LinearAngularAttention` (same ``attn.qkv`` / ``attn.proj`` names) with
+    ``linear_kernel_size`` and ``aux_branch``; both are ignored for ``'softmax'``.
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_hidden: int, qkv_bias: bool = True,
                  drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
-                 norm_eps: float = 1e-6) -> None:
+                 norm_eps: float = 1e-6, attn_type: str = 'softmax',
+                 linear_kernel_size: int = 9, aux_branch: bool = False) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        if attn_type == 'softmax':
+            self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        else:
+            from .linear_attention import LinearAngularAttention, check_attn_type
+            check_attn_type(attn_type)
+            self.attn = LinearAngularAttention(dim, num_heads, qkv_bias, attn_drop, drop,
+                                               linear_kernel_size, aux_branch)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, mlp_hidden, drop)

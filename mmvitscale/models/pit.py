@@ -11,6 +11,8 @@ from ..registry import MODELS
 from ..scaling import PiTArch, make_pit_arch, scale_pit, to_2tuple
 from .base import ScalableBackbone
 from .layers import TransformerBlock, normalise_indices
+from .linear_attention import (check_kernel_size, drop_aux_keys, per_stage_attn_types,
+                               set_token_grid, split_attn_rule)
 
 
 def _preset(base_dims, depths, heads, patch_size=16, patch_stride=8) -> dict:
@@ -49,12 +51,15 @@ class PiTStage(nn.Module):
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_hidden: int,
                  pool: Optional[Pooling], drop_path: Sequence[float], drop: float = 0.0,
-                 attn_drop: float = 0.0, norm_eps: float = 1e-6) -> None:
+                 attn_drop: float = 0.0, norm_eps: float = 1e-6, attn_type: str = 'softmax',
+                 linear_kernel_size: int = 9, aux_branch: bool = False) -> None:
         super().__init__()
         self.pool = pool
+        self.attn_type = attn_type
         self.blocks = nn.Sequential(*[
             TransformerBlock(dim, heads, mlp_hidden, True, drop, attn_drop, drop_path[i],
-                             norm_eps) for i in range(depth)
+                             norm_eps, attn_type, linear_kernel_size, aux_branch)
+            for i in range(depth)
         ])
 
     def forward(self, x: Tensor, cls_token: Tensor) -> Tuple[Tensor, Tensor]:
@@ -62,6 +67,8 @@ class PiTStage(nn.Module):
             x, cls_token = self.pool(x, cls_token)
         B, C, H, W = x.shape
         n_cls = cls_token.shape[1]
+        if self.attn_type != 'softmax':
+            set_token_grid(self.blocks, (H, W), n_cls)
         tokens = self.blocks(torch.cat([cls_token, x.flatten(2).transpose(1, 2)], dim=1))
         x = tokens[:, n_cls:].transpose(1, 2).reshape(B, C, H, W)
         return x, tokens[:, :n_cls]
@@ -85,6 +92,10 @@ class ScaledPiT(ScalableBackbone):
         return_tuple: tuple output (mmpretrain / mmdet) or the last one as a tensor (mmaction2).
         drop_rate, attn_drop_rate, drop_path_rate, norm_eps, frozen_stages, interpolate_mode,
         init_cfg: as in :class:`~mmvitscale.models.ScaledViT` (frozen_stages counts stages).
+        attn_type: ``'softmax'`` / ``'linear_angular'`` for all stages, or a list with one
+            entry per stage; a ``scaling`` rule may carry it too.
+        linear_kernel_size, aux_branch, inference_only: as in ScaledViT (the kernel must fit
+            the grid of every linear-angular stage).
     """
 
     arch_zoo: Dict[str, dict] = {
@@ -114,9 +125,20 @@ class ScaledPiT(ScalableBackbone):
                  norm_eps: float = 1e-6,
                  frozen_stages: int = -1,
                  interpolate_mode: str = 'bicubic',
-                 init_cfg: Optional[Union[dict, list]] = None) -> None:
+                 init_cfg: Optional[Union[dict, list]] = None,
+                 attn_type: Optional[Union[str, Sequence[str]]] = None,
+                 linear_kernel_size: int = 9,
+                 aux_branch: bool = False,
+                 inference_only: bool = False) -> None:
         super().__init__(init_cfg=init_cfg)
+        attn_type, scaling = split_attn_rule(attn_type, scaling)
         self.arch_spec = spec = self.resolve_arch(arch, img_size, scaling)
+        self.attn_types = per_stage_attn_types(attn_type, len(spec.depths))
+        self.aux_branch = bool(aux_branch) and not inference_only
+        check_kernel_size(linear_kernel_size)
+        for t, grid in zip(self.attn_types, spec.grids):
+            if t == 'linear_angular':
+                check_kernel_size(linear_kernel_size, grid)
         self.out_type = self.check_out_type(out_type)
         self.num_stages = len(spec.depths)
         self.out_indices = normalise_indices(out_indices, self.num_stages, 'stages')
@@ -138,11 +160,14 @@ class ScaledPiT(ScalableBackbone):
         self.transformers = nn.ModuleList([
             PiTStage(dims[i], spec.depths[i], spec.heads[i], spec.mlp_hidden(i),
                      Pooling(dims[i - 1], dims[i]) if i else None, dpr[i].tolist(), drop_rate,
-                     attn_drop_rate, norm_eps) for i in range(self.num_stages)
+                     attn_drop_rate, norm_eps, self.attn_types[i], linear_kernel_size,
+                     self.aux_branch) for i in range(self.num_stages)
         ])
         self.norm = nn.LayerNorm(dims[-1], eps=norm_eps)
         register_checkpoint_hook(self, 'pit')  # other formats -> ours, first
         self._register_load_state_dict_pre_hook(self._resize_pos_embed_on_load)
+        if inference_only:
+            self._register_load_state_dict_pre_hook(drop_aux_keys)
         self._freeze_stages()
 
     @classmethod

@@ -22,6 +22,8 @@ from ..scaling import RULE_KEYS, ViTArch, _pick
 from .base import ScalableBackbone
 from .layers import (Attention, TransformerBlock, grid_of, normalise_indices,
                      resample_abs_pos_embed)
+from .linear_attention import (check_attn_type, check_kernel_size, drop_aux_keys,
+                               set_token_grid, split_attn_rule)
 from .vit import ScaledViT
 
 ATTENTION_TYPES = ('joint', 'divided', 'space_only')
@@ -95,13 +97,15 @@ class DividedSpaceTimeBlock(TransformerBlock):
     inherited spatial attention (per frame, with the class token) and MLP.
 
     ``temporal_fc`` is zero-initialised, so a freshly inflated block acts as a 2-D block.
+    ``attn_type`` applies to the spatial attention; the temporal one is always softmax.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_hidden: int, qkv_bias: bool = True,
                  drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
-                 norm_eps: float = 1e-6) -> None:
+                 norm_eps: float = 1e-6, attn_type: str = 'softmax',
+                 linear_kernel_size: int = 9, aux_branch: bool = False) -> None:
         super().__init__(dim, num_heads, mlp_hidden, qkv_bias, drop, attn_drop, drop_path,
-                         norm_eps)
+                         norm_eps, attn_type, linear_kernel_size, aux_branch)
         self.temporal_norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.temporal_attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
         self.temporal_fc = nn.Linear(dim, dim)
@@ -155,6 +159,10 @@ class ScaledVideoViT(ScalableBackbone):
         return_tuple: tuple output, or (default, as mmaction2 heads need) the last output alone.
         drop_rate, attn_drop_rate, drop_path_rate, qkv_bias, norm_eps, interpolate_mode,
         init_cfg: as ScaledViT.
+        attn_type, linear_kernel_size, aux_branch, inference_only: as ScaledViT. With
+            ``'linear_angular'`` the value conv runs per frame on the (h, w) grid; in
+            ``divided`` blocks only the spatial attention is linear-angular (the temporal one
+            stays softmax).
     """
 
     arch_zoo: Dict[str, dict] = ScaledViT.arch_zoo
@@ -182,8 +190,15 @@ class ScaledVideoViT(ScalableBackbone):
                  qkv_bias: bool = True,
                  norm_eps: float = 1e-6,
                  interpolate_mode: str = 'bicubic',
-                 init_cfg: Optional[Union[dict, list]] = None) -> None:
+                 init_cfg: Optional[Union[dict, list]] = None,
+                 attn_type: Optional[str] = None,
+                 linear_kernel_size: int = 9,
+                 aux_branch: bool = False,
+                 inference_only: bool = False) -> None:
         super().__init__(init_cfg=init_cfg)
+        attn_type, scaling = split_attn_rule(attn_type, scaling)
+        self.attn_type = check_attn_type(attn_type)
+        self.aux_branch = bool(aux_branch) and not inference_only and attn_type != 'softmax'
         if attention_type not in ATTENTION_TYPES:
             raise ValueError(f'attention_type must be one of {ATTENTION_TYPES}, '
                              f'got {attention_type!r}')
@@ -201,6 +216,7 @@ class ScaledVideoViT(ScalableBackbone):
         self.patch_size = spec.patch_size
         self.img_size = spec.img_size
         self.grid_size = spec.grid
+        check_kernel_size(linear_kernel_size, spec.grid if attn_type != 'softmax' else None)
         self.num_frames = self.video_spec.num_frames
         self.tubelet_size = tubelet_size
         self.time_size = self.video_spec.time_grid
@@ -221,10 +237,13 @@ class ScaledVideoViT(ScalableBackbone):
         dpr = torch.linspace(0, drop_path_rate, spec.num_layers).tolist()
         self.blocks = nn.ModuleList([
             block(D, spec.num_heads, spec.mlp_hidden, qkv_bias, drop_rate, attn_drop_rate,
-                  dpr[i], norm_eps) for i in range(spec.num_layers)
+                  dpr[i], norm_eps, attn_type, linear_kernel_size, self.aux_branch)
+            for i in range(spec.num_layers)
         ])
         self.norm = nn.LayerNorm(D, eps=norm_eps) if final_norm else nn.Identity()
         self._register_load_state_dict_pre_hook(self._adapt_state_dict_on_load)
+        if inference_only:
+            self._register_load_state_dict_pre_hook(drop_aux_keys)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -350,6 +369,8 @@ class ScaledVideoViT(ScalableBackbone):
 
     def forward(self, x: Tensor) -> Union[Tuple[Tensor, ...], Tensor]:
         x, grid = self.embed(x)
+        if self.attn_type != 'softmax':
+            set_token_grid(self.blocks, grid[1:], 1)
         outs = []
         last = self.num_layers - 1
         for i, block in enumerate(self.blocks):

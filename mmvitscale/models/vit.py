@@ -9,6 +9,8 @@ from ..registry import MODELS
 from ..scaling import ViTArch, make_vit_arch, scale_vit, to_2tuple
 from .base import OUT_TYPES, ScalableBackbone
 from .layers import TransformerBlock, grid_of, normalise_indices, resample_abs_pos_embed
+from .linear_attention import (check_attn_type, check_kernel_size, drop_aux_keys,
+                               set_token_grid, split_attn_rule)
 
 __all__ = ['OUT_TYPES', 'ScaledViT']
 
@@ -45,6 +47,13 @@ class ScaledViT(ScalableBackbone):
         frozen_stages: freeze the embeddings (0) plus the first ``frozen_stages`` blocks.
         interpolate_mode: position-embedding resize mode, on load and at forward time.
         init_cfg: mmengine init config, e.g. ``dict(type='Pretrained', checkpoint=...)``.
+        attn_type: ``'softmax'`` (default) or ``'linear_angular'`` (Castling-ViT, see
+            :mod:`mmvitscale.models.linear_attention`); a ``scaling`` rule may carry it too.
+        linear_kernel_size: depthwise value-conv kernel of linear-angular attention (odd, at
+            most ``2 * grid - 1``).
+        aux_branch: add the training-time masked softmax branch to linear-angular attention.
+        inference_only: build the pure linear model (no auxiliary branch, whatever
+            ``aux_branch`` says) and drop ``*.aux_mask`` keys from loaded state dicts.
     """
 
     arch_zoo: Dict[str, dict] = {
@@ -75,10 +84,18 @@ class ScaledViT(ScalableBackbone):
                  norm_eps: float = 1e-6,
                  frozen_stages: int = -1,
                  interpolate_mode: str = 'bicubic',
-                 init_cfg: Optional[Union[dict, list]] = None) -> None:
+                 init_cfg: Optional[Union[dict, list]] = None,
+                 attn_type: Optional[str] = None,
+                 linear_kernel_size: int = 9,
+                 aux_branch: bool = False,
+                 inference_only: bool = False) -> None:
         super().__init__(init_cfg=init_cfg)
+        attn_type, scaling = split_attn_rule(attn_type, scaling)
+        self.attn_type = check_attn_type(attn_type)
         self.arch_spec = self.resolve_arch(arch, img_size, patch_size, scaling)
         spec = self.arch_spec
+        self.aux_branch = bool(aux_branch) and not inference_only and attn_type != 'softmax'
+        check_kernel_size(linear_kernel_size, spec.grid if attn_type != 'softmax' else None)
         self.check_out_type(out_type)
         if out_type == 'cls_token' and not with_cls_token:
             raise ValueError("out_type='cls_token' needs with_cls_token=True")
@@ -103,12 +120,15 @@ class ScaledViT(ScalableBackbone):
         dpr = torch.linspace(0, drop_path_rate, spec.num_layers).tolist()
         self.blocks = nn.ModuleList([
             TransformerBlock(D, spec.num_heads, spec.mlp_hidden, qkv_bias, drop_rate,
-                             attn_drop_rate, dpr[i], norm_eps) for i in range(spec.num_layers)
+                             attn_drop_rate, dpr[i], norm_eps, attn_type, linear_kernel_size,
+                             self.aux_branch) for i in range(spec.num_layers)
         ])
         self.norm = nn.LayerNorm(D, eps=norm_eps) if final_norm else nn.Identity()
         self.frozen_stages = frozen_stages
         register_checkpoint_hook(self, 'vit')  # other formats -> ours, first
         self._register_load_state_dict_pre_hook(self._resize_pos_embed_on_load)
+        if inference_only:
+            self._register_load_state_dict_pre_hook(drop_aux_keys)
         self._freeze_stages()
 
     # ------------------------------------------------------------------ construction
@@ -173,6 +193,8 @@ class ScaledViT(ScalableBackbone):
 
     def forward(self, x: Tensor) -> Union[Tuple[Tensor, ...], Tensor]:
         x, grid = self.embed(x)
+        if self.attn_type != 'softmax':
+            set_token_grid(self.blocks, grid, self.num_prefix_tokens)
         outs = []
         last = self.num_layers - 1
         for i, block in enumerate(self.blocks):
