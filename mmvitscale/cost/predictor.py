@@ -1,0 +1,285 @@
+"""Latency predictor: non-negative least squares on analytic cost terms.
+
+Latency of a plain ViT (or PiT) on one (device, backend) is close to a non-negative mix of a
+few work terms, each summed over the blocks (and stages) of the network and multiplied by the
+batch size:
+
+=============  ==========================================================================
+feature        meaning (``N`` tokens, ``D`` width, ``F`` MLP hidden, ``H`` heads, per block)
+=============  ==========================================================================
+``linear``     ``N (4 D^2 + 2 D F)`` MACs of the qkv / proj / fc1 / fc2 matmuls
+``attention``  ``2 N^2 D`` MACs of ``Q K^T`` and ``A V``
+``softmax``    ``H N^2`` attention-score elements (softmax, scaling)
+``elementwise`` ``N (D + F)`` elements (LayerNorms, residual adds, GELU)
+``tokens``     ``N`` (per-token overhead: reshapes, copies)
+``embed``      patch-embedding (and PiT pooling) MACs, once per image
+``weights``    ``4 D^2 + 2 D F`` matmul weights read per forward (memory-bound small-token
+               matmuls; not multiplied by the batch)
+``blocks``     number of blocks (per-block dispatch overhead; not multiplied by the batch)
+``const``      1 (per-call overhead)
+=============  ==========================================================================
+
+The fit minimises the *relative* squared error (rows weighted by ``1 / latency``), matching the
+mean-absolute-percentage-error it is judged by, under ``coef >= 0`` (Lawson-Hanson NNLS on
+column-normalised features), so an extrapolated architecture never gets a negative latency.
+numpy only.
+"""
+import json
+import os
+import os.path as osp
+import tempfile
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..scaling import PiTArch, ViTArch, make_pit_arch, make_vit_arch
+
+FEATURES = ('linear', 'attention', 'softmax', 'elementwise', 'tokens', 'embed', 'weights',
+            'blocks', 'const')
+FORMAT = 'mmvitscale-latency-predictor'
+ArchLike = Union[ViTArch, PiTArch, Mapping[str, Any]]
+
+
+def mape(pred: Sequence[float], true: Sequence[float]) -> float:
+    """Mean absolute percentage error, in percent: ``100 * mean(|pred - true| / true)``."""
+    p, t = np.asarray(pred, dtype=np.float64).ravel(), np.asarray(true, dtype=np.float64).ravel()
+    if p.shape != t.shape:
+        raise ValueError(f'mape: {p.size} predictions for {t.size} true values')
+    if not t.size:
+        raise ValueError('mape: no values')
+    if not np.all(t > 0) or not np.all(np.isfinite(p)):
+        raise ValueError('mape: true values must be positive and predictions finite')
+    return float(np.mean(np.abs(p - t) / t) * 100.0)
+
+
+def arch_from_dict(arch: ArchLike) -> Union[ViTArch, PiTArch]:
+    """A :class:`ViTArch` / :class:`PiTArch`, or its ``as_dict()`` (e.g. a latency-table row)."""
+    if isinstance(arch, (ViTArch, PiTArch)):
+        return arch
+    if not isinstance(arch, Mapping):
+        raise TypeError(f'arch must be a ViTArch, PiTArch or dict, got {type(arch).__name__}')
+    a = dict(arch)
+    try:
+        if 'base_dims' in a:
+            return make_pit_arch(a['base_dims'], a['depths'], a['heads'],
+                                 a.get('mlp_ratio', 4.0), tuple(a['img_size']),
+                                 a['patch_size'], a['patch_stride'])
+        return make_vit_arch(a['embed_dims'], a['num_layers'], a['num_heads'],
+                             a.get('mlp_ratio', 4.0), tuple(a['img_size']), a['patch_size'])
+    except KeyError as err:
+        raise ValueError(f'arch dict {a} lacks {err.args[0]!r}') from None
+
+
+def family_of(arch: ArchLike) -> str:
+    return 'pit' if isinstance(arch_from_dict(arch), PiTArch) else 'vit'
+
+
+def _stages(arch: Union[ViTArch, PiTArch]) -> List[Tuple[int, int, int, int, int]]:
+    """(tokens, width, mlp hidden, heads, depth) per stage, class token included."""
+    if isinstance(arch, ViTArch):
+        g = arch.grid
+        return [(g[0] * g[1] + 1, arch.embed_dims, arch.mlp_hidden, arch.num_heads,
+                 arch.num_layers)]
+    return [(g[0] * g[1] + 1, arch.embed_dims[i], arch.mlp_hidden(i), arch.heads[i],
+             arch.depths[i]) for i, g in enumerate(arch.grids)]
+
+
+def features(arch: ArchLike, in_channels: int = 3, batch_size: int = 1) -> np.ndarray:
+    """The :data:`FEATURES` vector of one forward pass of ``batch_size`` images."""
+    arch = arch_from_dict(arch)
+    f = dict.fromkeys(FEATURES, 0.0)
+    for n, d, hid, h, depth in _stages(arch):
+        f['linear'] += depth * n * (4 * d * d + 2 * d * hid)
+        f['attention'] += depth * 2 * n * n * d
+        f['softmax'] += depth * h * n * n
+        f['elementwise'] += depth * n * (d + hid)
+        f['tokens'] += depth * n
+        f['weights'] += depth * (4 * d * d + 2 * d * hid)
+        f['blocks'] += depth
+    if isinstance(arch, ViTArch):
+        g = arch.grid
+        f['embed'] = g[0] * g[1] * in_channels * arch.patch_size**2 * arch.embed_dims
+    else:
+        grids, dims = arch.grids, arch.embed_dims
+        f['embed'] = grids[0][0] * grids[0][1] * in_channels * arch.patch_size**2 * dims[0]
+        for i in range(1, len(dims)):  # depthwise 3x3 pooling conv + class-token fc
+            f['embed'] += grids[i][0] * grids[i][1] * dims[i] * 9 + dims[i - 1] * dims[i]
+    vec = np.array([f[k] for k in FEATURES], dtype=np.float64)
+    vec[:FEATURES.index('weights')] *= batch_size
+    vec[FEATURES.index('const')] = 1.0
+    return vec
+
+
+def nnls(a: np.ndarray, b: np.ndarray, max_iter: Optional[int] = None) -> np.ndarray:
+    """``argmin ||a x - b||`` subject to ``x >= 0`` (Lawson-Hanson active set)."""
+    m, n = a.shape
+    x, passive = np.zeros(n), np.zeros(n, dtype=bool)
+    tol = 10 * np.finfo(np.float64).eps * np.linalg.norm(a, 1) * max(m, n)
+    w = a.T @ (b - a @ x)
+    for _ in range(max_iter or 3 * n):
+        if passive.all() or w[~passive].max(initial=-np.inf) <= tol:
+            break
+        passive[np.argmax(np.where(passive, -np.inf, w))] = True
+        while True:
+            z = np.zeros(n)
+            z[passive] = np.linalg.lstsq(a[:, passive], b, rcond=None)[0]
+            if z[passive].min() > 0:
+                break
+            neg = passive & (z <= 0)
+            alpha = np.min(x[neg] / (x[neg] - z[neg]))
+            x = x + alpha * (z - x)
+            passive &= x > tol
+            x[~passive] = 0.0
+        x = z
+        w = a.T @ (b - a @ x)
+    return x
+
+
+class LatencyPredictor:
+    """Predict latency (ms) of unseen architectures from a few measured ones.
+
+    Fit it per (device, backend, threads) setting: :meth:`fit` on measured architectures,
+    :meth:`predict` for new ones, :meth:`save` / :meth:`load` as JSON. ``meta`` is free-form
+    (fingerprint, source, fit statistics) and is saved with the coefficients.
+    """
+
+    def __init__(self, meta: Optional[Mapping[str, Any]] = None) -> None:
+        self.coef: Optional[np.ndarray] = None
+        self.scale: Optional[np.ndarray] = None
+        self.families: List[str] = []
+        self.meta: Dict[str, Any] = dict(meta or {})
+
+    # ------------------------------------------------------------------ fit / predict
+    def fit(self, archs: Sequence[ArchLike], latencies_ms: Sequence[float],
+            in_channels: Union[int, Sequence[int]] = 3,
+            batch_size: Union[int, Sequence[int]] = 1) -> 'LatencyPredictor':
+        """Fit on architectures and their measured latencies (ms per batch)."""
+        archs = [arch_from_dict(a) for a in archs]
+        y = np.asarray(latencies_ms, dtype=np.float64).ravel()
+        if len(archs) != y.size:
+            raise ValueError(f'fit: {len(archs)} architectures but {y.size} latencies')
+        if len(archs) < 2:
+            raise ValueError(f'fit: needs at least 2 measured architectures, got {len(archs)}')
+        if not np.all(np.isfinite(y)) or not np.all(y > 0):
+            raise ValueError('fit: latencies must be positive finite milliseconds')
+        chans = _broadcast(in_channels, len(archs), 'in_channels')
+        batches = _broadcast(batch_size, len(archs), 'batch_size')
+        x = np.stack([features(a, c, b) for a, c, b in zip(archs, chans, batches)])
+        scale = np.abs(x).max(axis=0)
+        scale[scale == 0] = 1.0
+        coef = nnls(x / scale / y[:, None], np.ones_like(y))  # relative error
+        self.coef, self.scale = coef / scale, scale
+        self.families = sorted({family_of(a) for a in archs})
+        pred = x @ self.coef
+        self.meta.update(n_train=len(archs), train_mape=mape(pred, y))
+        return self
+
+    def predict(self, arch: ArchLike, in_channels: int = 3, batch_size: int = 1) -> float:
+        """Predicted latency in ms of one forward pass of ``batch_size`` images."""
+        if self.coef is None:
+            raise RuntimeError('LatencyPredictor: call fit() or load() first')
+        arch = arch_from_dict(arch)
+        fam = family_of(arch)
+        if fam not in self.families:
+            raise ValueError(f'this predictor was fitted on {self.families} architectures, '
+                             f'not {fam!r}')
+        return float(features(arch, in_channels, batch_size) @ self.coef)
+
+    def predict_many(self, archs: Sequence[ArchLike], in_channels: int = 3,
+                     batch_size: int = 1) -> np.ndarray:
+        return np.array([self.predict(a, in_channels, batch_size) for a in archs])
+
+    @property
+    def coefficients(self) -> Dict[str, float]:
+        if self.coef is None:
+            return {}
+        return {k: float(v) for k, v in zip(FEATURES, self.coef)}
+
+    # ------------------------------------------------------------------ persistence
+    def to_dict(self) -> Dict[str, Any]:
+        if self.coef is None:
+            raise RuntimeError('LatencyPredictor: nothing to save before fit()')
+        return dict(format=FORMAT, version=1, features=list(FEATURES),
+                    coef=self.coef.tolist(), families=self.families, meta=self.meta)
+
+    def save(self, path: str) -> str:
+        """Write JSON atomically (temporary file + rename); returns ``path``."""
+        data = json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        atomic_write(path, data + '\n')
+        return path
+
+    @classmethod
+    def load(cls, path: str) -> 'LatencyPredictor':
+        """Read a file written by :meth:`save`; ``ValueError`` naming the file if it is not."""
+        try:
+            with open(path, encoding='utf-8') as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise ValueError(f'latency predictor file not found: {path}') from None
+        except ValueError as err:
+            raise ValueError(f'{path} is not a latency predictor (bad JSON: {err})') from None
+        if not isinstance(data, dict) or data.get('format') != FORMAT:
+            raise ValueError(f'{path} is not a latency predictor (format != {FORMAT!r})')
+        if list(data.get('features', [])) != list(FEATURES):
+            raise ValueError(f'{path}: features {data.get("features")} differ from this '
+                             f'version\'s {list(FEATURES)}; refit the predictor')
+        coef = np.asarray(data['coef'], dtype=np.float64)
+        if coef.shape != (len(FEATURES), ) or not np.all(np.isfinite(coef)):
+            raise ValueError(f'{path}: bad coefficients {data["coef"]!r}')
+        out = cls(data.get('meta'))
+        out.coef, out.families = coef, list(data.get('families') or ['vit'])
+        return out
+
+    @classmethod
+    def from_table(cls, table: str, fingerprint: Union[str, Mapping[str, Any]],
+                   family: Optional[str] = None, key: str = 'median_ms') -> 'LatencyPredictor':
+        """Fit on the rows of a latency table (:mod:`.latency_table`) for one fingerprint.
+
+        ``key`` is the row's latency statistic (``median_ms``, ``p10_ms``, ``min_ms`` where the
+        writer added it); rows without it are skipped.
+        """
+        from .latency_table import fingerprint_id, read_rows
+        rows = [r for r in read_rows(table, fingerprint)
+                if (family is None or r.get('family') == family) and key in r]
+        if len(rows) < 2:
+            fid = fingerprint if isinstance(fingerprint, str) else fingerprint_id(fingerprint)
+            raise ValueError(f'{table}: {len(rows)} rows for fingerprint {fid}'
+                             f'{"" if family is None else " and family " + family}; '
+                             'need at least 2 measured architectures')
+        archs, chans = [], []
+        for r in rows:
+            arch = dict(r['arch'])
+            shape = r.get('input_shape') or [3, *arch['img_size']]
+            arch['img_size'] = list(shape[1:])  # measured at this input size
+            archs.append(arch)
+            chans.append(int(shape[0]))
+        fp = rows[0]['fingerprint']
+        out = cls(dict(fingerprint=fp, fingerprint_id=rows[0]['fingerprint_id'], table=table,
+                       stat=key))
+        return out.fit(archs, [r[key] for r in rows], chans,
+                       [int(r.get('batch_size', 1)) for r in rows])
+
+
+def _broadcast(value: Union[int, Sequence[int]], n: int, name: str) -> List[int]:
+    values = [value] * n if isinstance(value, int) else list(value)
+    if len(values) != n or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
+                               for v in values):
+        raise ValueError(f'fit: {name} must be a positive int or one per architecture, '
+                         f'got {value!r}')
+    return values
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + osp.basename(path) + '.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'w', encoding='utf-8') as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)

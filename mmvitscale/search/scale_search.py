@@ -1,0 +1,354 @@
+"""Budgeted scaling search: enumerate scaling rules, keep those under a budget, score, rank.
+
+Pipeline (:func:`run_search`):
+
+1. :func:`enumerate_candidates`: the cartesian product of multiplier grids (``depth_mult``,
+   ``width_mult``, ...; a multiplier of 1 is left out of the rule) applied to a base arch with
+   :func:`~mmvitscale.scaling.scale_vit` / ``scale_pit``; infeasible rules are skipped and rules
+   resolving to the same architecture are kept once (the first, i.e. the simplest).
+2. :func:`attach_costs` + :func:`filter_budget`: cost is ``flops`` (MACs of the backbone:
+   closed-form :func:`~mmvitscale.cost.vit_flops` for ViT, :func:`~mmvitscale.cost.get_complexity`
+   for PiT) or ``latency`` (ms predicted by a :class:`~mmvitscale.cost.predictor.LatencyPredictor`).
+   No candidate under the budget raises :class:`BudgetError` before any scoring.
+3. :func:`score_candidates`: ``'flops'`` (score = FLOPs, bigger is better; a quick baseline)
+   or ``'proxies'`` (As-ViT, training-free: NTK condition number, lower is better, and length
+   distortion, higher is better, each ranked over the feasible set; the score is
+   ``1 - (rank_ntk + rank_ld) / (2 (n - 1))`` in ``[0, 1]``, higher is better). Proxies run on a
+   backbone built with ``final_norm=False`` / ``out_type='avg_featmap'`` (a final LayerNorm makes
+   the summed-feature NTK degenerate, see :mod:`.proxies`) at the candidate's own resolution.
+4. :func:`rank_candidates` and :func:`pareto_front` (lowest cost, highest score).
+"""
+import itertools
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+FAMILIES = ('vit', 'pit')
+SCORERS = ('proxies', 'flops')
+COSTS = ('flops', 'latency')
+UNITS = {'flops': 'GFLOPs', 'latency': 'ms'}
+DEFAULT_GRIDS: Dict[str, Dict[str, Tuple[float, ...]]] = {
+    'vit': dict(depth_mult=(0.5, 0.75, 1.0, 1.25, 1.5), width_mult=(0.5, 0.75, 1.0, 1.25, 1.5),
+                heads_mult=(1.0, 2.0), mlp_ratio_mult=(0.5, 1.0),
+                resolution_mult=(0.75, 1.0, 1.25, 1.5, 2.0), patch_size_mult=(1.0, 2.0)),
+    'pit': dict(depth_mult=(0.5, 1.0, 1.5), width_mult=(0.75, 1.0, 1.25), heads_mult=(1.0, 1.5),
+                mlp_ratio_mult=(0.5, 1.0), resolution_mult=(0.75, 1.0, 1.25),
+                patch_stride_mult=(1.0, 2.0)),
+}
+Progress = Optional[Callable[[int, int], None]]
+
+
+class BudgetError(ValueError):
+    """No candidate meets the budget."""
+
+
+@dataclass
+class Candidate:
+    """One scaling rule, its resolved architecture, cost and score."""
+
+    rule: Dict[str, float]
+    arch: Dict[str, Any]
+    flops: Optional[int] = None
+    latency_ms: Optional[float] = None
+    score: Optional[float] = None
+    metrics: Dict[str, float] = field(default_factory=dict)
+
+    def cost(self, kind: str) -> float:
+        value = self.flops if kind == 'flops' else self.latency_ms
+        if value is None:
+            raise ValueError(f'candidate {self.rule} has no {kind} cost')
+        return float(value)
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BaseSpec:
+    """The base architecture a search scales: family, arch (preset or dict) and input."""
+
+    family: str = 'vit'
+    arch: Any = 'deit-tiny'
+    img_size: int = 224
+    patch_size: int = 16
+    in_channels: int = 3
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ValueError(f'family must be one of {FAMILIES}, got {self.family!r}')
+        for name in ('img_size', 'patch_size', 'in_channels'):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f'{name} must be a positive integer, got {value!r}')
+
+    def resolve(self, rule: Mapping[str, float]):
+        from ..models import ScaledPiT, ScaledViT
+        if self.family == 'vit':
+            return ScaledViT.resolve_arch(self.arch, self.img_size, self.patch_size, rule)
+        return ScaledPiT.resolve_arch(self.arch, self.img_size, rule)
+
+    def backbone_cfg(self, rule: Mapping[str, float], **kwargs) -> Dict[str, Any]:
+        """Registry config of the scaled backbone (``kwargs`` override, e.g. ``out_type``)."""
+        cfg = dict(type='mmvitscale.ScaledViT' if self.family == 'vit' else
+                   'mmvitscale.ScaledPiT', arch=self.arch, img_size=self.img_size,
+                   in_channels=self.in_channels, scaling=dict(rule))
+        if self.family == 'vit':
+            cfg['patch_size'] = self.patch_size
+        cfg.update(kwargs)
+        return cfg
+
+    def build(self, rule: Mapping[str, float], **kwargs):
+        from ..cost.backends import build_model
+        return build_model(self.backbone_cfg(rule, **kwargs))
+
+
+# ---------------------------------------------------------------------------- enumerate
+def check_grids(grids: Mapping[str, Sequence[float]], family: str) -> Dict[str, Tuple[float]]:
+    """ValueError naming the key / value of a bad grid (unknown knob, empty, non-positive)."""
+    from ..scaling import PIT_RULE_KEYS, RULE_KEYS
+    known = RULE_KEYS if family == 'vit' else PIT_RULE_KEYS
+    if not isinstance(grids, Mapping) or not grids:
+        raise ValueError(f'grids must be a non-empty dict of knob -> values, got {grids!r}')
+    out = {}
+    for key, values in grids.items():
+        if key not in known:
+            raise ValueError(f'grids: unknown {family} scaling key {key!r}; known keys: '
+                             f'{sorted(known)}')
+        values = (values, ) if isinstance(values, (int, float)) else tuple(values)
+        if not values:
+            raise ValueError(f'grids: {key} has no values')
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f'grids: {key} values must be positive numbers, got {v!r}')
+        out[key] = tuple(dict.fromkeys(values))
+    return out
+
+
+def enumerate_candidates(base: BaseSpec, grids: Optional[Mapping[str, Sequence[float]]] = None
+                         ) -> Tuple[List[Candidate], int]:
+    """Distinct feasible candidates of the grid product, and how many rules were infeasible."""
+    grids = check_grids(grids if grids is not None else DEFAULT_GRIDS[base.family], base.family)
+    keys = list(grids)
+    seen, out, infeasible = set(), [], 0
+    for values in itertools.product(*(grids[k] for k in keys)):
+        rule = {k: v for k, v in zip(keys, values) if not (k.endswith('_mult') and v == 1)}
+        try:
+            arch = base.resolve(rule)
+        except ValueError:
+            infeasible += 1
+            continue
+        if arch in seen:
+            continue
+        seen.add(arch)
+        out.append(Candidate(rule=rule, arch=_plain(arch.as_dict())))
+    if not out:
+        raise ValueError(f'none of the {infeasible} rules of the grid gives a feasible '
+                         'architecture')
+    return out, infeasible
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------------------- cost
+def attach_costs(cands: List[Candidate], base: BaseSpec, predictor=None,
+                 progress: Progress = None) -> None:
+    """Fill ``flops`` (always) and ``latency_ms`` (with a predictor) of every candidate."""
+    from ..cost import get_complexity, vit_flops
+    from ..cost.predictor import arch_from_dict
+    for i, c in enumerate(cands):
+        if base.family == 'vit':
+            c.flops = int(vit_flops(arch_from_dict(c.arch), num_classes=0,
+                                    in_channels=base.in_channels)['total'])
+        else:
+            model = base.build(c.rule)
+            c.flops = int(get_complexity(model, (base.in_channels, *c.arch['img_size']))['flops'])
+        if predictor is not None:
+            c.latency_ms = predictor.predict(c.arch, in_channels=base.in_channels)
+        if progress is not None:
+            progress(i + 1, len(cands))
+
+
+def _fmt_cost(value: float, kind: str) -> str:
+    return f'{value / 1e9:.4g} GFLOPs' if kind == 'flops' else f'{value:.4g} ms'
+
+
+def filter_budget(cands: Sequence[Candidate], budget: float, kind: str = 'flops'
+                  ) -> List[Candidate]:
+    """Candidates with cost ``<= budget`` (``flops`` in MACs, ``latency`` in ms).
+
+    Raises:
+        BudgetError: none meets it; the message names the budget and the cheapest candidate.
+    """
+    if kind not in COSTS:
+        raise ValueError(f'cost must be one of {COSTS}, got {kind!r}')
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
+        raise ValueError(f'budget must be a positive number, got {budget!r}')
+    if not cands:
+        raise ValueError('no candidates to filter')
+    feasible = [c for c in cands if c.cost(kind) <= budget]
+    if not feasible:
+        cheapest = min(cands, key=lambda c: c.cost(kind))
+        raise BudgetError(f'no candidate meets the {kind} budget of {_fmt_cost(budget, kind)}: '
+                          f'the cheapest candidate (scaling={cheapest.rule}) costs '
+                          f'{_fmt_cost(cheapest.cost(kind), kind)}')
+    return feasible
+
+
+# ---------------------------------------------------------------------------- score
+def ranks(values: Sequence[float], higher_is_better: bool) -> List[float]:
+    """0-based ranks, best first; ties share their mean rank; non-finite values rank last
+    (a singular NTK, a broken model)."""
+    def key(v: float) -> float:
+        if not math.isfinite(v):
+            return math.inf
+        return -v if higher_is_better else v
+
+    keys = [key(v) for v in values]
+    order = sorted(range(len(keys)), key=lambda i: keys[i])
+    out = [0.0] * len(keys)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and keys[order[j + 1]] == keys[order[i]]:
+            j += 1
+        for k in order[i:j + 1]:
+            out[k] = (i + j) / 2
+        i = j + 1
+    return out
+
+
+def proxy_metrics(base: BaseSpec, rule: Mapping[str, float], batch_size: int = 8,
+                  num_inits: int = 1, num_points: int = 6, seed: int = 0) -> Dict[str, float]:
+    """Both As-ViT proxies of one candidate, on a backbone without a final LayerNorm."""
+    from .proxies import score_proxies
+    kwargs = dict(out_type='avg_featmap')
+    if base.family == 'vit':
+        kwargs['final_norm'] = False
+    arch = base.resolve(rule)
+    return score_proxies(lambda: base.build(rule, **kwargs),
+                         (base.in_channels, *arch.img_size), batch_size=batch_size,
+                         num_points=num_points, num_inits=num_inits, seed=seed)
+
+
+def score_candidates(cands: List[Candidate], base: BaseSpec, scorer: str = 'proxies',
+                     progress: Progress = None, **proxy_kwargs) -> None:
+    """Fill ``score`` (higher is better) and ``metrics`` of every candidate, in place."""
+    if scorer not in SCORERS:
+        raise ValueError(f'scorer must be one of {SCORERS}, got {scorer!r}')
+    if scorer == 'flops':
+        for i, c in enumerate(cands):
+            c.score = float(c.flops)
+            if progress is not None:
+                progress(i + 1, len(cands))
+        return
+    for i, c in enumerate(cands):
+        c.metrics = proxy_metrics(base, c.rule, **proxy_kwargs)
+        if progress is not None:
+            progress(i + 1, len(cands))
+    r_ntk = ranks([c.metrics['ntk_condition'] for c in cands], higher_is_better=False)
+    r_ld = ranks([c.metrics['length_distortion'] for c in cands], higher_is_better=True)
+    span = 2 * max(len(cands) - 1, 1)
+    for c, a, b in zip(cands, r_ntk, r_ld):
+        c.metrics.update(rank_ntk=a, rank_length=b)
+        c.score = 1.0 - (a + b) / span
+
+
+# ---------------------------------------------------------------------------- rank / pareto
+def rank_candidates(cands: Sequence[Candidate], kind: str = 'flops') -> List[Candidate]:
+    """Best first: higher score, then lower cost, then fewer rule keys (stable)."""
+    return sorted(cands, key=lambda c: (-c.score, c.cost(kind), len(c.rule)))
+
+
+def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:
+    """Indices of the (cost, score) points no other point dominates, by increasing cost.
+
+    ``a`` dominates ``b`` when ``a.cost <= b.cost`` and ``a.score >= b.score`` with one of them
+    strict; duplicates of a front point are all kept.
+    """
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best, best_cost = [], -math.inf, None
+    for i in order:
+        cost, score = points[i]
+        if score > best:
+            front.append(i)
+            best, best_cost = score, cost
+        elif score == best and cost == best_cost:
+            front.append(i)  # an exact duplicate of the last front point
+    return front
+
+
+# ---------------------------------------------------------------------------- rule file
+def rule_file_text(rule: Mapping[str, float], header: Sequence[str] = ()) -> str:
+    """``# header`` lines then ``scaling = dict(k=v, ...)``, loadable by mmengine's Config."""
+    items = ', '.join(f'{k}={v!r}' for k, v in rule.items())
+    lines = [f'# {h}'.rstrip() for h in header]
+    return '\n'.join(lines + [f'scaling = dict({items})']) + '\n'
+
+
+def write_rule_file(path: str, rule: Mapping[str, float], header: Sequence[str] = ()) -> str:
+    """Write :func:`rule_file_text` atomically at ``path``; returns ``path``."""
+    from ..cost.predictor import atomic_write
+    from ..scaling import PIT_RULE_KEYS
+    unknown = sorted(set(rule) - PIT_RULE_KEYS)
+    if unknown:
+        raise ValueError(f'not a scaling rule: unknown key {unknown[0]!r}')
+    atomic_write(path, rule_file_text(rule, header))
+    return path
+
+
+# ---------------------------------------------------------------------------- all of it
+@dataclass
+class SearchResult:
+    ranked: List[Candidate]
+    front: List[Candidate]
+    num_enumerated: int
+    num_infeasible_rules: int
+    cost: str
+    budget: float
+    scorer: str
+
+    @property
+    def winner(self) -> Candidate:
+        return self.ranked[0]
+
+
+def run_search(base: BaseSpec, budget: float, cost: str = 'flops', scorer: str = 'proxies',
+               grids: Optional[Mapping[str, Sequence[float]]] = None, predictor=None,
+               max_candidates: Optional[int] = None,
+               progress: Optional[Callable[[str, int, int], None]] = None,
+               **proxy_kwargs) -> SearchResult:
+    """Enumerate, cost, filter by ``budget`` (MACs or ms), score and rank.
+
+    ``max_candidates`` keeps the most expensive feasible candidates (closest to the budget),
+    when the budget leaves more than that to score. ``progress(stage, done, total)`` is called
+    as work proceeds (stages ``'cost'`` and ``'score'``).
+    """
+    if cost not in COSTS:
+        raise ValueError(f'cost must be one of {COSTS}, got {cost!r}')
+    if scorer not in SCORERS:
+        raise ValueError(f'scorer must be one of {SCORERS}, got {scorer!r}')
+    if cost == 'latency' and predictor is None:
+        raise ValueError('a latency budget needs a latency predictor (--predictor FILE)')
+    if max_candidates is not None and max_candidates < 1:
+        raise ValueError(f'max_candidates must be >= 1, got {max_candidates}')
+    cands, infeasible = enumerate_candidates(base, grids)
+
+    def stage(name):
+        return None if progress is None else (lambda d, t: progress(name, d, t))
+
+    attach_costs(cands, base, predictor if cost == 'latency' else None, stage('cost'))
+    feasible = filter_budget(cands, budget, cost)
+    if max_candidates is not None and len(feasible) > max_candidates:
+        feasible = sorted(feasible, key=lambda c: -c.cost(cost))[:max_candidates]
+    score_candidates(feasible, base, scorer, stage('score'), **proxy_kwargs)
+    ranked = rank_candidates(feasible, cost)
+    idx = pareto_front([(c.cost(cost), c.score) for c in ranked])
+    return SearchResult(ranked=ranked, front=[ranked[i] for i in idx],
+                        num_enumerated=len(cands), num_infeasible_rules=infeasible, cost=cost,
+                        budget=budget, scorer=scorer)

@@ -1,0 +1,257 @@
+"""Budgeted scaling search for ScaledViT / ScaledPiT; writes the winner as a rule file.
+
+    python tools/scale_search.py --budget 0.02 --out-rule configs/_base_/scaling/searched.py
+    python tools/scale_search.py --cost latency --predictor work_dirs/latency_predictor/eager.json \
+        --budget 30 --arch deit-tiny --img-size 224 --patch-size 16 --in-channels 3 --out-rule R
+    python tools/scale_search.py --family pit --budget 0.005 --out-rule R
+
+The base defaults to the offline Fashion-MNIST task's backbone
+(``configs/cls/scaled_vit_fmnist.py``: embed 64, 6 layers, 2 heads, 32 px, patch 4, 1 channel;
+with ``--family pit`` the PiT of ``scaled_pit_fmnist.py``), so the written rule drops into that
+config. ``--budget`` is in GFLOPs (G multiply-accumulates of the backbone) with ``--cost flops``
+and in ms with ``--cost latency`` (predicted by a ``LatencyPredictor`` JSON from
+``tools/analysis/fit_latency_predictor.py``). ``--grid KEY=V1,V2,...`` replaces one knob's
+multiplier grid (``--grid depth_mult=0.5,1,1.5``); ``--only-grid`` drops the default grids of
+the knobs not given. ``--scorer proxies`` (As-ViT training-free proxies, default) or ``flops``.
+
+Outputs in ``--work-dir``: ``candidates.json`` and ``candidates.md`` (every feasible candidate,
+ranked), ``pareto.png`` (score vs cost, the Pareto front highlighted); the winner goes to
+``--out-rule`` as ``scaling = dict(...)`` with a comment header.
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import os.path as osp
+import sys
+import time
+from typing import Any, Dict
+
+import mmvitscale  # noqa: F401  (shims before mmengine / host packages)
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mmvitscale.cost.predictor import atomic_write
+from mmvitscale.search.scale_search import (COSTS, DEFAULT_GRIDS, SCORERS, UNITS, BaseSpec,
+                                            BudgetError, Candidate, SearchResult, check_grids,
+                                            run_search, write_rule_file)
+
+FMNIST_ARCH = dict(embed_dims=64, num_layers=6, num_heads=2, mlp_ratio=4.0)
+FMNIST_PIT_ARCH = dict(base_dims=[16, 16, 16], depths=[1, 3, 2], heads=[2, 4, 8], patch_size=4,
+                       patch_stride=2)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--family', default='vit', choices=('vit', 'pit'))
+    p.add_argument('--arch', default=None,
+                   help='base preset or JSON dict (default: the fmnist ViT / PiT)')
+    p.add_argument('--img-size', type=int, default=32, help='base resolution')
+    p.add_argument('--patch-size', type=int, default=4, help='ViT base patch size')
+    p.add_argument('--in-channels', type=int, default=1, help='input channels')
+    p.add_argument('--cost', default='flops', choices=COSTS)
+    p.add_argument('--budget', type=float, required=True, help='GFLOPs, or ms for latency')
+    p.add_argument('--predictor', default=None, help='LatencyPredictor JSON (--cost latency)')
+    p.add_argument('--scorer', default='proxies', choices=SCORERS)
+    p.add_argument('--grid', action='append', default=[], metavar='KEY=V1,V2',
+                   help='multiplier grid of one knob (repeatable)')
+    p.add_argument('--only-grid', action='store_true', help='use only the --grid knobs')
+    p.add_argument('--max-candidates', type=int, default=None,
+                   help='score at most this many feasible candidates (the costliest)')
+    p.add_argument('--proxy-batch', type=int, default=8)
+    p.add_argument('--proxy-inits', type=int, default=1)
+    p.add_argument('--proxy-points', type=int, default=6)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--threads', type=int, default=None, help='torch CPU threads')
+    p.add_argument('--work-dir', default='work_dirs/scale_search')
+    p.add_argument('--out-rule', required=True, help='where to write the winning rule file')
+    args = p.parse_args(argv)
+    try:
+        validate(args)
+    except ValueError as err:
+        p.error(str(err))
+    return args
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Fill family defaults and raise ValueError naming the first bad flag."""
+    vit = args.family == 'vit'
+    if args.arch is None:
+        args.arch = FMNIST_ARCH if vit else FMNIST_PIT_ARCH
+    elif args.arch.lstrip().startswith('{'):
+        try:
+            args.arch = json.loads(args.arch)
+        except ValueError as err:
+            raise ValueError(f'--arch: not a JSON dict: {err}') from None
+    if not args.budget > 0:
+        raise ValueError(f'--budget: must be positive, got {args.budget}')
+    if args.cost == 'latency':
+        if not args.predictor:
+            raise ValueError('--cost latency needs --predictor FILE')
+        from mmvitscale.cost.predictor import LatencyPredictor
+        try:
+            args.predictor_obj = LatencyPredictor.load(args.predictor)
+        except ValueError as err:
+            raise ValueError(f'--predictor: {err}') from None
+    else:
+        args.predictor_obj = None
+    for flag in ('max_candidates', 'threads'):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f'--{flag.replace("_", "-")}: must be >= 1, got {value}')
+    for flag in ('proxy_batch', 'proxy_inits', 'proxy_points'):
+        if getattr(args, flag) < 1:
+            raise ValueError(f'--{flag.replace("_", "-")}: must be >= 1, got '
+                             f'{getattr(args, flag)}')
+    if args.proxy_batch < 2:
+        raise ValueError('--proxy-batch: the NTK needs at least 2 samples')
+    grids = {} if args.only_grid else dict(DEFAULT_GRIDS[args.family])
+    for item in args.grid:
+        key, sep, values = item.partition('=')
+        try:
+            if not sep:
+                raise ValueError
+            grids[key.strip()] = tuple(float(v) for v in values.split(',') if v.strip())
+        except ValueError:
+            raise ValueError(f'--grid: expected KEY=V1,V2,..., got {item!r}') from None
+    if not grids:
+        raise ValueError('--only-grid: give at least one --grid KEY=V1,V2')
+    try:
+        args.grids = check_grids(grids, args.family)
+        args.base = BaseSpec(args.family, args.arch, args.img_size, args.patch_size,
+                             args.in_channels)
+        args.base.resolve({})
+    except ValueError as err:
+        raise ValueError(f'--grid / --arch: {err}') from None
+
+
+def _cost_text(c: Candidate, kind: str) -> str:
+    return f'{c.flops / 1e9:.4f}' if kind == 'flops' else f'{c.latency_ms:.3f}'
+
+
+def _arch_text(arch: Dict[str, Any]) -> str:
+    if 'embed_dims' in arch:
+        return (f'D={arch["embed_dims"]} L={arch["num_layers"]} H={arch["num_heads"]} '
+                f'r={arch["mlp_ratio"]:g} {arch["img_size"][0]}px p={arch["patch_size"]}')
+    return (f'dims={arch["base_dims"]} depths={arch["depths"]} heads={arch["heads"]} '
+            f'r={arch["mlp_ratio"]:g} {arch["img_size"][0]}px p={arch["patch_size"]}/'
+            f'{arch["patch_stride"]}')
+
+
+def markdown(result: SearchResult, header: str) -> str:
+    front = {id(c) for c in result.front}
+    unit = UNITS[result.cost]
+    lines = [f'# {header}', '', f'| rank | scaling | architecture | {result.cost} ({unit}) | '
+             'GFLOPs | score | NTK cond. | length dist. | Pareto |',
+             '|---:|---|---|---:|---:|---:|---:|---:|:---:|']
+    for i, c in enumerate(result.ranked, 1):
+        m = c.metrics
+        ntk = f'{m["ntk_condition"]:.4g}' if 'ntk_condition' in m else ''
+        ld = f'{m["length_distortion"]:.4g}' if 'length_distortion' in m else ''
+        lines.append(f'| {i} | `{c.rule}` | {_arch_text(c.arch)} | {_cost_text(c, result.cost)}'
+                     f' | {c.flops / 1e9:.4f} | {c.score:.4g} | {ntk} | {ld} | '
+                     f'{"*" if id(c) in front else ""} |')
+    return '\n'.join(lines) + '\n'
+
+
+def plot(path: str, result: SearchResult) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    scale = 1e-9 if result.cost == 'flops' else 1.0
+    xs = [c.cost(result.cost) * scale for c in result.ranked]
+    ys = [c.score for c in result.ranked]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter(xs, ys, s=10, alpha=0.4, label='feasible candidates')
+    fx = [c.cost(result.cost) * scale for c in result.front]
+    ax.plot(fx, [c.score for c in result.front], 'r.-', label='Pareto front')
+    w = result.winner
+    ax.scatter([w.cost(result.cost) * scale], [w.score], marker='*', s=150, c='gold',
+               edgecolors='k', zorder=3, label='winner')
+    ax.axvline(result.budget * scale, color='k', ls='--', lw=0.8, label='budget')
+    ax.set(xscale='log', xlabel=f'{result.cost} ({UNITS[result.cost]}, log)',
+           ylabel=f'score ({result.scorer})',
+           title=f'{len(result.ranked)} feasible of {result.num_enumerated} candidates')
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path + '.tmp.png'
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> SearchResult:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    console = Console()
+    budget = args.budget * 1e9 if args.cost == 'flops' else args.budget
+    t0 = time.perf_counter()
+    columns = (TextColumn('{task.description}'), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    tasks: Dict[str, Any] = {}
+    try:
+        with Progress(*columns, console=console) as progress:
+            def report(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = progress.add_task(stage, total=total)
+                progress.update(tasks[stage], completed=done)
+
+            result = run_search(args.base, budget, args.cost, args.scorer, args.grids,
+                                args.predictor_obj, args.max_candidates, report,
+                                batch_size=args.proxy_batch, num_inits=args.proxy_inits,
+                                num_points=args.proxy_points, seed=args.seed)
+    except BudgetError as err:
+        console.print(f'[red]error:[/red] {err}')
+        sys.exit(2)
+    elapsed = time.perf_counter() - t0
+    w = result.winner
+    budget_text = (f'{args.budget:g} GFLOPs' if args.cost == 'flops' else f'{args.budget:g} ms')
+    header = [f'Searched by tools/scale_search.py on '
+              f'{datetime.datetime.now().isoformat(timespec="seconds")}',
+              f'family={args.family} base arch={json.dumps(args.arch)} img_size={args.img_size}'
+              + (f' patch_size={args.patch_size}' if args.family == 'vit' else '')
+              + f' in_channels={args.in_channels}',
+              f'{args.cost} budget {budget_text}, scorer {args.scorer}; '
+              f'{len(result.ranked)} feasible of {result.num_enumerated} candidates',
+              f'winner: {_arch_text(w.arch)}, {w.flops / 1e9:.4f} GFLOPs'
+              + (f', {w.latency_ms:.3f} ms predicted' if w.latency_ms is not None else '')
+              + f', score {w.score:.4g}']
+    os.makedirs(args.work_dir, exist_ok=True)
+    write_rule_file(args.out_rule, w.rule, header)
+    summary = dict(family=args.family, arch=args.arch, img_size=args.img_size,
+                   patch_size=args.patch_size, in_channels=args.in_channels, cost=args.cost,
+                   budget=args.budget, budget_unit=UNITS[args.cost], scorer=args.scorer,
+                   num_enumerated=result.num_enumerated,
+                   num_infeasible_rules=result.num_infeasible_rules,
+                   num_feasible=len(result.ranked), elapsed_s=elapsed, out_rule=args.out_rule,
+                   winner=w.as_dict(), pareto=[c.as_dict() for c in result.front],
+                   candidates=[c.as_dict() for c in result.ranked])
+    atomic_write(osp.join(args.work_dir, 'candidates.json'),
+                 json.dumps(_finite(summary), indent=1) + '\n')
+    atomic_write(osp.join(args.work_dir, 'candidates.md'),
+                 markdown(result, f'Scaling search: {args.cost} <= {budget_text}, '
+                          f'scorer {args.scorer}'))
+    plot(osp.join(args.work_dir, 'pareto.png'), result)
+    console.print(f'{len(result.ranked)} feasible of {result.num_enumerated} candidates scored '
+                  f'in {elapsed:.1f} s; winner {w.rule} ({_arch_text(w.arch)}, '
+                  f'{_cost_text(w, args.cost)} {UNITS[args.cost]}) -> {args.out_rule}; '
+                  f'tables and Pareto plot in {args.work_dir}')
+    return result
+
+
+def _finite(obj: Any) -> Any:
+    """JSON-safe copy: non-finite floats (a singular NTK's inf) become strings."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    return obj
+
+
+if __name__ == '__main__':
+    main()
