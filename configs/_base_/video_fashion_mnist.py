@@ -41,12 +41,12 @@ test_dataloader = val_dataloader
 val_evaluator = dict(type='AccMetric')
 test_evaluator = val_evaluator
 
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=6, val_begin=1, val_interval=6)
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=8, val_begin=1, val_interval=8)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
-optim_wrapper = dict(optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
+optim_wrapper = dict(optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.05),
                      clip_grad=dict(max_norm=5.0))
-param_scheduler = dict(type='CosineAnnealingLR', by_epoch=True, T_max=6,
+param_scheduler = dict(type='CosineAnnealingLR', by_epoch=True, T_max=8,
                        convert_to_iter_based=True)
 default_hooks = dict(logger=dict(interval=20), checkpoint=dict(max_keep_ckpts=1))
 env_cfg = dict(dist_cfg=dict(backend='gloo'))

@@ -1,0 +1,386 @@
+"""AsViT: the multi-stage windowed ViT of As-ViT (Chen et al., ICLR 2022) with scaling rules.
+
+Topology (what :mod:`mmvitscale.search.topology` searches), one arch dict:
+
+* ``width``: stage-1 embed dims; stage ``i`` has ``min(width * 2**i, max(width, 1024))``.
+* ``depths``: blocks per stage (4).
+* ``heads``: final-stage heads ``h`` (stages get ``h/8, h/4, h/2, h``, at least 1) or a
+  per-stage list.
+* ``mlp_ratios``: MLP ratio per stage (hidden = ``round(dim * ratio)``).
+* ``tokenizer_kernel``: kernel ``k`` of the stride-4 patch conv, padding ``(k - 3) // 2``
+  so the map is ``input / 4`` (overlapping patches when ``k > 4``).
+* ``down_kernels``: kernels of the stride-2 convs that start stages 2-4 (padding
+  ``(k - 1) // 2``, map halved).
+* ``splits``: per stage, the token map is cut into ``split x split`` windows and every window
+  runs the stage's blocks on its own tokens (``split == 1``: global attention). There is no
+  class token.
+
+Position embedding: ``pos_embed='none'`` (default; the overlapping conv tokenizer and the
+windows carry position, as in As-ViT) or ``'learned'`` (a 2-D table on the stage-1 grid,
+resized at forward time). Inputs whose sides are multiples of 32 always tile every window
+split; other sizes raise ``ValueError`` naming the stage and split.
+"""
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..registry import MODELS
+from ..scaling import _per_stage, _pick, _positive_number, _scaled_int, to_2tuple
+from .base import ScalableBackbone
+from .layers import TransformerBlock, normalise_indices
+from .pit import resample_pos_embed_2d
+
+NUM_STAGES = 4
+MAX_WIDTH = 1024
+TOKEN_STRIDE = 4
+ASVIT_KNOBS = ('depth', 'width', 'heads', 'mlp_ratio', 'resolution')
+ASVIT_RULE_KEYS = frozenset(ASVIT_KNOBS) | frozenset(k + '_mult' for k in ASVIT_KNOBS)
+LIST_KNOBS = ('depth', 'heads', 'mlp_ratio')
+POS_EMBEDS = ('none', 'learned')
+
+
+def conv_padding(kernel: int, stride: int) -> int:
+    """Padding that maps a side ``n`` (a multiple of ``stride``) to ``n / stride``."""
+    return max(0, (kernel - stride + 1) // 2)
+
+
+def conv_out(n: int, kernel: int, stride: int) -> int:
+    return (n + 2 * conv_padding(kernel, stride) - kernel) // stride + 1
+
+
+def stage_heads(final_heads: int) -> Tuple[int, ...]:
+    """As-ViT's per-stage heads ``h/8, h/4, h/2, h`` (at least 1 each)."""
+    return tuple(max(1, final_heads // 2**(NUM_STAGES - 1 - i)) for i in range(NUM_STAGES))
+
+
+def stage_dims(width: int) -> Tuple[int, ...]:
+    """Width doubles per stage, capped at 1024 (or at ``width`` when that is larger)."""
+    return tuple(min(width * 2**i, max(width, MAX_WIDTH)) for i in range(NUM_STAGES))
+
+
+@dataclass(frozen=True)
+class AsViTArch:
+    """A fully resolved AsViT topology plus its training resolution."""
+
+    width: int
+    depths: Tuple[int, ...]
+    heads: Tuple[int, ...]
+    mlp_ratios: Tuple[float, ...]
+    tokenizer_kernel: int
+    down_kernels: Tuple[int, ...]
+    splits: Tuple[int, ...]
+    img_size: Tuple[int, int]
+
+    @property
+    def dims(self) -> Tuple[int, ...]:
+        return stage_dims(self.width)
+
+    @property
+    def grids(self) -> Tuple[Tuple[int, int], ...]:
+        return stage_grids(self.img_size, self.tokenizer_kernel, self.down_kernels)
+
+    def mlp_hidden(self, stage: int) -> int:
+        return int(round(self.dims[stage] * self.mlp_ratios[stage]))
+
+    def as_dict(self) -> Dict[str, Any]:
+        """Plain arch dict (lists), loadable by :class:`AsViT` (``img_size`` excluded)."""
+        d = asdict(self)
+        d.pop('img_size')
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def stage_grids(img_size: Tuple[int, int], tokenizer_kernel: int,
+                down_kernels: Sequence[int]) -> Tuple[Tuple[int, int], ...]:
+    h, w = (conv_out(s, tokenizer_kernel, TOKEN_STRIDE) for s in img_size)
+    grids = [(h, w)]
+    for k in down_kernels:
+        h, w = conv_out(h, k, 2), conv_out(w, k, 2)
+        grids.append((h, w))
+    return tuple(grids)
+
+
+def _ints(source: str, name: str, values: Any, length: int) -> Tuple[int, ...]:
+    if (not isinstance(values, (list, tuple)) or len(values) != length or any(
+            isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values)):
+        raise ValueError(f'{source}: {name} must be {length} positive integers, got {values!r}')
+    return tuple(int(v) for v in values)
+
+
+def make_asvit_arch(width: int, depths: Sequence[int], heads: Union[int, Sequence[int]],
+                    mlp_ratios: Union[float, Sequence[float]], tokenizer_kernel: int,
+                    down_kernels: Sequence[int], splits: Sequence[int],
+                    img_size: Union[int, Tuple[int, int]],
+                    source: str = 'arch') -> AsViTArch:
+    """Build an :class:`AsViTArch`, raising ``ValueError`` naming the first infeasible field."""
+    img_size = to_2tuple(img_size)
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f'{source}: width must be a positive integer, got {width!r}')
+    depths = _ints(source, 'depths', depths, NUM_STAGES)
+    if isinstance(heads, int) and not isinstance(heads, bool):
+        if heads < 1:
+            raise ValueError(f'{source}: heads must be a positive integer, got {heads!r}')
+        heads = stage_heads(heads)
+    heads = _ints(source, 'heads', heads, NUM_STAGES)
+    if isinstance(mlp_ratios, (int, float)) and not isinstance(mlp_ratios, bool):
+        mlp_ratios = (mlp_ratios, ) * NUM_STAGES
+    if (not isinstance(mlp_ratios, (list, tuple)) or len(mlp_ratios) != NUM_STAGES or any(
+            isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0
+            for r in mlp_ratios)):
+        raise ValueError(f'{source}: mlp_ratios must be {NUM_STAGES} positive numbers, '
+                         f'got {mlp_ratios!r}')
+    mlp_ratios = tuple(float(r) for r in mlp_ratios)
+    (tokenizer_kernel, ) = _ints(source, 'tokenizer_kernel', [tokenizer_kernel], 1)
+    down_kernels = _ints(source, 'down_kernels', down_kernels, NUM_STAGES - 1)
+    splits = _ints(source, 'splits', splits, NUM_STAGES)
+    for i, (dim, h) in enumerate(zip(stage_dims(width), heads)):
+        if dim % h:
+            raise ValueError(f'{source}: stage {i + 1} width={dim} (from width={width}) is not '
+                             f'divisible by heads={h}')
+    for i, ((gh, gw), s) in enumerate(
+            zip(stage_grids(img_size, tokenizer_kernel, down_kernels), splits)):
+        if gh < 1 or gw < 1 or gh % s or gw % s:
+            raise ValueError(f'{source}: splits[{i}]={s} does not divide stage {i + 1} '
+                             f'resolution {gh}x{gw} (img_size={img_size[0]}x{img_size[1]}; '
+                             f'multiples of 32 always tile)')
+    return AsViTArch(width, depths, heads, mlp_ratios, tokenizer_kernel, down_kernels, splits,
+                     img_size)
+
+
+def validate_asvit_rule(rule: Optional[Mapping]) -> Dict[str, Any]:
+    if rule is None:
+        return {}
+    if not isinstance(rule, Mapping):
+        raise ValueError(f'scaling must be a dict, got {type(rule).__name__}: {rule!r}')
+    unknown = sorted(set(rule) - ASVIT_RULE_KEYS)
+    if unknown:
+        raise ValueError(f'unknown scaling key {unknown[0]!r} (value {rule[unknown[0]]!r}); '
+                         f'known keys: {sorted(ASVIT_RULE_KEYS)}')
+    for key, value in rule.items():
+        if not (key in LIST_KNOBS and isinstance(value, (list, tuple))):
+            _positive_number(rule, key)
+    return dict(rule)
+
+
+def scale_asvit(base: AsViTArch, rule: Optional[Mapping] = None) -> AsViTArch:
+    """Apply a scaling rule to an AsViT topology.
+
+    Keys as for ScaledPiT: ``depth`` (one value for every stage or a 4-list) / ``depth_mult``;
+    ``width`` (stage-1 width) / ``width_mult``, rounded to a multiple of
+    ``lcm(stage-1 heads, 8)``; ``heads`` (final-stage heads, stages derived as h/8..h, or a
+    4-list) / ``heads_mult`` (each stage); ``mlp_ratio`` (one value or a 4-list) /
+    ``mlp_ratio_mult``; ``resolution`` / ``resolution_mult`` (rounded to a multiple of 32).
+    """
+    rule = validate_asvit_rule(rule)
+    depths = _per_stage(rule, 'depth', base.depths)
+    if 'heads' in rule and not isinstance(rule['heads'], (list, tuple)):
+        heads = stage_heads(_scaled_int(rule, 'heads', base.heads[-1]))
+    else:
+        heads = _per_stage(rule, 'heads', base.heads)
+    width_abs, width_mult = _pick(rule, 'width')
+    if width_abs is not None:
+        if width_abs != int(width_abs):
+            raise ValueError(f'scaling.width must be an integer, got {rule["width"]!r}')
+        width = int(width_abs)
+    elif width_mult is not None or heads != base.heads:
+        step = heads[0] * 8 // math.gcd(heads[0], 8)
+        width = int(round(base.width * (width_mult or 1.0) / step)) * step
+        if width < 1:
+            raise ValueError(f'scaling.width_mult={width_mult!r} turns width {base.width} into '
+                             f'0 (width is rounded to a multiple of lcm(heads, 8)={step})')
+    else:
+        width = base.width
+    if isinstance(rule.get('mlp_ratio'), (list, tuple)):
+        if 'mlp_ratio_mult' in rule:
+            raise ValueError(f'scaling gives both mlp_ratio={rule["mlp_ratio"]!r} and '
+                             f'mlp_ratio_mult={rule["mlp_ratio_mult"]!r}; use one of them')
+        mlp_ratios = tuple(rule['mlp_ratio'])
+    else:
+        ratio_abs, ratio_mult = _pick(rule, 'mlp_ratio')
+        mlp_ratios = ((ratio_abs, ) * NUM_STAGES if ratio_abs is not None else tuple(
+            r * (ratio_mult or 1.0) for r in base.mlp_ratios))
+    res_abs, res_mult = _pick(rule, 'resolution')
+    if res_abs is not None:
+        if res_abs != int(res_abs):
+            raise ValueError(f'scaling.resolution must be an integer, got {rule["resolution"]!r}')
+        img_size = (int(res_abs), int(res_abs))
+    elif res_mult is not None:
+        img_size = tuple(max(1, int(round(s * res_mult / 32))) * 32 for s in base.img_size)
+    else:
+        img_size = base.img_size
+    return make_asvit_arch(width, depths, heads, list(mlp_ratios), base.tokenizer_kernel,
+                           base.down_kernels, base.splits, img_size, source='scaling')
+
+
+class AsViTStage(nn.Module):
+    """Optional strided-conv downsampling, then Transformer blocks inside each window."""
+
+    def __init__(self, in_dim: int, dim: int, depth: int, heads: int, mlp_hidden: int,
+                 split: int, down_kernel: Optional[int], drop_path: Sequence[float],
+                 drop: float = 0.0, attn_drop: float = 0.0, norm_eps: float = 1e-6,
+                 index: int = 0) -> None:
+        super().__init__()
+        self.split = split
+        self.index = index
+        self.downsample = None if down_kernel is None else nn.Conv2d(
+            in_dim, dim, down_kernel, 2, conv_padding(down_kernel, 2))
+        self.blocks = nn.Sequential(*[
+            TransformerBlock(dim, heads, mlp_hidden, qkv_bias=True, drop=drop,
+                             attn_drop=attn_drop, drop_path=drop_path[i], norm_eps=norm_eps)
+            for i in range(depth)
+        ])
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.downsample is not None:
+            x = self.downsample(x)
+        B, C, H, W = x.shape
+        s = self.split
+        if s == 1:
+            tokens = self.blocks(x.flatten(2).transpose(1, 2))
+            return tokens.transpose(1, 2).reshape(B, C, H, W)
+        if H % s or W % s:
+            raise ValueError(f'stage {self.index + 1}: split={s} does not divide the {H}x{W} '
+                             'token map (input sides that are multiples of 32 always tile)')
+        h, w = H // s, W // s
+        windows = x.reshape(B, C, s, h, s, w).permute(0, 2, 4, 3, 5, 1).reshape(
+            B * s * s, h * w, C)
+        windows = self.blocks(windows)
+        return windows.reshape(B, s, s, h, w, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, H, W)
+
+
+class AsViT(ScalableBackbone):
+    """As-ViT backbone: stride-4 conv tokenizer, 4 stages of windowed Transformer blocks joined
+    by stride-2 convs (feature strides 4/8/16/32), no class token.
+
+    Args:
+        arch: a preset name or a dict with ``width``, ``depths``, ``heads`` and optional
+            ``mlp_ratios`` (4.0), ``tokenizer_kernel`` (4), ``down_kernels`` (2, 2, 2),
+            ``splits`` (1, 1, 1, 1); see the module docstring.
+        img_size: training resolution (learned position table, split checks).
+        scaling: an AsViT scaling rule (:func:`scale_asvit`).
+        out_indices: stage indices (0..3) to return.
+        out_type: ``featmap`` (B, C, H, W), ``avg_featmap`` (B, C) or ``raw`` tokens
+            (B, H*W, C); ``cls_token`` is refused (no class token: use ``avg_featmap``).
+        return_tuple: tuple output (mmpretrain / mmdet) or the last one as a tensor.
+        final_norm: a LayerNorm on each returned stage (off for proxy scoring: a final norm
+            makes the summed-feature NTK degenerate).
+        pos_embed: ``'none'`` or ``'learned'``.
+        drop_rate, attn_drop_rate, drop_path_rate, norm_eps, frozen_stages, interpolate_mode,
+        init_cfg: as in :class:`~mmvitscale.models.ScaledPiT`.
+    """
+
+    arch_zoo: Dict[str, dict] = {
+        **dict.fromkeys(['seed', 'asvit-seed'],
+                        dict(width=32, depths=(1, 1, 1, 1), heads=16, mlp_ratios=(4, 4, 4, 4),
+                             tokenizer_kernel=4, down_kernels=(2, 2, 2), splits=(1, 1, 1, 1))),
+        **dict.fromkeys(['tiny', 'asvit-tiny'],
+                        dict(width=64, depths=(1, 1, 3, 1), heads=16, mlp_ratios=(4, 4, 4, 4),
+                             tokenizer_kernel=7, down_kernels=(3, 3, 3), splits=(4, 2, 1, 1))),
+    }
+    arch_keys = (('width', 'depths', 'heads'),
+                 ('mlp_ratios', 'tokenizer_kernel', 'down_kernels', 'splits'))
+    init_std_params = ('pos_embed', )
+    tokenizer = 'patch_embed.conv'
+
+    def __init__(self,
+                 arch: Union[str, Mapping] = 'asvit-tiny',
+                 img_size: Union[int, Tuple[int, int]] = 224,
+                 in_channels: int = 3,
+                 scaling: Optional[Mapping] = None,
+                 out_indices: Union[int, Sequence[int]] = -1,
+                 out_type: str = 'avg_featmap',
+                 return_tuple: bool = True,
+                 final_norm: bool = True,
+                 pos_embed: str = 'none',
+                 drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0,
+                 norm_eps: float = 1e-6,
+                 frozen_stages: int = -1,
+                 interpolate_mode: str = 'bicubic',
+                 init_cfg: Optional[Union[dict, list]] = None) -> None:
+        super().__init__(init_cfg=init_cfg)
+        if out_type == 'cls_token':
+            raise ValueError("out_type='cls_token': AsViT has no class token; use "
+                             "out_type='avg_featmap'")
+        self.out_type = self.check_out_type(out_type)
+        if pos_embed not in POS_EMBEDS:
+            raise ValueError(f'pos_embed must be one of {POS_EMBEDS}, got {pos_embed!r}')
+        self.arch_spec = spec = self.resolve_arch(arch, img_size, scaling)
+        self.num_stages = NUM_STAGES
+        self.out_indices = normalise_indices(out_indices, NUM_STAGES, 'stages')
+        self.return_tuple = return_tuple
+        self.interpolate_mode = interpolate_mode
+        self.frozen_stages = frozen_stages
+        dims = spec.dims
+        self.embed_dims = dims[-1]
+        self.img_size = spec.img_size
+        self.grid_size = spec.grids[0]
+
+        k = spec.tokenizer_kernel
+        self.patch_embed = nn.Module()
+        self.patch_embed.conv = nn.Conv2d(in_channels, dims[0], k, TOKEN_STRIDE,
+                                          conv_padding(k, TOKEN_STRIDE))
+        self.pos_embed = (nn.Parameter(torch.zeros(1, dims[0], *self.grid_size))
+                          if pos_embed == 'learned' else None)
+        self.pos_drop = nn.Dropout(drop_rate)
+        dpr = torch.linspace(0, drop_path_rate, sum(spec.depths)).split(list(spec.depths))
+        self.stages = nn.ModuleList([
+            AsViTStage(dims[i - 1] if i else dims[0], dims[i], spec.depths[i], spec.heads[i],
+                       spec.mlp_hidden(i), spec.splits[i],
+                       spec.down_kernels[i - 1] if i else None, dpr[i].tolist(), drop_rate,
+                       attn_drop_rate, norm_eps, index=i) for i in range(NUM_STAGES)
+        ])
+        self.norms = nn.ModuleDict({
+            str(i): nn.LayerNorm(dims[i], eps=norm_eps) if final_norm else nn.Identity()
+            for i in self.out_indices
+        })
+        self._freeze_stages()
+
+    @classmethod
+    def resolve_arch(cls, arch: Union[str, Mapping], img_size=224,
+                     scaling: Optional[Mapping] = None) -> AsViTArch:
+        """Preset (or dict) + resolution + scaling rule -> :class:`AsViTArch`."""
+        arch = cls.select_arch(arch)
+        base = make_asvit_arch(arch['width'], arch['depths'], arch['heads'],
+                               arch.get('mlp_ratios', 4.0), arch.get('tokenizer_kernel', 4),
+                               arch.get('down_kernels', (2, 2, 2)),
+                               arch.get('splits', (1, 1, 1, 1)), to_2tuple(img_size))
+        return scale_asvit(base, scaling)
+
+    def frozen_modules(self) -> Iterable[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        modules: List[nn.Module] = [self.patch_embed, *self.stages[:self.frozen_stages]]
+        return modules + [self.norms[k] for k in self.norms if int(k) < self.frozen_stages]
+
+    def frozen_params(self) -> Iterable[nn.Parameter]:
+        return [self.pos_embed] if self.frozen_stages >= 0 and self.pos_embed is not None \
+            else []
+
+    def _format(self, x: Tensor, i: int) -> Tensor:
+        norm = self.norms[str(i)]
+        if self.out_type == 'raw':
+            return norm(x.flatten(2).transpose(1, 2))
+        if not isinstance(norm, nn.Identity):
+            x = norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return x.mean(dim=(2, 3)) if self.out_type == 'avg_featmap' else x
+
+    def forward(self, x: Tensor) -> Union[Tuple[Tensor, ...], Tensor]:
+        if self.token_stride != 1:
+            self._token_grid(x.shape, self.token_stride)
+        x = self.patch_embed.conv(x)
+        if self.pos_embed is not None:
+            x = x + resample_pos_embed_2d(self.pos_embed, x.shape[-2:], self.interpolate_mode)
+        x = self.pos_drop(x)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.out_indices:
+                outs.append(self._format(x, i))
+        return tuple(outs) if self.return_tuple else outs[-1]
+
+
+MODELS.register_module(module=AsViT)

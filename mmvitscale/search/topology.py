@@ -1,0 +1,543 @@
+"""As-ViT topology search (REINFORCE on training-free proxies) and budgeted growth.
+
+**Search** (:func:`reinforce_search`): one independent categorical per decision of
+:data:`SPACE` (stage-1 tokenizer kernel, stage 2-4 downsampling kernels, final-stage heads,
+window splits of stages 1-3 (stage 4 is global), MLP ratio per stage). Each step samples a
+topology, builds it as the narrow proxy (width 32, one block per stage) and scores it with
+``score_fn(arch) -> {'ntk_condition': kappa, 'length_distortion': L}``. The reward is
+``-(kappa_t - kappa_{t-1}) / range(kappa) + (L_t - L_{t-1}) / range(L)``, both ranges
+(max - min) over the last 20 finite samples (0 for the first sample; -1 when a score is not
+finite). Advantage = reward - baseline, the baseline a moving average (momentum 0.9, starts
+at 0); the policy gradient ``-advantage * log p(sample)`` goes to Adam (lr 0.08). The seed
+topology is the policy's most likely choice per decision.
+
+**Growth** (:func:`grow_family`): from the seed topology at depth ``[1, 1, 1, 1]`` and a tiny
+width, each step tries one more block in each of the 4 stages times a width factor
+``1 + {0.05, 0.10, 0.15, 0.20}`` (16 candidates; width kept as a real number and rounded to a
+multiple of ``lcm(stage-1 heads, 8)`` when built), drops those over the budget, ranks the rest
+by NTK condition (ascending) and length distortion (descending) and keeps the one with the
+smallest sum of ranks. It stops when no candidate fits; family members are the largest steps
+under fractions of the budget (default 1/4, 1/2, 1 for small / base / large), moved so that
+the members are distinct steps (a short trajectory puts them on its last steps).
+
+**Logs and resume**: both write JSON Lines, a header then one record per candidate (and per
+growth step); every record is flushed and fsynced. Sampling at step ``t`` uses a generator
+seeded from ``(seed, t)``, so on resume the run re-executes from step 0, takes the scores of
+logged candidates from the log instead of recomputing them (checking that the sample and the
+reward agree) and so restores logits, Adam state and baseline exactly. A truncated last line
+(interruption mid-write) is dropped. JSON uses ``Infinity`` / ``NaN`` for non-finite scores.
+"""
+import json
+import math
+import os
+import os.path as osp
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from ..cost.predictor import atomic_write
+from ..models.asvit import AsViT, make_asvit_arch, stage_heads
+
+SPACE: Tuple[Tuple[str, Tuple[int, ...]], ...] = (
+    ('tokenizer_kernel', (4, 5, 6, 7, 8)),
+    ('down_kernel_2', (2, 3, 4)),
+    ('down_kernel_3', (2, 3, 4)),
+    ('down_kernel_4', (2, 3, 4)),
+    ('heads', (16, 32, 64)),
+    ('split_1', (2, 4, 8)),
+    ('split_2', (1, 2, 4)),
+    ('split_3', (1, 2)),
+    ('mlp_ratio_1', (2, 3, 4, 5, 6)),
+    ('mlp_ratio_2', (2, 3, 4, 5, 6)),
+    ('mlp_ratio_3', (2, 3, 4, 5, 6)),
+    ('mlp_ratio_4', (2, 3, 4, 5, 6)),
+)
+GROWTH_RATIOS = (0.05, 0.10, 0.15, 0.20)
+REWARD_WINDOW = 20
+ScoreFn = Callable[[Dict[str, Any]], Mapping[str, float]]
+
+__all__ = ['SPACE', 'choices_to_arch', 'proxy_score_fn', 'reinforce_search', 'grow_family',
+           'asvit_params', 'asvit_flops', 'write_arch_file', 'SearchOutcome', 'GrowthOutcome']
+
+
+# ---------------------------------------------------------------------------- helpers
+def choices_to_arch(choices: Mapping[str, int], width: int = 32,
+                    depths: Sequence[int] = (1, 1, 1, 1)) -> Dict[str, Any]:
+    """Decision values (names of :data:`SPACE`) -> an :class:`AsViT` arch dict."""
+    return dict(width=width, depths=list(depths), heads=int(choices['heads']),
+                mlp_ratios=[int(choices[f'mlp_ratio_{i}']) for i in range(1, 5)],
+                tokenizer_kernel=int(choices['tokenizer_kernel']),
+                down_kernels=[int(choices[f'down_kernel_{i}']) for i in range(2, 5)],
+                splits=[int(choices[f'split_{i}']) for i in range(1, 4)] + [1])
+
+
+def asvit_params(arch: Mapping[str, Any], in_channels: int = 3, img_size: int = 224) -> int:
+    """Closed-form parameter count of ``AsViT(arch, out_indices=-1)`` (with its final norm)."""
+    spec = AsViT.resolve_arch(arch, img_size)
+    dims, k = spec.dims, spec.tokenizer_kernel
+    total = in_channels * k * k * dims[0] + dims[0]
+    for i, d in enumerate(dims):
+        if i:
+            kd = spec.down_kernels[i - 1]
+            total += dims[i - 1] * kd * kd * d + d
+        h = spec.mlp_hidden(i)
+        block = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * h + h) + (h * d + d)
+        total += spec.depths[i] * block
+    return total + 2 * dims[-1]
+
+
+def asvit_flops(arch: Mapping[str, Any], in_channels: int = 3, img_size: int = 224) -> int:
+    """Closed-form FLOPs of ``AsViT(arch, out_indices=-1)`` at ``img_size``, in the convention
+    of :func:`~mmvitscale.cost.get_complexity` (MACs of convs, linears and windowed
+    attention, ``5 * numel`` per LayerNorm; equal to it, checked in the tests)."""
+    spec = AsViT.resolve_arch(arch, img_size)
+    dims, k = spec.dims, spec.tokenizer_kernel
+    (H, W), total = spec.grids[0], 0
+    total += dims[0] * H * W * in_channels * k * k
+    for i, d in enumerate(dims):
+        H, W = spec.grids[i]
+        if i:
+            kd = spec.down_kernels[i - 1]
+            total += d * H * W * dims[i - 1] * kd * kd
+        N, h = H * W, spec.mlp_hidden(i)
+        window = N // spec.splits[i]**2
+        block = 10 * N * d + 4 * N * d * d + 2 * N * d * h + 2 * N * window * d
+        total += spec.depths[i] * block
+    return total + 5 * N * dims[-1]
+
+
+def proxy_score_fn(img_size: int = 32, batch_size: int = 8, num_inits: int = 1,
+                   num_points: int = 10, seed: int = 0, in_channels: int = 3) -> ScoreFn:
+    """As-ViT proxies of an arch dict on ``img_size`` inputs (last stage, average pooled,
+    no final norm: a final LayerNorm makes the summed-feature NTK degenerate)."""
+    from .proxies import length_distortion, ntk_condition
+
+    def score(arch: Dict[str, Any]) -> Dict[str, float]:
+        def build() -> AsViT:
+            model = AsViT(arch, img_size=img_size, in_channels=in_channels,
+                          out_type='avg_featmap', final_norm=False)
+            model.init_weights()
+            return model
+
+        shape = (in_channels, img_size, img_size)
+        return dict(ntk_condition=ntk_condition(build, (batch_size, *shape), num_inits, seed),
+                    length_distortion=length_distortion(build, shape, num_points, num_inits,
+                                                        seed))
+
+    return score
+
+
+def arch_file_text(arch: Mapping[str, Any], img_size: Optional[int] = None,
+                   header: Sequence[str] = ()) -> str:
+    items = ', '.join(f'{k}={v!r}' for k, v in arch.items())
+    lines = [f'# {h}'.rstrip() for h in header] + [f'arch = dict({items})']
+    if img_size is not None:
+        lines.append(f'img_size = {int(img_size)}')
+    return '\n'.join(lines) + '\n'
+
+
+def write_arch_file(path: str, arch: Mapping[str, Any], img_size: Optional[int] = None,
+                    header: Sequence[str] = ()) -> str:
+    """Write ``arch = dict(...)`` (and ``img_size``) atomically, loadable by mmengine Config."""
+    atomic_write(path, arch_file_text(arch, img_size, header))
+    return path
+
+
+def _logger():
+    from mmengine.logging import MMLogger
+    return MMLogger.get_current_instance()
+
+
+def _finite(*values: Optional[float]) -> bool:
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
+
+def _scores(score_fn: ScoreFn, arch: Dict[str, Any]) -> Tuple[float, float]:
+    out = score_fn(arch)
+    return float(out['ntk_condition']), float(out['length_distortion'])
+
+
+class _JsonLog:
+    """Append-only JSON Lines log: header check, truncated-tail repair, fsync per record."""
+
+    def __init__(self, path: str, header: Dict[str, Any], resume: bool) -> None:
+        self.path = path
+        self.records: List[Dict[str, Any]] = []
+        os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+        if resume and osp.exists(path):
+            self._load(header)
+        else:
+            with open(path, 'w', encoding='utf-8') as f:
+                self._write(f, header)
+
+    def _load(self, header: Dict[str, Any]) -> None:
+        path = self.path
+        with open(path, 'rb') as f:
+            data = f.read()
+        lines, good = data.split(b'\n'), 0
+        parsed = []
+        for i, line in enumerate(lines):
+            if not line.strip():
+                if i == len(lines) - 1:
+                    break
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                if i == len(lines) - 1:  # interrupted mid-write: drop the partial record
+                    break
+                raise ValueError(f'{path}: line {i + 1} is not valid JSON; the log is corrupt')
+            parsed.append(rec)
+            good += len(line) + 1
+        if not parsed:  # nothing usable: start over
+            with open(path, 'w', encoding='utf-8') as f:
+                self._write(f, header)
+            return
+        old = parsed[0]
+        for key, value in header.items():
+            if json.loads(json.dumps(value)) != old.get(key):
+                raise ValueError(f'{path} was written with {key}={old.get(key)!r}, this run has '
+                                 f'{key}={value!r}; pass resume=False or another log_path')
+        if good < len(data):
+            with open(path, 'r+b') as f:
+                f.truncate(good)
+        self.records = parsed[1:]
+
+    @staticmethod
+    def _write(f, record: Dict[str, Any]) -> None:
+        f.write(json.dumps(record) + '\n')
+        f.flush()
+        os.fsync(f.fileno())
+
+    def append(self, record: Dict[str, Any]) -> None:
+        with open(self.path, 'a', encoding='utf-8') as f:
+            self._write(f, record)
+        self.records.append(record)
+
+
+# ---------------------------------------------------------------------------- search
+class _Reward:
+    """``-d(kappa) / range + d(L) / range`` over the last ``window`` finite samples."""
+
+    def __init__(self, window: int = REWARD_WINDOW) -> None:
+        self.window = window
+        self.ntk: List[float] = []
+        self.ld: List[float] = []
+
+    def __call__(self, ntk: float, ld: float) -> float:
+        if not _finite(ntk, ld):
+            return -1.0
+        self.ntk.append(ntk)
+        self.ld.append(ld)
+        if len(self.ntk) == 1:
+            return 0.0
+        reward = 0.0
+        for hist, sign in ((self.ntk, -1.0), (self.ld, 1.0)):
+            recent = hist[-self.window:]
+            span = max(recent) - min(recent)
+            if span > 0:
+                reward += sign * (hist[-1] - hist[-2]) / span
+        return reward
+
+
+class _Policy:
+    """Independent categoricals, REINFORCE with a moving-average baseline and Adam."""
+
+    def __init__(self, space: Sequence[Tuple[str, Tuple[int, ...]]], seed: int, lr: float,
+                 momentum: float) -> None:
+        self.space, self.seed, self.momentum = space, seed, momentum
+        self.logits = [torch.zeros(len(opts), dtype=torch.float64, requires_grad=True)
+                       for _, opts in space]
+        self.optim = torch.optim.Adam(self.logits, lr=lr)
+        self.baseline = 0.0
+
+    def sample(self, step: int) -> List[int]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        return [int(torch.multinomial(torch.softmax(lg.detach(), 0), 1, generator=gen))
+                for lg in self.logits]
+
+    def update(self, indices: Sequence[int], reward: float) -> float:
+        advantage = reward - self.baseline
+        self.baseline = self.momentum * self.baseline + (1 - self.momentum) * reward
+        log_prob = sum(torch.log_softmax(lg, 0)[i] for lg, i in zip(self.logits, indices))
+        self.optim.zero_grad()
+        (-advantage * log_prob).backward()
+        self.optim.step()
+        return advantage
+
+    def best(self) -> Dict[str, int]:
+        return {name: opts[int(lg.detach().argmax())]
+                for (name, opts), lg in zip(self.space, self.logits)}
+
+    def probs(self) -> Dict[str, List[float]]:
+        return {name: torch.softmax(lg.detach(), 0).tolist()
+                for (name, _), lg in zip(self.space, self.logits)}
+
+
+@dataclass
+class SearchOutcome:
+    """Result of :func:`reinforce_search`."""
+
+    topology: Dict[str, Any]  # arch dict of the policy's most likely choices (proxy width)
+    choices: Dict[str, int]
+    probs: Dict[str, List[float]]
+    logits: List[List[float]]
+    baseline: float
+    records: List[Dict[str, Any]] = field(default_factory=list)
+    num_scored: int = 0  # candidates scored in this call (not taken from the log)
+
+
+def reinforce_search(steps: int, seed: int, score_fn: Optional[ScoreFn], log_path: str,
+                     resume: bool = True, lr: float = 0.08, momentum: float = 0.9,
+                     proxy_width: int = 32, out_path: Optional[str] = None,
+                     progress: bool = True) -> SearchOutcome:
+    """REINFORCE over :data:`SPACE` (see the module docstring).
+
+    Args:
+        steps: candidates to sample in total (logged ones included on resume).
+        seed: seeds the sampling (and the default ``score_fn``).
+        score_fn: ``arch dict -> {'ntk_condition', 'length_distortion'}``; ``None`` uses
+            :func:`proxy_score_fn` (32 px, batch 8, one init).
+        log_path: JSON Lines log; with ``resume`` an existing log (same settings) is replayed.
+        out_path: optional ``arch = dict(...)`` file for the seed topology.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f'steps must be a non-negative integer, got {steps!r}')
+    if score_fn is None:
+        score_fn = proxy_score_fn(seed=seed)
+    header = dict(type='header', kind='reinforce', seed=seed, lr=lr, momentum=momentum,
+                  proxy_width=proxy_width, space={n: list(o) for n, o in SPACE})
+    log = _JsonLog(log_path, header, resume)
+    logged = {r['step']: r for r in log.records if r.get('type') == 'candidate'}
+    policy, reward_of = _Policy(SPACE, seed, lr, momentum), _Reward()
+    logger, bar, scored = _logger(), None, 0
+    if progress and steps:
+        from mmengine.utils import ProgressBar
+        bar = ProgressBar(steps)
+    for step in range(steps):
+        indices = policy.sample(step)
+        choices = {name: opts[i] for (name, opts), i in zip(SPACE, indices)}
+        arch = choices_to_arch(choices, proxy_width)
+        rec = logged.get(step)
+        if rec is not None:
+            if rec['indices'] != indices:
+                raise ValueError(f'{log_path}: step {step} logged choices {rec["indices"]} but '
+                                 f'the sampler drew {indices}; the log is from another run')
+            ntk, ld = float(rec['ntk']), float(rec['ld'])
+        else:
+            ntk, ld = _scores(score_fn, arch)
+            scored += 1
+        reward = reward_of(ntk, ld)
+        baseline = policy.baseline
+        advantage = policy.update(indices, reward)
+        if rec is None:
+            log.append(dict(type='candidate', step=step, choices=choices, indices=indices,
+                            arch=arch, ntk=ntk, ld=ld, reward=reward, baseline=baseline,
+                            advantage=advantage))
+            logger.info(f'topology search step {step}: ntk={ntk:.4g} ld={ld:.4g} '
+                        f'reward={reward:+.3f} baseline={baseline:+.3f}')
+        elif not math.isclose(rec['reward'], reward, rel_tol=1e-12, abs_tol=1e-12):
+            raise ValueError(f'{log_path}: step {step} logged reward {rec["reward"]} but the '
+                             f'replay gives {reward}; the log is from another run')
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        print()
+    best = policy.best()
+    topology = choices_to_arch(best, proxy_width)
+    if out_path:
+        write_arch_file(out_path, topology, header=[
+            f'As-ViT seed topology: REINFORCE, {steps} steps, seed {seed}',
+            f'log: {log_path}'])
+    return SearchOutcome(topology, best, policy.probs(),
+                         [lg.detach().tolist() for lg in policy.logits], policy.baseline,
+                         [r for r in log.records if r.get('type') == 'candidate'], scored)
+
+
+# ---------------------------------------------------------------------------- growth
+def _heads_of(arch: Mapping[str, Any]) -> Tuple[int, ...]:
+    heads = arch['heads']
+    return stage_heads(heads) if isinstance(heads, int) else tuple(heads)
+
+
+def _round_width(width: float, heads: Tuple[int, ...]) -> int:
+    step = heads[0] * 8 // math.gcd(heads[0], 8)
+    return max(1, int(round(width / step))) * step
+
+
+def _ranks(values: Sequence[float], descending: bool) -> List[int]:
+    """0 = best; non-finite values rank last; ties keep enumeration order."""
+    def key(i: int) -> float:
+        v = values[i]
+        if not _finite(v):
+            return math.inf
+        return -v if descending else v
+
+    order = sorted(range(len(values)), key=key)
+    ranks = [0] * len(values)
+    for r, i in enumerate(order):
+        ranks[i] = r
+    return ranks
+
+
+@dataclass
+class GrowthOutcome:
+    """Result of :func:`grow_family`."""
+
+    trajectory: List[Dict[str, Any]]  # {'step', 'arch', 'cost'}, cost strictly increasing
+    family: Dict[str, Dict[str, Any]]  # size -> trajectory entry
+    files: Dict[str, str] = field(default_factory=dict)
+    cost_kind: str = 'params'
+    budget: float = 0.0
+    num_scored: int = 0
+
+
+def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float] = None,
+                budget_flops: Optional[float] = None, seed: int = 0,
+                log_path: str = 'work_dirs/asvit_growth.jsonl',
+                sizes: Sequence[str] = ('small', 'base', 'large'),
+                score_fn: Optional[ScoreFn] = None, init_width: Optional[int] = None,
+                ratios: Sequence[float] = GROWTH_RATIOS, img_size: int = 224,
+                in_channels: int = 3, size_fractions: Optional[Sequence[float]] = None,
+                out_dir: Optional[str] = None, resume: bool = True, max_steps: int = 1000,
+                progress: bool = True) -> GrowthOutcome:
+    """Grow a family of AsViTs from a seed topology under a parameter or FLOPs budget.
+
+    Args:
+        seed_topology: arch dict (e.g. :attr:`SearchOutcome.topology`); its kernels, splits,
+            heads and MLP ratios are kept, depth restarts at ``[1, 1, 1, 1]``.
+        budget_params / budget_flops: exactly one; parameters of the backbone, or FLOPs
+            (:func:`asvit_flops`, get_complexity's convention) at ``img_size``.
+        score_fn: as in :func:`reinforce_search`, called on each candidate arch;
+            ``None`` uses :func:`proxy_score_fn` seeded with ``seed``.
+        init_width: starting stage-1 width (default: the seed topology's).
+        size_fractions: budget fraction of each member (default ``2**-(n-1-k)``: 1/4, 1/2, 1).
+        out_dir: write ``asvit_<size>.py`` (``arch = dict(...)``, ``img_size``) per member.
+    """
+    if (budget_params is None) == (budget_flops is None):
+        raise ValueError('give exactly one of budget_params and budget_flops, got '
+                         f'budget_params={budget_params!r}, budget_flops={budget_flops!r}')
+    kind = 'params' if budget_params is not None else 'flops'
+    budget = float(budget_params if budget_params is not None else budget_flops)
+    if not budget > 0:
+        raise ValueError(f'budget_{kind} must be positive, got {budget!r}')
+    sizes = list(sizes)
+    if not sizes:
+        raise ValueError('sizes must name at least one family member')
+    fractions = list(size_fractions) if size_fractions is not None else [
+        2.0**-(len(sizes) - 1 - k) for k in range(len(sizes))]
+    if len(fractions) != len(sizes) or any(not 0 < f <= 1 for f in fractions) or any(
+            b < a for a, b in zip(fractions, fractions[1:])):
+        raise ValueError(f'size_fractions must be {len(sizes)} increasing values in (0, 1], '
+                         f'got {fractions!r}')
+    if score_fn is None:
+        score_fn = proxy_score_fn(seed=seed, in_channels=in_channels)
+    heads = _heads_of(seed_topology)
+    width_f = float(init_width if init_width is not None else seed_topology['width'])
+
+    def build_arch(width: float, depths: Sequence[int]) -> Dict[str, Any]:
+        arch = dict(seed_topology, width=_round_width(width, heads), depths=list(depths))
+        spec = make_asvit_arch(arch['width'], arch['depths'], arch['heads'],
+                               arch.get('mlp_ratios', 4.0), arch.get('tokenizer_kernel', 4),
+                               arch.get('down_kernels', (2, 2, 2)),
+                               arch.get('splits', (1, 1, 1, 1)), img_size)
+        return spec.as_dict()
+
+    costs: Dict[str, float] = {}
+
+    def cost_of(arch: Dict[str, Any]) -> float:
+        key = json.dumps(arch, sort_keys=True)
+        if key not in costs:
+            if kind == 'params':
+                costs[key] = float(asvit_params(arch, in_channels, img_size))
+            else:
+                costs[key] = float(asvit_flops(arch, in_channels, img_size))
+        return costs[key]
+
+    header = dict(type='header', kind='growth', seed=seed, budget_kind=kind, budget=budget,
+                  seed_topology=dict(seed_topology), init_width=width_f, ratios=list(ratios),
+                  img_size=img_size, in_channels=in_channels)
+    log = _JsonLog(log_path, header, resume)
+    logged = {(r['step'], r['stage'], r['ratio']): r for r in log.records
+              if r.get('type') == 'candidate'}
+    logger, scored = _logger(), 0
+    depths = [1, 1, 1, 1]
+    start = build_arch(width_f, depths)
+    if cost_of(start) > budget:
+        raise ValueError(f'budget_{kind}={budget:g} is below the starting network\'s '
+                         f'{cost_of(start):g} (width {start["width"]}, depth [1, 1, 1, 1])')
+    trajectory = [dict(step=0, arch=start, cost=cost_of(start))]
+    bar = None
+    if progress:
+        from mmengine.utils import ProgressBar
+        bar = ProgressBar()
+    for step in range(1, max_steps + 1):
+        cands = []
+        for stage in range(4):
+            for ratio in ratios:
+                new_depths = [d + (i == stage) for i, d in enumerate(depths)]
+                new_width = width_f * (1 + ratio)
+                try:
+                    arch = build_arch(new_width, new_depths)
+                except ValueError:  # e.g. per-stage heads not dividing the rounded width
+                    continue
+                cost = cost_of(arch)
+                if cost > budget:
+                    continue
+                rec = logged.get((step, stage, ratio))
+                if rec is not None:
+                    if rec['arch'] != arch:
+                        raise ValueError(f'{log_path}: step {step} candidate (stage {stage}, '
+                                         f'ratio {ratio}) logged another arch; the log is '
+                                         'from another run')
+                    ntk, ld = float(rec['ntk']), float(rec['ld'])
+                else:
+                    ntk, ld = _scores(score_fn, arch)
+                    scored += 1
+                    log.append(dict(type='candidate', step=step, stage=stage, ratio=ratio,
+                                    arch=arch, cost=cost, ntk=ntk, ld=ld))
+                cands.append(dict(stage=stage, ratio=ratio, width=new_width, depths=new_depths,
+                                  arch=arch, cost=cost, ntk=ntk, ld=ld))
+        if not cands:
+            break
+        ntk_rank = _ranks([c['ntk'] for c in cands], descending=False)
+        ld_rank = _ranks([c['ld'] for c in cands], descending=True)
+        rank_sum = [a + b for a, b in zip(ntk_rank, ld_rank)]
+        best = min(range(len(cands)), key=lambda i: (rank_sum[i], cands[i]['cost'], i))
+        chosen = cands[best]
+        width_f, depths = chosen['width'], chosen['depths']
+        trajectory.append(dict(step=step, arch=chosen['arch'], cost=chosen['cost']))
+        if not any(r.get('type') == 'chosen' and r['step'] == step for r in log.records):
+            log.append(dict(type='chosen', step=step, stage=chosen['stage'],
+                            ratio=chosen['ratio'], arch=chosen['arch'], cost=chosen['cost'],
+                            rank_sum=rank_sum[best], num_candidates=len(cands)))
+        logger.info(f'growth step {step}: stage {chosen["stage"] + 1} +1 block, width x'
+                    f'{1 + chosen["ratio"]:.2f} -> width {chosen["arch"]["width"]}, depths '
+                    f'{chosen["depths"]}, {kind} {chosen["cost"]:.4g} / {budget:.4g}')
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        print()
+
+    family: Dict[str, Dict[str, Any]] = {}
+    prev = -1
+    if len(trajectory) < len(sizes):
+        raise ValueError(f'budget_{kind}={budget:g} gives only {len(trajectory)} networks '
+                         f'(start + growth steps), too few for {len(sizes)} distinct sizes '
+                         f'{sizes}; raise the budget or ask for fewer sizes')
+    for k, (size, frac) in enumerate(zip(sizes, fractions)):
+        # the largest step under the fraction, leaving one later step per larger member
+        fits = [i for i, t in enumerate(trajectory) if t['cost'] <= frac * budget]
+        idx = max(min(max(fits, default=0), len(trajectory) - len(sizes) + k), prev + 1)
+        family[size] = trajectory[idx]
+        prev = idx
+    files = {}
+    if out_dir:
+        for size, member in family.items():
+            files[size] = write_arch_file(
+                osp.join(out_dir, f'asvit_{size}.py'), member['arch'], img_size, header=[
+                    f'As-ViT {size}: growth step {member["step"]}, {kind} '
+                    f'{member["cost"]:.6g} (budget {budget:.6g}), seed {seed}',
+                    f'log: {log_path}'])
+    return GrowthOutcome(trajectory, family, files, kind, budget, scored)

@@ -1,0 +1,247 @@
+import json
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from mmvitscale.cost import get_complexity
+from mmvitscale.models.asvit import AsViT, conv_out
+from mmvitscale.registry import MODELS
+from mmvitscale.search.topology import (SPACE, asvit_flops, asvit_params, choices_to_arch,
+                                        grow_family, reinforce_search)
+
+ARCH = dict(width=16, depths=(1, 2, 1, 1), heads=16, mlp_ratios=(2, 3, 4, 2),
+            tokenizer_kernel=7, down_kernels=(3, 4, 2), splits=(4, 2, 2, 1))
+
+
+def build(**kw):
+    kw.setdefault('arch', ARCH)
+    kw.setdefault('img_size', 64)
+    model = AsViT(**kw)
+    model.init_weights()
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------- backbone
+@pytest.mark.parametrize('size', [(64, 64), (64, 96)])
+def test_featmap_strides_4_8_16_32(size):
+    model = build(out_indices=(0, 1, 2, 3), out_type='featmap')
+    H, W = size
+    with torch.no_grad():
+        outs = model(torch.randn(2, 3, H, W))
+    assert [tuple(o.shape) for o in outs] == [(2, 16 * 2**i, H // s, W // s)
+                                              for i, s in enumerate((4, 8, 16, 32))]
+
+
+def test_out_types_and_return_tuple():
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        avg = build(out_indices=(1, 3))(x)
+        raw = build(out_indices=-2, out_type='raw')(x)
+        last = build(out_type='featmap', return_tuple=False, final_norm=False)(x)
+    assert [tuple(o.shape) for o in avg] == [(2, 32), (2, 128)]
+    assert tuple(raw[0].shape) == (2, 4 * 4, 64)
+    assert isinstance(last, torch.Tensor) and tuple(last.shape) == (2, 128, 2, 2)
+    with pytest.raises(ValueError, match="no class token.*avg_featmap"):
+        build(out_type='cls_token')
+
+
+def test_kernels_keep_stride():
+    for k in (4, 5, 6, 7, 8):
+        assert [conv_out(n, k, 4) for n in (32, 64, 224)] == [8, 16, 56]
+    for k in (2, 3, 4):
+        assert [conv_out(n, k, 2) for n in (8, 14, 56)] == [4, 7, 28]
+
+
+def _manual(model, x, windows):
+    """Reference: tokenizer, then per stage downsample and blocks on each window in a loop."""
+    x = model.patch_embed.conv(x)
+    for stage, s in zip(model.stages, windows):
+        if stage.downsample is not None:
+            x = stage.downsample(x)
+        B, C, H, W = x.shape
+        h, w = H // s, W // s
+        out = torch.empty_like(x)
+        for i in range(s):
+            for j in range(s):
+                win = x[:, :, i * h:(i + 1) * h, j * w:(j + 1) * w]
+                tok = stage.blocks(win.flatten(2).transpose(1, 2))
+                out[:, :, i * h:(i + 1) * h, j * w:(j + 1) * w] = tok.transpose(1, 2).reshape(
+                    B, C, h, w)
+        x = out
+    return x
+
+
+def test_split_one_is_global_attention_and_windows_match_loop():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 64)
+    glob = build(arch=dict(ARCH, splits=(1, 1, 1, 1)), out_type='featmap', final_norm=False)
+    win = build(out_type='featmap', final_norm=False)
+    win.load_state_dict(glob.state_dict())
+    with torch.no_grad():
+        out_glob, out_win = glob(x)[0], win(x)[0]
+        torch.testing.assert_close(out_glob, _manual(glob, x, (1, 1, 1, 1)))
+        torch.testing.assert_close(out_win, _manual(win, x, (4, 2, 2, 1)))
+    assert (out_glob - out_win).abs().max() > 1e-3  # windows really restrict attention
+
+
+def test_learned_pos_embed_resized_and_training_backward():
+    model = build(pos_embed='learned', drop_path_rate=0.1).train()
+    assert tuple(model.pos_embed.shape) == (1, 16, 16, 16)
+    model(torch.randn(2, 3, 96, 64))[0].sum().backward()
+    assert model.pos_embed.grad is not None and model.stages[0].blocks[0].attn.qkv.weight.grad \
+        is not None
+
+
+def test_errors_name_field_and_value():
+    with pytest.raises(ValueError, match=r'splits\[0\]=4 does not divide stage 1 resolution '
+                                         r'10x10'):
+        AsViT(ARCH, img_size=40)
+    with pytest.raises(ValueError, match='stage 4 width=128 .* not divisible by heads=3'):
+        AsViT(dict(ARCH, heads=(1, 1, 1, 3)), img_size=64)
+    with pytest.raises(ValueError, match='down_kernels must be 3 positive integers'):
+        AsViT(dict(ARCH, down_kernels=(2, 2)), img_size=64)
+    with pytest.raises(ValueError, match="unknown scaling key 'patch_size'"):
+        AsViT(ARCH, img_size=64, scaling=dict(patch_size=8))
+    with pytest.raises(ValueError, match="missing key 'heads'"):
+        AsViT(dict(width=16, depths=(1, 1, 1, 1)))
+    with pytest.raises(ValueError, match='stage 1: split=4 does not divide the 10x10'):
+        build()(torch.randn(1, 3, 40, 40))
+
+
+def test_scaling_rule():
+    spec = AsViT.resolve_arch(ARCH, 64, dict(depth_mult=2, width_mult=1.5, mlp_ratio_mult=0.5,
+                                             resolution_mult=1.5))
+    assert spec.depths == (2, 4, 2, 2) and spec.width == 24
+    assert spec.mlp_ratios == (1.0, 1.5, 2.0, 1.0) and spec.img_size == (96, 96)
+    spec = AsViT.resolve_arch(ARCH, 64, dict(depth=[1, 1, 3, 1], heads=32, width=64))
+    assert spec.depths == (1, 1, 3, 1) and spec.heads == (4, 8, 16, 32)
+    assert spec.dims == (64, 128, 256, 512)
+    assert AsViT.resolve_arch(dict(ARCH, width=512), 64).dims == (512, 1024, 1024, 1024)
+
+
+def test_registry_closed_form_costs_and_freezing():
+    model = MODELS.build(dict(type='AsViT', arch=ARCH, img_size=64, frozen_stages=2))
+    assert asvit_params(ARCH, img_size=64) == sum(p.numel() for p in model.parameters())
+    arch = dict(ARCH, width=24, tokenizer_kernel=5, splits=(2, 1, 2, 1))
+    assert asvit_flops(arch, img_size=96) == get_complexity(AsViT(arch, img_size=96),
+                                                            (3, 96, 96))['flops']
+    model.train()
+    assert not any(p.requires_grad for p in model.stages[1].parameters())
+    assert all(p.requires_grad for p in model.stages[2].parameters())
+    assert not model.stages[0].training and model.stages[3].training
+
+
+# ---------------------------------------------------------------------------- search
+class FakeScore:
+    """Deterministic proxies: big tokenizer kernels and heads=32 are best."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, arch):
+        self.calls += 1
+        return dict(ntk_condition=10.0 - arch['tokenizer_kernel'] + abs(arch['heads'] - 32) / 8
+                    + 0.01 * sum(arch['mlp_ratios']),
+                    length_distortion=float(sum(arch['splits']) + arch['heads'] / 16))
+
+
+def test_choices_cover_space_and_build():
+    arch = choices_to_arch({n: o[-1] for n, o in SPACE})
+    assert arch['splits'][-1] == 1
+    assert tuple(AsViT(arch, img_size=32)(torch.randn(1, 3, 32, 32))[0].shape) == (1, 256)
+
+
+def test_search_log_and_resume_equals_uninterrupted(tmp_path):
+    full = reinforce_search(30, 3, FakeScore(), str(tmp_path / 'a.jsonl'), progress=False,
+                            out_path=str(tmp_path / 'seed.py'))
+    lines = (tmp_path / 'a.jsonl').read_text().splitlines()
+    assert len(lines) == 31 and json.loads(lines[0])['type'] == 'header'
+    rec = json.loads(lines[5])
+    assert rec['step'] == 4 and set(rec) >= {'choices', 'ntk', 'ld', 'reward', 'arch'}
+
+    log_b = tmp_path / 'b.jsonl'
+    reinforce_search(12, 3, FakeScore(), str(log_b), progress=False)
+    with open(log_b, 'a') as f:  # interrupted while writing step 12
+        f.write('{"type": "candidate", "step": 12, "cho')
+    score = FakeScore()
+    resumed = reinforce_search(30, 3, score, str(log_b), progress=False)
+    assert score.calls == 18
+    assert resumed.logits == full.logits and resumed.baseline == full.baseline
+    assert resumed.records == full.records and resumed.topology == full.topology
+    assert log_b.read_text() == (tmp_path / 'a.jsonl').read_text()
+    cfg = Config.fromfile(str(tmp_path / 'seed.py'))
+    assert cfg.arch.to_dict() == full.topology
+
+    fresh = FakeScore()
+    reinforce_search(30, 3, fresh, str(log_b), resume=False, progress=False)
+    assert fresh.calls == 30
+    with pytest.raises(ValueError, match='seed=3, this run has seed=4'):
+        reinforce_search(30, 4, FakeScore(), str(log_b), progress=False)
+
+
+def test_search_moves_policy_towards_better_choices(tmp_path):
+    res = reinforce_search(100, 0, FakeScore(), str(tmp_path / 'l.jsonl'), progress=False)
+    tok, heads = res.probs['tokenizer_kernel'], res.probs['heads']
+    assert tok[-1] > 0.6 and heads[1] > 0.6  # lowest NTK: kernel 8, heads 32 (uniform 0.2, 1/3)
+    assert res.choices['tokenizer_kernel'] == 8 and res.topology['heads'] == 32
+
+
+# ---------------------------------------------------------------------------- growth
+def grow_score(arch):
+    d = arch['depths']
+    return dict(ntk_condition=1.0 + 0.3 * d[0] + 0.1 * d[3] + arch['width'] / 1000,
+                length_distortion=float(d[2] * 2 + d[1]))
+
+
+def test_growth_family_monotone_within_budget_and_resumable(tmp_path):
+    seed = dict(choices_to_arch({n: o[0] for n, o in SPACE}), width=16)
+    log = tmp_path / 'grow.jsonl'
+    res = grow_family(seed, budget_params=2e6, log_path=str(log), score_fn=grow_score,
+                      out_dir=str(tmp_path), progress=False)
+    costs = [t['cost'] for t in res.trajectory]
+    assert all(b > a for a, b in zip(costs, costs[1:])) and 1.5e6 < costs[-1] <= 2e6
+    members = [res.family[s] for s in ('small', 'base', 'large')]
+    params = [m['cost'] for m in members]
+    assert params[0] < params[1] < params[2] <= 2e6
+    assert 2e6 / 8 < params[0] <= 2e6 / 4 and 2e6 / 4 < params[1] <= 2e6 / 2
+    widths = [m['arch']['width'] for m in members]
+    assert widths == sorted(widths) and widths[0] < widths[-1]
+    # the scorer favours stage-2/3 blocks (ld) and penalises stage-1/4 ones (ntk)
+    large = members[2]['arch']['depths']
+    assert large[3] == 1 and large[0] < min(large[1], large[2])
+    for size, member in zip(('small', 'base', 'large'), members):
+        cfg = Config.fromfile(res.files[size])
+        model = AsViT(cfg.arch.to_dict(), img_size=cfg.img_size)
+        assert sum(p.numel() for p in model.parameters()) == member['cost']
+    chosen = [json.loads(line) for line in log.read_text().splitlines()[1:]]
+    assert sum(r['type'] == 'chosen' for r in chosen) == len(res.trajectory) - 1
+
+    calls = []
+    again = grow_family(seed, budget_params=2e6, log_path=str(log),
+                        score_fn=lambda a: calls.append(a) or grow_score(a), progress=False)
+    assert calls == [] and again.family == res.family
+
+
+def test_growth_errors(tmp_path):
+    seed = dict(choices_to_arch({n: o[0] for n, o in SPACE}), width=16)
+    with pytest.raises(ValueError, match='exactly one of budget_params and budget_flops'):
+        grow_family(seed, log_path=str(tmp_path / 'g.jsonl'), score_fn=grow_score)
+    with pytest.raises(ValueError, match="below the starting network's 220992"):
+        grow_family(seed, budget_params=2e5, log_path=str(tmp_path / 'g.jsonl'),
+                    score_fn=grow_score, progress=False, resume=False)
+    with pytest.raises(ValueError, match='gives only 2 networks .* too few for 3 distinct'):
+        grow_family(seed, budget_params=2.25e5, log_path=str(tmp_path / 'g.jsonl'),
+                    score_fn=grow_score, progress=False, resume=False)
+
+
+def test_growth_flops_budget(tmp_path):
+    seed = dict(choices_to_arch({n: o[0] for n, o in SPACE}), width=8)
+    res = grow_family(seed, budget_flops=3e6, log_path=str(tmp_path / 'f.jsonl'),
+                      score_fn=grow_score, img_size=32, sizes=('small', 'large'),
+                      progress=False)
+    assert res.cost_kind == 'flops'
+    small, large = res.family['small'], res.family['large']
+    assert small['cost'] <= 1.5e6 < large['cost'] <= 3e6
+    assert large['cost'] == get_complexity(AsViT(large['arch'], img_size=32),
+                                           (3, 32, 32))['flops']

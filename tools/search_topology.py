@@ -1,0 +1,114 @@
+"""As-ViT topology search and family growth on training-free proxies.
+
+    python tools/search_topology.py search --steps 20 --work-dir work_dirs/asvit
+    python tools/search_topology.py grow --seed-topology work_dirs/asvit/seed_topology.py \
+        --budget-params 2e6 --work-dir work_dirs/asvit
+
+``search`` runs REINFORCE over the As-ViT space (narrow proxy: width 32, one block per stage)
+and writes ``seed_topology.py`` (``arch = dict(...)``); ``grow`` grows it into a family under a
+parameter (``--budget-params``) or FLOPs (``--budget-flops``, MACs at ``--img-size``) budget and
+writes ``asvit_<size>.py`` per member. Both log every candidate to a JSON Lines file in
+``--work-dir`` and resume from it when re-run with the same settings (``--no-resume`` starts
+over). Defaults are CPU-sized (proxies on 32 px, batch 8, one init); the paper's settings are
+roughly ``--steps 500 --proxy-size 224 --proxy-batch 16 --proxy-inits 3`` for the search.
+"""
+import argparse
+import ast
+import json
+import os.path as osp
+import sys
+import time
+
+import mmvitscale  # noqa: F401  (shims before mmengine / host packages)
+from mmengine.logging import MMLogger
+
+from mmvitscale.search.topology import grow_family, proxy_score_fn, reinforce_search
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest='command', required=True)
+    for name in ('search', 'grow'):
+        s = sub.add_parser(name)
+        s.add_argument('--work-dir', default='work_dirs/asvit_topology')
+        s.add_argument('--seed', type=int, default=0)
+        s.add_argument('--proxy-size', type=int, default=32, help='proxy input side (px)')
+        s.add_argument('--proxy-batch', type=int, default=8, help='NTK batch size')
+        s.add_argument('--proxy-inits', type=int, default=1, help='inits averaged per score')
+        s.add_argument('--proxy-points', type=int, default=10,
+                       help='circle points for the length distortion')
+        s.add_argument('--in-channels', type=int, default=3)
+        s.add_argument('--no-resume', action='store_true', help='overwrite an existing log')
+        s.add_argument('--no-progress', action='store_true')
+    s = sub.choices['search']
+    s.add_argument('--steps', type=int, default=20, help='candidates sampled (paper: ~500)')
+    s.add_argument('--lr', type=float, default=0.08)
+    s.add_argument('--momentum', type=float, default=0.9, help='reward baseline momentum')
+    s.add_argument('--out', default=None, help='seed topology file (default WORK_DIR/...)')
+    g = sub.choices['grow']
+    g.add_argument('--seed-topology', required=True,
+                   help='arch file (arch = dict(...)) from `search`, or a JSON dict')
+    budget = g.add_mutually_exclusive_group(required=True)
+    budget.add_argument('--budget-params', type=float, help='parameters, e.g. 2e6')
+    budget.add_argument('--budget-flops', type=float, help='MACs at --img-size, e.g. 1e9')
+    g.add_argument('--img-size', type=int, default=224, help='resolution for FLOPs / files')
+    g.add_argument('--init-width', type=int, default=16,
+                   help='starting stage-1 width (0: the seed topology\'s)')
+    g.add_argument('--sizes', default='small,base,large')
+    g.add_argument('--max-steps', type=int, default=1000)
+    return p.parse_args(argv)
+
+
+def load_topology(text: str) -> dict:
+    if osp.isfile(text):
+        from mmengine.config import Config
+        cfg = Config.fromfile(text)
+        if 'arch' not in cfg:
+            raise SystemExit(f'{text} has no `arch = dict(...)`')
+        return cfg.arch.to_dict() if hasattr(cfg.arch, 'to_dict') else dict(cfg.arch)
+    try:
+        return json.loads(text)
+    except ValueError:
+        return ast.literal_eval(text)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logger = MMLogger.get_instance('mmvitscale_topology', log_level='INFO')
+    score_fn = proxy_score_fn(args.proxy_size, args.proxy_batch, args.proxy_inits,
+                              args.proxy_points, args.seed, args.in_channels)
+    t0 = time.perf_counter()
+    if args.command == 'search':
+        out = args.out or osp.join(args.work_dir, 'seed_topology.py')
+        log_path = osp.join(args.work_dir, 'search.jsonl')
+        res = reinforce_search(args.steps, args.seed, score_fn, log_path,
+                               resume=not args.no_resume, lr=args.lr, momentum=args.momentum,
+                               out_path=out, progress=not args.no_progress)
+        logger.info(f'seed topology: {res.topology}')
+        logger.info(f'{res.num_scored} candidates scored now, {len(res.records)} in the log '
+                    f'{log_path}; wrote {out} in {time.perf_counter() - t0:.1f} s')
+        return 0
+    try:
+        topology = load_topology(args.seed_topology)
+        res = grow_family(topology, args.budget_params, args.budget_flops, args.seed,
+                          osp.join(args.work_dir, 'growth.jsonl'),
+                          sizes=[s for s in args.sizes.split(',') if s], score_fn=score_fn,
+                          init_width=args.init_width or None, img_size=args.img_size,
+                          in_channels=args.in_channels, out_dir=args.work_dir,
+                          resume=not args.no_resume, max_steps=args.max_steps,
+                          progress=not args.no_progress)
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    for size, member in res.family.items():
+        arch = member['arch']
+        logger.info(f'{size:>6}: step {member["step"]:3d}  {res.cost_kind} '
+                    f'{member["cost"]:.4g}  width {arch["width"]}  depths {arch["depths"]}  '
+                    f'-> {res.files[size]}')
+    logger.info(f'{len(res.trajectory) - 1} growth steps, {res.num_scored} candidates scored '
+                f'now, {time.perf_counter() - t0:.1f} s')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
