@@ -40,9 +40,9 @@ def parse_args(argv=None):
     parser.add_argument('--out-dir', default='work_dirs/benchmarks')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--batch', type=int, default=32, help='throughput batch size')
-    parser.add_argument('--rounds', type=int, default=5, help='alternating rounds per pair')
+    parser.add_argument('--rounds', type=int, default=3, help='alternating rounds per pair')
     parser.add_argument('--iters', type=int, default=3, help='timed forwards per round (batch)')
-    parser.add_argument('--latency-iters', type=int, default=20,
+    parser.add_argument('--latency-iters', type=int, default=10,
                         help='timed forwards per round (batch 1)')
     parser.add_argument('--models', nargs='+', choices=sorted(PAIRS), default=None)
     parser.add_argument('--quick', action='store_true',

@@ -65,7 +65,7 @@ TASKS: Dict[str, Task] = {
     'det': Task('configs/det/scaled_vit_retina_fmnist.py', 'fmnist_det', 'coco/bbox_mAP', 100.0,
                 None, 'canvases', epochs=4, train=1000, val=300),
     'video': Task('configs/video/scaled_vit_fmnist_video.py', 'fmnist_video', 'acc/top1', 100.0,
-                  12.5, 'clips', epochs=4, train=1000, val=300),
+                  12.5, 'clips', epochs=8, train=2000, val=500),
 }
 METRIC_LABEL = {'cls': 'top-1 %', 'det': 'bbox mAP x100', 'video': 'top-1 %'}
 
