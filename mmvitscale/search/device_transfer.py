@@ -1,0 +1,500 @@
+"""Device-transfer report: do latency rankings and budgeted winners carry across settings?
+
+A *setting* is one latency-table fingerprint (device, backend, threads, versions; see
+:mod:`mmvitscale.cost.latency_table`). From the rows of several settings for the same
+architectures this module computes
+
+* for every pair of settings, Kendall's tau-b between their latency rankings over the
+  architectures both measured (:func:`kendall_tau`, numpy, O(n^2));
+* for each latency budget (a quantile of each setting's latencies, or an absolute value in ms)
+  the best architecture under it per setting, by a score (default: FLOPs, the usual accuracy
+  proxy of a scaling search; or a per-arch score from a JSON file), whether that winner changes
+  between settings, and what each setting's winner is worth on the others (:func:`transfer_report`);
+
+and writes it as Markdown, JSON and a PNG (tau heatmap + a latency scatter), atomically
+(:func:`write_report`). Winners are chosen among the architectures measured on *all* selected
+settings so they compete on the same candidates.
+"""
+import json
+import os
+import os.path as osp
+import random
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+STATS = ('median_ms', 'p10_ms', 'min_ms', 'mean_ms')
+REDUCE = ('min', 'median')
+RANDOM_GRID: Dict[str, Tuple[float, ...]] = dict(
+    depth_mult=(0.5, 0.75, 1.0, 1.25), width_mult=(0.75, 1.0, 1.25),
+    mlp_ratio_mult=(0.5, 1.0), resolution_mult=(0.75, 1.0, 1.25), patch_size_mult=(1.0, 2.0))
+
+
+class TransferError(ValueError):
+    """Inputs that cannot give a device-transfer report (too few settings / architectures)."""
+
+
+# ---------------------------------------------------------------------------- statistics
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b of two equally long samples (ties handled as scipy does).
+
+    ``(P - Q) / sqrt((P + Q + Tx) (P + Q + Ty))`` with ``P`` / ``Q`` the concordant /
+    discordant pairs and ``Tx`` / ``Ty`` the pairs tied only in ``x`` / only in ``y``; ``nan``
+    when either sample is constant.
+    """
+    a, b = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f'kendall_tau: {a.size} vs {b.size} values')
+    if a.size < 2:
+        raise ValueError(f'kendall_tau: needs at least 2 values, got {a.size}')
+    i, j = np.triu_indices(a.size, 1)
+    dx, dy = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+    n0 = float(i.size)
+    denom = np.sqrt((n0 - np.count_nonzero(dx == 0)) * (n0 - np.count_nonzero(dy == 0)))
+    if denom == 0:
+        return float('nan')
+    return float(np.clip(np.sum(dx * dy) / denom, -1.0, 1.0))
+
+
+# ---------------------------------------------------------------------------- table -> matrix
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(',', ':'))
+
+
+def arch_key(row: Mapping[str, Any]) -> str:
+    """Identity of a measured architecture: arch dict, input shape and batch size."""
+    return _canonical(dict(arch=row.get('arch'), input_shape=row.get('input_shape'),
+                           batch_size=int(row.get('batch_size', 1))))
+
+
+def arch_label(row: Mapping[str, Any]) -> str:
+    """A short readable name: the row's ``label``, else a compact arch description."""
+    if row.get('label'):
+        return str(row['label'])
+    a = dict(row.get('arch') or {})
+    size = (row.get('input_shape') or [None, *a.get('img_size', ['?'])])[1:]
+    if 'embed_dims' in a:
+        text = (f"D{a['embed_dims']}-L{a['num_layers']}-H{a['num_heads']}-"
+                f"r{a.get('mlp_ratio', 4.0):g}-p{a['patch_size']}@{size[0]}")
+    elif 'base_dims' in a:
+        text = f"PiT{a['base_dims']}x{a['heads']}-L{a['depths']}@{size[0]}"
+    else:
+        text = _canonical(a)
+    batch = int(row.get('batch_size', 1))
+    return text if batch == 1 else f'{text}-b{batch}'
+
+
+def setting_label(fp: Mapping[str, Any]) -> str:
+    """``device/backend/<threads>t`` (plus a ``clock`` if the fingerprint has one)."""
+    dev = fp.get('device_type') or fp.get('device') or '?'
+    text = f"{dev}/{fp.get('backend', '?')}/{fp.get('threads', '?')}t"
+    if fp.get('clock'):
+        text += f"/{fp['clock']}"
+    return text
+
+
+@dataclass
+class LatencyMatrix:
+    """Latencies per setting (fingerprint id) and architecture (:func:`arch_key`)."""
+
+    settings: List[str] = field(default_factory=list)  # fingerprint ids, first-seen order
+    fingerprints: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    names: Dict[str, str] = field(default_factory=dict)  # fingerprint id -> unique label
+    archs: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # key -> representative row
+    labels: Dict[str, str] = field(default_factory=dict)  # key -> unique label
+    latency: Dict[str, Dict[str, float]] = field(default_factory=dict)  # fid -> key -> ms
+    stat: str = 'median_ms'
+
+    def shared(self, fids: Optional[Sequence[str]] = None) -> List[str]:
+        """Arch keys measured on every setting of ``fids`` (default all), in first-seen order."""
+        fids = list(self.settings if fids is None else fids)
+        return [k for k in self.archs if all(k in self.latency[f] for f in fids)]
+
+    def vector(self, fid: str, keys: Sequence[str]) -> np.ndarray:
+        return np.array([self.latency[fid][k] for k in keys], dtype=np.float64)
+
+
+def _unique(names: Dict[str, str]) -> Dict[str, str]:
+    seen: Dict[str, int] = {}
+    out = {}
+    for key, name in names.items():
+        seen[name] = seen.get(name, 0) + 1
+        out[key] = name if seen[name] == 1 else f'{name}#{seen[name]}'
+    return out
+
+
+def collect(rows: Iterable[Mapping[str, Any]], stat: str = 'median_ms', reduce: str = 'min',
+            fingerprints: Optional[Sequence[str]] = None) -> LatencyMatrix:
+    """Group latency-table rows into a :class:`LatencyMatrix`.
+
+    Rows without ``stat`` or a fingerprint id are skipped. Several rows of one (setting, arch)
+    (repeated runs) are reduced with ``reduce`` (``min``: the run least disturbed by other load).
+    ``fingerprints`` keeps only those ids (or unique id prefixes), in that order.
+    """
+    if stat not in STATS:
+        raise ValueError(f'stat must be one of {STATS}, got {stat!r}')
+    if reduce not in REDUCE:
+        raise ValueError(f'reduce must be one of {REDUCE}, got {reduce!r}')
+    values: Dict[str, Dict[str, List[float]]] = {}
+    m = LatencyMatrix(stat=stat)
+    labels: Dict[str, str] = {}
+    for row in rows:
+        fid, value = row.get('fingerprint_id'), row.get(stat)
+        if not fid or not isinstance(value, (int, float)) or not value > 0:
+            continue
+        key = arch_key(row)
+        if fid not in values:
+            values[fid] = {}
+            m.fingerprints[fid] = dict(row.get('fingerprint') or {})
+        values[fid].setdefault(key, []).append(float(value))
+        if key not in m.archs or (row.get('label') and not m.archs[key].get('label')):
+            m.archs[key] = dict(arch=row.get('arch'), input_shape=row.get('input_shape'),
+                                batch_size=int(row.get('batch_size', 1)),
+                                family=row.get('family'), label=row.get('label'),
+                                rule=row.get('rule'))
+            labels[key] = arch_label(row)
+    order = list(values)
+    if fingerprints is not None:
+        order = [_resolve_fid(f, list(values)) for f in fingerprints]
+    fn = np.min if reduce == 'min' else np.median
+    for fid in order:
+        m.settings.append(fid)
+        m.latency[fid] = {k: float(fn(v)) for k, v in values[fid].items()}
+    m.names = _unique({f: setting_label(m.fingerprints[f]) for f in m.settings})
+    used = {k for f in m.settings for k in m.latency[f]}
+    m.archs = {k: v for k, v in m.archs.items() if k in used}
+    m.labels = _unique({k: labels[k] for k in m.archs})
+    return m
+
+
+def _resolve_fid(prefix: str, known: List[str]) -> str:
+    hits = [f for f in known if f.startswith(prefix)]
+    if len(hits) != 1:
+        what = 'matches no' if not hits else f'is ambiguous among {len(hits)}'
+        raise TransferError(f'--fingerprints: {prefix!r} {what} fingerprint ids in the tables '
+                            f'(known: {", ".join(known) or "none"})')
+    return hits[0]
+
+
+def check_matrix(m: LatencyMatrix, min_shared: int = 3) -> None:
+    """TransferError unless there are >= 2 settings and >= ``min_shared`` archs on all."""
+    if len(m.settings) < 2:
+        found = ', '.join(f'{f} ({m.names[f]})' for f in m.settings) or 'none'
+        raise TransferError(f'need latency rows of at least 2 (device, backend) fingerprints, '
+                            f'found {len(m.settings)}: {found}')
+    n = len(m.shared())
+    if n < min_shared:
+        per = ', '.join(f'{m.names[f]}: {len(m.latency[f])}' for f in m.settings)
+        raise TransferError(f'only {n} architecture(s) measured on all {len(m.settings)} '
+                            f'fingerprints, need at least {min_shared} (archs per '
+                            f'fingerprint: {per})')
+
+
+# ---------------------------------------------------------------------------- scores
+def arch_flops(entry: Mapping[str, Any]) -> float:
+    """Backbone MACs of one image of a matrix arch entry (ViT: closed form; PiT: analytic)."""
+    from ..cost import vit_flops
+    from ..cost.predictor import FEATURES, arch_from_dict, features
+    from ..scaling import ViTArch
+    arch = dict(entry['arch'])
+    shape = entry.get('input_shape') or [3, *arch['img_size']]
+    arch['img_size'] = list(shape[1:])
+    spec = arch_from_dict(arch)
+    if isinstance(spec, ViTArch):
+        return float(vit_flops(spec, num_classes=0, in_channels=int(shape[0]))['total'])
+    f = features(spec, int(shape[0]))
+    return float(sum(f[FEATURES.index(k)] for k in ('linear', 'attention', 'embed')))
+
+
+def flops_scores(m: LatencyMatrix) -> Dict[str, float]:
+    """Score = FLOPs (bigger is better) of every arch of ``m``."""
+    return {k: arch_flops(v) for k, v in m.archs.items()}
+
+
+def load_scores(path: str, m: LatencyMatrix) -> Dict[str, float]:
+    """Per-arch scores from JSON: ``{label: score}`` or ``[{"arch": {...}, "score": x}, ...]``.
+
+    Labels are those of the report (``label`` of the rows, else the compact arch text); list
+    entries match rows by their arch dict (any input shape / batch). Archs without a score are
+    left out of the winner search.
+    """
+    with open(path, encoding='utf-8') as f:
+        data = json.load(f)
+    out: Dict[str, float] = {}
+    by_label = {v: k for k, v in m.labels.items()}
+    if isinstance(data, Mapping):
+        for label, score in data.items():
+            if label in by_label:
+                out[by_label[label]] = float(score)
+    elif isinstance(data, list):
+        for item in data:
+            want = _canonical(item.get('arch'))
+            for k, v in m.archs.items():
+                if _canonical(v['arch']) == want:
+                    out[k] = float(item['score'])
+    else:
+        raise ValueError(f'{path}: expected a JSON object or list, got {type(data).__name__}')
+    if not out:
+        raise ValueError(f'{path}: no score matches an architecture of the tables (labels: '
+                         f'{", ".join(sorted(by_label))})')
+    return out
+
+
+# ---------------------------------------------------------------------------- report
+def _budget_name(kind: str, value: float) -> str:
+    return f'q{value:g}' if kind == 'quantile' else f'{value:g}ms'
+
+
+def _winner(keys: Sequence[str], lat: np.ndarray, scores: Mapping[str, float],
+            budget: float) -> Optional[str]:
+    feasible = [(scores[k], -lat[i], k) for i, k in enumerate(keys)
+                if k in scores and lat[i] <= budget]
+    return max(feasible)[2] if feasible else None  # ties: the faster one
+
+
+def transfer_report(m: LatencyMatrix, scores: Optional[Mapping[str, float]] = None,
+                    budget_quantiles: Sequence[float] = (0.5, ),
+                    budget_ms: Sequence[float] = (), score_name: str = 'flops',
+                    min_shared: int = 3) -> Dict[str, Any]:
+    """The JSON-able report: settings, pairwise tau, and winners per budget and setting.
+
+    ``scores`` maps arch keys to a bigger-is-better score (default :func:`flops_scores`).
+    A quantile budget is that quantile of each setting's latencies over the shared archs (so it
+    differs per setting); an ms budget is the same on every setting.
+    """
+    check_matrix(m, min_shared)
+    for q in budget_quantiles:
+        if not 0 <= q <= 1:
+            raise ValueError(f'budget quantile must be in [0, 1], got {q}')
+    for b in budget_ms:
+        if not b > 0:
+            raise ValueError(f'budget must be > 0 ms, got {b}')
+    scores = dict(flops_scores(m) if scores is None else scores)
+    shared = m.shared()
+    settings = [dict(id=f, name=m.names[f], fingerprint=m.fingerprints[f],
+                     n_archs=len(m.latency[f]),
+                     latency_ms_range=[min(m.latency[f].values()),
+                                       max(m.latency[f].values())]) for f in m.settings]
+    pairs = []
+    k = len(m.settings)
+    tau = np.eye(k)
+    for a in range(k):
+        for b in range(a + 1, k):
+            fa, fb = m.settings[a], m.settings[b]
+            keys = m.shared([fa, fb])
+            t = kendall_tau(m.vector(fa, keys), m.vector(fb, keys))
+            tau[a, b] = tau[b, a] = t
+            ratio = m.vector(fb, keys) / m.vector(fa, keys)
+            pairs.append(dict(a=m.names[fa], b=m.names[fb], a_id=fa, b_id=fb, n=len(keys),
+                              tau=t, latency_ratio_b_over_a=[float(ratio.min()),
+                                                             float(np.median(ratio)),
+                                                             float(ratio.max())]))
+    budgets = [('quantile', float(q)) for q in budget_quantiles]
+    budgets += [('ms', float(b)) for b in budget_ms]
+    out_budgets = []
+    for kind, value in budgets:
+        per: Dict[str, Any] = {}
+        winners: Dict[str, Optional[str]] = {}
+        for f in m.settings:
+            lat = m.vector(f, shared)
+            ms = float(np.quantile(lat, value)) if kind == 'quantile' else value
+            win = _winner(shared, lat, scores, ms)
+            winners[f] = win
+            per[m.names[f]] = dict(
+                budget_ms=ms, n_feasible=int(np.sum(lat <= ms)),
+                winner=None if win is None else m.labels[win],
+                winner_latency_ms=None if win is None else m.latency[f][win],
+                winner_score=None if win is None else scores[win])
+        transfer = []  # setting A's winner deployed on setting B
+        for fa in m.settings:
+            for fb in m.settings:
+                wa, wb = winners[fa], winners[fb]
+                if fa == fb or wa is None:
+                    continue
+                budget_b = per[m.names[fb]]['budget_ms']
+                lat_b = m.latency[fb][wa]
+                transfer.append(dict(
+                    source=m.names[fa], target=m.names[fb], winner=m.labels[wa],
+                    latency_on_target_ms=lat_b, feasible_on_target=bool(lat_b <= budget_b),
+                    score_ratio=(None if wb is None or not scores[wb] else
+                                 scores[wa] / scores[wb])))
+        distinct = sorted({m.labels[w] if w else '(none)' for w in winners.values()})
+        out_budgets.append(dict(name=_budget_name(kind, value), kind=kind, value=value,
+                                per_setting=per, winners=distinct,
+                                winner_changes=len(distinct) > 1, transfer=transfer))
+    archs = [dict(label=m.labels[key], score=scores.get(key), arch=m.archs[key]['arch'],
+                  input_shape=m.archs[key]['input_shape'], rule=m.archs[key].get('rule'),
+                  latency_ms={m.names[f]: m.latency[f].get(key) for f in m.settings})
+             for key in m.archs]
+    return dict(stat=m.stat, score=score_name, n_shared=len(shared), settings=settings,
+                tau_matrix=dict(names=[m.names[f] for f in m.settings], values=tau.tolist()),
+                pairs=pairs, budgets=out_budgets, archs=archs)
+
+
+def _fmt(value: Any, spec: str = '.2f') -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return '-'
+    return format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
+def to_markdown(report: Mapping[str, Any], title: str = 'Device-transfer report') -> str:
+    """Markdown tables: settings, tau matrix and pairs, winners and transfers per budget."""
+    names = report['tau_matrix']['names']
+    lines = [f'# {title}', '',
+             f"{report['n_shared']} architectures measured on all {len(names)} settings; "
+             f"latency statistic `{report['stat']}`; score `{report['score']}` (bigger is "
+             'better).', '', '## Settings', '',
+             '| setting | fingerprint id | device | archs | latency ms (min-max) |',
+             '|---|---|---|---:|---|']
+    for s in report['settings']:
+        lo, hi = s['latency_ms_range']
+        lines.append(f"| {s['name']} | `{s['id']}` | {s['fingerprint'].get('device', '?')} | "
+                     f"{s['n_archs']} | {lo:.2f}-{hi:.2f} |")
+    lines += ['', '## Kendall tau-b of the latency rankings', '',
+              '| | ' + ' | '.join(names) + ' |', '|---' * (len(names) + 1) + '|']
+    for name, row in zip(names, report['tau_matrix']['values']):
+        lines.append(f'| {name} | ' + ' | '.join(_fmt(v, '.3f') for v in row) + ' |')
+    lines += ['', '| A | B | shared archs | tau | latency B/A (min / median / max) |',
+              '|---|---|---:|---:|---|']
+    for p in report['pairs']:
+        r = p['latency_ratio_b_over_a']
+        lines.append(f"| {p['a']} | {p['b']} | {p['n']} | {_fmt(p['tau'], '.3f')} | "
+                     f'{r[0]:.2f} / {r[1]:.2f} / {r[2]:.2f} |')
+    for b in report['budgets']:
+        what = (f"the {b['value']:g} quantile of each setting's latencies" if b['kind'] ==
+                'quantile' else f"{b['value']:g} ms on every setting")
+        verdict = ('**winner changes**: ' + ', '.join(b['winners']) if b['winner_changes']
+                   else f"same winner everywhere: {b['winners'][0]}")
+        lines += ['', f"## Budget {b['name']} ({what})", '', verdict, '',
+                  '| setting | budget ms | feasible | winner | its ms | its score |',
+                  '|---|---:|---:|---|---:|---:|']
+        for name, s in b['per_setting'].items():
+            lines.append(f"| {name} | {s['budget_ms']:.2f} | {s['n_feasible']} | "
+                         f"{_fmt(s['winner'])} | {_fmt(s['winner_latency_ms'])} | "
+                         f"{_fmt(s['winner_score'], '.4g')} |")
+        moved = [t for t in b['transfer'] if t['score_ratio'] != 1 or not
+                 t['feasible_on_target']]
+        if moved:
+            lines += ['', 'Winners that do not transfer (source winner run on the target):', '',
+                      '| source | target | winner | ms on target | within target budget | '
+                      'score / target winner |', '|---|---|---|---:|---|---:|']
+            for t in moved:
+                lines.append(f"| {t['source']} | {t['target']} | {t['winner']} | "
+                             f"{t['latency_on_target_ms']:.2f} | "
+                             f"{'yes' if t['feasible_on_target'] else 'no'} | "
+                             f"{_fmt(t['score_ratio'], '.3f')} |")
+    lines += ['', '## Architectures', '',
+              '| arch | score | ' + ' | '.join(f'{n} ms' for n in names) + ' |',
+              '|---|---:|' + '---:|' * len(names)]
+    for a in report['archs']:
+        lines.append(f"| {a['label']} | {_fmt(a['score'], '.4g')} | "
+                     + ' | '.join(_fmt(a['latency_ms'][n]) for n in names) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def _pick_scatter(report: Mapping[str, Any]) -> Tuple[str, str]:
+    pairs = [p for p in report['pairs'] if not np.isnan(p['tau'])] or report['pairs']
+    worst = min(pairs, key=lambda p: p['tau'] if not np.isnan(p['tau']) else 2.0)
+    return worst['a'], worst['b']
+
+
+def plot_report(report: Mapping[str, Any], path: str,
+                scatter: Optional[Tuple[str, str]] = None) -> Tuple[str, str]:
+    """PNG: tau heatmap (left) and latency on setting A vs B (right), written atomically.
+
+    ``scatter`` names the two settings; default the pair with the lowest tau. Returns it.
+    """
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    names = report['tau_matrix']['names']
+    tau = np.array(report['tau_matrix']['values'], dtype=np.float64)
+    a, b = scatter or _pick_scatter(report)
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(6 + 0.6 * len(names), 5.2))
+    im = ax0.imshow(tau, vmin=-1, vmax=1, cmap='RdBu')
+    ax0.set_xticks(range(len(names)), names, rotation=45, ha='right', fontsize=7)
+    ax0.set_yticks(range(len(names)), names, fontsize=7)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            dark = not np.isnan(tau[i, j]) and abs(tau[i, j]) > 0.6
+            ax0.text(j, i, _fmt(tau[i, j], '.2f'), ha='center', va='center', fontsize=8,
+                     color='white' if dark else 'black')
+    ax0.set_title('Kendall tau-b of latency ranks')
+    fig.colorbar(im, ax=ax0, fraction=0.046)
+    pts = [(r['latency_ms'][a], r['latency_ms'][b], r['label']) for r in report['archs']
+           if r['latency_ms'].get(a) is not None and r['latency_ms'].get(b) is not None]
+    xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    ax1.scatter(xs, ys, s=18)
+    lo, hi = min(xs.min(), ys.min()) * 0.9, max(xs.max(), ys.max()) * 1.1
+    ax1.plot([lo, hi], [lo, hi], 'k--', lw=0.7, label='y = x')
+    ax1.legend(loc='upper left', fontsize=7)
+    for x, y, label in pts:
+        ax1.annotate(label, (x, y), fontsize=6, xytext=(3, 2), textcoords='offset points')
+    pair = next(p for p in report['pairs'] if {p['a'], p['b']} == {a, b})
+    ax1.set(xscale='log', yscale='log', xlabel=f'{a} latency (ms)',
+            ylabel=f'{b} latency (ms)', title=f"tau = {_fmt(pair['tau'], '.3f')}, "
+            f'n = {len(pts)}')
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+    for axis in (ax1.xaxis, ax1.yaxis):
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(NullFormatter())
+    fig.tight_layout()
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + osp.basename(path) + '.', suffix='.tmp')
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, format='png')
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if osp.exists(tmp):
+            os.remove(tmp)
+    return a, b
+
+
+def write_report(report: Mapping[str, Any], out_dir: str, name: str = 'report',
+                 scatter: Optional[Tuple[str, str]] = None) -> Dict[str, str]:
+    """Write ``<name>.md``, ``<name>.json`` and ``<name>.png`` into ``out_dir`` atomically."""
+    from ..cost.predictor import atomic_write
+    paths = {ext: osp.join(out_dir, f'{name}.{ext}') for ext in ('md', 'json', 'png')}
+    plot_report(report, paths['png'], scatter)
+    atomic_write(paths['json'], json.dumps(report, indent=2, default=_json_default) + '\n')
+    atomic_write(paths['md'], to_markdown(report))
+    for path in paths.values():
+        os.chmod(path, 0o644)  # mkstemp creates 0600
+    return paths
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    raise TypeError(f'not JSON serialisable: {type(obj).__name__}')
+
+
+# ---------------------------------------------------------------------------- measure mode
+def sample_rules(resolve, n: int, seed: int = 0, exclude: Iterable[Any] = (),
+                 grid: Mapping[str, Sequence[float]] = RANDOM_GRID) -> List[Dict[str, float]]:
+    """``n`` seeded random rules whose resolved archs are feasible, distinct and not excluded.
+
+    ``resolve(rule)`` returns a hashable arch or raises ``ValueError`` (infeasible).
+    """
+    rng = random.Random(seed)
+    seen, out, tries = set(exclude), [], 0
+    while len(out) < n:
+        tries += 1
+        if tries > 200 * max(n, 1):
+            raise ValueError(f'could only sample {len(out)} of {n} distinct architectures')
+        rule = {k: rng.choice(tuple(v)) for k, v in grid.items()}
+        rule = {k: v for k, v in rule.items() if v != 1.0}
+        try:
+            arch = resolve(rule)
+        except ValueError:
+            continue
+        if arch not in seen:
+            seen.add(arch)
+            out.append(rule)
+    return out
