@@ -14,7 +14,6 @@ import os.path as osp
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
@@ -23,6 +22,7 @@ import torch
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import mmvitscale  # noqa: E402,F401
 from mmvitscale.cost import cpu_name, measure_latency, vit_flops  # noqa: E402
+from mmvitscale.fileio import atomic_write, save_figure  # noqa: E402
 from mmvitscale.models import ScaledViT  # noqa: E402
 
 ATTN = ('softmax', 'linear_angular')
@@ -99,21 +99,7 @@ def to_markdown(result: Dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def _atomic_write(path: str, data, binary: bool = False) -> None:
-    fd, tmp = tempfile.mkstemp(dir=osp.dirname(path) or '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb' if binary else 'w') as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def plot(result: Dict, path: str) -> None:
-    import io
-
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -131,10 +117,7 @@ def plot(result: Dict, path: str) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle('ScaledViT-Ti: softmax vs linear-angular attention (CPU)')
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format='png', dpi=100)
-    plt.close(fig)
-    _atomic_write(path, buf.getvalue(), binary=True)
+    save_figure(fig, path, dpi=100)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict:
@@ -160,9 +143,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     meta['wall_s'] = time.perf_counter() - start
     result = dict(meta=meta, rows=rows, crossover=crossover(rows), skipped=skipped)
     os.makedirs(args.out_dir, exist_ok=True)
-    _atomic_write(osp.join(args.out_dir, 'attention.json'), json.dumps(result, indent=2))
+    atomic_write(osp.join(args.out_dir, 'attention.json'), json.dumps(result, indent=2))
     md = to_markdown(result)
-    _atomic_write(osp.join(args.out_dir, 'attention.md'), md)
+    atomic_write(osp.join(args.out_dir, 'attention.md'), md)
     plot(result, osp.join(args.out_dir, 'attention.png'))
     print(md)
     return result

@@ -14,7 +14,6 @@ import json
 import os
 import os.path as osp
 import statistics
-import tempfile
 import time
 from typing import Callable, Dict, List
 
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from mmvitscale.cost import device_name, get_complexity
+from mmvitscale.fileio import atomic_write
 from mmvitscale.models import ScaledPiT, ScaledViT
 
 PAIRS = {
@@ -137,13 +137,6 @@ def to_markdown(result: Dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def _atomic_write(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=osp.dirname(path) or '.', suffix='.tmp')
-    with os.fdopen(fd, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> Dict:
     args = parse_args(argv)
     pairs = QUICK_PAIRS if args.quick else PAIRS
@@ -172,9 +165,9 @@ def main(argv=None) -> Dict:
                 meta['matmul_gmacs'] * 1e9)
     result = dict(meta=meta, rows=rows)
     os.makedirs(args.out_dir, exist_ok=True)
-    _atomic_write(osp.join(args.out_dir, 'backbones.json'), json.dumps(result, indent=2))
+    atomic_write(osp.join(args.out_dir, 'backbones.json'), json.dumps(result, indent=2))
     md = to_markdown(result)
-    _atomic_write(osp.join(args.out_dir, 'backbones.md'), md)
+    atomic_write(osp.join(args.out_dir, 'backbones.md'), md)
     print(md)
     return result
 

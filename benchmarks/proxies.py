@@ -17,7 +17,6 @@ import os
 import os.path as osp
 import platform
 import statistics
-import tempfile
 import time
 from typing import Callable, Dict, List, Tuple
 
@@ -25,6 +24,7 @@ import mmvitscale  # noqa: F401  (shims first)
 import torch
 from torch import nn
 
+from mmvitscale.fileio import atomic_write
 from mmvitscale.models import ScaledPiT, ScaledViT
 from mmvitscale.search import proxies as P
 
@@ -154,18 +154,6 @@ def to_markdown(result: Dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def _atomic_write(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=osp.dirname(path) or '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w') as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv=None) -> Dict:
     args = parse_args(argv)
     if args.quick:
@@ -192,9 +180,9 @@ def main(argv=None) -> Dict:
     meta['all_agree'] = all(r[f'{p}_agree'] for r in rows for p in ('ntk', 'length'))
     result = dict(meta=meta, rows=rows)
     os.makedirs(args.out_dir, exist_ok=True)
-    _atomic_write(osp.join(args.out_dir, 'proxies.json'), json.dumps(result, indent=2))
+    atomic_write(osp.join(args.out_dir, 'proxies.json'), json.dumps(result, indent=2))
     md = to_markdown(result)
-    _atomic_write(osp.join(args.out_dir, 'proxies.md'), md)
+    atomic_write(osp.join(args.out_dir, 'proxies.md'), md)
     print(md)
     return result
 

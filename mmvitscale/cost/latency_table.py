@@ -18,12 +18,12 @@ import json
 import os
 import os.path as osp
 import platform
-import tempfile
 import warnings
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
 
+from ..fileio import atomic_write
 from .latency import device_name
 
 
@@ -171,17 +171,5 @@ def to_csv(path: str, csv_path: str,
     writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator='\n')
     writer.writeheader()
     writer.writerows(rows)
-    folder = osp.dirname(osp.abspath(csv_path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + osp.basename(csv_path) + '.',
-                               suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w', newline='') as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, csv_path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+    atomic_write(csv_path, buf.getvalue())
     return len(rows)

@@ -25,13 +25,11 @@ column-normalised features), so an extrapolated architecture never gets a negati
 numpy only.
 """
 import json
-import os
-import os.path as osp
-import tempfile
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..fileio import atomic_write  # noqa: F401  (re-exported for older imports)
 from ..scaling import PiTArch, ViTArch, make_pit_arch, make_vit_arch
 
 FEATURES = ('linear', 'attention', 'softmax', 'elementwise', 'tokens', 'embed', 'weights',
@@ -267,19 +265,3 @@ def _broadcast(value: Union[int, Sequence[int]], n: int, name: str) -> List[int]
         raise ValueError(f'fit: {name} must be a positive int or one per architecture, '
                          f'got {value!r}')
     return values
-
-
-def atomic_write(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + osp.basename(path) + '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)

@@ -16,15 +16,14 @@ and writes it as Markdown, JSON and a PNG (tau heatmap + a latency scatter), ato
 settings so they compete on the same candidates.
 """
 import json
-import os
 import os.path as osp
 import random
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..fileio import atomic_write, save_figure
 STATS = ('median_ms', 'p10_ms', 'min_ms', 'mean_ms')
 REDUCE = ('min', 'median')
 RANDOM_GRID: Dict[str, Tuple[float, ...]] = dict(
@@ -442,30 +441,17 @@ def plot_report(report: Mapping[str, Any], path: str,
         axis.set_major_formatter(ScalarFormatter())
         axis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + osp.basename(path) + '.', suffix='.tmp')
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120, format='png')
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if osp.exists(tmp):
-            os.remove(tmp)
+    save_figure(fig, path, dpi=120)
     return a, b
 
 
 def write_report(report: Mapping[str, Any], out_dir: str, name: str = 'report',
                  scatter: Optional[Tuple[str, str]] = None) -> Dict[str, str]:
     """Write ``<name>.md``, ``<name>.json`` and ``<name>.png`` into ``out_dir`` atomically."""
-    from ..cost.predictor import atomic_write
     paths = {ext: osp.join(out_dir, f'{name}.{ext}') for ext in ('md', 'json', 'png')}
     plot_report(report, paths['png'], scatter)
     atomic_write(paths['json'], json.dumps(report, indent=2, default=_json_default) + '\n')
     atomic_write(paths['md'], to_markdown(report))
-    for path in paths.values():
-        os.chmod(path, 0o644)  # mkstemp creates 0600
     return paths
 
 

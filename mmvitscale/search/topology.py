@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..cost.predictor import atomic_write
+from ..fileio import atomic_write
 from ..models.asvit import AsViT, make_asvit_arch, stage_heads
 
 SPACE: Tuple[Tuple[str, Tuple[int, ...]], ...] = (

@@ -36,7 +36,8 @@ from rich.progress import Progress
 
 from mmvitscale.cost.backends import BACKENDS, BackendError, build_model, check_backend, measure
 from mmvitscale.cost.latency_table import append_rows, fingerprint, make_row
-from mmvitscale.cost.predictor import LatencyPredictor, atomic_write, mape
+from mmvitscale.cost.predictor import LatencyPredictor, mape
+from mmvitscale.fileio import atomic_write, save_figure
 
 GRIDS = dict(depth_mult=(0.5, 0.75, 1.0, 1.25, 1.5), width_mult=(0.5, 0.75, 1.0, 1.25, 1.5),
              heads_mult=(0.67, 1.0, 1.34, 2.0), mlp_ratio_mult=(0.5, 0.75, 1.0, 1.5),
@@ -189,10 +190,7 @@ def scatter(path: str, pred: np.ndarray, true: np.ndarray, train: np.ndarray,
            title=title)
     ax.legend()
     fig.tight_layout()
-    tmp = path + '.tmp.png'
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=120)
 
 
 def main(argv=None) -> Dict[str, Any]:

@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import os.path as osp
-import tempfile
 
 import mmvitscale  # noqa: F401
 import torch
@@ -20,6 +19,7 @@ from rich.table import Table
 from torch import nn
 
 from mmvitscale.cost import cpu_name, get_complexity, measure_latency, vit_flops
+from mmvitscale.fileio import atomic_write
 from mmvitscale.models import ScaledViT
 
 # (name, preset, scaling rule); rules are plain data, see mmvitscale.scaling.
@@ -91,13 +91,6 @@ def to_markdown(rows, meta) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def _atomic_write(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=osp.dirname(path) or '.', suffix='.tmp')
-    with os.fdopen(fd, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
@@ -107,10 +100,10 @@ def main(argv=None):
     meta = dict(cpu=cpu_name(), threads=torch.get_num_threads(),
                 torch=torch.__version__)
     os.makedirs(args.out_dir, exist_ok=True)
-    _atomic_write(osp.join(args.out_dir, 'scaling_table.json'),
-                  json.dumps(dict(meta=meta, rows=rows), indent=2))
+    atomic_write(osp.join(args.out_dir, 'scaling_table.json'),
+                 json.dumps(dict(meta=meta, rows=rows), indent=2))
     md = to_markdown(rows, meta)
-    _atomic_write(osp.join(args.out_dir, 'scaling_table.md'), md)
+    atomic_write(osp.join(args.out_dir, 'scaling_table.md'), md)
 
     table = Table(title='ViT presets and scaled variants (FLOPs = MACs, attention counted)')
     for col in ('model', 'D', 'L', 'H', 'r', 'res/p', 'params M', 'GFLOPs', 'attn G', 'ms'):
