@@ -114,7 +114,7 @@ def main(argv=None):
                       f"{r['params_m']:.2f}", f"{r['gflops']:.3f}",
                       f"{r['gflops_attention']:.3f}",
                       f"{r['latency_ms']:.1f}" if 'latency_ms' in r else '-')
-    Console().print(table)
+    Console(width=110).print(table)
     print(f'wrote {osp.join(args.out_dir, "scaling_table.md")} and .json')
     return rows
 
