@@ -28,7 +28,7 @@ Absolute widths must be divisible by the head count; absolute resolutions by the
 """
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Collection, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 KNOBS = ('depth', 'width', 'heads', 'mlp_ratio', 'resolution', 'patch_size')
 RULE_KEYS = frozenset(KNOBS) | frozenset(k + '_mult' for k in KNOBS)
@@ -104,19 +104,30 @@ def _scaled_int(rule: Mapping, knob: str, base: int) -> int:
     return value
 
 
-def validate_rule(rule: Optional[Mapping]) -> Dict[str, float]:
-    """Check keys and value types of a scaling rule; returns a plain dict copy."""
+def check_rule(rule: Optional[Mapping], known_keys: Collection[str],
+               list_knobs: Collection[str] = ()) -> Dict[str, Any]:
+    """Check a rule's keys and value types; returns a plain dict copy.
+
+    Every value must be a positive number, except that the knobs in ``list_knobs`` may also be
+    given per stage as a list (checked further when the rule is applied).
+    """
     if rule is None:
         return {}
     if not isinstance(rule, Mapping):
         raise ValueError(f'scaling must be a dict, got {type(rule).__name__}: {rule!r}')
-    unknown = sorted(set(rule) - RULE_KEYS)
+    unknown = sorted(set(rule) - set(known_keys))
     if unknown:
         raise ValueError(f'unknown scaling key {unknown[0]!r} (value {rule[unknown[0]]!r}); '
-                         f'known keys: {sorted(RULE_KEYS)}')
-    for key in rule:
-        _positive_number(rule, key)
+                         f'known keys: {sorted(known_keys)}')
+    for key, value in rule.items():
+        if not (key in list_knobs and isinstance(value, (list, tuple))):
+            _positive_number(rule, key)
     return dict(rule)
+
+
+def validate_rule(rule: Optional[Mapping]) -> Dict[str, float]:
+    """Check a plain-ViT scaling rule (see the module docstring)."""
+    return check_rule(rule, RULE_KEYS)
 
 
 def scale_vit(base: ViTArch, rule: Optional[Mapping] = None) -> ViTArch:
@@ -229,19 +240,12 @@ def _per_stage(rule: Mapping, knob: str, base: Tuple[int, ...]) -> Tuple[int, ..
     return tuple(_scaled_int(rule, knob, b) for b in base)
 
 
+PIT_LIST_KNOBS = ('depth', 'heads', 'width')
+
+
 def validate_pit_rule(rule: Optional[Mapping]) -> Dict[str, Any]:
-    if rule is None:
-        return {}
-    if not isinstance(rule, Mapping):
-        raise ValueError(f'scaling must be a dict, got {type(rule).__name__}: {rule!r}')
-    unknown = sorted(set(rule) - PIT_RULE_KEYS)
-    if unknown:
-        raise ValueError(f'unknown scaling key {unknown[0]!r} (value {rule[unknown[0]]!r}); '
-                         f'known keys: {sorted(PIT_RULE_KEYS)}')
-    for key, value in rule.items():
-        if not isinstance(value, (list, tuple)):
-            _positive_number(rule, key)
-    return dict(rule)
+    """Check a PiT scaling rule (``depth``, ``heads``, ``width`` may be per-stage lists)."""
+    return check_rule(rule, PIT_RULE_KEYS, PIT_LIST_KNOBS)
 
 
 def scale_pit(base: PiTArch, rule: Optional[Mapping] = None) -> PiTArch:

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import MODELS
-from ..scaling import _per_stage, _pick, _positive_number, _scaled_int, to_2tuple
+from ..scaling import _per_stage, _pick, _scaled_int, check_rule, to_2tuple
 from .base import ScalableBackbone
 from .layers import TransformerBlock, normalise_indices
 from .pit import resample_pos_embed_2d
@@ -150,18 +150,8 @@ def make_asvit_arch(width: int, depths: Sequence[int], heads: Union[int, Sequenc
 
 
 def validate_asvit_rule(rule: Optional[Mapping]) -> Dict[str, Any]:
-    if rule is None:
-        return {}
-    if not isinstance(rule, Mapping):
-        raise ValueError(f'scaling must be a dict, got {type(rule).__name__}: {rule!r}')
-    unknown = sorted(set(rule) - ASVIT_RULE_KEYS)
-    if unknown:
-        raise ValueError(f'unknown scaling key {unknown[0]!r} (value {rule[unknown[0]]!r}); '
-                         f'known keys: {sorted(ASVIT_RULE_KEYS)}')
-    for key, value in rule.items():
-        if not (key in LIST_KNOBS and isinstance(value, (list, tuple))):
-            _positive_number(rule, key)
-    return dict(rule)
+    """Check an As-ViT scaling rule (per-stage lists allowed for the list knobs)."""
+    return check_rule(rule, ASVIT_RULE_KEYS, LIST_KNOBS)
 
 
 def scale_asvit(base: AsViTArch, rule: Optional[Mapping] = None) -> AsViTArch:
