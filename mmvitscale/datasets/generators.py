@@ -18,6 +18,7 @@ import os
 import os.path as osp
 import shutil
 import tempfile
+import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 from . import fashion_mnist as fm
@@ -262,3 +263,16 @@ def prepare_classification(out_dir: str, source: Optional[str] = None,
 
     return generate(out_dir, CLS_KIND, {}, overwrite, build, _cls_list_data, _cls_validate,
                     sorted(fm.RAW_MD5))
+
+
+def run_cli(out_dir: str, build: Callable[[], dict]) -> dict:
+    """Run a generator for a command-line tool: errors become ``SystemExit('error: ...')``,
+    success prints what was written (or kept) and how long it took."""
+    start = time.perf_counter()
+    try:
+        manifest = build()
+    except (DatasetError, fm.FashionMNISTNotFoundError, ValueError) as e:
+        raise SystemExit(f'error: {e}')
+    action = 'kept valid existing' if manifest['reused'] else 'wrote'
+    print(f"{action} {out_dir}: {manifest['counts']} in {time.perf_counter() - start:.1f} s")
+    return manifest

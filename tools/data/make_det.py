@@ -7,12 +7,10 @@ nonzero pixels. Same arguments -> byte-identical files. An existing valid output
 arguments is kept as is; anything else at ``--out`` is refused unless ``--overwrite``.
 """
 import argparse
-import time
 
 import mmvitscale  # noqa: F401  (stack shims first)
-from mmvitscale.datasets import DatasetError, FashionMNISTNotFoundError
 from mmvitscale.datasets.det import check_det_params, generate_det
-from mmvitscale.datasets.generators import cli_flag
+from mmvitscale.datasets.generators import cli_flag, run_cli
 
 PARAMS = ('num_train', 'num_val', 'canvas', 'min_objects', 'max_objects', 'min_size',
           'max_size', 'seed')
@@ -42,16 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    start = time.perf_counter()
-    try:
-        manifest = generate_det(args.out, **{k: getattr(args, k) for k in PARAMS},
-                                overwrite=args.overwrite, source=args.source,
-                                show_progress=not args.no_progress)
-    except (DatasetError, FashionMNISTNotFoundError) as e:
-        raise SystemExit(f'error: {e}')
-    action = 'kept valid existing' if manifest['reused'] else 'wrote'
-    print(f"{action} {args.out}: {manifest['counts']} in {time.perf_counter() - start:.1f} s")
-    return manifest
+    return run_cli(args.out, lambda: generate_det(
+        args.out, **{k: getattr(args, k) for k in PARAMS}, overwrite=args.overwrite,
+        source=args.source, show_progress=not args.no_progress))
 
 
 if __name__ == '__main__':

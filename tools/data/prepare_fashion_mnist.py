@@ -9,10 +9,10 @@ else ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mni
 ``test_mode=True`` (test): mmpretrain picks the files by ``test_mode``, not by ``split``.
 """
 import argparse
-import time
 
 import mmvitscale  # noqa: F401  (stack shims first)
-from mmvitscale.datasets import DatasetError, FashionMNISTNotFoundError, prepare_classification
+from mmvitscale.datasets import prepare_classification
+from mmvitscale.datasets.generators import run_cli
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -25,14 +25,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    start = time.perf_counter()
-    try:
-        manifest = prepare_classification(args.out, source=args.source, overwrite=args.overwrite)
-    except (DatasetError, FashionMNISTNotFoundError, ValueError) as e:
-        raise SystemExit(f'error: {e}')
-    action = 'kept valid existing' if manifest['reused'] else 'wrote'
-    print(f"{action} {args.out}: {manifest['counts']} in {time.perf_counter() - start:.1f} s")
-    return manifest
+    return run_cli(args.out, lambda: prepare_classification(
+        args.out, source=args.source, overwrite=args.overwrite))
 
 
 if __name__ == '__main__':
