@@ -29,7 +29,7 @@ def _plain(obj: Any) -> Any:
 
 
 def image_rule(scaling: Optional[Mapping]) -> Dict[str, Any]:
-    """The rule without its video-only knobs."""
+    """The rule without its video-only knobs (``attn_type`` is kept: backbones read it)."""
     return {k: v for k, v in _plain(scaling or {}).items() if k not in FRAME_KEYS}
 
 
@@ -40,7 +40,8 @@ def derive_image(family: str, arch: Any, scaling: Optional[Mapping], img_size: i
     Args:
         family: ``'vit'`` (ScaledViT) or ``'pit'`` (ScaledPiT).
         arch: the task's base preset name or arch dict.
-        scaling: the inherited rule.
+        scaling: the inherited rule; an ``attn_type`` in it stays in the backbone's
+            ``scaling`` (the backbone resolves it, see ``split_attn_rule``).
         img_size: the task's base resolution (the rule may scale it).
         patch_size: ViT patch size (PiT keeps it in its arch).
         backbone_kwargs: passed through to the backbone (out_type, in_channels, ...).
@@ -52,16 +53,17 @@ def derive_image(family: str, arch: Any, scaling: Optional[Mapping], img_size: i
     if family not in FAMILIES:
         raise ValueError(f'family must be one of {FAMILIES}, got {family!r}')
     rule = image_rule(scaling)
+    shape = {k: v for k, v in rule.items() if k != 'attn_type'}  # not an architecture knob
     arch = _plain(arch)
     if family == 'vit':
-        spec = ScaledViT.resolve_arch(arch, img_size, patch_size or 16, rule)
+        spec = ScaledViT.resolve_arch(arch, img_size, patch_size or 16, shape)
         backbone = dict(type='mmvitscale.ScaledViT', arch=arch, img_size=img_size,
                         patch_size=patch_size or 16, scaling=rule)
     else:
         if patch_size is not None:
             raise ValueError('patch_size belongs in the PiT arch dict (patch_size, '
                              f'patch_stride), got patch_size={patch_size!r}')
-        spec = ScaledPiT.resolve_arch(arch, img_size, rule)
+        spec = ScaledPiT.resolve_arch(arch, img_size, shape)
         backbone = dict(type='mmvitscale.ScaledPiT', arch=arch, img_size=img_size, scaling=rule)
     backbone.update(backbone_kwargs)
     return dict(backbone=backbone, input_size=tuple(spec.img_size), arch=_plain(spec.as_dict()))

@@ -13,6 +13,10 @@ and in ms with ``--cost latency`` (predicted by a ``LatencyPredictor`` JSON from
 ``tools/analysis/fit_latency_predictor.py``). ``--grid KEY=V1,V2,...`` replaces one knob's
 multiplier grid (``--grid depth_mult=0.5,1,1.5``); ``--only-grid`` drops the default grids of
 the knobs not given. ``--scorer proxies`` (As-ViT training-free proxies, default) or ``flops``.
+``--attn-types softmax linear_angular`` searches the attention type too: candidates are costed
+with their own attention (linear-angular with a ``--linear-kernel-size`` depthwise conv, the
+backbone default 9; grids too small for it are skipped) and the rule file carries ``attn_type``
+(build the backbone with the same ``linear_kernel_size``). Flops cost only.
 
 Outputs in ``--work-dir``: ``candidates.json`` and ``candidates.md`` (every feasible candidate,
 ranked), ``pareto.png`` (score vs cost, the Pareto front highlighted); the winner goes to
@@ -34,9 +38,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mmvitscale.cost.predictor import atomic_write
-from mmvitscale.search.scale_search import (COSTS, DEFAULT_GRIDS, SCORERS, UNITS, BaseSpec,
-                                            BudgetError, Candidate, SearchResult, check_grids,
-                                            run_search, write_rule_file)
+from mmvitscale.search.scale_search import (ATTN_TYPES, COSTS, DEFAULT_GRIDS, SCORERS, UNITS,
+                                            BaseSpec, BudgetError, Candidate, SearchResult,
+                                            check_grids, run_search, write_rule_file)
 
 FMNIST_ARCH = dict(embed_dims=64, num_layers=6, num_heads=2, mlp_ratio=4.0)
 FMNIST_PIT_ARCH = dict(base_dims=[16, 16, 16], depths=[1, 3, 2], heads=[2, 4, 8], patch_size=4,
@@ -58,6 +62,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--grid', action='append', default=[], metavar='KEY=V1,V2',
                    help='multiplier grid of one knob (repeatable)')
     p.add_argument('--only-grid', action='store_true', help='use only the --grid knobs')
+    p.add_argument('--attn-types', nargs='+', choices=ATTN_TYPES, default=None,
+                   help='search the attention type over these (default: not searched, softmax)')
+    p.add_argument('--linear-kernel-size', type=int, default=9,
+                   help='depthwise conv kernel of linear-angular candidates (odd)')
     p.add_argument('--max-candidates', type=int, default=None,
                    help='score at most this many feasible candidates (the costliest)')
     p.add_argument('--proxy-batch', type=int, default=8)
@@ -107,6 +115,14 @@ def validate(args: argparse.Namespace) -> None:
                              f'{getattr(args, flag)}')
     if args.proxy_batch < 2:
         raise ValueError('--proxy-batch: the NTK needs at least 2 samples')
+    if args.attn_types:
+        args.attn_types = list(dict.fromkeys(args.attn_types))
+        if args.cost == 'latency' and set(args.attn_types) - {'softmax'}:
+            raise ValueError('--attn-types: the latency predictor models softmax attention '
+                             'only; search linear_angular with --cost flops')
+    k = args.linear_kernel_size
+    if k < 1 or k % 2 == 0:
+        raise ValueError(f'--linear-kernel-size: must be an odd positive int, got {k}')
     grids = {} if args.only_grid else dict(DEFAULT_GRIDS[args.family])
     for item in args.grid:
         key, sep, values = item.partition('=')
@@ -121,7 +137,7 @@ def validate(args: argparse.Namespace) -> None:
     try:
         args.grids = check_grids(grids, args.family)
         args.base = BaseSpec(args.family, args.arch, args.img_size, args.patch_size,
-                             args.in_channels)
+                             args.in_channels, args.linear_kernel_size)
         args.base.resolve({})
     except ValueError as err:
         raise ValueError(f'--grid / --arch: {err}') from None
@@ -201,8 +217,9 @@ def main(argv=None) -> SearchResult:
 
             result = run_search(args.base, budget, args.cost, args.scorer, args.grids,
                                 args.predictor_obj, args.max_candidates, report,
-                                batch_size=args.proxy_batch, num_inits=args.proxy_inits,
-                                num_points=args.proxy_points, seed=args.seed)
+                                attn_types=args.attn_types, batch_size=args.proxy_batch,
+                                num_inits=args.proxy_inits, num_points=args.proxy_points,
+                                seed=args.seed)
     except BudgetError as err:
         console.print(f'[red]error:[/red] {err}')
         sys.exit(2)
@@ -215,15 +232,24 @@ def main(argv=None) -> SearchResult:
               + (f' patch_size={args.patch_size}' if args.family == 'vit' else '')
               + f' in_channels={args.in_channels}',
               f'{args.cost} budget {budget_text}, scorer {args.scorer}; '
-              f'{len(result.ranked)} feasible of {result.num_enumerated} candidates',
-              f'winner: {_arch_text(w.arch)}, {w.flops / 1e9:.4f} GFLOPs'
+              f'{len(result.ranked)} feasible of {result.num_enumerated} candidates'
+              + (f'; attention types searched: {", ".join(args.attn_types)} (linear_angular '
+                 f'costed with linear_kernel_size={args.linear_kernel_size})'
+                 if args.attn_types else ''),
+              f'winner: {_arch_text(w.arch)}'
+              + (f', {w.attn_type} attention' if args.attn_types else '')
+              + f', {w.flops / 1e9:.4f} GFLOPs'
               + (f', {w.latency_ms:.3f} ms predicted' if w.latency_ms is not None else '')
               + f', score {w.score:.4g}']
+    if w.rule.get('attn_type', 'softmax') != 'softmax':
+        header.append(f'build the backbone with linear_kernel_size={args.linear_kernel_size} '
+                      '(the kernel this rule was costed with)')
     os.makedirs(args.work_dir, exist_ok=True)
     write_rule_file(args.out_rule, w.rule, header)
     summary = dict(family=args.family, arch=args.arch, img_size=args.img_size,
                    patch_size=args.patch_size, in_channels=args.in_channels, cost=args.cost,
                    budget=args.budget, budget_unit=UNITS[args.cost], scorer=args.scorer,
+                   attn_types=args.attn_types, linear_kernel_size=args.linear_kernel_size,
                    num_enumerated=result.num_enumerated,
                    num_infeasible_rules=result.num_infeasible_rules,
                    num_feasible=len(result.ranked), elapsed_s=elapsed, out_rule=args.out_rule,

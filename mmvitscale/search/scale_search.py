@@ -17,6 +17,14 @@ Pipeline (:func:`run_search`):
    backbone built with ``final_norm=False`` / ``out_type='avg_featmap'`` (a final LayerNorm makes
    the summed-feature NTK degenerate, see :mod:`.proxies`) at the candidate's own resolution.
 4. :func:`rank_candidates` and :func:`pareto_front` (lowest cost, highest score).
+
+Attention type as a search dimension: ``attn_types=('softmax', 'linear_angular')`` crosses the
+multiplier grids with the attention types; each candidate's rule then carries ``attn_type``
+(the backbones read it from ``scaling``, see
+:func:`~mmvitscale.models.linear_attention.split_attn_rule`), FLOPs count that attention
+(linear-angular with the depthwise conv of ``BaseSpec.linear_kernel_size``) and a
+linear-angular candidate whose grid is too small for the kernel is infeasible.
+``attn_types=None`` (default) leaves ``attn_type`` out of the rules (softmax, as before).
 """
 import itertools
 import math
@@ -35,6 +43,7 @@ DEFAULT_GRIDS: Dict[str, Dict[str, Tuple[float, ...]]] = {
                 mlp_ratio_mult=(0.5, 1.0), resolution_mult=(0.75, 1.0, 1.25),
                 patch_stride_mult=(1.0, 2.0)),
 }
+ATTN_TYPES = ('softmax', 'linear_angular')  # as mmvitscale.models.linear_attention
 Progress = Optional[Callable[[int, int], None]]
 
 
@@ -46,7 +55,7 @@ class BudgetError(ValueError):
 class Candidate:
     """One scaling rule, its resolved architecture, cost and score."""
 
-    rule: Dict[str, float]
+    rule: Dict[str, Any]  # multipliers, plus ``attn_type`` when searched
     arch: Dict[str, Any]
     flops: Optional[int] = None
     latency_ms: Optional[float] = None
@@ -59,45 +68,66 @@ class Candidate:
             raise ValueError(f'candidate {self.rule} has no {kind} cost')
         return float(value)
 
+    @property
+    def attn_type(self) -> str:
+        return self.rule.get('attn_type', 'softmax')
+
     def as_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
 
 @dataclass
 class BaseSpec:
-    """The base architecture a search scales: family, arch (preset or dict) and input."""
+    """The base architecture a search scales: family, arch (preset or dict) and input;
+    ``linear_kernel_size`` is the backbone's for linear-angular candidates."""
 
     family: str = 'vit'
     arch: Any = 'deit-tiny'
     img_size: int = 224
     patch_size: int = 16
     in_channels: int = 3
+    linear_kernel_size: int = 9
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ValueError(f'family must be one of {FAMILIES}, got {self.family!r}')
-        for name in ('img_size', 'patch_size', 'in_channels'):
+        for name in ('img_size', 'patch_size', 'in_channels', 'linear_kernel_size'):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f'{name} must be a positive integer, got {value!r}')
+        if self.linear_kernel_size % 2 == 0:
+            raise ValueError(f'linear_kernel_size must be odd, got {self.linear_kernel_size}')
 
-    def resolve(self, rule: Mapping[str, float]):
+    def resolve(self, rule: Mapping[str, Any]):
+        """The architecture of ``rule`` (its ``attn_type``, if any, does not shape it)."""
         from ..models import ScaledPiT, ScaledViT
+        rule = {k: v for k, v in rule.items() if k != 'attn_type'}
         if self.family == 'vit':
             return ScaledViT.resolve_arch(self.arch, self.img_size, self.patch_size, rule)
         return ScaledPiT.resolve_arch(self.arch, self.img_size, rule)
 
-    def backbone_cfg(self, rule: Mapping[str, float], **kwargs) -> Dict[str, Any]:
+    def check_attn(self, rule: Mapping[str, Any], arch) -> None:
+        """ValueError unless the rule's attention type (if any) is known and, for
+        linear-angular attention, ``linear_kernel_size`` fits every token grid of ``arch``."""
+        from ..models.linear_attention import check_attn_type, check_kernel_size
+        attn = check_attn_type(rule.get('attn_type', 'softmax'), 'scaling.attn_type')
+        if attn == 'linear_angular':
+            for grid in (arch.grids if self.family == 'pit' else [arch.grid]):
+                check_kernel_size(self.linear_kernel_size, grid)
+
+    def backbone_cfg(self, rule: Mapping[str, Any], **kwargs) -> Dict[str, Any]:
         """Registry config of the scaled backbone (``kwargs`` override, e.g. ``out_type``)."""
         cfg = dict(type='mmvitscale.ScaledViT' if self.family == 'vit' else
                    'mmvitscale.ScaledPiT', arch=self.arch, img_size=self.img_size,
                    in_channels=self.in_channels, scaling=dict(rule))
         if self.family == 'vit':
             cfg['patch_size'] = self.patch_size
+        if rule.get('attn_type', 'softmax') != 'softmax':
+            cfg['linear_kernel_size'] = self.linear_kernel_size
         cfg.update(kwargs)
         return cfg
 
-    def build(self, rule: Mapping[str, float], **kwargs):
+    def build(self, rule: Mapping[str, Any], **kwargs):
         from ..cost.backends import build_model
         return build_model(self.backbone_cfg(rule, **kwargs))
 
@@ -124,23 +154,44 @@ def check_grids(grids: Mapping[str, Sequence[float]], family: str) -> Dict[str, 
     return out
 
 
-def enumerate_candidates(base: BaseSpec, grids: Optional[Mapping[str, Sequence[float]]] = None
+def check_attn_types(attn_types: Optional[Sequence[str]]) -> Optional[Tuple[str, ...]]:
+    """``None`` (attention not searched) or the distinct, known attention types."""
+    if attn_types is None:
+        return None
+    types = (attn_types, ) if isinstance(attn_types, str) else tuple(attn_types)
+    if not types:
+        raise ValueError('attn_types must name at least one attention type')
+    for t in types:
+        if t not in ATTN_TYPES:
+            raise ValueError(f'attn_types: unknown attention type {t!r}; known: {ATTN_TYPES}')
+    return tuple(dict.fromkeys(types))
+
+
+def enumerate_candidates(base: BaseSpec, grids: Optional[Mapping[str, Sequence[float]]] = None,
+                         attn_types: Optional[Sequence[str]] = None
                          ) -> Tuple[List[Candidate], int]:
-    """Distinct feasible candidates of the grid product, and how many rules were infeasible."""
+    """Distinct feasible candidates of the grid product (crossed with ``attn_types`` when
+    given: every rule then carries ``attn_type``), and how many rules were infeasible."""
     grids = check_grids(grids if grids is not None else DEFAULT_GRIDS[base.family], base.family)
+    types = check_attn_types(attn_types)
     keys = list(grids)
     seen, out, infeasible = set(), [], 0
-    for values in itertools.product(*(grids[k] for k in keys)):
-        rule = {k: v for k, v in zip(keys, values) if not (k.endswith('_mult') and v == 1)}
-        try:
-            arch = base.resolve(rule)
-        except ValueError:
-            infeasible += 1
-            continue
-        if arch in seen:
-            continue
-        seen.add(arch)
-        out.append(Candidate(rule=rule, arch=_plain(arch.as_dict())))
+    for attn in (types or (None, )):
+        for values in itertools.product(*(grids[k] for k in keys)):
+            rule: Dict[str, Any] = {k: v for k, v in zip(keys, values)
+                                    if not (k.endswith('_mult') and v == 1)}
+            if attn is not None:
+                rule['attn_type'] = attn
+            try:
+                arch = base.resolve(rule)
+                base.check_attn(rule, arch)
+            except ValueError:
+                infeasible += 1
+                continue
+            if (arch, attn) in seen:
+                continue
+            seen.add((arch, attn))
+            out.append(Candidate(rule=rule, arch=_plain(arch.as_dict())))
     if not out:
         raise ValueError(f'none of the {infeasible} rules of the grid gives a feasible '
                          'architecture')
@@ -164,7 +215,8 @@ def attach_costs(cands: List[Candidate], base: BaseSpec, predictor=None,
     for i, c in enumerate(cands):
         if base.family == 'vit':
             c.flops = int(vit_flops(arch_from_dict(c.arch), num_classes=0,
-                                    in_channels=base.in_channels)['total'])
+                                    in_channels=base.in_channels, attn_type=c.attn_type,
+                                    linear_kernel_size=base.linear_kernel_size)['total'])
         else:
             model = base.build(c.rule)
             c.flops = int(get_complexity(model, (base.in_channels, *c.arch['img_size']))['flops'])
@@ -284,20 +336,25 @@ def pareto_front(points: Sequence[Tuple[float, float]]) -> List[int]:
 
 
 # ---------------------------------------------------------------------------- rule file
-def rule_file_text(rule: Mapping[str, float], header: Sequence[str] = ()) -> str:
+def rule_file_text(rule: Mapping[str, Any], header: Sequence[str] = ()) -> str:
     """``# header`` lines then ``scaling = dict(k=v, ...)``, loadable by mmengine's Config."""
     items = ', '.join(f'{k}={v!r}' for k, v in rule.items())
     lines = [f'# {h}'.rstrip() for h in header]
     return '\n'.join(lines + [f'scaling = dict({items})']) + '\n'
 
 
-def write_rule_file(path: str, rule: Mapping[str, float], header: Sequence[str] = ()) -> str:
+def write_rule_file(path: str, rule: Mapping[str, Any], header: Sequence[str] = ()) -> str:
     """Write :func:`rule_file_text` atomically at ``path``; returns ``path``."""
     from ..cost.predictor import atomic_write
     from ..scaling import PIT_RULE_KEYS
-    unknown = sorted(set(rule) - PIT_RULE_KEYS)
+    unknown = sorted(set(rule) - PIT_RULE_KEYS - {'attn_type'})
     if unknown:
         raise ValueError(f'not a scaling rule: unknown key {unknown[0]!r}')
+    if 'attn_type' in rule:  # a str, or one per stage for PiT
+        from ..models.linear_attention import check_attn_type
+        attn = rule['attn_type']
+        for i, a in enumerate([attn] if isinstance(attn, str) else list(attn)):
+            check_attn_type(a, 'scaling.attn_type' + ('' if isinstance(attn, str) else f'[{i}]'))
     atomic_write(path, rule_file_text(rule, header))
     return path
 
@@ -322,8 +379,13 @@ def run_search(base: BaseSpec, budget: float, cost: str = 'flops', scorer: str =
                grids: Optional[Mapping[str, Sequence[float]]] = None, predictor=None,
                max_candidates: Optional[int] = None,
                progress: Optional[Callable[[str, int, int], None]] = None,
+               attn_types: Optional[Sequence[str]] = None,
                **proxy_kwargs) -> SearchResult:
     """Enumerate, cost, filter by ``budget`` (MACs or ms), score and rank.
+
+    ``attn_types`` makes the attention type a searched dimension (see the module docstring);
+    the latency predictor models softmax attention only, so it cannot cost linear-angular
+    candidates (``ValueError``).
 
     ``max_candidates`` keeps the most expensive feasible candidates (closest to the budget),
     when the budget leaves more than that to score. ``progress(stage, done, total)`` is called
@@ -337,7 +399,11 @@ def run_search(base: BaseSpec, budget: float, cost: str = 'flops', scorer: str =
         raise ValueError('a latency budget needs a latency predictor (--predictor FILE)')
     if max_candidates is not None and max_candidates < 1:
         raise ValueError(f'max_candidates must be >= 1, got {max_candidates}')
-    cands, infeasible = enumerate_candidates(base, grids)
+    attn_types = check_attn_types(attn_types)
+    if cost == 'latency' and attn_types and set(attn_types) - {'softmax'}:
+        raise ValueError('a latency budget cannot cost linear-angular candidates: the latency '
+                         'predictor models softmax attention only (use --cost flops)')
+    cands, infeasible = enumerate_candidates(base, grids, attn_types)
 
     def stage(name):
         return None if progress is None else (lambda d, t: progress(name, d, t))
