@@ -79,8 +79,9 @@ def derive_video(arch: Any, scaling: Optional[Mapping], img_size: int = 224,
     """
     from .models.video_vit import ScaledVideoViT
     rule = _plain(scaling or {})
+    shape = {k: v for k, v in rule.items() if k != 'attn_type'}  # not an architecture knob
     spec = ScaledVideoViT.resolve_arch(arch, img_size, patch_size, num_frames, tubelet_size,
-                                       rule)
+                                       shape)
     backbone = dict(type='mmvitscale.ScaledVideoViT', arch=_plain(arch), img_size=img_size,
                     patch_size=patch_size, num_frames=num_frames, tubelet_size=tubelet_size,
                     scaling=rule)

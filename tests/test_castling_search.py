@@ -95,3 +95,16 @@ def test_tool_winner_with_attn_type_builds_through_cls_config(tmp_path):
         mod['parse_args'](argv + ['--cost', 'latency', '--predictor', 'p.json'])
     with pytest.raises(SystemExit):
         mod['parse_args'](argv + ['--linear-kernel-size', '4'])
+
+
+def test_video_rule_with_attn_type_reaches_the_backbone():
+    from mmvitscale.models import LinearAngularAttention, ScaledVideoViT
+    from mmvitscale.rules import derive_video
+    derived = derive_video(dict(embed_dims=32, num_layers=2, num_heads=2),
+                           dict(attn_type='linear_angular', depth_mult=1.5), img_size=32,
+                           patch_size=8, num_frames=4, linear_kernel_size=3,
+                           attention_type='joint')
+    assert derived['arch']['num_layers'] == 3
+    kwargs = {k: v for k, v in derived['backbone'].items() if k != 'type'}
+    model = ScaledVideoViT(**kwargs)
+    assert all(isinstance(b.attn, LinearAngularAttention) for b in model.blocks)
