@@ -20,10 +20,8 @@ import contextlib
 import json
 import os
 import os.path as osp
-import platform
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,6 +33,8 @@ from mmengine.config import Config
 from rich.console import Console
 from torch import nn
 
+from mmvitscale.cost import cpu_name
+from mmvitscale.fileio import atomic_write, save_figure
 from mmvitscale.rules import load_with_rule
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -212,7 +212,7 @@ def coco_subset(src: str, dst: str, n: int) -> str:
     coco['images'] = coco['images'][:n]
     keep = {img['id'] for img in coco['images']}
     coco['annotations'] = [a for a in coco['annotations'] if a['image_id'] in keep]
-    _atomic_write(dst, json.dumps(coco))
+    atomic_write(dst, json.dumps(coco))
     return dst
 
 
@@ -454,34 +454,14 @@ def plot(report: Dict[str, Any], path: str) -> None:
             ax.margins(0.25)
         row[0].legend(fontsize=8, loc='best')
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=osp.dirname(path) or '.', suffix='.png.tmp')
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, format='png')
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if osp.exists(tmp):
-            os.remove(tmp)
-
-
-def _atomic_write(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=osp.dirname(path) or '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w', encoding='utf-8') as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    save_figure(fig, path, dpi=110)
 
 
 def write_report(report: Dict[str, Any], out_dir: str) -> None:
     """``transfer.json``, ``transfer.md`` and ``transfer.png`` under ``out_dir`` (atomic)."""
-    _atomic_write(osp.join(out_dir, 'transfer.json'), json.dumps(report, indent=2) + '\n')
+    atomic_write(osp.join(out_dir, 'transfer.json'), json.dumps(report, indent=2) + '\n')
     if report['tasks']:
-        _atomic_write(osp.join(out_dir, 'transfer.md'), to_markdown(report))
+        atomic_write(osp.join(out_dir, 'transfer.md'), to_markdown(report))
         plot(report, osp.join(out_dir, 'transfer.png'))
 
 
@@ -504,7 +484,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         baseline=osp.relpath(osp.abspath(args.baseline), ROOT),
         tasks=list(configs), latency_rounds=args.latency_rounds, tolerance=args.tolerance,
         margin=args.margin, seed=args.seed,
-        threads=torch.get_num_threads(), cpu=platform.processor() or platform.machine(),
+        threads=torch.get_num_threads(), cpu=cpu_name(),
         torch=torch.__version__, loadavg_start=_loadavg(), loadavg_end=None,
         started=time.strftime('%Y-%m-%d %H:%M:%S'), wall_s=0.0), tasks={})
     sizes = {name: settings(args, name) for name in configs}

@@ -34,7 +34,6 @@ Writes ``castling_accuracy.json``, ``.md`` and ``.png`` (top-1 bar chart) to ``-
 import argparse
 import os
 import os.path as osp
-import platform
 import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
@@ -45,9 +44,11 @@ from mmengine.config import Config
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
-from transfer import (Stages, _atomic_write, _clock, _loadavg, configure,  # noqa: E402
+from transfer import (Stages, _clock, _loadavg, configure,  # noqa: E402
                       ensure_data)
 
+from mmvitscale.cost import cpu_name  # noqa: E402
+from mmvitscale.fileio import atomic_write, save_figure  # noqa: E402
 from mmvitscale.rules import load_with_rule  # noqa: E402
 
 CONFIG = 'configs/cls/scaled_vit_fmnist.py'
@@ -258,8 +259,6 @@ def to_markdown(report: Dict[str, Any]) -> str:
 
 
 def plot(report: Dict[str, Any], path: str) -> None:
-    import tempfile
-
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -282,22 +281,14 @@ def plot(report: Dict[str, Any], path: str) -> None:
                  fontsize=10)
     ax.grid(axis='y', alpha=0.3)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=osp.dirname(path) or '.', suffix='.png.tmp')
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, format='png')
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if osp.exists(tmp):
-            os.remove(tmp)
+    save_figure(fig, path, dpi=110)
 
 
 def write_report(report: Dict[str, Any], out_dir: str) -> None:
     import json
-    _atomic_write(osp.join(out_dir, 'castling_accuracy.json'), json.dumps(report, indent=2) + '\n')
+    atomic_write(osp.join(out_dir, 'castling_accuracy.json'), json.dumps(report, indent=2) + '\n')
     if report['runs']:
-        _atomic_write(osp.join(out_dir, 'castling_accuracy.md'), to_markdown(report))
+        atomic_write(osp.join(out_dir, 'castling_accuracy.md'), to_markdown(report))
         plot(report, osp.join(out_dir, 'castling_accuracy.png'))
 
 
@@ -314,7 +305,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         epochs=args.epochs, train=args.train, val=args.val, batch=args.batch,
         kernel_size=args.kernel_size, aux_weight=args.aux_weight, aux_lr_mult=args.aux_lr_mult,
         seed=args.seed, threads=torch.get_num_threads(), torch=torch.__version__,
-        cpu=platform.processor() or platform.machine(), loadavg_start=_loadavg(),
+        cpu=cpu_name(), loadavg_start=_loadavg(),
         loadavg_end=None, started=time.strftime('%Y-%m-%d %H:%M:%S'), wall_s=0.0), runs={})
     with stages.stage(f'data under {args.data_root}'):
         ensure_data('cls', args.data_root, dict(train=args.train, val=args.val))
