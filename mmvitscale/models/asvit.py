@@ -19,6 +19,11 @@ Position embedding: ``pos_embed='none'`` (default; the overlapping conv tokenize
 windows carry position, as in As-ViT) or ``'learned'`` (a 2-D table on the stage-1 grid,
 resized at forward time). Inputs whose sides are multiples of 32 always tile every window
 split; other sizes raise ``ValueError`` naming the stage and split.
+
+Attention: ``attn_type='softmax'`` (default) or ``'linear_angular'`` (Castling-ViT, see
+:mod:`mmvitscale.models.linear_attention`), for all stages or one per stage. The depthwise conv
+of linear-angular attention runs over each window's ``h x w`` token grid (no prefix tokens), so
+``linear_kernel_size`` must fit the window grid of every linear-angular stage.
 """
 import math
 from dataclasses import asdict, dataclass
@@ -31,6 +36,8 @@ from ..registry import MODELS
 from ..scaling import _per_stage, _pick, _scaled_int, check_rule, to_2tuple
 from .base import ScalableBackbone
 from .layers import TransformerBlock, normalise_indices
+from .linear_attention import (check_kernel_size, drop_aux_keys, per_stage_attn_types,
+                               set_token_grid, split_attn_rule)
 from .pit import resample_pos_embed_2d
 
 NUM_STAGES = 4
@@ -149,6 +156,20 @@ def make_asvit_arch(width: int, depths: Sequence[int], heads: Union[int, Sequenc
                      img_size)
 
 
+def check_window_kernel(kernel_size: int, map_size: Sequence[int], split: int,
+                        stage: int) -> Tuple[int, int]:
+    """The window grid ``(h, w)`` of a ``map_size`` token map cut ``split x split``, after
+    checking that ``kernel_size`` fits it (``ValueError`` naming the field, value and stage)."""
+    H, W = int(map_size[0]), int(map_size[1])
+    window = (H // split, W // split)
+    try:
+        check_kernel_size(kernel_size, window)
+    except ValueError as e:
+        raise ValueError(f'{e}: stage {stage + 1} windows of its {H}x{W} token map with '
+                         f'split={split}') from None
+    return window
+
+
 def validate_asvit_rule(rule: Optional[Mapping]) -> Dict[str, Any]:
     """Check an As-ViT scaling rule (per-stage lists allowed for the list knobs)."""
     return check_rule(rule, ASVIT_RULE_KEYS, LIST_KNOBS)
@@ -205,20 +226,26 @@ def scale_asvit(base: AsViTArch, rule: Optional[Mapping] = None) -> AsViTArch:
 
 
 class AsViTStage(nn.Module):
-    """Optional strided-conv downsampling, then Transformer blocks inside each window."""
+    """Optional strided-conv downsampling, then Transformer blocks inside each window
+    (``attn_type='linear_angular'``: the value conv runs over each window's grid)."""
 
     def __init__(self, in_dim: int, dim: int, depth: int, heads: int, mlp_hidden: int,
                  split: int, down_kernel: Optional[int], drop_path: Sequence[float],
                  drop: float = 0.0, attn_drop: float = 0.0, norm_eps: float = 1e-6,
-                 index: int = 0) -> None:
+                 index: int = 0, attn_type: str = 'softmax', linear_kernel_size: int = 9,
+                 aux_branch: bool = False) -> None:
         super().__init__()
         self.split = split
         self.index = index
+        self.attn_type = attn_type
+        self.linear_kernel_size = linear_kernel_size
         self.downsample = None if down_kernel is None else nn.Conv2d(
             in_dim, dim, down_kernel, 2, conv_padding(down_kernel, 2))
         self.blocks = nn.Sequential(*[
             TransformerBlock(dim, heads, mlp_hidden, qkv_bias=True, drop=drop,
-                             attn_drop=attn_drop, drop_path=drop_path[i], norm_eps=norm_eps)
+                             attn_drop=attn_drop, drop_path=drop_path[i], norm_eps=norm_eps,
+                             attn_type=attn_type, linear_kernel_size=linear_kernel_size,
+                             aux_branch=aux_branch)
             for i in range(depth)
         ])
 
@@ -227,12 +254,15 @@ class AsViTStage(nn.Module):
             x = self.downsample(x)
         B, C, H, W = x.shape
         s = self.split
-        if s == 1:
-            tokens = self.blocks(x.flatten(2).transpose(1, 2))
-            return tokens.transpose(1, 2).reshape(B, C, H, W)
         if H % s or W % s:
             raise ValueError(f'stage {self.index + 1}: split={s} does not divide the {H}x{W} '
                              'token map (input sides that are multiples of 32 always tile)')
+        if self.attn_type != 'softmax':
+            window = check_window_kernel(self.linear_kernel_size, (H, W), s, self.index)
+            set_token_grid(self.blocks, window, 0)
+        if s == 1:
+            tokens = self.blocks(x.flatten(2).transpose(1, 2))
+            return tokens.transpose(1, 2).reshape(B, C, H, W)
         h, w = H // s, W // s
         windows = x.reshape(B, C, s, h, s, w).permute(0, 2, 4, 3, 5, 1).reshape(
             B * s * s, h * w, C)
@@ -259,6 +289,10 @@ class AsViT(ScalableBackbone):
         pos_embed: ``'none'`` or ``'learned'``.
         drop_rate, attn_drop_rate, drop_path_rate, norm_eps, frozen_stages, interpolate_mode,
         init_cfg: as in :class:`~mmvitscale.models.ScaledPiT`.
+        attn_type: ``'softmax'`` / ``'linear_angular'`` for all stages, or a list of 4 (one
+            per stage); a ``scaling`` rule may carry it too.
+        linear_kernel_size, aux_branch, inference_only: as in ScaledPiT; the kernel must fit
+            the window grid of every linear-angular stage (checked at build and forward time).
     """
 
     arch_zoo: Dict[str, dict] = {
@@ -290,7 +324,11 @@ class AsViT(ScalableBackbone):
                  norm_eps: float = 1e-6,
                  frozen_stages: int = -1,
                  interpolate_mode: str = 'bicubic',
-                 init_cfg: Optional[Union[dict, list]] = None) -> None:
+                 init_cfg: Optional[Union[dict, list]] = None,
+                 attn_type: Optional[Union[str, Sequence[str]]] = None,
+                 linear_kernel_size: int = 9,
+                 aux_branch: bool = False,
+                 inference_only: bool = False) -> None:
         super().__init__(init_cfg=init_cfg)
         if out_type == 'cls_token':
             raise ValueError("out_type='cls_token': AsViT has no class token; use "
@@ -298,7 +336,14 @@ class AsViT(ScalableBackbone):
         self.out_type = self.check_out_type(out_type)
         if pos_embed not in POS_EMBEDS:
             raise ValueError(f'pos_embed must be one of {POS_EMBEDS}, got {pos_embed!r}')
+        attn_type, scaling = split_attn_rule(attn_type, scaling)
         self.arch_spec = spec = self.resolve_arch(arch, img_size, scaling)
+        self.attn_types = per_stage_attn_types(attn_type, NUM_STAGES)
+        self.aux_branch = bool(aux_branch) and not inference_only
+        check_kernel_size(linear_kernel_size)
+        for i, (t, grid) in enumerate(zip(self.attn_types, spec.grids)):
+            if t == 'linear_angular':
+                check_window_kernel(linear_kernel_size, grid, spec.splits[i], i)
         self.num_stages = NUM_STAGES
         self.out_indices = normalise_indices(out_indices, NUM_STAGES, 'stages')
         self.return_tuple = return_tuple
@@ -321,12 +366,16 @@ class AsViT(ScalableBackbone):
             AsViTStage(dims[i - 1] if i else dims[0], dims[i], spec.depths[i], spec.heads[i],
                        spec.mlp_hidden(i), spec.splits[i],
                        spec.down_kernels[i - 1] if i else None, dpr[i].tolist(), drop_rate,
-                       attn_drop_rate, norm_eps, index=i) for i in range(NUM_STAGES)
+                       attn_drop_rate, norm_eps, index=i, attn_type=self.attn_types[i],
+                       linear_kernel_size=linear_kernel_size, aux_branch=self.aux_branch)
+            for i in range(NUM_STAGES)
         ])
         self.norms = nn.ModuleDict({
             str(i): nn.LayerNorm(dims[i], eps=norm_eps) if final_norm else nn.Identity()
             for i in self.out_indices
         })
+        if inference_only:
+            self._register_load_state_dict_pre_hook(drop_aux_keys)
         self._freeze_stages()
 
     @classmethod
