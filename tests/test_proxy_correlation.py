@@ -1,0 +1,124 @@
+"""tools/proxy_correlation.py: sampling, Kendall / rank combination, resume log, end to end."""
+import json
+import math
+import os.path as osp
+import sys
+
+import pytest
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.join(ROOT, 'tools'))
+
+import proxy_correlation as pc  # noqa: E402
+
+
+def test_sample_rules_distinct_seeded_and_base_first():
+    a = pc.sample_rules(12, seed=3)
+    assert a == pc.sample_rules(12, seed=3)
+    assert a != pc.sample_rules(12, seed=4)
+    assert len(a) == 12
+    archs = [json.dumps(pc.arch_of(r), sort_keys=True) for r in a]
+    assert len(set(archs)) == 12
+    assert pc.arch_of(a[0]) == dict(depth=6, width=64, heads=2, mlp_ratio=4.0, patch_size=4,
+                                    img_size=[32, 32])
+    assert all(r['patch_size'] in (4, 8) and pc.arch_of(r)['img_size'] == [32, 32] for r in a)
+    everything = pc.sample_rules(10**6)
+    assert 1 < len(everything) <= 3 * 4 * 3 * 2 * 2
+
+
+def test_kendall_and_rank_combination_on_synthetic_data():
+    acc = [50.0, 60.0, 70.0, 80.0, 90.0]
+    assert pc.kendall([1, 2, 3, 4, 5], acc)['tau'] == pytest.approx(1.0)
+    assert pc.kendall([5, 4, 3, 2, 1], acc)['tau'] == pytest.approx(-1.0)
+    assert math.isnan(pc.kendall([1, 1, 1, 1, 1], acc)['tau'])
+    assert math.isnan(pc.kendall([1.0], [2.0])['tau'])
+
+    # kappa falls and length rises with accuracy: both proxies and their rank sum agree
+    kappa = [500.0, 400.0, 300.0, 200.0, 100.0]
+    length = [1.0, 2.0, 3.0, 4.0, 5.0]
+    sc = pc.proxy_scores(kappa, length)
+    assert sc['rank_ntk'] == [4, 3, 2, 1, 0] and sc['rank_length'] == [4, 3, 2, 1, 0]
+    assert sc['combined'] == [-8, -6, -4, -2, 0]
+    recs = [dict(accuracy=a, ntk_condition=k, length_distortion=L, params_m=1.0 + i)
+            for i, (a, k, L) in enumerate(zip(acc, kappa, length))]
+    corr = pc.correlations(recs)
+    assert corr['ntk_condition']['tau'] == pytest.approx(-1.0)
+    assert corr['length_distortion']['tau'] == pytest.approx(1.0)
+    assert corr['combined']['tau'] == pytest.approx(1.0)
+    assert corr['params']['tau'] == pytest.approx(1.0)
+
+    # a singular NTK (inf) counts as the worst kappa; a useless length proxy dilutes the sum
+    kappa[0] = float('inf')
+    recs = [dict(accuracy=a, ntk_condition=k, length_distortion=L)
+            for a, k, L in zip(acc, kappa, [3.0, 1.0, 5.0, 2.0, 4.0])]
+    corr = pc.correlations(recs)
+    assert corr['ntk_condition']['tau'] == pytest.approx(-1.0)
+    assert corr['length_distortion']['tau'] == pytest.approx(0.2)
+    assert 0.2 < corr['combined']['tau'] < 1.0
+    assert 'params' not in corr
+
+
+def test_resume_log_skips_finished_archs(tmp_path, capsys):
+    calls = []
+
+    def fake_train(rule, args, work_dir):
+        calls.append(pc.rule_key(rule))
+        arch = pc.arch_of(rule)
+        return dict(accuracy=10.0 + arch['depth'] + arch['width'] / 100, params_m=0.1,
+                    train_s=0.0, eval_s=0.0)
+
+    def fake_proxy(rule, args):
+        arch = pc.arch_of(rule)
+        return dict(ntk_condition=100.0 / arch['depth'], length_distortion=float(arch['width']),
+                    proxy_s=0.0)
+
+    argv = ['--num-archs', '4', '--out-dir', str(tmp_path)]
+    first = pc.main(argv, train_fn=fake_train, proxy_fn=fake_proxy)
+    assert len(calls) == 4 and first['meta']['resumed'] == 0
+    log = tmp_path / pc.LOG_NAME
+    assert len(log.read_text().splitlines()) == 4
+
+    # a killed run: one torn line at the end is ignored, not fatal
+    with open(log, 'a') as f:
+        f.write('{"key": "torn')
+    second = pc.main(argv, train_fn=fake_train, proxy_fn=fake_proxy)
+    assert len(calls) == 4 and second['meta']['resumed'] == 4
+    assert [r['key'] for r in second['runs']] == [r['key'] for r in first['runs']]
+
+    # more archs: only the new ones run
+    pc.main(['--num-archs', '6', '--out-dir', str(tmp_path)], train_fn=fake_train,
+            proxy_fn=fake_proxy)
+    assert len(calls) == 6 and len(set(calls)) == 6
+
+    # other training settings are not the same experiment: rerun
+    pc.main(argv + ['--epochs', '7'], train_fn=fake_train, proxy_fn=fake_proxy)
+    assert len(calls) == 10
+
+    rep = json.loads((tmp_path / 'proxy_correlation.json').read_text())
+    assert rep['correlation']['ntk_condition']['n'] == 4
+    assert (tmp_path / 'proxy_correlation.png').stat().st_size > 0
+    assert 'Kendall tau' in (tmp_path / 'proxy_correlation.md').read_text()
+    out = capsys.readouterr().out
+    assert 'resumed: 4 architecture(s)' in out and 'arch 1/4' in out
+
+
+def test_bad_arguments():
+    with pytest.raises(SystemExit):
+        pc.parse_args(['--num-archs', '0'])
+
+
+@pytest.mark.slow
+def test_tiny_end_to_end(tmp_path):
+    if not osp.isfile(osp.join(ROOT, 'data', 'fashion_mnist', 'manifest.json')):
+        pytest.skip('offline Fashion-MNIST not prepared')
+    rep = pc.main(['--num-archs', '2', '--train', '64', '--val', '64', '--epochs', '1',
+                   '--out-dir', str(tmp_path)])
+    assert len(rep['runs']) == 2
+    for r in rep['runs']:
+        assert 0.0 <= r['accuracy'] <= 100.0
+        assert r['ntk_condition'] > 1.0 and r['length_distortion'] > 0.0
+    assert set(rep['correlation']) == {'ntk_condition', 'length_distortion', 'combined',
+                                       'params'}
+    for name in ('proxy_correlation.json', 'proxy_correlation.md', 'proxy_correlation.png',
+                 'runs.jsonl'):
+        assert (tmp_path / name).stat().st_size > 0
