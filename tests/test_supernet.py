@@ -1,0 +1,160 @@
+"""Weight-sharing supernet scorer: slicing rules, exactness of extraction, tiny end-to-end."""
+import json
+import os.path as osp
+import random
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmvitscale.models.layers import eager_linear
+from mmvitscale.models.vit import ScaledViT
+from mmvitscale.search.supernet import (SlicedViT, SubnetArch, ViTClassifier, build_subnet,
+                                        check_subnet, extract_subnet, sandwich_archs, score_subnets,
+                                        search_space, smallest_subnet, train_supernet)
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SUPER = SubnetArch(embed_dims=32, num_layers=3, num_heads=4, mlp_ratio=2.0, img_size=16,
+                   patch_size=4)  # head dim 8
+
+
+def _supernet(seed=0):
+    torch.manual_seed(seed)
+    net = SlicedViT(SUPER, in_channels=1, num_classes=10)
+    with torch.no_grad():  # non-trivial LayerNorms / biases / tokens, so slicing bugs show
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return net.eval()
+
+
+@pytest.mark.parametrize('sub', [
+    SubnetArch(16, 2, 2, 1.5, 16, 4),   # narrower, shallower, fewer heads, narrower MLP
+    SubnetArch(24, 3, 3, 2.0, 12, 4),   # other resolution (pos-embed resampled)
+    SubnetArch(32, 1, 4, 1.0, 24, 4),   # full width, one block, larger resolution
+])
+def test_extracted_scaledvit_equals_sliced_forward(sub):
+    net = _supernet()
+    model = build_subnet(net.state_dict(), SUPER, sub)
+    assert isinstance(model.backbone, ScaledViT)
+    assert model.backbone.embed_dims == sub.embed_dims
+    assert len(model.backbone.blocks) == sub.num_layers
+    assert model.backbone.blocks[0].attn.num_heads == sub.num_heads
+    assert model.backbone.blocks[0].mlp.fc1.out_features == sub.mlp_hidden
+    x = torch.randn(3, 1, sub.img_size, sub.img_size)
+    with torch.no_grad(), eager_linear():
+        assert torch.equal(model(x), net(x, sub))
+
+
+def test_sub_equal_super_is_the_supernet():
+    net = _supernet()
+    state = extract_subnet(net.state_dict(), SUPER, SUPER)
+    assert state.keys() == net.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad(), eager_linear():
+        ref = ViTClassifier.forward(net, x)  # the plain ScaledViT forward of the supernet
+        assert torch.equal(net(x), ref)
+        assert torch.equal(net(x, SUPER), ref)
+        assert torch.equal(build_subnet(net.state_dict(), SUPER, SUPER)(x), ref)
+
+
+def test_qkv_slicing_keeps_q_k_v_and_heads_aligned():
+    Ds, D = SUPER.embed_dims, 16  # 4 heads of 8 -> first 2 heads
+    sub = SubnetArch(D, 1, 2, 2.0, 16, 4)
+    row = torch.arange(3 * Ds, dtype=torch.float32)
+    state = {'blocks.0.attn.qkv.weight': row[:, None] * 100 + torch.arange(Ds)[None],
+             'blocks.0.attn.qkv.bias': row.clone()}
+    out = extract_subnet(state, SUPER, sub)
+    w, b = out['blocks.0.attn.qkv.weight'], out['blocks.0.attn.qkv.bias']
+    assert w.shape == (3 * D, D) and b.shape == (3 * D, )
+    expect_rows = torch.cat([torch.arange(D) + j * Ds for j in range(3)]).float()
+    assert torch.equal(b, expect_rows)
+    assert torch.equal(w, expect_rows[:, None] * 100 + torch.arange(D)[None])
+
+    # semantics: on inputs whose extra channels are zero, the subnet's heads are exactly the
+    # supernet's first heads (the FBNetV2 channel-masking view of the same slicing)
+    net = _supernet()
+    attn = net.backbone.blocks[0].attn
+    sub_state = extract_subnet(net.state_dict(), SUPER, sub)
+    x = torch.randn(2, 5, D)
+    x_pad = F.pad(x, (0, Ds - D))
+
+    def heads(inp, weight, bias, n, hd):
+        B, N, _ = inp.shape
+        q, k, v = F.linear(inp, weight, bias).reshape(B, N, 3, n, hd).permute(2, 0, 3, 1,
+                                                                              4).unbind(0)
+        return F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, hd)
+
+    full = heads(x_pad, attn.qkv.weight, attn.qkv.bias, SUPER.num_heads, SUPER.head_dim)
+    part = heads(x, sub_state['backbone.blocks.0.attn.qkv.weight'],
+                 sub_state['backbone.blocks.0.attn.qkv.bias'], sub.num_heads, SUPER.head_dim)
+    torch.testing.assert_close(part, full[:, :sub.num_heads], rtol=1e-5, atol=1e-6)
+
+
+def test_other_slices_and_validation():
+    net = _supernet()
+    sub = SubnetArch(16, 2, 2, 1.5, 8, 4)
+    st = extract_subnet(net.state_dict(), SUPER, sub)
+    sup = net.state_dict()
+    assert not any(k.startswith('backbone.blocks.2.') for k in st)
+    assert torch.equal(st['backbone.blocks.1.norm2.weight'],
+                       sup['backbone.blocks.1.norm2.weight'][:16])
+    assert torch.equal(st['backbone.norm.bias'], sup['backbone.norm.bias'][:16])
+    assert torch.equal(st['backbone.blocks.0.mlp.fc1.weight'],
+                       sup['backbone.blocks.0.mlp.fc1.weight'][:24, :16])
+    assert torch.equal(st['backbone.blocks.0.mlp.fc2.weight'],
+                       sup['backbone.blocks.0.mlp.fc2.weight'][:16, :24])
+    assert torch.equal(st['head.weight'], sup['head.weight'][:, :16])
+    assert st['backbone.pos_embed'].shape == (1, 1 + 2 * 2, 16)
+    assert torch.equal(st['backbone.pos_embed'][:, 0], sup['backbone.pos_embed'][:, 0, :16])
+    for bad in (SubnetArch(16, 2, 4, 2.0, 16, 4),    # head dim 4 != 8
+                SubnetArch(40, 2, 5, 2.0, 16, 4),    # wider than the supernet
+                SubnetArch(16, 4, 2, 2.0, 16, 4),    # deeper
+                SubnetArch(16, 2, 2, 8.0, 16, 4),    # MLP wider
+                SubnetArch(16, 2, 2, 2.0, 18, 4)):   # not a patch multiple
+        with pytest.raises(ValueError):
+            check_subnet(SUPER, bad)
+
+
+def test_sandwich_and_tiny_end_to_end_scores_three_subnets():
+    torch.manual_seed(0)
+    net = SlicedViT(SUPER, in_channels=1, num_classes=10)
+    space = search_space(SUPER, [1, 3], [16, 32], [1.0, 2.0], [8, 16])
+    assert smallest_subnet(space) == SubnetArch(16, 1, 2, 1.0, 8, 4)
+    archs = sandwich_archs(SUPER, space, 2, random.Random(0))
+    assert archs[0] == SUPER and archs[1] == smallest_subnet(space) and len(archs) == 4
+    x, y = torch.randn(64, 1, 16, 16), torch.randint(0, 10, (64, ))
+    before = net.head.weight.detach().clone()
+    stats = train_supernet(net, space, x, y, epochs=1, batch_size=32, num_random=1)
+    assert stats['steps'] == 2 and not torch.equal(before, net.head.weight)
+    subs = [SUPER, space[0], space[-3]]
+    scores = score_subnets(net, subs, x[:40], y[:40])
+    assert [s['label'] for s in scores] == [a.label for a in subs]
+    assert all(0.0 <= s['accuracy'] <= 1.0 for s in scores)
+
+
+@pytest.mark.slow
+def test_tool_tiny_run(tmp_path):
+    data = osp.join(ROOT, 'data', 'fashion_mnist')
+    if not osp.isfile(osp.join(data, 'train-labels-idx1-ubyte')):
+        pytest.skip('Fashion-MNIST not available')
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    try:
+        import supernet_scorer
+    finally:
+        sys.path.pop(0)
+    report = supernet_scorer.main([
+        '--data-root', data, '--work-dir', str(tmp_path), '--embed-dims', '32', '--num-heads',
+        '4', '--num-layers', '2', '--depths', '1,2', '--widths', '16,32', '--super-images',
+        '128', '--super-epochs', '1', '--subnets', '3', '--scratch-images', '64',
+        '--scratch-epochs', '1', '--val-images', '100', '--batch-size', '64',
+        '--log-every', '1'
+    ])
+    assert len(report['subnets']) == 3 and 'kendall_tau' in report
+    saved = json.loads((tmp_path / 'supernet_scores.json').read_text())
+    assert len(saved['subnets']) == 3
+    assert all('scratch_accuracy' in s for s in saved['subnets'])
+    assert (tmp_path / 'supernet_scores.md').exists()
+    assert (tmp_path / 'supernet_vs_scratch.png').exists()
+    assert (tmp_path / 'supernet.pth').exists()
