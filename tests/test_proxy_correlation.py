@@ -109,10 +109,14 @@ def test_bad_arguments():
 
 @pytest.mark.slow
 def test_tiny_end_to_end(tmp_path):
-    if not osp.isfile(osp.join(ROOT, 'data', 'fashion_mnist', 'manifest.json')):
-        pytest.skip('offline Fashion-MNIST not prepared')
+    from mmvitscale import datasets
+    try:  # a clean checkout has no data/: lay Fashion-MNIST out in a temp folder
+        datasets.prepare_classification(str(tmp_path / 'data' / 'fashion_mnist'))
+    except datasets.FashionMNISTNotFoundError as err:
+        pytest.skip(str(err))
     rep = pc.main(['--num-archs', '2', '--train', '64', '--val', '64', '--epochs', '1',
-                   '--out-dir', str(tmp_path)])
+                   '--out-dir', str(tmp_path / 'out'), '--data-root', str(tmp_path / 'data')])
+    tmp_path = tmp_path / 'out'
     assert len(rep['runs']) == 2
     for r in rep['runs']:
         assert 0.0 <= r['accuracy'] <= 100.0

@@ -136,9 +136,14 @@ def test_sandwich_and_tiny_end_to_end_scores_three_subnets():
 
 @pytest.mark.slow
 def test_tool_tiny_run(tmp_path):
-    data = osp.join(ROOT, 'data', 'fashion_mnist')
-    if not osp.isfile(osp.join(data, 'train-labels-idx1-ubyte')):
-        pytest.skip('Fashion-MNIST not available')
+    from mmvitscale import datasets
+    data = str(tmp_path / 'fashion_mnist')  # a clean checkout has no data/
+    try:
+        datasets.prepare_classification(data)
+    except datasets.FashionMNISTNotFoundError as err:
+        pytest.skip(str(err))
+    tmp_path = tmp_path / 'out'
+    tmp_path.mkdir()
     sys.path.insert(0, osp.join(ROOT, 'tools'))
     try:
         import supernet_scorer
