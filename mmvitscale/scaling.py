@@ -130,6 +130,37 @@ def validate_rule(rule: Optional[Mapping]) -> Dict[str, float]:
     return check_rule(rule, RULE_KEYS)
 
 
+def scaled_width(rule: Mapping, base: int, heads: int, heads_changed: bool) -> int:
+    """The ``width`` knob: absolute as given, else ``base * width_mult`` rounded to a multiple of
+    ``lcm(heads, 8)`` (also when only the head count changed)."""
+    width_abs, width_mult = _pick(rule, 'width')
+    if width_abs is not None:
+        if width_abs != int(width_abs):
+            raise ValueError(f'scaling.width must be an integer, got {rule["width"]!r}')
+        return int(width_abs)
+    if width_mult is None and not heads_changed:
+        return base
+    step = heads * 8 // math.gcd(heads, 8)
+    width = int(round(base * (width_mult or 1.0) / step)) * step
+    if width < 1:
+        raise ValueError(f'scaling.width_mult={width_mult!r} turns width {base} into 0 '
+                         f'(width is rounded to a multiple of lcm(heads, 8)={step})')
+    return width
+
+
+def scaled_resolution(rule: Mapping, base: Tuple[int, int], step: int) -> Tuple[int, int]:
+    """The ``resolution`` knob: absolute as given, else ``base * resolution_mult`` rounded to a
+    multiple of ``step`` (the patch, the patch stride, or 32 for AsViT)."""
+    res_abs, res_mult = _pick(rule, 'resolution')
+    if res_abs is not None:
+        if res_abs != int(res_abs):
+            raise ValueError(f'scaling.resolution must be an integer, got {rule["resolution"]!r}')
+        return (int(res_abs), int(res_abs))
+    if res_mult is not None:
+        return tuple(max(1, int(round(s * res_mult / step))) * step for s in base)
+    return base
+
+
 def scale_vit(base: ViTArch, rule: Optional[Mapping] = None) -> ViTArch:
     """Apply a scaling rule (see module docstring) to a base architecture."""
     rule = validate_rule(rule)
@@ -137,33 +168,13 @@ def scale_vit(base: ViTArch, rule: Optional[Mapping] = None) -> ViTArch:
     heads = _scaled_int(rule, 'heads', base.num_heads)
     patch = _scaled_int(rule, 'patch_size', base.patch_size)
 
-    width_abs, width_mult = _pick(rule, 'width')
-    if width_abs is not None:
-        if width_abs != int(width_abs):
-            raise ValueError(f'scaling.width must be an integer, got {rule["width"]!r}')
-        width = int(width_abs)
-    elif width_mult is not None or 'heads' in rule or 'heads_mult' in rule:
-        step = heads * 8 // math.gcd(heads, 8)
-        width = int(round(base.embed_dims * (width_mult or 1.0) / step)) * step
-        if width < 1:
-            raise ValueError(f'scaling.width_mult={width_mult!r} turns width {base.embed_dims} '
-                             f'into 0 (width is rounded to a multiple of lcm(heads, 8)={step})')
-    else:
-        width = base.embed_dims
+    width = scaled_width(rule, base.embed_dims, heads,
+                         'heads' in rule or 'heads_mult' in rule)
 
     ratio_abs, ratio_mult = _pick(rule, 'mlp_ratio')
     mlp_ratio = ratio_abs if ratio_abs is not None else base.mlp_ratio * (ratio_mult or 1.0)
 
-    res_abs, res_mult = _pick(rule, 'resolution')
-    if res_abs is not None:
-        if res_abs != int(res_abs):
-            raise ValueError(f'scaling.resolution must be an integer, got {rule["resolution"]!r}')
-        img_size = (int(res_abs), int(res_abs))
-    elif res_mult is not None:
-        img_size = tuple(
-            max(1, int(round(s * res_mult / patch))) * patch for s in base.img_size)
-    else:
-        img_size = base.img_size
+    img_size = scaled_resolution(rule, base.img_size, patch)
     return make_vit_arch(width, depth, heads, mlp_ratio, img_size, patch, source='scaling')
 
 
@@ -265,16 +276,7 @@ def scale_pit(base: PiTArch, rule: Optional[Mapping] = None) -> PiTArch:
     stride = _scaled_int(rule, 'patch_stride', base.patch_stride)
     ratio_abs, ratio_mult = _pick(rule, 'mlp_ratio')
     mlp_ratio = ratio_abs if ratio_abs is not None else base.mlp_ratio * (ratio_mult or 1.0)
-    res_abs, res_mult = _pick(rule, 'resolution')
-    if res_abs is not None:
-        if res_abs != int(res_abs):
-            raise ValueError(f'scaling.resolution must be an integer, got {rule["resolution"]!r}')
-        img_size = (int(res_abs), int(res_abs))
-    elif res_mult is not None:
-        img_size = tuple(max(1, int(round(s * res_mult / stride))) * stride
-                         for s in base.img_size)
-    else:
-        img_size = base.img_size
+    img_size = scaled_resolution(rule, base.img_size, stride)
     return make_pit_arch(base_dims, depths, heads, mlp_ratio, img_size, patch, stride,
                          source='scaling')
 

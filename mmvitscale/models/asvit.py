@@ -25,7 +25,6 @@ Attention: ``attn_type='softmax'`` (default) or ``'linear_angular'`` (Castling-V
 of linear-angular attention runs over each window's ``h x w`` token grid (no prefix tokens), so
 ``linear_kernel_size`` must fit the window grid of every linear-angular stage.
 """
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -33,7 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import MODELS
-from ..scaling import _per_stage, _pick, _scaled_int, check_rule, to_2tuple
+from ..scaling import (_per_stage, _pick, _scaled_int, check_rule, scaled_resolution,
+                       scaled_width, to_2tuple)
 from .base import ScalableBackbone
 from .layers import TransformerBlock, normalise_indices
 from .linear_attention import (check_kernel_size, drop_aux_keys, per_stage_attn_types,
@@ -190,19 +190,7 @@ def scale_asvit(base: AsViTArch, rule: Optional[Mapping] = None) -> AsViTArch:
         heads = stage_heads(_scaled_int(rule, 'heads', base.heads[-1]))
     else:
         heads = _per_stage(rule, 'heads', base.heads)
-    width_abs, width_mult = _pick(rule, 'width')
-    if width_abs is not None:
-        if width_abs != int(width_abs):
-            raise ValueError(f'scaling.width must be an integer, got {rule["width"]!r}')
-        width = int(width_abs)
-    elif width_mult is not None or heads != base.heads:
-        step = heads[0] * 8 // math.gcd(heads[0], 8)
-        width = int(round(base.width * (width_mult or 1.0) / step)) * step
-        if width < 1:
-            raise ValueError(f'scaling.width_mult={width_mult!r} turns width {base.width} into '
-                             f'0 (width is rounded to a multiple of lcm(heads, 8)={step})')
-    else:
-        width = base.width
+    width = scaled_width(rule, base.width, heads[0], heads != base.heads)
     if isinstance(rule.get('mlp_ratio'), (list, tuple)):
         if 'mlp_ratio_mult' in rule:
             raise ValueError(f'scaling gives both mlp_ratio={rule["mlp_ratio"]!r} and '
@@ -212,15 +200,7 @@ def scale_asvit(base: AsViTArch, rule: Optional[Mapping] = None) -> AsViTArch:
         ratio_abs, ratio_mult = _pick(rule, 'mlp_ratio')
         mlp_ratios = ((ratio_abs, ) * NUM_STAGES if ratio_abs is not None else tuple(
             r * (ratio_mult or 1.0) for r in base.mlp_ratios))
-    res_abs, res_mult = _pick(rule, 'resolution')
-    if res_abs is not None:
-        if res_abs != int(res_abs):
-            raise ValueError(f'scaling.resolution must be an integer, got {rule["resolution"]!r}')
-        img_size = (int(res_abs), int(res_abs))
-    elif res_mult is not None:
-        img_size = tuple(max(1, int(round(s * res_mult / 32))) * 32 for s in base.img_size)
-    else:
-        img_size = base.img_size
+    img_size = scaled_resolution(rule, base.img_size, 32)
     return make_asvit_arch(width, depths, heads, list(mlp_ratios), base.tokenizer_kernel,
                            base.down_kernels, base.splits, img_size, source='scaling')
 
