@@ -18,7 +18,8 @@ PARAMS = ('num_train', 'num_val', 'canvas', 'min_objects', 'max_objects', 'min_s
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--out', default='data/fashion_mnist_det', help='output folder')
+    parser.add_argument('--out', default='data/fmnist_det',
+                        help='output folder (where configs/_base_/det_fashion_mnist.py looks)')
     parser.add_argument('--num-train', type=int, default=2000, help='train images')
     parser.add_argument('--num-val', type=int, default=500, help='val images')
     parser.add_argument('--canvas', type=int, default=128, help='image side (px)')

@@ -19,7 +19,8 @@ PARAMS = ('num_train', 'num_val', 'frames', 'size', 'item_size', 'min_travel', '
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--out', default='data/fashion_mnist_motion', help='output folder')
+    parser.add_argument('--out', default='data/fmnist_video',
+                        help='output folder (where configs/_base_/video_fashion_mnist.py looks)')
     parser.add_argument('--num-train', type=int, default=2000, help='train clips')
     parser.add_argument('--num-val', type=int, default=500, help='val clips')
     parser.add_argument('--frames', type=int, default=16, help='frames per clip')
