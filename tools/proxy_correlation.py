@@ -31,9 +31,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 import mmvitscale  # noqa: F401  (stack shims + registries, before any host import)
 import torch
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from transfer import Stages, _clock, _loadavg, configure, ensure_data  # noqa: E402
-
+from mmvitscale.experiments import stats  # noqa: E402
+from mmvitscale.experiments.console import Stages  # noqa: E402
+from mmvitscale.experiments.console import clock as _clock  # noqa: E402
+from mmvitscale.experiments.console import loadavg_text as _loadavg  # noqa: E402
+from mmvitscale.experiments.tasks import configure, ensure_data, get_task  # noqa: E402
 from mmvitscale.fileio import atomic_write, save_figure  # noqa: E402
 from mmvitscale.search.scale_search import BaseSpec, ranks, write_rule_file  # noqa: E402
 
@@ -124,12 +126,8 @@ def sample_rules(num: int, seed: int = 0, grids: Mapping[str, Sequence[Any]] = G
 # ---------------------------------------------------------------------------- statistics
 def kendall(x: Sequence[float], y: Sequence[float]) -> Dict[str, float]:
     """Kendall's tau-b and its p-value; nan with fewer than 2 points or a constant side."""
-    from scipy.stats import kendalltau
-    if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
-        return dict(tau=float('nan'), p=float('nan'), n=len(x))
-    res = kendalltau(x, y)
-    return dict(tau=float(res.statistic if hasattr(res, 'statistic') else res[0]),
-                p=float(res.pvalue if hasattr(res, 'pvalue') else res[1]), n=len(x))
+    res = stats.kendall_tau(x, y)
+    return dict(tau=res.tau, p=res.p_value, n=res.n)
 
 
 def proxy_scores(kappa: Sequence[float], length: Sequence[float]) -> Dict[str, List[float]]:
@@ -205,9 +203,8 @@ def train_arch(rule: Dict[str, Any], args: argparse.Namespace, work_dir: str) ->
                                 header=['proxy_correlation sample'])
     cfg = load_with_rule(CONFIG, rule_path)
     size = dict(epochs=args.epochs, train=args.train, val=args.val, batch=args.batch)
-    run_args = argparse.Namespace(data_root=args.data_root, workers=args.workers,
-                                  seed=args.seed, det_score_thr=0.01)
-    cfg = configure(cfg, 'cls', size, run_args, work_dir)
+    cfg = configure(cfg, get_task('cls'), size, args.seed, work_dir, args.data_root,
+                    loader_workers=args.workers)
     # no stdout redirection: mmengine's logger keeps the stream it first saw, and a
     # per-run file would be closed under the next run (log level WARNING keeps it quiet)
     t0 = time.perf_counter()
@@ -349,7 +346,7 @@ def main(argv: Optional[Sequence[str]] = None, train_fn: TrainFn = train_arch,
     os.makedirs(args.out_dir, exist_ok=True)
     if train_fn is train_arch:
         with stages.stage(f'data under {args.data_root}'):
-            ensure_data('cls', args.data_root, dict(train=args.train, val=args.val))
+            ensure_data(get_task('cls'), args.data_root, dict(train=args.train, val=args.val))
     rules = sample_rules(args.num_archs, args.seed)
     if len(rules) < args.num_archs:
         say(f'only {len(rules)} distinct architectures in the space')

@@ -91,11 +91,10 @@ def pick_subnets(space, sup, k, seed):
 
 
 def kendall(a, b):
-    from scipy.stats import kendalltau
-    if len(a) < 2:
-        return float('nan'), float('nan')
-    res = kendalltau(a, b)
-    return float(res.statistic if hasattr(res, 'statistic') else res[0]), float(res.pvalue)
+    """Kendall's tau-b and its p-value (nan with fewer than 2 values or a constant side)."""
+    from mmvitscale.experiments.stats import kendall_tau
+    res = kendall_tau(a, b)
+    return res.tau, res.p_value
 
 
 def to_markdown(report):

@@ -37,24 +37,13 @@ class TransferError(ValueError):
 
 # ---------------------------------------------------------------------------- statistics
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b of two equally long samples (ties handled as scipy does).
-
-    ``(P - Q) / sqrt((P + Q + Tx) (P + Q + Ty))`` with ``P`` / ``Q`` the concordant /
-    discordant pairs and ``Tx`` / ``Ty`` the pairs tied only in ``x`` / only in ``y``; ``nan``
-    when either sample is constant.
-    """
-    a, b = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f'kendall_tau: {a.size} vs {b.size} values')
-    if a.size < 2:
+    """Kendall's tau-b of two equally long samples (:func:`mmvitscale.experiments.stats.
+    kendall_tau`, as scipy computes it); ``nan`` when either sample is constant."""
+    from ..experiments.stats import kendall_tau as _kendall
+    a = np.asarray(x, dtype=np.float64).ravel()
+    if a.size < 2 and a.size == np.asarray(y).size:
         raise ValueError(f'kendall_tau: needs at least 2 values, got {a.size}')
-    i, j = np.triu_indices(a.size, 1)
-    dx, dy = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
-    n0 = float(i.size)
-    denom = np.sqrt((n0 - np.count_nonzero(dx == 0)) * (n0 - np.count_nonzero(dy == 0)))
-    if denom == 0:
-        return float('nan')
-    return float(np.clip(np.sum(dx * dy) / denom, -1.0, 1.0))
+    return _kendall(a, y).tau
 
 
 # ---------------------------------------------------------------------------- table -> matrix

@@ -253,26 +253,9 @@ def filter_budget(cands: Sequence[Candidate], budget: float, kind: str = 'flops'
 
 
 # ---------------------------------------------------------------------------- score
-def ranks(values: Sequence[float], higher_is_better: bool) -> List[float]:
-    """0-based ranks, best first; ties share their mean rank; non-finite values rank last
-    (a singular NTK, a broken model)."""
-    def key(v: float) -> float:
-        if not math.isfinite(v):
-            return math.inf
-        return -v if higher_is_better else v
-
-    keys = [key(v) for v in values]
-    order = sorted(range(len(keys)), key=lambda i: keys[i])
-    out = [0.0] * len(keys)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and keys[order[j + 1]] == keys[order[i]]:
-            j += 1
-        for k in order[i:j + 1]:
-            out[k] = (i + j) / 2
-        i = j + 1
-    return out
+# ranks: 0-based, best first, ties share their mean rank, non-finite values last (the one
+# implementation lives with the study statistics)
+from ..experiments.stats import ranks  # noqa: E402,F401
 
 
 def proxy_metrics(base: BaseSpec, rule: Mapping[str, float], batch_size: int = 8,

@@ -368,17 +368,8 @@ def _round_width(width: float, heads: Tuple[int, ...]) -> int:
 
 def _ranks(values: Sequence[float], descending: bool) -> List[int]:
     """0 = best; non-finite values rank last; ties keep enumeration order."""
-    def key(i: int) -> float:
-        v = values[i]
-        if not _finite(v):
-            return math.inf
-        return -v if descending else v
-
-    order = sorted(range(len(values)), key=key)
-    ranks = [0] * len(values)
-    for r, i in enumerate(order):
-        ranks[i] = r
-    return ranks
+    from ..experiments.stats import ranks
+    return [int(r) for r in ranks(values, higher_is_better=descending, method='ordinal')]
 
 
 @dataclass

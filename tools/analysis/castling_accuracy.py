@@ -34,7 +34,6 @@ Writes ``castling_accuracy.json``, ``.md`` and ``.png`` (top-1 bar chart) to ``-
 import argparse
 import os
 import os.path as osp
-import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -43,11 +42,11 @@ import torch
 from mmengine.config import Config
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-sys.path.insert(0, osp.join(ROOT, 'tools'))
-from transfer import (Stages, _clock, _loadavg, configure,  # noqa: E402
-                      ensure_data)
-
 from mmvitscale.cost import cpu_name  # noqa: E402
+from mmvitscale.experiments.console import Stages  # noqa: E402
+from mmvitscale.experiments.console import clock as _clock  # noqa: E402
+from mmvitscale.experiments.console import loadavg_text as _loadavg  # noqa: E402
+from mmvitscale.experiments.tasks import configure, ensure_data, get_task  # noqa: E402
 from mmvitscale.fileio import atomic_write, save_figure  # noqa: E402
 from mmvitscale.rules import load_with_rule  # noqa: E402
 
@@ -165,7 +164,8 @@ def run_one(which: str, args: argparse.Namespace, stages: Stages) -> Dict[str, A
     from mmvitscale.models.linear_attention import convert_to_inference
     size = dict(epochs=args.epochs, train=args.train, val=args.val, batch=args.batch)
     work_dir = osp.join(args.out_dir, which)
-    cfg = configure(variant(load_config(args), which, args), 'cls', size, args, work_dir)
+    cfg = configure(variant(load_config(args), which, args), get_task('cls'), size, args.seed,
+                    work_dir, args.data_root, loader_workers=args.workers)
     cfg.experiment_name = f'castling_{which}_{os.getpid()}_{int(time.time())}'
     if cfg.get('visualizer'):
         cfg.visualizer = dict(cfg.visualizer, name=cfg.experiment_name)
@@ -308,7 +308,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         cpu=cpu_name(), loadavg_start=_loadavg(),
         loadavg_end=None, started=time.strftime('%Y-%m-%d %H:%M:%S'), wall_s=0.0), runs={})
     with stages.stage(f'data under {args.data_root}'):
-        ensure_data('cls', args.data_root, dict(train=args.train, val=args.val))
+        ensure_data(get_task('cls'), args.data_root, dict(train=args.train, val=args.val))
     for which in args.runs:
         report['runs'][which] = run_one(which, args, stages)
         report['meta'].update(loadavg_end=_loadavg(), wall_s=stages.elapsed())

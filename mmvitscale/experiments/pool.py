@@ -1,0 +1,114 @@
+"""Run trials on a local pool of worker processes, appending each result to the store.
+
+Finished trials (their key in the store) are skipped, so rerunning a study after a crash
+continues where it stopped. Each worker sets its torch threads before any trial; a trial's
+result depends on its seed only, so 1 worker and N workers give the same rows (timings
+aside). Progress and an ETA are printed as trials finish.
+"""
+import multiprocessing
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from .store import ResultStore
+from .trial import Trial, run_trial
+
+Say = Callable[[str], None]
+
+
+def _default_say(msg: str) -> None:
+    # the real stdout: a running trial redirects sys.stdout to its log file
+    print(msg, file=sys.__stdout__, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds >= 3600:
+        return f'{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m'
+    return f'{int(seconds // 60)}m{int(seconds % 60):02d}s'
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or parallel work already ran in this process
+        pass
+
+
+class Progress:
+    """Counts finished trials and estimates the time left from the throughput so far."""
+
+    def __init__(self, total: int, say: Say) -> None:
+        self.total, self.done, self.say = total, 0, say
+        self.start = time.perf_counter()
+
+    def eta(self) -> float:
+        elapsed = time.perf_counter() - self.start
+        return elapsed / self.done * (self.total - self.done) if self.done else float('nan')
+
+    def finished(self, trial: Trial, row: Dict[str, Any]) -> None:
+        self.done += 1
+        elapsed = time.perf_counter() - self.start
+        eta = 'done' if self.done == self.total else f'ETA {_clock(self.eta())}'
+        self.say(f'[{self.done}/{self.total}] {trial}: {row["metric"]:.2f} {row["metric_unit"]} '
+                 f'in {row["timings"]["total_s"]:.1f}s; elapsed {_clock(elapsed)}, {eta}')
+
+
+def run_trials(trials: Sequence[Trial], store: ResultStore, out_dir: str, data_root: str,
+               workers: int = 1, threads: int = 1,
+               fn: Callable[..., Dict[str, Any]] = run_trial,
+               say: Optional[Say] = None) -> List[Dict[str, Any]]:
+    """Run every trial not yet in ``store``; return the rows of ``trials`` in their order.
+
+    Args:
+        trials: the study's trials (duplicates run once).
+        store: finished rows are appended as each trial finishes.
+        out_dir, data_root: passed to ``fn`` (trial folders, prepared data).
+        workers: processes; 1 runs in this process.
+        threads: torch threads per worker (workers x threads <= cores keeps them busy
+            without oversubscribing).
+        fn: the trial runner, ``fn(trial, out_dir, data_root, threads) -> row``
+            (a module-level function: workers import it).
+        say: progress lines (default: stdout).
+    """
+    if workers < 1:
+        raise ValueError(f'workers must be >= 1, got {workers}')
+    if threads < 1:
+        raise ValueError(f'threads must be >= 1, got {threads}')
+    say = say or _default_say
+    unique = list({t.key: t for t in trials}.values())
+    pending = [t for t in unique if t.key not in store]
+    say(f'{len(unique)} trials: {len(unique) - len(pending)} already in {store.path}, '
+        f'{len(pending)} to run on {min(workers, max(1, len(pending)))} worker(s) x '
+        f'{threads} thread(s)')
+    progress = Progress(len(pending), say)
+    if workers == 1 or len(pending) <= 1:
+        _init_worker(threads)
+        for trial in pending:
+            row = fn(trial, out_dir, data_root, threads)
+            store.append(row)
+            progress.finished(trial, row)
+    else:
+        ctx = multiprocessing.get_context('spawn')  # no torch / mmengine state forked
+        with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
+                                 initializer=_init_worker, initargs=(threads,)) as pool:
+            running = {pool.submit(fn, t, out_dir, data_root, threads): t for t in pending}
+            try:
+                while running:
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        trial = running.pop(fut)
+                        try:
+                            row = fut.result()
+                        except Exception as err:
+                            raise RuntimeError(f'trial {trial} failed: {err}') from err
+                        store.append(row)
+                        progress.finished(trial, row)
+            except BaseException:
+                for fut in running:
+                    fut.cancel()
+                raise
+    return [store.get(t.key) for t in trials]

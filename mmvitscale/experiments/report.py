@@ -1,0 +1,335 @@
+"""A study's summary (arms, paired comparisons, rank agreement) and its JSON / Markdown / PNG.
+
+:func:`summarize` is a pure function of the store's rows and the study definition, so a
+study rerun after a crash writes the same bytes. The words follow the intervals
+(``docs/studies.md``): a rule *beats the baseline* / *transferred* only when the interval of
+its paired difference lies above 0, *worse* / *reversed* when below, else *inconclusive*.
+"""
+import json
+import math
+import os.path as osp
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from ..fileio import atomic_write, save_figure
+from . import stats
+
+SOURCE_WORDS = dict(better='beats the baseline', worse='worse than the baseline',
+                    inconclusive='inconclusive')
+TARGET_WORDS = dict(better='transferred to', worse='reversed on', inconclusive='inconclusive on')
+
+
+def json_safe(obj: Any) -> Any:
+    """``nan`` / ``inf`` -> ``None`` and tuples -> lists, recursively (strict JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Strict, indented JSON, atomically."""
+    atomic_write(path, json.dumps(json_safe(obj), indent=2, allow_nan=False) + '\n')
+
+
+def write_markdown(path: str, text: str) -> None:
+    atomic_write(path, text if text.endswith('\n') else text + '\n')
+
+
+def _fmt(v: Optional[float], digits: int = 2, sign: bool = True) -> str:
+    if v is None or not math.isfinite(v):
+        return 'n/a'
+    return f'{v:+.{digits}f}' if sign else f'{v:.{digits}f}'
+
+
+# ---------------------------------------------------------------------------- summary
+def _by_arm(rows: Sequence[Mapping[str, Any]]) -> Dict[tuple, Dict[int, Mapping[str, Any]]]:
+    arms: Dict[tuple, Dict[int, Mapping[str, Any]]] = {}
+    for row in rows:
+        arms.setdefault((row['task'], row['rule']), {})[row['seed']] = row
+    return arms
+
+
+def machine_summary(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Machines, torch versions, threads and load over the rows (as recorded per trial)."""
+    machines = [r.get('machine', {}) for r in rows]
+    loads = [m['loadavg'][0] for m in machines if m.get('loadavg')]
+    return dict(cpu=sorted({str(m.get('cpu')) for m in machines}),
+                torch=sorted({str(m.get('torch')) for m in machines}),
+                threads=sorted({int(m.get('threads') or 0) for m in machines}),
+                loadavg_1min=[min(loads), max(loads)] if loads else None,
+                trials=len(rows),
+                trial_seconds=sum(r.get('timings', {}).get('total_s', 0.0) for r in rows))
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], rules: Sequence[str],
+              baseline: str, seeds: Sequence[int], source: Optional[str] = None,
+              tolerance: float = 0.15, confidence: float = 0.95,
+              meta: Optional[Mapping[str, Any]] = None,
+              latency: Sequence[Mapping[str, Any]] = ()) -> Dict[str, Any]:
+    """Arms, paired comparisons to ``baseline``, the winner and rank agreement of a study.
+
+    Args:
+        rows: store rows of the study's trials (one per task, rule label, seed).
+        tasks, rules, seeds: the study's grid (rule labels, the baseline among them).
+        source: the task the rules are chosen on (default: the first task); rank agreement
+            is Kendall tau between the arms' means on ``source`` and on each other task.
+        tolerance: equal cost = backbone FLOPs within this fraction of the baseline's; the
+            latency budget is the baseline's latency plus this fraction.
+        latency: latency rows (:func:`mmvitscale.experiments.latency.measure_arms`); the
+            first backend decides ``within_latency_budget``.
+    """
+    if baseline not in rules:
+        raise ValueError(f'baseline {baseline!r} is not among the rules {list(rules)}')
+    source = source or tasks[0]
+    arms_rows = _by_arm(rows)
+    missing = [f'{t}/{r}/seed{s}' for t in tasks for r in rules for s in seeds
+               if s not in arms_rows.get((t, r), {})]
+    if missing:
+        raise ValueError(f'the store lacks {len(missing)} trials of the study, e.g. '
+                         f'{", ".join(missing[:3])}')
+    lat: Dict[tuple, Dict[str, Dict[str, float]]] = {}
+    backends: List[str] = []
+    for r in latency:
+        backends += [r['backend']] if r['backend'] not in backends else []
+        lat.setdefault((r['task'], r['rule']), {})[r['backend']] = dict(
+            median_ms=r['median_ms'], round_min_ms=r['round_min_ms'],
+            round_max_ms=r['round_max_ms'], noise_ms=r['round_max_ms'] - r['round_min_ms'])
+    arms: List[Dict[str, Any]] = []
+    comparisons: List[Dict[str, Any]] = []
+    means: Dict[str, Dict[str, float]] = {}
+    for task in tasks:
+        base_rows = arms_rows[(task, baseline)]
+        base_vals = [base_rows[s]['metric'] for s in seeds]
+        base_flops = base_rows[seeds[0]]['cost']['gflops']
+        unit = base_rows[seeds[0]].get('metric_unit', 'points')
+        for rule in rules:
+            per_seed = arms_rows[(task, rule)]
+            vals = [per_seed[s]['metric'] for s in seeds]
+            first = per_seed[seeds[0]]
+            iv = stats.t_interval(vals, confidence)
+            ratio = first['cost']['gflops'] / base_flops if base_flops > 0 else math.nan
+            means.setdefault(task, {})[rule] = iv.mean
+            arms.append(dict(
+                task=task, rule=rule, rule_file=first.get('rule_file'),
+                scaling=first.get('scaling'), seeds=list(seeds), metrics=vals,
+                metric_name=first.get('metric_name'), metric_unit=unit, mean=iv.mean,
+                ci95=[iv.low, iv.high], half_width=iv.half_width, sd=iv.sd,
+                gflops=first['cost']['gflops'], params_m=first['cost']['params_m'],
+                flops_ratio=ratio, input_shape=first.get('input_shape'),
+                train_s_mean=sum(per_seed[s]['timings']['train_s'] for s in seeds) / len(seeds),
+                latency=lat.get((task, rule), {})))
+            if rule == baseline:
+                continue
+            diff = stats.paired_interval(vals, base_vals, confidence)
+            v = stats.verdict(diff, unit='points')
+            test = stats.paired_t_test(vals, base_vals)
+            comparisons.append(dict(
+                task=task, rule=rule, baseline=baseline, seeds=list(seeds),
+                diffs=stats.paired_differences(vals, base_vals), diff_mean=diff.mean,
+                ci95=[diff.low, diff.high], half_width=diff.half_width,
+                verdict=v['verdict'], text=v['text'], p_value=test['p_value'],
+                flops_ratio=ratio, equal_cost=bool(abs(ratio - 1) <= tolerance),
+                **_latency_view(lat, task, rule, baseline, backends, tolerance)))
+    rank_agreement = []
+    for task in tasks:
+        if task == source:
+            continue
+        k = stats.kendall_tau([means[source][r] for r in rules],
+                              [means[task][r] for r in rules])
+        rank_agreement.append(dict(source=source, target=task, rules=list(rules),
+                                   kendall_tau=k.tau, p_value=k.p_value, n=k.n,
+                                   method=k.method))
+    summary = dict(meta=dict(meta or {}), tasks=list(tasks), rules=list(rules),
+                   baseline=baseline, seeds=list(seeds), source=source,
+                   confidence=confidence, tolerance=tolerance, latency_backends=backends,
+                   machine=machine_summary(rows), arms=arms, comparisons=comparisons,
+                   rank_agreement=rank_agreement)
+    summary = json_safe(summary)
+    summary.update(headline(summary))
+    return summary
+
+
+def _latency_view(lat: Mapping[tuple, Mapping[str, Mapping[str, float]]], task: str, rule: str,
+                  baseline: str, backends: Sequence[str], tolerance: float) -> Dict[str, Any]:
+    """Latency ratios to the baseline per backend; within the baseline's latency budget on
+    the first backend (``None`` without latency rows)."""
+    ratios = {}
+    for b in backends:
+        mine, base = lat.get((task, rule), {}).get(b), lat.get((task, baseline), {}).get(b)
+        if mine and base and base['median_ms'] > 0:
+            ratios[b] = mine['median_ms'] / base['median_ms']
+    first = ratios.get(backends[0]) if backends else None
+    return dict(latency_ratio=ratios,
+                within_latency_budget=None if first is None else bool(first <= 1 + tolerance))
+
+
+def _comparison(summary: Mapping[str, Any], task: str, rule: str) -> Mapping[str, Any]:
+    return next(c for c in summary['comparisons'] if c['task'] == task and c['rule'] == rule)
+
+
+def _span(c: Mapping[str, Any]) -> str:
+    lo, hi = c['ci95']
+    return (f"{_fmt(c['diff_mean'])} points, 95% interval {_fmt(lo)} to {_fmt(hi)}"
+            if lo is not None else f"{_fmt(c['diff_mean'])} points, no interval (one seed)")
+
+
+def headline(summary: Mapping[str, Any]) -> Dict[str, Any]:
+    """The winner on the source task and what became of it on each target, in words.
+
+    The winner is the rule with the largest mean difference among those that beat the
+    baseline at equal cost; with none, the best equal-cost rule is followed and named so.
+    """
+    source = summary['source']
+    cands = [c for c in summary['comparisons'] if c['task'] == source and c['equal_cost']]
+    lines = []
+    winner = None
+    if not cands:
+        lines.append(f'No rule is at equal FLOPs to the baseline on {source} '
+                     f"(tolerance {summary['tolerance']:.0%}): no comparison at equal cost.")
+    else:
+        better = [c for c in cands if c['verdict'] == 'better']
+        pick = max(better or cands, key=lambda c: c['diff_mean'])
+        winner = pick['rule'] if better else None
+        if better:
+            lines.append(f"{pick['rule']} beats the baseline on {source}: {_span(pick)}.")
+        else:
+            lines.append(f'No rule in the tested set beats the baseline on {source} at equal '
+                         f"FLOPs; the best, {pick['rule']}: {_span(pick)} "
+                         f"({SOURCE_WORDS[pick['verdict']]}).")
+        for task in summary['tasks']:
+            if task == source:
+                continue
+            c = _comparison(summary, task, pick['rule'])
+            words = TARGET_WORDS[c['verdict']]
+            extra = (f" (+-{c['half_width']:.2f} points)"
+                     if c['verdict'] == 'inconclusive' and c['half_width'] is not None else '')
+            lines.append(f"{pick['rule']} {words} {task}: {_span(c)}{extra}.")
+    backends = summary.get('latency_backends') or []
+    if backends:
+        in_budget = [c for c in summary['comparisons']
+                     if c['task'] == source and c['within_latency_budget']]
+        better = [c for c in in_budget if c['verdict'] == 'better']
+        if better:
+            best = max(better, key=lambda c: c['diff_mean'])
+            lines.append(f"At the baseline's {backends[0]} latency (+{summary['tolerance']:.0%}) "
+                         f"instead of its FLOPs: {best['rule']} beats the baseline on {source}: "
+                         f'{_span(best)} (latency x{best["latency_ratio"][backends[0]]:.2f}).')
+        else:
+            lines.append(f"At the baseline's {backends[0]} latency "
+                         f"(+{summary['tolerance']:.0%}): no rule beats the baseline on "
+                         f'{source} ({len(in_budget)} rule(s) within that budget).')
+    return dict(winner=winner, followed=(pick['rule'] if cands else None), headline=lines)
+
+
+# ---------------------------------------------------------------------------- markdown / png
+def to_markdown(summary: Mapping[str, Any], title: str = 'Study') -> str:
+    """The summary in tables and sentences (the same numbers as the JSON)."""
+    m = summary['machine']
+    meta = summary.get('meta', {})
+    load = m['loadavg_1min']
+    lines = [f'# {title}', '']
+    if meta.get('description'):
+        lines += [meta['description'], '']
+    lines += [
+        f"Seeds {summary['seeds']} (paired: every arm of a task uses the same seeds); "
+        f"baseline `{summary['baseline']}`; source task `{summary['source']}`.",
+        f"Machine: {', '.join(m['cpu'])}; torch {', '.join(m['torch'])}; torch threads "
+        f"{', '.join(str(t) for t in m['threads'])} per trial; 1-min load average "
+        + (f'{load[0]:.2f} to {load[1]:.2f}' if load else 'n/a')
+        + f" over {m['trials']} trials ({m['trial_seconds'] / 60:.1f} trial-minutes).",
+        f"Intervals: {summary['confidence']:.0%} Student t over seeds; differences are paired "
+        'per seed. A verdict is "better" / "worse" only when the interval of the difference '
+        f"excludes 0. Equal cost: backbone FLOPs within {summary['tolerance']:.0%} of the "
+        'baseline. Latency: backbone, batch 1, CPU, median of the round medians (the arms of a '
+        'task alternate in rounds); the round spread is the noise floor.', '',
+        '## Headline', '']
+    lines += [f'- {s}' for s in summary['headline']]
+    for task in summary['tasks']:
+        arms = [a for a in summary['arms'] if a['task'] == task]
+        unit = arms[0]['metric_unit']
+        backends = summary.get('latency_backends') or []
+        lines += ['', f'## {task}: {arms[0]["metric_name"]} ({unit})', '',
+                  '| rule | GFLOPs | FLOPs vs baseline | params (M) | '
+                  + ''.join(f'{b} ms (round spread) | ' for b in backends)
+                  + 'mean | 95% interval | per seed |',
+                  '|---|---|---|---|' + '---|' * len(backends) + '---|---|---|']
+        for a in arms:
+            lo, hi = a['ci95']
+            lat = ''
+            for b in backends:
+                m = a['latency'].get(b)
+                lat += (f"{m['median_ms']:.2f} ({m['round_min_ms']:.2f}-{m['round_max_ms']:.2f})"
+                        ' | ' if m else 'n/a | ')
+            lines.append(f"| {a['rule']} | {a['gflops']:.4f} | x{a['flops_ratio']:.2f} | "
+                         f"{a['params_m']:.3f} | {lat}{_fmt(a['mean'], sign=False)} | "
+                         f"{_fmt(lo, sign=False)} to {_fmt(hi, sign=False)} | "
+                         + ', '.join(f'{v:.2f}' for v in a['metrics']) + ' |')
+        comps = [c for c in summary['comparisons'] if c['task'] == task]
+        if comps:
+            lines += ['', '| rule vs baseline | difference | 95% interval | paired t p '
+                      '| equal FLOPs | verdict |', '|---|---|---|---|---|---|']
+            for c in comps:
+                lo, hi = c['ci95']
+                lines.append(f"| {c['rule']} | {_fmt(c['diff_mean'])} | {_fmt(lo)} to "
+                             f"{_fmt(hi)} | {_fmt(c['p_value'], 3, sign=False)} | "
+                             f"{'yes' if c['equal_cost'] else 'no'} | {c['verdict']} |")
+            hws = [c['half_width'] for c in comps if c['half_width'] is not None]
+            if hws:
+                lines += ['', 'Power: ' + stats.power_text(max(hws), 'points',
+                                                           len(summary['seeds'])) + '.']
+    if summary['rank_agreement']:
+        lines += ['', '## Rank agreement', '',
+                  f"Kendall tau-b between the rules' mean {summary['source']} metric and "
+                  'their mean on each target (all rules, the baseline included).', '',
+                  '| source | target | rules | Kendall tau | p-value |', '|---|---|---|---|---|']
+        for r in summary['rank_agreement']:
+            lines.append(f"| {r['source']} | {r['target']} | {r['n']} | "
+                         f"{_fmt(r['kendall_tau'], 3)} | {_fmt(r['p_value'], 3, sign=False)} |")
+    return '\n'.join(lines) + '\n'
+
+
+def plot(summary: Mapping[str, Any], path: str) -> None:
+    """Per task: arm means with 95% error bars, and paired differences to the baseline."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    tasks = summary['tasks']
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 3.2 * len(tasks)), squeeze=False)
+    for row, task in zip(axes, tasks):
+        arms = [a for a in summary['arms'] if a['task'] == task]
+        ys = list(range(len(arms)))
+        for y, a in zip(ys, arms):
+            lo, hi = a['ci95']
+            err = [[a['mean'] - lo], [hi - a['mean']]] if lo is not None else None
+            row[0].errorbar(a['mean'], y, xerr=err, fmt='o', capsize=4,
+                            color='tab:blue' if a['rule'] == summary['baseline'] else 'tab:red')
+            row[0].scatter(a['metrics'], [y] * len(a['metrics']), s=10, color='0.5', zorder=3)
+        row[0].set_yticks(ys, [a['rule'] for a in arms], fontsize=8)
+        row[0].set_xlabel(f"{task}: {arms[0]['metric_unit']} (mean, 95% interval, seeds)")
+        row[0].grid(alpha=0.3)
+        comps = [c for c in summary['comparisons'] if c['task'] == task]
+        for y, c in enumerate(comps):
+            lo, hi = c['ci95']
+            err = [[c['diff_mean'] - lo], [hi - c['diff_mean']]] if lo is not None else None
+            color = dict(better='tab:green', worse='tab:red').get(c['verdict'], '0.3')
+            row[1].errorbar(c['diff_mean'], y, xerr=err, fmt='s', capsize=4, color=color)
+        row[1].axvline(0, color='k', lw=0.8)
+        row[1].set_yticks(list(range(len(comps))), [c['rule'] for c in comps], fontsize=8)
+        row[1].set_xlabel(f'{task}: difference to {summary["baseline"]} (points, 95% interval)')
+        row[1].grid(alpha=0.3)
+        row[1].margins(y=0.3)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)
+
+
+def write_report(summary: Mapping[str, Any], out_dir: str, name: str,
+                 title: str = 'Study') -> Dict[str, str]:
+    """``<name>.json``, ``.md`` and ``.png`` under ``out_dir`` (each written atomically)."""
+    paths = {ext: osp.join(out_dir, f'{name}.{ext}') for ext in ('json', 'md', 'png')}
+    write_json(paths['json'], summary)
+    write_markdown(paths['md'], to_markdown(summary, title))
+    plot(summary, paths['png'])
+    return paths

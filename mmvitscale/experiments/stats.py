@@ -1,0 +1,244 @@
+"""The statistics of a study: intervals, paired differences, verdict words, rank agreement.
+
+The one place in the package that computes Kendall's tau and ranks; ``search``, ``cost`` and
+the study tools call these. Conventions (``docs/studies.md``):
+
+* an arm's mean gets a Student-t interval over its per-seed values;
+* two arms sharing their seeds are compared by the t interval of the per-seed differences
+  (the paired design: the difference per seed cancels data-order noise);
+* the verdict word follows that interval: ``better`` / ``worse`` only when it excludes 0,
+  otherwise ``inconclusive`` with the interval's half-width (the study's power).
+"""
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+VERDICTS = ('better', 'worse', 'inconclusive')
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Mean of ``n`` values and its two-sided Student-t interval (``nan`` bounds when n < 2)."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    sd: float
+    confidence: float = 0.95
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+    def as_dict(self) -> Dict[str, Any]:
+        out = asdict(self)
+        out['half_width'] = self.half_width
+        return out
+
+
+def _values(values: Sequence[float], name: str) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    if arr.size == 0:
+        raise ValueError(f'{name}: needs at least one value, got none')
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f'{name}: values must be finite, got {arr.tolist()}')
+    return arr
+
+
+def t_quantile(confidence: float, dof: int) -> float:
+    """Two-sided Student-t critical value: ``t`` with ``P(|T_dof| <= t) = confidence``."""
+    from scipy.stats import t as student_t
+    if not 0 < confidence < 1:
+        raise ValueError(f'confidence must be in (0, 1), got {confidence}')
+    return float(student_t.ppf(0.5 + confidence / 2, dof))
+
+
+def t_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
+    """Mean and Student-t interval of ``values`` (one per seed); bounds ``nan`` for one value."""
+    arr = _values(values, 't_interval')
+    mean = float(arr.mean())
+    if arr.size < 2:
+        return Interval(mean, math.nan, math.nan, 1, math.nan, confidence)
+    sd = float(arr.std(ddof=1))
+    half = t_quantile(confidence, arr.size - 1) * sd / math.sqrt(arr.size)
+    return Interval(mean, mean - half, mean + half, int(arr.size), sd, confidence)
+
+
+def paired_differences(treatment: Sequence[float], baseline: Sequence[float]) -> List[float]:
+    """Per-seed ``treatment - baseline``; both lists in the same seed order."""
+    a, b = _values(treatment, 'treatment'), _values(baseline, 'baseline')
+    if a.shape != b.shape:
+        raise ValueError(f'paired values need one per seed on both sides, got {a.size} '
+                         f'treatment vs {b.size} baseline values')
+    return (a - b).tolist()
+
+
+def paired_interval(treatment: Sequence[float], baseline: Sequence[float],
+                    confidence: float = 0.95) -> Interval:
+    """Student-t interval of the mean per-seed difference ``treatment - baseline``."""
+    return t_interval(paired_differences(treatment, baseline), confidence)
+
+
+def paired_t_test(treatment: Sequence[float], baseline: Sequence[float]) -> Dict[str, float]:
+    """Two-sided paired t test (``scipy.stats.ttest_rel``): ``statistic``, ``p_value``, ``df``.
+
+    ``nan`` for fewer than 2 pairs or differences that are all equal.
+    """
+    from scipy.stats import t as student_t
+    d = np.asarray(paired_differences(treatment, baseline))
+    if d.size < 2:
+        return dict(statistic=math.nan, p_value=math.nan, df=0)
+    sd = d.std(ddof=1)
+    if sd == 0:
+        return dict(statistic=math.nan, p_value=math.nan, df=int(d.size - 1))
+    stat = float(d.mean() / (sd / math.sqrt(d.size)))
+    return dict(statistic=stat, p_value=float(2 * student_t.sf(abs(stat), d.size - 1)),
+                df=int(d.size - 1))
+
+
+def verdict(diff: Interval, unit: str = 'points', digits: int = 2) -> Dict[str, Any]:
+    """The verdict word an interval of a difference allows, and a sentence saying it.
+
+    ``better`` when the interval lies above 0, ``worse`` when below, ``inconclusive`` when it
+    holds 0 or cannot be computed (one seed); the text gives the mean difference and interval,
+    or the half-width (the smallest difference this design could detect).
+    """
+    f = f'{{:+.{digits}f}}'
+    if diff.n < 2 or not math.isfinite(diff.low):
+        return dict(verdict='inconclusive', half_width=math.nan,
+                    text=f'inconclusive: {f.format(diff.mean)} {unit} from {diff.n} seed; '
+                         'no interval (run k >= 3 seeds)')
+    span = (f'{f.format(diff.mean)} {unit}, {diff.confidence:.0%} interval '
+            f'{f.format(diff.low)} to {f.format(diff.high)}')
+    if diff.low > 0:
+        word = 'better'
+    elif diff.high < 0:
+        word = 'worse'
+    else:
+        word = 'inconclusive'
+        span += f' (+-{diff.half_width:.{digits}f} {unit})'
+    return dict(verdict=word, half_width=diff.half_width, text=f'{word}: {span}')
+
+
+def power_text(half_width: float, unit: str = 'points', n: Optional[int] = None) -> str:
+    """A sentence stating the smallest difference a design can detect."""
+    if not math.isfinite(half_width):
+        return 'no interval with fewer than 2 seeds: this design cannot detect any difference'
+    seeds = f' with {n} seeds' if n else ''
+    return (f'differences smaller than about {half_width:.2f} {unit} are not detectable'
+            f'{seeds} (95% interval half-width)')
+
+
+# ---------------------------------------------------------------------------- ranks
+def ranks(values: Sequence[Optional[float]], higher_is_better: bool = True,
+          method: str = 'average') -> List[float]:
+    """0-based ranks, best first; non-finite values and ``None`` rank last (a singular NTK, a
+    broken model).
+
+    ``method='average'``: ties share their mean rank; ``'ordinal'``: ties keep input order.
+    """
+    if method not in ('average', 'ordinal'):
+        raise ValueError(f"method must be 'average' or 'ordinal', got {method!r}")
+
+    def key(v: Optional[float]) -> float:
+        if v is None or not math.isfinite(v):
+            return math.inf
+        return -float(v) if higher_is_better else float(v)
+
+    keys = [key(v) for v in values]
+    order = sorted(range(len(keys)), key=lambda i: keys[i])
+    out = [0.0] * len(keys)
+    i = 0
+    while i < len(order):
+        j = i
+        if method == 'average':
+            while j + 1 < len(order) and keys[order[j + 1]] == keys[order[i]]:
+                j += 1
+        for r, k in enumerate(order[i:j + 1]):
+            out[k] = (i + j) / 2 if method == 'average' else float(i + r)
+        i = j + 1
+    return out
+
+
+# ---------------------------------------------------------------------------- Kendall tau
+@dataclass(frozen=True)
+class KendallResult:
+    """Kendall's tau-b, its two-sided p-value and the number of pairs of values."""
+
+    tau: float
+    p_value: float
+    n: int
+    method: str  # 'exact', 'asymptotic' or 'undefined'
+
+    def as_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def _tie_sums(values: np.ndarray):
+    _, counts = np.unique(values, return_counts=True)
+    c = counts[counts > 1].astype(np.int64)
+    return (int((c * (c - 1) // 2).sum()), int((c * (c - 1) * (c - 2)).sum()),
+            int((c * (c - 1) * (2 * c + 5)).sum()))
+
+
+def _kendall_p_exact(n: int, concordant: int) -> float:
+    """Two-sided exact p-value without ties: permutations with at most ``min(c, N - c)``
+    inversions (Mahonian numbers, exact integers), doubled."""
+    total = n * (n - 1) // 2
+    c = min(concordant, total - concordant)
+    if 4 * c == n * (n - 1):
+        return 1.0
+    counts = [1] + [0] * c  # permutations of 1 element by inversion count, truncated at c
+    for j in range(2, n + 1):  # add element j: 0..j-1 new inversions
+        prefix, acc = [], 0
+        for v in counts:
+            acc += v
+            prefix.append(acc)
+        counts = [prefix[k] - (prefix[k - j] if k >= j else 0) for k in range(c + 1)]
+    return min(1.0, 2 * sum(counts) / math.factorial(n))
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float], method: str = 'auto') -> KendallResult:
+    """Kendall's tau-b of two paired samples and its two-sided p-value, as scipy computes them.
+
+    ``method='auto'``: the exact null distribution without ties when ``n <= 33`` (or the
+    ranking is at most one swap from perfect), else the normal approximation with tie
+    corrections. ``nan`` when either side is constant, holds a nan, or has fewer than 2 values.
+    """
+    if method not in ('auto', 'exact', 'asymptotic'):
+        raise ValueError(f"method must be 'auto', 'exact' or 'asymptotic', got {method!r}")
+    a = np.asarray(x, dtype=np.float64).ravel()
+    b = np.asarray(y, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f'kendall_tau: {a.size} vs {b.size} values')
+    n = int(a.size)
+    undefined = KendallResult(math.nan, math.nan, n, 'undefined')
+    if n < 2 or np.isnan(a).any() or np.isnan(b).any():
+        return undefined
+    i, j = np.triu_indices(n, 1)
+    dx, dy = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+    total = int(i.size)
+    xtie, ytie = int(np.count_nonzero(dx == 0)), int(np.count_nonzero(dy == 0))
+    if xtie == total or ytie == total:
+        return undefined
+    s = float(np.sum(dx * dy))  # concordant - discordant
+    tau = float(np.clip(s / math.sqrt(total - xtie) / math.sqrt(total - ytie), -1.0, 1.0))
+    discordant = int(np.count_nonzero(dx * dy < 0))
+    ties = xtie > 0 or ytie > 0
+    if method == 'exact' and ties:
+        raise ValueError('kendall_tau: ties found, the exact method cannot be used')
+    if method == 'auto':
+        exact = not ties and (n <= 33 or min(discordant, total - discordant) <= 1)
+        method = 'exact' if exact else 'asymptotic'
+    if method == 'exact':
+        return KendallResult(tau, _kendall_p_exact(n, total - discordant), n, 'exact')
+    _, x0, x1 = _tie_sums(a)
+    _, y0, y1 = _tie_sums(b)
+    m = n * (n - 1.0)
+    var = ((m * (2 * n + 5) - x1 - y1) / 18 + (2 * xtie * ytie) / m
+           + (x0 * y0 / (9 * m * (n - 2)) if n > 2 else 0.0))
+    z = s / math.sqrt(var)
+    return KendallResult(tau, float(math.erfc(abs(z) / math.sqrt(2))), n, 'asymptotic')

@@ -1,0 +1,96 @@
+"""A study end to end: plan the trial grid, prepare data, run the pool, summarize, report.
+
+:func:`run_grid_study` is what the study tools call: ``tasks x rules x seeds`` trials, rules
+compared with a baseline on shared seeds, rank agreement between the source task and the
+others. Rows go to ``<out_dir>/trials.jsonl``; rerunning the same call skips finished trials.
+"""
+import os
+import os.path as osp
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from .latency import available_backends, measure_arms
+from .pool import Say, run_trials
+from .report import summarize, write_report
+from .store import ResultStore
+from .tasks import ensure_data, get_task
+from .trial import Trial, make_trial, rule_label
+
+STORE_NAME = 'trials.jsonl'
+
+
+def plan_grid(tasks: Sequence[str], rules: Sequence[str], seeds: Sequence[int],
+              sizes: Optional[Mapping[str, Mapping[str, Any]]] = None,
+              det_score_thr: Optional[float] = None) -> List[Trial]:
+    """Every (task, rule, seed) trial, task-major then seed then rule (arms of a seed finish
+    together, so a partial study already has paired seeds). Validates before any work."""
+    if not tasks:
+        raise ValueError('a study needs at least one task')
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise ValueError(f'seeds must be distinct and non-empty, got {list(seeds)}')
+    labels = [rule_label(r) for r in rules]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f'rule files need distinct names, got {labels}')
+    sizes = sizes or {}
+    trials = []
+    for task in tasks:
+        opts = dict(sizes.get(task, {}))
+        if det_score_thr is not None and get_task(task).kind == 'det':
+            opts['det_score_thr'] = det_score_thr
+        for seed in seeds:
+            for rule in rules:
+                trials.append(make_trial(task, rule, seed, **opts))
+    return trials
+
+
+def prepare_data(trials: Sequence[Trial], data_root: str,
+                 say: Optional[Say] = None) -> Dict[str, Dict[str, int]]:
+    """Generate / verify each offline task's data once, at the largest size any trial uses."""
+    counts = {}
+    for task in dict.fromkeys(t.task for t in trials):
+        spec = get_task(task)
+        need = dict(train=None, val=None)
+        for t in trials:
+            if t.task == task:
+                for k in need:
+                    v = t.opts.get(k)
+                    need[k] = max(need[k] or 0, v) if v else need[k]
+        if say and spec.offline:
+            say(f'{task}: data under {osp.join(data_root, spec.data_dir)}')
+        counts[task] = ensure_data(spec, data_root, need)
+    return counts
+
+
+def run_grid_study(tasks: Sequence[str], rules: Sequence[str], baseline: str,
+                   seeds: Sequence[int], out_dir: str, data_root: str, name: str,
+                   title: str, sizes: Optional[Mapping[str, Mapping[str, Any]]] = None,
+                   det_score_thr: Optional[float] = None, source: Optional[str] = None,
+                   workers: int = 1, threads: int = 1, tolerance: float = 0.15,
+                   meta: Optional[Mapping[str, Any]] = None,
+                   latency_backends: Sequence[str] = ('eager',), latency_rounds: int = 3,
+                   latency_repeats: int = 20, say: Optional[Say] = None) -> Dict[str, Any]:
+    """Run (or resume) a tasks x rules x seeds study and write ``<name>.json/.md/.png``.
+
+    ``rules`` are rule files, ``baseline`` one of them. After training, each arm's backbone
+    latency is measured on ``latency_backends`` (those this machine runs; ``latency_rounds=0``
+    skips it). Returns the summary
+    (:func:`mmvitscale.experiments.report.summarize`).
+    """
+    if osp.abspath(baseline) not in [osp.abspath(r) for r in rules]:
+        rules = [baseline] + list(rules)
+    trials = plan_grid(tasks, rules, seeds, sizes, det_score_thr)
+    out_dir, data_root = osp.abspath(out_dir), osp.abspath(data_root)
+    os.makedirs(out_dir, exist_ok=True)
+    prepare_data(trials, data_root, say)
+    store = ResultStore(osp.join(out_dir, STORE_NAME))
+    rows = run_trials(trials, store, out_dir, data_root, workers=workers, threads=threads,
+                      say=say)
+    latency: List[Dict[str, Any]] = []
+    if latency_rounds > 0:
+        latency = measure_arms(tasks, rules, store, available_backends(latency_backends),
+                               rounds=latency_rounds, repeats=latency_repeats, threads=threads,
+                               say=say)
+    summary = summarize(rows, list(tasks), [rule_label(r) for r in rules], rule_label(baseline),
+                        list(seeds), source=source, tolerance=tolerance, meta=meta,
+                        latency=latency)
+    write_report(summary, out_dir, name, title)
+    return summary

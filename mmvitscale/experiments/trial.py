@@ -1,0 +1,150 @@
+"""A trial is (task, rule, seed) plus its options; :func:`run_trial` trains and measures one.
+
+The trial key is a hash of everything that decides the result (task, the rule's name and
+content, seed, options), so a study that reruns finds its finished trials in the store even
+when the rule file was given by another path.
+"""
+import contextlib
+import hashlib
+import json
+import os
+import os.path as osp
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .tasks import ROOT, TaskError, configure, get_task, input_shape, trial_size, val_annotation
+
+OPTION_KEYS = ('epochs', 'train', 'val', 'batch', 'det_score_thr')
+
+
+def rule_label(rule: str) -> str:
+    """A rule's short name: its file name without ``.py``."""
+    return osp.splitext(osp.basename(rule))[0]
+
+
+def rule_digest(rule: str) -> str:
+    """First 12 hex digits of the sha256 of the rule file."""
+    with open(rule, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One training run: ``task`` (a registered name), ``rule`` (a rule file), ``seed``, and
+    ``options`` as sorted (name, value) pairs (epochs, train, val, batch, det_score_thr)."""
+
+    task: str
+    rule: str
+    seed: int
+    options: Tuple[Tuple[str, Any], ...] = ()
+
+    @property
+    def label(self) -> str:
+        return rule_label(self.rule)
+
+    @property
+    def opts(self) -> Dict[str, Any]:
+        return dict(self.options)
+
+    @property
+    def key(self) -> str:
+        ident = dict(task=self.task, rule=self.label, rule_sha=rule_digest(self.rule),
+                     seed=self.seed, options=self.opts)
+        blob = json.dumps(ident, sort_keys=True, separators=(',', ':'))
+        return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+    def __str__(self) -> str:
+        return f'{self.task}/{self.label}/seed{self.seed}'
+
+
+def make_trial(task: str, rule: str, seed: int, **options: Any) -> Trial:
+    """A validated :class:`Trial`; errors name the argument and value, before any work."""
+    spec = get_task(task)
+    if not osp.isfile(rule):
+        raise TaskError(f'rule file not found: {rule}')
+    if not isinstance(seed, int) or seed < 0:
+        raise TaskError(f'seed must be an integer >= 0, got {seed!r}')
+    unknown = sorted(set(options) - set(OPTION_KEYS))
+    if unknown:
+        raise TaskError(f'unknown trial options {unknown}; known: {list(OPTION_KEYS)}')
+    size = trial_size(spec, **{k: options.get(k) for k in ('epochs', 'train', 'val', 'batch')})
+    opts: Dict[str, Any] = dict(size)
+    if spec.kind == 'det':
+        opts['det_score_thr'] = options.get('det_score_thr')
+    return Trial(task, osp.abspath(rule), seed, tuple(sorted(opts.items())))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def trial_dir(out_dir: str, trial: Trial) -> str:
+    return osp.join(out_dir, 'trials', trial.task, trial.label, f'seed{trial.seed}')
+
+
+def run_trial(trial: Trial, out_dir: str, data_root: str,
+              threads: Optional[int] = None) -> Dict[str, Any]:
+    """Train, evaluate and count the cost of one trial; return its result row.
+
+    Data must be prepared (:func:`~mmvitscale.experiments.tasks.ensure_data`). Host output
+    (pycocotools summaries, mmengine warnings) goes to the trial folder's ``host_output.log``.
+    The row holds the trial's identity, the metric (in the task's unit) and every numeric
+    metric, cost (backbone GFLOPs as MACs with attention, params), timings and the machine.
+    """
+    import torch
+    from mmengine.runner import Runner
+
+    from ..cost import count_params, get_complexity
+    from ..rules import load_with_rule
+    from .store import machine_fingerprint
+    if threads:
+        torch.set_num_threads(threads)
+    spec = get_task(trial.task)
+    opts = trial.opts
+    size = {k: opts.get(k) for k in ('epochs', 'train', 'val', 'batch')}
+    work_dir = trial_dir(out_dir, trial)
+    os.makedirs(work_dir, exist_ok=True)
+    val_ann = None
+    if spec.kind == 'det' and spec.offline and size['val']:
+        val_ann = val_annotation(spec, data_root, out_dir, size['val'])
+    cfg = load_with_rule(spec.config_path, trial.rule)
+    cfg = configure(cfg, spec, size, trial.seed, work_dir, data_root, val_ann=val_ann,
+                    det_score_thr=opts.get('det_score_thr'))
+    fingerprint = machine_fingerprint()
+    t_start = time.perf_counter()
+    with open(osp.join(work_dir, 'host_output.log'), 'w') as log, \
+            contextlib.redirect_stdout(log):
+        runner = Runner.from_cfg(cfg)
+        runner.train()
+        train_s = time.perf_counter() - t_start
+        t0 = time.perf_counter()
+        metrics = {k: float(v) for k, v in runner.test().items()
+                   if isinstance(v, (int, float))}
+        eval_s = time.perf_counter() - t0
+    if spec.metric not in metrics:
+        raise RuntimeError(f'{trial}: the evaluator gave no {spec.metric}: {sorted(metrics)}')
+    shape = input_shape(spec, cfg)
+    cost = get_complexity(runner.model.backbone, shape)
+    n_train = size['train'] or len(runner.train_dataloader.dataset)
+    epochs = size['epochs'] or cfg.train_cfg['max_epochs']
+    rule_file = osp.relpath(trial.rule, ROOT)
+    if rule_file.startswith('..'):
+        rule_file = trial.rule
+    row = dict(
+        key=trial.key, task=trial.task, rule=trial.label, rule_file=rule_file,
+        rule_sha=rule_digest(trial.rule), scaling=_plain(cfg.scaling), seed=trial.seed,
+        options=opts, metric_name=spec.metric, metric_unit=spec.metric_label,
+        metric=metrics[spec.metric] * spec.metric_scale, metrics=metrics,
+        arch=_plain(cfg.scaled['arch']), input_shape=list(shape),
+        cost=dict(gflops=cost['flops'] / 1e9, params_m=cost['params'] / 1e6,
+                  model_params_m=count_params(runner.model) / 1e6),
+        timings=dict(train_s=train_s, eval_s=eval_s, total_s=time.perf_counter() - t_start,
+                     train_samples_per_s=n_train * epochs / train_s if train_s > 0 else None),
+        machine=fingerprint)
+    del runner
+    return row

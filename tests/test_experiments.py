@@ -1,0 +1,372 @@
+"""Experiments layer: statistics against scipy, verdicts, the results store, resume after
+SIGKILL, parallel == sequential, and the transfer tool end to end on a tiny study."""
+import importlib.util
+import json
+import math
+import os
+import os.path as osp
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from mmvitscale.experiments import (ResultStore, StoreError, kendall_tau, paired_interval,
+                                    paired_t_test, ranks, summarize, t_interval, to_markdown,
+                                    verdict)
+from mmvitscale.experiments.stats import Interval
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TOOL = osp.join(ROOT, 'tools', 'transfer.py')
+
+
+# ---------------------------------------------------------------------------- statistics
+@pytest.mark.parametrize('n', [2, 3, 5, 10])
+def test_t_interval_matches_scipy(n):
+    x = np.random.default_rng(n).normal(50, 3, size=n)
+    iv = t_interval(x)
+    lo, hi = sps.t.interval(0.95, n - 1, loc=x.mean(), scale=sps.sem(x))
+    assert (iv.mean, iv.low, iv.high) == pytest.approx((x.mean(), lo, hi), rel=1e-12)
+    assert iv.half_width == pytest.approx((hi - lo) / 2) and iv.n == n
+    lo90, hi90 = sps.t.interval(0.9, n - 1, loc=x.mean(), scale=sps.sem(x))
+    assert t_interval(x, 0.9).low == pytest.approx(lo90, rel=1e-12)
+
+
+def test_t_interval_edge_cases():
+    one = t_interval([3.0])
+    assert one.mean == 3.0 and math.isnan(one.low) and math.isnan(one.half_width)
+    flat = t_interval([2.0, 2.0, 2.0])
+    assert (flat.low, flat.high) == (2.0, 2.0)
+    with pytest.raises(ValueError, match='t_interval: needs at least one value'):
+        t_interval([])
+    with pytest.raises(ValueError, match=r'values must be finite, got \[1.0, nan\]'):
+        t_interval([1.0, float('nan')])
+    with pytest.raises(ValueError, match='confidence must be in'):
+        t_interval([1.0, 2.0], confidence=95)
+
+
+@pytest.mark.parametrize('seed', range(4))
+def test_paired_difference_matches_ttest_rel(seed):
+    rng = np.random.default_rng(seed)
+    base = rng.normal(60, 5, size=5)
+    rule = base + rng.normal(0.8, 1.0, size=5)  # shared per-seed noise cancels
+    ref = sps.ttest_rel(rule, base)
+    test = paired_t_test(rule, base)
+    assert test['statistic'] == pytest.approx(ref.statistic, rel=1e-10)
+    assert test['p_value'] == pytest.approx(ref.pvalue, rel=1e-10)
+    d = rule - base
+    iv = paired_interval(rule, base)
+    lo, hi = sps.t.interval(0.95, 4, loc=d.mean(), scale=sps.sem(d))
+    assert (iv.low, iv.high) == pytest.approx((lo, hi), rel=1e-10)
+    # the interval excludes 0 exactly when the paired test rejects at 5%
+    assert (iv.low > 0 or iv.high < 0) == (ref.pvalue < 0.05)
+    with pytest.raises(ValueError, match='2 treatment vs 3 baseline'):
+        paired_interval([1, 2], [1, 2, 3])
+
+
+@pytest.mark.parametrize('ties', [False, True])
+@pytest.mark.parametrize('n', [2, 3, 4, 8, 20, 33, 34, 60])
+def test_kendall_tau_and_p_value_match_scipy(n, ties):
+    rng = np.random.default_rng(n + 100 * ties)
+    for _ in range(3):
+        x = rng.normal(size=n)
+        y = 0.5 * x + rng.normal(size=n)
+        if ties:
+            x, y = np.round(x), np.round(y * 2)
+        ref = sps.kendalltau(x, y)
+        got = kendall_tau(x, y)
+        if math.isnan(ref.statistic):
+            assert math.isnan(got.tau) and math.isnan(got.p_value)
+            continue
+        assert got.tau == pytest.approx(ref.statistic, abs=1e-12)
+        assert got.p_value == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-15)
+        assert got.method == ('exact' if not ties and n <= 33 else got.method)
+
+
+def test_kendall_tau_special_cases():
+    perfect = kendall_tau(range(40), range(40))  # n > 33, no swaps: exact distribution
+    ref = sps.kendalltau(range(40), range(40))
+    assert perfect.tau == 1.0 and perfect.method == 'exact'
+    assert perfect.p_value == pytest.approx(ref.pvalue, rel=1e-9)
+    assert kendall_tau([1, 2, 3], [3, 2, 1]).tau == -1.0
+    assert math.isnan(kendall_tau([1, 1, 1], [1, 2, 3]).tau)
+    assert math.isnan(kendall_tau([1.0], [2.0]).p_value)
+    assert math.isnan(kendall_tau([1, 2, float('nan')], [1, 2, 3]).tau)
+    with pytest.raises(ValueError, match='2 vs 3 values'):
+        kendall_tau([1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match='ties found'):
+        kendall_tau([1, 1, 2], [1, 2, 3], method='exact')
+
+
+def test_ranks_match_scipy_and_put_non_finite_last():
+    v = [3.0, 1.0, 2.0, 1.0, 5.0]
+    assert ranks(v, higher_is_better=False) == list(sps.rankdata(v) - 1)
+    assert ranks(v, higher_is_better=True) == list(sps.rankdata([-x for x in v]) - 1)
+    assert ranks(v, higher_is_better=False, method='ordinal') == [3.0, 0.0, 2.0, 1.0, 4.0]
+    assert ranks([1.0, float('inf'), float('nan'), 0.5], higher_is_better=True) == \
+        [0.0, 2.5, 2.5, 1.0]
+    with pytest.raises(ValueError, match="method must be 'average' or 'ordinal'"):
+        ranks([1.0], method='dense')
+
+
+def test_search_and_tools_use_the_one_kendall_and_ranks():
+    from mmvitscale.experiments import stats
+    from mmvitscale.search import device_transfer, scale_search
+    assert scale_search.ranks is stats.ranks
+    assert device_transfer.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == \
+        stats.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]).tau
+    for rel in ('tools/proxy_correlation.py', 'tools/supernet_scorer.py'):
+        src = open(osp.join(ROOT, rel)).read()
+        assert 'scipy.stats import kendalltau' not in src, rel
+
+
+def _iv(diffs):
+    return t_interval(diffs)
+
+
+def test_verdict_words_follow_the_interval():
+    better = verdict(_iv([1.1, 0.9, 1.3, 1.0]))
+    assert better['verdict'] == 'better' and better['text'].startswith('better: +1.07 points')
+    worse = verdict(_iv([-2.0, -1.5, -2.5]))
+    assert worse['verdict'] == 'worse' and '95% interval -3.24 to -0.76' in worse['text']
+    # a bigger mean but a noisy one: the interval holds 0, so no claim either way
+    noisy = verdict(_iv([4.0, -1.0, 3.0]))
+    assert noisy['verdict'] == 'inconclusive'
+    assert noisy['text'].endswith(f"(+-{noisy['half_width']:.2f} points)")
+    one = verdict(_iv([5.0]))
+    assert one['verdict'] == 'inconclusive' and 'no interval' in one['text']
+    edge = verdict(Interval(1.0, 0.0, 2.0, 3, 1.0))  # touching 0 does not exclude it
+    assert edge['verdict'] == 'inconclusive'
+
+
+# ---------------------------------------------------------------------------- store
+def test_store_appends_repairs_a_torn_line_and_refuses_a_corrupt_middle(tmp_path):
+    path = tmp_path / 'sub' / 'trials.jsonl'
+    store = ResultStore(str(path))
+    store.append(dict(key='a', metric=1.0))
+    store.append(dict(key='b', metric=float('nan')))
+    assert len(store) == 2 and 'a' in store and math.isnan(store.get('b')['metric'])
+    whole = path.read_bytes()
+    with open(path, 'ab') as f:  # a crash in the middle of a write
+        f.write(b'{"key": "c", "met')
+    again = ResultStore(str(path))
+    assert again.repaired_bytes == len(b'{"key": "c", "met')
+    assert path.read_bytes() == whole and [r['key'] for r in again.rows()] == ['a', 'b']
+    again.append(dict(key='c', metric=3.0))
+    lines = path.read_text().splitlines()
+    assert [json.loads(s)['key'] for s in lines] == ['a', 'b', 'c']
+    with open(path, 'ab') as f:  # a full line that is not JSON is also a torn tail
+        f.write(b'garbage\n')
+    assert len(ResultStore(str(path))) == 3
+    path.write_text('{"key": "a"}\nnot json\n{"key": "b"}\n')
+    with pytest.raises(StoreError, match=r'trials\.jsonl:2: not a JSON line'):
+        ResultStore(str(path))
+
+
+# ---------------------------------------------------------------------------- summary
+def _row(task, rule, seed, metric, gflops=1.0):
+    return dict(key=f'{task}{rule}{seed}', task=task, rule=rule, seed=seed, metric=metric,
+                metric_name='acc', metric_unit='top-1 %', rule_file=f'{rule}.py',
+                cost=dict(gflops=gflops, params_m=1.0), timings=dict(train_s=1.0, total_s=2.0),
+                machine=dict(cpu='cpu', torch='2', threads=1, loadavg=[1.0, 1.0, 1.0]))
+
+
+def test_summary_comparisons_winner_transfer_and_rank_agreement():
+    seeds = [0, 1, 2]
+    noise = [0.3, -0.2, 0.1]
+    effect = dict(src=dict(base=0.0, good=2.0, meh=0.5, big=5.0),
+                  det=dict(base=0.0, good=1.0, meh=0.2, big=3.0))
+    flops = dict(base=1.0, good=1.05, meh=0.9, big=2.0)
+    rows = [_row(t, r, s, 50 + e + noise[s] + (0.4 * s if r == 'meh' else 0), flops[r])
+            for t, eff in effect.items() for r, e in eff.items() for s in seeds]
+    rules = ['base', 'good', 'meh', 'big']
+    summary = summarize(rows, ['src', 'det'], rules, 'base', seeds, tolerance=0.15)
+    comp = {(c['task'], c['rule']): c for c in summary['comparisons']}
+    assert comp[('src', 'good')]['diff_mean'] == pytest.approx(2.0)
+    assert comp[('src', 'good')]['ci95'] == pytest.approx([2.0, 2.0])
+    assert comp[('src', 'good')]['verdict'] == 'better'
+    assert comp[('src', 'big')]['equal_cost'] is False  # 2x the FLOPs: never the winner
+    assert summary['winner'] == 'good'
+    assert any(s.startswith('good transferred to det: +1.00 points') for s in
+               summary['headline'])
+    arm = next(a for a in summary['arms'] if (a['task'], a['rule']) == ('src', 'meh'))
+    assert arm['metrics'] == pytest.approx([50.8, 50.7, 51.4])
+    assert arm['ci95'] == pytest.approx(list(sps.t.interval(
+        0.95, 2, loc=np.mean(arm['metrics']), scale=sps.sem(arm['metrics']))))
+    (agree,) = summary['rank_agreement']
+    assert (agree['source'], agree['target'], agree['kendall_tau']) == ('src', 'det', 1.0)
+    assert agree['p_value'] == pytest.approx(sps.kendalltau([0, 2, 0.5, 5], [0, 1, .2, 3]).pvalue)
+    md = to_markdown(summary, 'T')
+    assert 'good transferred to det: +1.00 points, 95% interval +1.00 to +1.00' in md
+    assert json.loads(json.dumps(summary, allow_nan=False)) == summary
+    with pytest.raises(ValueError, match='lacks 1 trials.*det/big/seed2'):
+        summarize(rows[:-1], ['src', 'det'], rules, 'base', seeds)
+
+
+def test_summary_says_no_rule_beats_the_baseline():
+    rows = [_row('src', r, s, 50 + [0.5, -0.5, 0.2][s] * (r == 'x')) for r in ('b', 'x')
+            for s in range(3)]
+    summary = summarize(rows, ['src'], ['b', 'x'], 'b', [0, 1, 2])
+    assert summary['winner'] is None and summary['comparisons'][0]['verdict'] == 'inconclusive'
+    assert summary['headline'][0].startswith('No rule in the tested set beats the baseline')
+
+
+# ---------------------------------------------------------------------------- end to end
+def _need_fmnist():
+    from mmvitscale import datasets
+    try:
+        datasets.source_dir()
+    except datasets.FashionMNISTNotFoundError as err:
+        if os.environ.get('CI', '').lower() == 'true':
+            pytest.fail(f'CI: {err}')
+        pytest.skip(str(err))
+
+
+@pytest.fixture(scope='module')
+def tiny(tmp_path_factory):
+    """Data root with Fashion-MNIST laid out and tiny det data; two small rule files."""
+    _need_fmnist()
+    from mmvitscale import datasets
+    root = tmp_path_factory.mktemp('exp')
+    data = root / 'data'
+    datasets.prepare_classification(str(data / 'fashion_mnist'))
+    datasets.generate_det(str(data / 'fmnist_det'), num_train=16, num_val=8,
+                          show_progress=False)
+    rules = root / 'rules'
+    rules.mkdir()
+    (rules / 'small.py').write_text('scaling = dict(depth_mult=0.34, width_mult=0.5)\n')
+    (rules / 'small_deep.py').write_text('scaling = dict(depth_mult=0.5, width_mult=0.5)\n')
+    (rules / 'small_wide.py').write_text('scaling = dict(depth_mult=0.34, width_mult=0.75)\n')
+    return root
+
+
+def _cmd(tiny, out, *extra):
+    return [sys.executable, TOOL, '--tasks', 'cls', '--baseline', str(tiny / 'rules/small.py'),
+            '--rules', str(tiny / 'rules/small_deep.py'), '--seeds', '0', '1',
+            '--data-root', str(tiny / 'data'), '--out-dir', str(out), '--epochs', '1',
+            '--cls-train', '64', '--cls-val', '64', '--cls-batch', '32',
+            '--latency-backends', 'eager', '--latency-rounds', '2', '--latency-repeats', '3',
+            *extra]
+
+
+def _report_bytes(out):
+    return {ext: (out / f'transfer.{ext}').read_bytes() for ext in ('json', 'md', 'png')}
+
+
+@pytest.mark.slow
+def test_killed_study_resumes_and_parallel_matches_sequential(tiny, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    out = tmp_path / 'seq'
+    store = out / 'trials.jsonl'
+    proc = subprocess.Popen(_cmd(tiny, out), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (store.is_file() and store.read_bytes().count(b'\n') >= 1):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, 'no trial finished in 300 s'
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = [json.loads(s) for s in store.read_text().splitlines() if s.endswith('}')]
+    assert 1 <= len(before) < 4 and not (out / 'transfer.json').exists()
+    done = subprocess.run(_cmd(tiny, out), env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f'{len(before)} already in' in done.stdout
+    lines = store.read_text().splitlines()
+    rows = [json.loads(s) for s in lines if '"kind": "latency"' not in s]
+    assert len(rows) == 4 and len({r['key'] for r in rows}) == 4  # nothing ran twice
+    assert rows[:len(before)] == before
+    assert len(lines) == 6  # and one latency row per arm
+    first = _report_bytes(out)
+    again = subprocess.run(_cmd(tiny, out), env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0 and '4 already in' in again.stdout and '0 to run' in again.stdout
+    assert store.read_text().splitlines() == lines and _report_bytes(out) == first
+    report = json.loads(first['json'])
+    assert {(a['rule'], tuple(a['seeds'])) for a in report['arms']} == \
+        {('small', (0, 1)), ('small_deep', (0, 1))}
+
+    par = tmp_path / 'par'
+    run = subprocess.run(_cmd(tiny, par, '--workers', '2'), env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert 'on 2 worker(s)' in run.stdout and 'ETA' in run.stdout
+    par_rows = {json.loads(s)['key']: json.loads(s)
+                for s in (par / 'trials.jsonl').read_text().splitlines()
+                if '"kind": "latency"' not in s}
+    assert set(par_rows) == {r['key'] for r in rows}
+    for r in rows:  # same seed, same result, whichever process ran it
+        assert par_rows[r['key']]['metrics'] == r['metrics']
+        assert par_rows[r['key']]['cost'] == r['cost']
+    par_report = json.loads((par / 'transfer.json').read_text())
+    for key in ('arms', 'comparisons', 'rank_agreement', 'headline'):
+        assert par_report[key] == report[key]
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location('transfer_tool', TOOL)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_transfer_tool_rejects_bad_input_before_any_work(tmp_path):
+    tool = _load_tool()
+    out = tmp_path / 'out'
+    with pytest.raises(SystemExit, match=r'--rules .*nope\.py: rule file not found'):
+        tool.main(['--rules', str(tmp_path / 'nope.py'), '--out-dir', str(out)])
+    with pytest.raises(SystemExit, match='--cls-train must be >= 1, got 0'):
+        tool.main(['--tasks', 'cls', '--cls-train', '0', '--out-dir', str(out)])
+    with pytest.raises(SystemExit, match=r'--seeds must be distinct and >= 0, got \[1, 1\]'):
+        tool.main(['--tasks', 'cls', '--seeds', '1', '1', '--out-dir', str(out)])
+    with pytest.raises(SystemExit, match='--workers and --threads must be >= 1, got 0'):
+        tool.main(['--tasks', 'cls', '--workers', '0', '--out-dir', str(out)])
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_transfer_tool_end_to_end_cls_to_det(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative --out-dir, as on the command line
+    tool = _load_tool()
+    rules = tiny / 'rules'
+    summary = tool.main([
+        '--tasks', 'cls', 'det', '--baseline', str(rules / 'small.py'),
+        '--rules', str(rules / 'small_deep.py'), str(rules / 'small_wide.py'),
+        '--seeds', '0', '1', '--data-root', str(tiny / 'data'), '--out-dir', 'work_dirs/t',
+        '--epochs', '1', '--cls-train', '64', '--cls-val', '64', '--cls-batch', '32',
+        '--det-train', '8', '--det-val', '8', '--det-batch', '8',
+        '--latency-backends', 'eager', '--latency-rounds', '2', '--latency-repeats', '3'])
+    out = tmp_path / 'work_dirs' / 't'
+    data = json.loads((out / 'transfer.json').read_text())
+    assert data == summary
+    assert len(data['arms']) == 6 and len(data['comparisons']) == 4
+    for arm in data['arms']:
+        assert arm['seeds'] == [0, 1] and len(arm['metrics']) == 2
+        assert all(0.0 <= m <= 100.0 for m in arm['metrics'])
+        lo, hi = arm['ci95']
+        assert lo <= arm['mean'] <= hi
+    for c in data['comparisons']:
+        assert c['baseline'] == 'small' and c['verdict'] in ('better', 'worse', 'inconclusive')
+        assert c['diff_mean'] == pytest.approx(np.mean(c['diffs']))
+    (agree,) = data['rank_agreement']
+    assert (agree['source'], agree['target'], agree['n']) == ('cls', 'det', 3)
+    cls_arms = {a['rule']: a for a in data['arms'] if a['task'] == 'cls'}
+    assert cls_arms['small_wide']['params_m'] > cls_arms['small']['params_m']
+    md = (out / 'transfer.md').read_text()
+    for line in data['headline']:
+        assert line in md
+    assert '## det: coco/bbox_mAP (bbox mAP x100)' in md and 'Kendall tau' in md
+    for arm in data['arms']:  # latency per arm, with the round spread as its noise floor
+        lat = arm['latency']['eager']
+        assert 0 < lat['round_min_ms'] <= lat['median_ms'] <= lat['round_max_ms']
+    for c in data['comparisons']:
+        assert set(c['latency_ratio']) == {'eager'}
+        assert isinstance(c['within_latency_budget'], bool)
+    assert any(s.startswith("At the baseline's eager latency") for s in data['headline'])
+    png = (out / 'transfer.png').read_bytes()
+    assert png.startswith(b'\x89PNG') and len(png) > 10_000
+    assert not [p for p in os.listdir(out) if p.endswith('.tmp')]
