@@ -27,6 +27,10 @@ and bug reports can see it.
    torch) and wraps the model in DDP with ``device_ids=[LOCAL_RANK]``, which DDP refuses for a
    CPU module. Fix, only when no CUDA / NPU / MLU / MUSA device exists: initialise the process
    group without selecting a device, and wrap with ``device_ids=None``.
+5. ``launcher='slurm'`` on CPU-only nodes (``GPUS=0 tools/slurm_train.sh``): the same
+   ``torch.cuda.set_device`` call after the SLURM_* variables are read. Fix, only without an
+   accelerator: run mmengine's ``_init_dist_slurm`` with that call as a no-op (the model wrapper
+   fix of 4 applies to every launcher).
 """
 import contextlib
 import importlib.machinery
@@ -286,6 +290,29 @@ def _wrap_init_dist_pytorch(init: Callable) -> Callable:
     return init_dist_pytorch
 
 
+@contextlib.contextmanager
+def _no_set_device() -> Iterator[None]:
+    """``torch.cuda.set_device`` as a no-op (CPU torch lacks the call it makes)."""
+    set_device = torch.cuda.set_device
+    torch.cuda.set_device = lambda device: None
+    try:
+        yield
+    finally:
+        torch.cuda.set_device = set_device
+
+
+def _wrap_init_dist_slurm(init: Callable) -> Callable:
+
+    def init_dist_slurm(backend, *args, **kwargs):
+        if not _no_accelerator():
+            return init(backend, *args, **kwargs)
+        with _no_set_device():  # mmengine's SLURM_* handling, less the device selection
+            return init(backend, *args, **kwargs)
+
+    init_dist_slurm.__wrapped__ = init
+    return init_dist_slurm
+
+
 def _is_ddp(model_wrapper_cfg) -> bool:
     from mmengine.registry import MODEL_WRAPPERS
     from torch.nn.parallel import DistributedDataParallel
@@ -325,6 +352,23 @@ def patch_cpu_distributed() -> bool:
     return True
 
 
+def patch_cpu_slurm() -> bool:
+    """Let mmengine's ``slurm`` launcher run on CPU-only nodes (``GPUS=0 tools/slurm_train.sh``).
+
+    mmengine 0.10.7's ``_init_dist_slurm`` sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR /
+    MASTER_PORT from the SLURM_* variables, then calls ``torch.cuda.set_device``, which CPU torch
+    lacks. Only that call is skipped; the model is wrapped as for ``pytorch`` (``device_ids=None``).
+    """
+    from mmengine.dist import utils as dist_utils
+    if getattr(dist_utils._init_dist_slurm, '__wrapped__', None) is not None:
+        return False
+    if not _no_accelerator():
+        return False
+    dist_utils._init_dist_slurm = _wrap_init_dist_slurm(dist_utils._init_dist_slurm)
+    APPLIED.append('cpu-slurm')
+    return True
+
+
 def apply_all() -> List[str]:
     """Apply every shim that is needed; returns the names of those applied now."""
     before = len(APPLIED)
@@ -332,6 +376,7 @@ def apply_all() -> List[str]:
     patch_mmaction_drn()
     patch_checkpoint_loading()
     patch_cpu_distributed()
+    patch_cpu_slurm()
     return APPLIED[before:]
 
 

@@ -1,9 +1,9 @@
-"""Stock trainers on the cls config: ``mmvitscale::`` inheritance, mim, torchrun, srun, resume.
+"""Stock trainers on the cls config: ``mmvitscale::`` inheritance, mim, torchrun, resume.
 
 Training runs are subprocesses on 64 Fashion-MNIST items (two iterations of 32 an epoch), so
 they exercise the real entry points: ``tools/train.py`` / ``tools/test.py``, ``mim train`` with
 our and mmpretrain's train scripts, ``tools/dist_train.sh`` (2 CPU ranks, gloo) and ``--resume``
-after a SIGKILL.
+after a SIGKILL. ``tools/slurm_train.sh`` is tested in ``test_slurm.py``.
 """
 import hashlib
 import inspect
@@ -272,36 +272,6 @@ def test_stale_pth_is_silent(tmp_path):
     out = run([sys.executable, '-S', '-c', code], cwd=str(tmp_path),
               env=venv_env(PYTHONPATH=''))
     assert out.stdout.strip() == 'ok' and out.stderr == ''
-
-
-# --------------------------------------------------------------------------- launch scripts
-def test_slurm_train_forwards_to_srun(tmp_path, monkeypatch):
-    fake = tmp_path / 'srun'
-    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$SRUN_LOG"\n'
-                    'printf "%s\\n" "$MASTER_PORT" "$PYTHONPATH" > "$SRUN_LOG.env"\n')
-    fake.chmod(0o755)
-    log = str(tmp_path / 'srun.log')
-    env = venv_env(SRUN_LOG=log, GPUS='4', SRUN_ARGS='--quotatype=auto --time=5',
-                   PYTHON=sys.executable, PORT='29123')
-    env['PATH'] = f'{tmp_path}{os.pathsep}{env["PATH"]}'  # the fake srun
-    run(['bash', osp.join(ROOT, 'tools', 'slurm_train.sh'), 'part', 'job', CLS_CFG, 'wd',
-         '--cfg-options', 'train_cfg.max_epochs=1'], env=env)
-    with open(log) as f:
-        args = f.read().splitlines()
-    i = args.index(sys.executable)
-    assert args[:i] == ['-p', 'part', '--job-name=job', '--gres=gpu:4', '--ntasks=4',
-                        '--ntasks-per-node=4', '--cpus-per-task=5', '--kill-on-bad-exit=1',
-                        '--quotatype=auto', '--time=5']
-    assert args[i + 1] == '-u'
-    assert osp.realpath(args[i + 2]) == osp.join(ROOT, 'tools', 'train.py')
-    monkeypatch.setenv('LOCAL_RANK', '0')  # train.parse_args sets it when absent
-    train = runpy.run_path(osp.join(ROOT, 'tools', 'train.py'), run_name='train_module')
-    parsed = train['parse_args'](args[i + 3:])
-    assert (parsed.config, parsed.work_dir, parsed.launcher) == (CLS_CFG, 'wd', 'slurm')
-    assert parsed.cfg_options == {'train_cfg.max_epochs': 1}
-    with open(log + '.env') as f:
-        port, pythonpath = f.read().splitlines()
-    assert port == '29123' and osp.realpath(pythonpath.split(os.pathsep)[0]) == ROOT
 
 
 # --------------------------------------------------------------------------- training runs

@@ -1,0 +1,265 @@
+"""``tools/slurm_train.sh`` against a fake ``srun`` (arguments) and a real Slurm (training).
+
+The real cluster is Debian's ``slurm-wlm`` + ``munge``, installed with apt when missing (root)
+and started in a temporary folder by ``tests/slurm_cluster.py`` (own slurm.conf, ports, munge
+key; daemons stopped at teardown). Where it cannot be started the cluster tests skip with the
+reason, and fail under ``CI=true``.
+"""
+import json
+import os
+import os.path as osp
+import runpy
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+import pytest
+
+from mmvitscale import compat
+from slurm_cluster import SlurmCluster, SlurmUnavailable
+from test_trainers import (  # noqa: F401  (fmnist_root, probe_dir: fixtures)
+    BATCH, ROOT, TRAIN_N, ckpt_digest, fmnist_root, free_port, probe_dir, run, samples,
+    user_config, venv_env, weights)
+
+SCRIPT = osp.join(ROOT, 'tools', 'slurm_train.sh')
+CFG = osp.join(ROOT, 'configs', 'cls', 'scaled_vit_fmnist.py')
+LAUNCH_VARS = ('GPUS', 'GPUS_PER_NODE', 'TASKS', 'TASKS_PER_NODE', 'CPUS_PER_TASK', 'SRUN_ARGS',
+               'PORT', 'MASTER_PORT', 'MASTER_ADDR')
+IN_CI = os.environ.get('CI', '').lower() in ('1', 'true', 'yes')
+
+# Imported by the training ranks next to test_trainers' ProbeHook: what each rank saw.
+SLURM_PROBE = '''import json
+import os
+import os.path as osp
+
+from mmengine.dist import get_backend, get_rank, get_world_size
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+KEYS = ('SLURM_JOB_ID', 'SLURM_PROCID', 'SLURM_LOCALID', 'SLURM_NTASKS', 'SLURMD_NODENAME',
+        'RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT', 'OMP_NUM_THREADS')
+
+
+@HOOKS.register_module()
+class SlurmProbeHook(Hook):
+
+    def before_train(self, runner):
+        info = dict(rank=get_rank(), world_size=get_world_size(), backend=get_backend(),
+                    launcher=runner.launcher, env={k: os.environ.get(k) for k in KEYS})
+        with open(osp.join(runner.work_dir, f'dist_rank{get_rank()}.json'), 'w') as f:
+            json.dump(info, f)
+'''
+
+
+# --------------------------------------------------------------------------- fake srun
+def fake_srun(tmp_path, **env: str):
+    """Run the script with an ``srun`` that records its arguments; returns (result, args)."""
+    fake = tmp_path / 'srun'
+    fake.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$SRUN_LOG"\n'
+                    'printf "%s\\n" "$MASTER_PORT" "$PYTHONPATH" "$OMP_NUM_THREADS" '
+                    '> "$SRUN_LOG.env"\n')
+    fake.chmod(0o755)
+    log = str(tmp_path / 'srun.log')
+    full_env = venv_env(SRUN_LOG=log, PYTHON=sys.executable)
+    for key in LAUNCH_VARS:
+        full_env.pop(key, None)
+    full_env.update(env)
+    for key in [k for k, v in env.items() if v == '-']:
+        del full_env[key]  # '-' removes a variable
+    full_env['PATH'] = f'{tmp_path}{os.pathsep}{full_env["PATH"]}'
+    out = run(['bash', SCRIPT, 'part', 'job', CFG, 'wd', '--cfg-options',
+               'train_cfg.max_epochs=1'], env=full_env, ok=False)
+    if not osp.exists(log):
+        return out, None
+    with open(log) as f:
+        args = f.read().splitlines()
+    with open(log + '.env') as f:
+        port, pythonpath, omp = f.read().splitlines()
+    return out, dict(args=args, port=port, pythonpath=pythonpath, omp=omp)
+
+
+def srun_options(args: List[str]) -> List[str]:
+    return args[:args.index(sys.executable)]
+
+
+def test_gpu_partition_one_rank_per_gpu(tmp_path, monkeypatch):
+    out, got = fake_srun(tmp_path, GPUS='4', SRUN_ARGS='--quotatype=auto --time=5',
+                         PORT='29123')
+    assert out.returncode == 0, out.stderr
+    args = got['args']
+    assert srun_options(args) == ['-p', 'part', '--job-name=job', '--gres=gpu:4', '--ntasks=4',
+                                  '--ntasks-per-node=4', '--cpus-per-task=5',
+                                  '--kill-on-bad-exit=1', '--quotatype=auto', '--time=5']
+    i = args.index(sys.executable)
+    assert args[i + 1] == '-u'
+    assert osp.realpath(args[i + 2]) == osp.join(ROOT, 'tools', 'train.py')
+    monkeypatch.setenv('LOCAL_RANK', '0')  # train.parse_args sets it when absent
+    train = runpy.run_path(osp.join(ROOT, 'tools', 'train.py'), run_name='train_module')
+    parsed = train['parse_args'](args[i + 3:])
+    assert (parsed.config, parsed.work_dir, parsed.launcher) == (CFG, 'wd', 'slurm')
+    assert parsed.cfg_options == {'train_cfg.max_epochs': 1}
+    assert got['port'] == '29123'
+    assert osp.realpath(got['pythonpath'].split(os.pathsep)[0]) == ROOT
+
+
+def test_gpu_ranks_span_nodes(tmp_path):
+    out, got = fake_srun(tmp_path, GPUS='16')
+    assert out.returncode == 0, out.stderr
+    assert srun_options(got['args'])[3:6] == ['--gres=gpu:8', '--ntasks=16',
+                                              '--ntasks-per-node=8']
+
+
+@pytest.mark.parametrize('env,expected', [
+    (dict(GPUS='0', TASKS='3'), ['--ntasks=3', '--cpus-per-task=1']),
+    (dict(GPUS='0'), ['--ntasks=1', '--cpus-per-task=1']),
+    (dict(GPUS='0', TASKS='4', TASKS_PER_NODE='2', CPUS_PER_TASK='8'),
+     ['--ntasks=4', '--ntasks-per-node=2', '--cpus-per-task=8']),
+])
+def test_cpu_partition_requests_no_gpu(tmp_path, env, expected):
+    out, got = fake_srun(tmp_path, **env)
+    assert out.returncode == 0, out.stderr
+    assert srun_options(got['args']) == ['-p', 'part', '--job-name=job', *expected,
+                                         '--kill-on-bad-exit=1']
+    assert got['port'] == '29500'
+
+
+def test_threads_default_to_cpus_per_task(tmp_path):
+    _, got = fake_srun(tmp_path, GPUS='0', CPUS_PER_TASK='3', OMP_NUM_THREADS='-')
+    assert got['omp'] == '3'
+
+
+@pytest.mark.parametrize('env,message', [
+    (dict(GPUS='0', TASKS='0'), "TASKS must be a positive integer, got '0'"),
+    (dict(GPUS='two'), "GPUS must be a non-negative integer, got 'two'"),
+    (dict(GPUS='-1'), "GPUS must be a non-negative integer, got '-1'"),
+    (dict(GPUS='2', TASKS='3'), 'one rank per GPU: TASKS (3) must equal GPUS (2)'),
+    (dict(GPUS='0', TASKS='2', TASKS_PER_NODE='x'), 'TASKS_PER_NODE must be a positive'),
+    (dict(GPUS='0', CPUS_PER_TASK='0'), 'CPUS_PER_TASK must be a positive integer'),
+])
+def test_bad_counts_stop_before_srun(tmp_path, env, message):
+    out, got = fake_srun(tmp_path, **env)
+    assert out.returncode == 2 and message in out.stderr and got is None
+
+
+def test_usage_without_arguments():
+    out = run(['bash', SCRIPT, 'part'], ok=False)
+    assert out.returncode == 2 and 'usage:' in out.stderr
+
+
+# --------------------------------------------------------------------------- CPU shim
+SLURM_INIT = '''
+import json, sys
+import torch
+import mmvitscale  # noqa: F401
+from mmengine.dist import utils
+init = utils._init_dist_slurm
+if sys.argv[1] == 'unpatched':
+    init = init.__wrapped__
+try:
+    init('gloo')
+except AttributeError as e:
+    print(json.dumps(dict(error=str(e))))
+else:
+    print(json.dumps(dict(world=torch.distributed.get_world_size(), backend=utils.get_backend())))
+'''
+
+
+@pytest.mark.parametrize('mode', ['patched', 'unpatched'])
+def test_cpu_slurm_shim(mode):
+    """mmengine's slurm init on CPU torch: set_device fails unless the shim skips it."""
+    if not compat._no_accelerator():  # mmengine's own path selects the device
+        assert 'cpu-slurm' not in compat.APPLIED
+        return
+    env = venv_env(SLURM_PROCID='0', SLURM_NTASKS='1', SLURM_LOCALID='0',
+                   SLURM_NODELIST='localhost', MASTER_ADDR='127.0.0.1',
+                   MASTER_PORT=str(free_port()))
+    out = json.loads(run([sys.executable, '-c', SLURM_INIT, mode], env=env).stdout)
+    if mode == 'patched':
+        assert out == dict(world=1, backend='gloo')
+    else:
+        assert '_cuda_setDevice' in out['error']
+
+
+# --------------------------------------------------------------------------- real Slurm
+@pytest.fixture(scope='session')
+def slurm_cluster():
+    """A started single-node cluster (apt-installed if needed); skip, or fail in CI, if not."""
+    start = time.monotonic()
+    try:
+        cluster = SlurmCluster.start()
+    except (SlurmUnavailable, OSError, subprocess.SubprocessError) as e:
+        reason = f'Slurm cannot be started here: {e}'
+        if IN_CI:
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    print(f'slurm cluster {cluster.root} up in {time.monotonic() - start:.1f} s '
+          f'({cluster.install_note or "already installed"})')
+    yield cluster
+    cluster.stop()
+    assert not cluster.running(), f'daemons left running: {cluster.running()}'
+
+
+def slurm_config(probe: str, data_root: str) -> str:
+    """test_trainers' user config (ProbeHook: samples, final weights) plus SlurmProbeHook."""
+    with open(osp.join(probe, 'slurm_probe.py'), 'w') as f:
+        f.write(SLURM_PROBE)
+    base = user_config(probe, 'user_slurm_base.py', data_root, epochs=1, train=2 * TRAIN_N)
+    path = osp.join(probe, 'user_slurm.py')
+    with open(path, 'w') as f:
+        f.write(f'''_base_ = {osp.basename(base)!r}
+custom_imports = dict(imports=['trainer_probe', 'slurm_probe'], allow_failed_imports=False)
+custom_hooks = [dict(type='ProbeHook'), dict(type='SlurmProbeHook')]
+''')
+    return path
+
+
+def slurm_env(cluster: SlurmCluster, probe: str, **extra: str) -> Dict[str, str]:
+    env = venv_env()
+    for key in [k for k in env if k.startswith('SLURM_') or k in LAUNCH_VARS]:
+        del env[key]  # not inside another allocation, no launch settings of the caller
+    env.update(PYTHON=sys.executable, PORT=str(free_port()), SLURM_CONF=cluster.conf,
+               PYTHONPATH=probe + os.pathsep + os.environ.get('PYTHONPATH', ''), **extra)
+    del env['OMP_NUM_THREADS']  # the script sets it from CPUS_PER_TASK
+    return env
+
+
+@pytest.mark.slow
+def test_two_cpu_ranks_train_one_model(slurm_cluster, fmnist_root, probe_dir,  # noqa: F811
+                                       tmp_path):
+    cfg = slurm_config(probe_dir, fmnist_root)
+    work = str(tmp_path / 'work')
+    env = slurm_env(slurm_cluster, probe_dir, GPUS='0', TASKS='2', CPUS_PER_TASK='1',
+                    SRUN_ARGS='--time=5')
+    start = time.monotonic()
+    out = run(['bash', SCRIPT, slurm_cluster.partition, 'vit-cpu', cfg, work], env=env,
+              ok=False)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, f'{log[-6000:]}\n{slurm_cluster.logs()}'
+    print(f'2 ranks on Slurm in {time.monotonic() - start:.1f} s')
+    assert 'Distributed launcher: slurm' in log and 'GPU number: 2' in log  # world size
+
+    ranks = []
+    for r in (0, 1):
+        with open(osp.join(work, f'dist_rank{r}.json')) as f:
+            ranks.append(json.load(f))
+    for r, info in enumerate(ranks):
+        assert (info['rank'], info['world_size'], info['backend'], info['launcher']) == (
+            r, 2, 'gloo', 'slurm')
+        e = info['env']
+        assert (e['SLURM_PROCID'], e['RANK'], e['LOCAL_RANK'], e['WORLD_SIZE']) == (
+            str(r), str(r), str(r), '2')
+        assert e['MASTER_ADDR'] == slurm_cluster.host == e['SLURMD_NODENAME']  # via scontrol
+        assert e['MASTER_PORT'] == env['PORT'] and e['OMP_NUM_THREADS'] == '1'
+    assert ranks[0]['env']['SLURM_JOB_ID'] == ranks[1]['env']['SLURM_JOB_ID'] is not None
+
+    seen = [samples(osp.join(work, f'samples_rank{r}.jsonl')) for r in (0, 1)]
+    assert [[s['iter'] for s in rank] for rank in seen] == [[0, 1], [0, 1]]
+    idx = [{i for s in rank for i in s['samples']} for rank in seen]
+    assert not idx[0] & idx[1] and idx[0] | idx[1] == set(range(2 * TRAIN_N))  # halves
+    assert all(len(s['samples']) == BATCH for rank in seen for s in rank)
+    final = [weights(osp.join(work, f'weights_rank{r}.json')) for r in (0, 1)]
+    assert final[0]['iter'] == final[1]['iter'] == 2
+    assert final[0]['digest'] == final[1]['digest'] == ckpt_digest(
+        osp.join(work, 'epoch_1.pth'))
+    assert sorted(f for f in os.listdir(work) if f.endswith('.pth')) == ['epoch_1.pth']
