@@ -54,22 +54,22 @@ def test_kernels_keep_stride():
 
 
 def _manual(model, x, windows):
-    """Reference: tokenizer, then per stage downsample and blocks on each window in a loop."""
-    x = model.patch_embed.conv(x)
+    """Reference: tokenizer, then per stage patch merging and blocks on each window in a loop
+    (channels-last inside); returns the last stage's (B, C, H, W) map."""
+    x = model.patch_embed(x)
     for stage, s in zip(model.stages, windows):
         if stage.downsample is not None:
             x = stage.downsample(x)
-        B, C, H, W = x.shape
+        B, H, W, C = x.shape
         h, w = H // s, W // s
         out = torch.empty_like(x)
         for i in range(s):
             for j in range(s):
-                win = x[:, :, i * h:(i + 1) * h, j * w:(j + 1) * w]
-                tok = stage.blocks(win.flatten(2).transpose(1, 2))
-                out[:, :, i * h:(i + 1) * h, j * w:(j + 1) * w] = tok.transpose(1, 2).reshape(
-                    B, C, h, w)
+                win = x[:, i * h:(i + 1) * h, j * w:(j + 1) * w]
+                tok = stage.blocks(win.reshape(B, h * w, C))
+                out[:, i * h:(i + 1) * h, j * w:(j + 1) * w] = tok.reshape(B, h, w, C)
         x = out
-    return x
+    return x.permute(0, 3, 1, 2)
 
 
 def test_split_one_is_global_attention_and_windows_match_loop():
@@ -227,7 +227,7 @@ def test_growth_errors(tmp_path):
     seed = dict(choices_to_arch({n: o[0] for n, o in SPACE}), width=16)
     with pytest.raises(ValueError, match='exactly one of budget_params and budget_flops'):
         grow_family(seed, log_path=str(tmp_path / 'g.jsonl'), score_fn=grow_score)
-    with pytest.raises(ValueError, match="below the starting network's 220992"):
+    with pytest.raises(ValueError, match="below the starting network's 221696"):
         grow_family(seed, budget_params=2e5, log_path=str(tmp_path / 'g.jsonl'),
                     score_fn=grow_score, progress=False, resume=False)
     with pytest.raises(ValueError, match='gives only 2 networks .* too few for 3 distinct'):

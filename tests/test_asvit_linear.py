@@ -96,20 +96,20 @@ def test_windows_match_manual_per_window_attention(stage):
     for p in model.parameters():  # non-trivial conv / biases
         p.data.add_(0.05 * torch.randn_like(p))
     st = model.stages[stage]
-    x = torch.randn(2, 16, 16, 16, dtype=torch.float64)  # stage-1 map; stage 2 halves it
+    # channels-last stage-1 map (B, H, W, C); stage 2 halves it
+    x = torch.randn(2, 16, 16, 16, dtype=torch.float64)
     with torch.no_grad():
         got = st(x)
         y = st.downsample(x) if st.downsample is not None else x
-        B, C, H, W = y.shape
+        B, H, W, C = y.shape
         h, w = H // 2, W // 2
         expect = torch.empty_like(y)
         for i in range(2):
             for j in range(2):
-                t = y[:, :, i * h:(i + 1) * h, j * w:(j + 1) * w].flatten(2).transpose(1, 2)
+                t = y[:, i * h:(i + 1) * h, j * w:(j + 1) * w].reshape(B, h * w, C)
                 for blk in st.blocks:
                     t = ref_block(blk, t, (h, w))
-                expect[:, :, i * h:(i + 1) * h, j * w:(j + 1) * w] = \
-                    t.transpose(1, 2).reshape(B, C, h, w)
+                expect[:, i * h:(i + 1) * h, j * w:(j + 1) * w] = t.reshape(B, h, w, C)
         torch.testing.assert_close(got, expect, rtol=1e-10, atol=1e-10)
         # windows matter: one global attention over the whole map gives something else
         st.split = 1

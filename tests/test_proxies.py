@@ -186,10 +186,10 @@ def test_layernorms_are_removed_for_length_distortion():
 
 def test_nan_model_returns_nan_and_warns(caplog):
     x = torch.randn(4, 4)
-    with caplog.at_level(logging.WARNING, logger=P.__name__):
-        assert math.isnan(ntk_condition(NaNNet(), x, num_inits=2))
-        assert math.isnan(length_distortion(NaNNet(), (4, ), num_points=3, num_inits=2))
-        assert math.isnan(P._ntk_condition_loop(NaNNet(), x, num_inits=1))
+    with caplog.at_level(logging.WARNING, logger=P.__name__):  # NaNNet: the class builds one
+        assert math.isnan(ntk_condition(NaNNet, x, num_inits=2))
+        assert math.isnan(length_distortion(NaNNet, (4, ), num_points=3, num_inits=2))
+        assert math.isnan(P._ntk_condition_loop(NaNNet, x, num_inits=1))
     assert sum('non-finite' in r.getMessage() for r in caplog.records) == 3
 
 
@@ -210,3 +210,77 @@ def test_bad_arguments_are_reported():
         ntk_condition(NaNNet(), torch.randn(2, 4), num_inits=0)
     with pytest.raises(ValueError, match='num_points'):
         length_distortion(NaNNet(), (4, ), num_points=0)
+
+
+# ------------------------------------------------------------------ init of a passed module
+class InitNet(nn.Module):
+    """A module whose own init (constant 0.5 weights) differs from PyTorch's defaults."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.fc(x)) * x.sum(1, keepdim=True)
+
+    def init_weights(self) -> None:
+        nn.init.normal_(self.fc.weight, 0.5, 0.01)
+
+
+def test_module_is_reinitialised_with_its_own_init_weights():
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    # same RNG use: construction (PyTorch's default draw), then init_weights
+    built = ntk_condition(lambda: _inited(InitNet()), x, num_inits=2, seed=3)
+    assert ntk_condition(InitNet(), x, num_inits=2, seed=3) == pytest.approx(built, rel=1e-12)
+    defaults = ntk_condition(InitNet, x, num_inits=2, seed=3)  # PyTorch's per-layer defaults
+    assert defaults != pytest.approx(built, rel=1e-2)
+
+
+def _inited(model: InitNet) -> InitNet:
+    model.init_weights()
+    return model
+
+
+def test_module_without_init_weights_is_refused_naming_the_fix():
+    with pytest.raises(TypeError, match=r'NaNNet module without init_weights\(\).*Pass a '
+                                        r'builder.*lambda: NaNNet\(\.\.\.\)'):
+        ntk_condition(NaNNet(), torch.randn(3, 4), num_inits=1)
+    with pytest.raises(TypeError, match='without init_weights'):
+        length_distortion(NaNNet(), (4, ), num_points=3, num_inits=1)
+
+
+def test_batch_of_one_is_refused():
+    with pytest.raises(ValueError, match=r'^batch_size must be an integer >= 2 .*1x1 NTK.*got '
+                                         r'1$'):
+        score_proxies(tiny_vit, (3, 16, 16), batch_size=1, num_inits=1)
+    with pytest.raises(ValueError, match=r'batch size of inputs \(shape \(1, 4\)\) must be '
+                                         r'an integer >= 2'):
+        ntk_condition(NaNNet, torch.randn(1, 4), num_inits=1)
+    with pytest.raises(ValueError, match=r'batch_size \(inputs shape \(1, 3, 16, 16\)\)'):
+        ntk_condition(tiny_vit, (1, 3, 16, 16), num_inits=1)
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+def test_non_finite_inputs_are_bad_input_not_a_broken_architecture(bad, caplog):
+    x = torch.randn(4, 3, 16, 16)
+    x[1, 0, 2, 3] = bad
+    with caplog.at_level(logging.WARNING, logger=P.__name__):
+        with pytest.raises(ValueError, match=r'inputs \(shape \(4, 3, 16, 16\)\) contain 1 '
+                                             r'NaN / inf values.*not a broken architecture'):
+            ntk_condition(tiny_vit, x, num_inits=1)
+        with pytest.raises(ValueError, match='NaN / inf'):
+            score_proxies(tiny_vit, (3, 16, 16), inputs=x, num_inits=1)
+    assert not any('broken' in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match=r'radius must be a finite positive number.*got nan'):
+        length_distortion(tiny_vit, (3, 16, 16), radius=float('nan'), num_inits=1)
+
+
+def test_reference_circle_repeats_the_first_point():
+    points, tangents = P._circle((2, 3), 10, 1.0, 0, endpoint=True)
+    torch.testing.assert_close(points[0], points[-1])
+    assert points.flatten(1).norm(dim=1).sub(1).abs().max() < 1e-12
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(1),
+                                       dtype=torch.float64))
+    # |2 Q v| = 2 r at every point, duplicated or not
+    assert length_distortion(linear_builder(2 * q), (6, ), num_points=10, num_inits=1,
+                             radius=1.0, endpoint=True) == pytest.approx(20.0, rel=1e-12)

@@ -9,8 +9,10 @@ and writes ``seed_topology.py`` (``arch = dict(...)``); ``grow`` grows it into a
 parameter (``--budget-params``) or FLOPs (``--budget-flops``, MACs at ``--img-size``) budget and
 writes ``asvit_<size>.py`` per member. Both log every candidate to a JSON Lines file in
 ``--work-dir`` and resume from it when re-run with the same settings (``--no-resume`` starts
-over). Defaults are CPU-sized (proxies on 32 px, batch 8, one init); the paper's settings are
-roughly ``--steps 500 --proxy-size 224 --proxy-batch 16 --proxy-inits 3`` for the search.
+over). Defaults are CPU-sized (proxies on 32 px, batch 8, one init, circle radius
+sqrt(numel) with distinct angles); ``--reference-proxies`` sets As-ViT's search settings
+(224 px, batch 16, 5 inits, 10 points on a radius-1 circle, ``linspace(0, 2 pi, 10)``), as
+``--steps 500 --reference-proxies`` is its search.
 """
 import argparse
 import ast
@@ -22,7 +24,8 @@ import time
 import mmvitscale  # noqa: F401  (shims before mmengine / host packages)
 from mmengine.logging import MMLogger
 
-from mmvitscale.search.topology import grow_family, proxy_score_fn, reinforce_search
+from mmvitscale.search.topology import (REFERENCE_PROXY_SETTINGS, grow_family, proxy_score_fn,
+                                        reinforce_search)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,6 +40,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         s.add_argument('--proxy-inits', type=int, default=1, help='inits averaged per score')
         s.add_argument('--proxy-points', type=int, default=10,
                        help='circle points for the length distortion')
+        s.add_argument('--proxy-radius', type=float, default=None,
+                       help='circle radius (default sqrt(numel); As-ViT: 1)')
+        s.add_argument('--proxy-endpoint', action='store_true',
+                       help='circle angles linspace(0, 2 pi, K) as As-ViT (first = last)')
+        s.add_argument('--reference-proxies', action='store_true',
+                       help='As-ViT\'s proxy settings (overrides the --proxy-* options)')
         s.add_argument('--in-channels', type=int, default=3)
         s.add_argument('--no-resume', action='store_true', help='overwrite an existing log')
         s.add_argument('--no-progress', action='store_true')
@@ -75,8 +84,18 @@ def load_topology(text: str) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     logger = MMLogger.get_instance('mmvitscale_topology', log_level='INFO')
-    score_fn = proxy_score_fn(args.proxy_size, args.proxy_batch, args.proxy_inits,
-                              args.proxy_points, args.seed, args.in_channels)
+    if args.reference_proxies:
+        settings = dict(REFERENCE_PROXY_SETTINGS)
+    else:
+        settings = dict(img_size=args.proxy_size, batch_size=args.proxy_batch,
+                        num_inits=args.proxy_inits, num_points=args.proxy_points,
+                        radius=args.proxy_radius, endpoint=args.proxy_endpoint)
+    logger.info(f'proxy settings: {settings}')
+    try:
+        score_fn = proxy_score_fn(seed=args.seed, in_channels=args.in_channels, **settings)
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     if args.command == 'search':
         out = args.out or osp.join(args.work_dir, 'seed_topology.py')

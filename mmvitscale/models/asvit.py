@@ -7,18 +7,32 @@ Topology (what :mod:`mmvitscale.search.topology` searches), one arch dict:
 * ``heads``: final-stage heads ``h`` (stages get ``h/8, h/4, h/2, h``, at least 1) or a
   per-stage list.
 * ``mlp_ratios``: MLP ratio per stage (hidden = ``round(dim * ratio)``).
-* ``tokenizer_kernel``: kernel ``k`` of the stride-4 patch conv, padding ``(k - 3) // 2``
-  so the map is ``input / 4`` (overlapping patches when ``k > 4``).
-* ``down_kernels``: kernels of the stride-2 convs that start stages 2-4 (padding
-  ``(k - 1) // 2``, map halved).
-* ``splits``: per stage, the token map is cut into ``split x split`` windows and every window
-  runs the stage's blocks on its own tokens (``split == 1``: global attention). There is no
-  class token.
+* ``tokenizer_kernel``: kernel ``k`` of the stride-4 patch conv; the input is zero-padded by
+  ``(k - 4) // 2`` before and ``(k - 3) // 2`` after each side, so the map is ``input / 4``
+  (overlapping patches when ``k > 4``). A LayerNorm follows the conv.
+* ``down_kernels``: kernels of the stride-2 patch merging that starts stages 2-4: zero padding
+  ``(k - 2) // 2`` before and ``(k - 1) // 2`` after, ``Unfold(k, stride 2)`` -> LayerNorm over
+  the ``k * k * C`` patch vector -> Linear without bias to the new width (map halved).
+* ``splits``: per stage, the token map is cut into ``split x split`` windows and attention runs
+  inside each window (``split == 1``: global attention); LayerNorms and MLPs are per token.
+  There is no class token.
 
-Position embedding: ``pos_embed='none'`` (default; the overlapping conv tokenizer and the
-windows carry position, as in As-ViT) or ``'learned'`` (a 2-D table on the stage-1 grid,
-resized at forward time). Inputs whose sides are multiples of 32 always tile every window
-split; other sizes raise ``ValueError`` naming the stage and split.
+This is the network of the public As-ViT code (github VITA-Group/AsViT,
+``lib/models/cell_infers/transformer.py``): same tokenizer, padding, patch merging, window
+attention, LayerNorm eps (1e-5), initialisation (truncated normal std .02 linears with zero
+biases, unit LayerNorms, PyTorch's default for the tokenizer conv) and pooled features
+(``out_type='avg_featmap'`` is its ``forward_features(x)[0]`` with ``final_norm=True`` and
+``forward_features(x)[1]``, the proxies' readout, with ``final_norm=False``). Checked against it
+in ``tests/test_asvit_reference.py``. Differences: stages are numbered by resolution (stage
+``i`` starts with the patch merging that the reference runs at the end of stage ``i - 1``), so
+stage outputs are the maps at strides 4/8/16/32; non-square inputs get ``H/s x W/s`` windows
+(the reference only runs square inputs).
+
+Position embedding: ``pos_embed='none'`` (default; the overlapping tokenizer and the windows
+carry position, as in As-ViT) or ``'learned'`` (a 2-D table on the stage-1 grid added after the
+tokenizer's LayerNorm, resized at forward time; As-ViT's ``ape`` option). Inputs whose sides
+are multiples of 32 always tile every window split; other sizes raise ``ValueError`` naming the
+stage and split.
 
 Attention: ``attn_type='softmax'`` (default) or ``'linear_angular'`` (Castling-ViT, see
 :mod:`mmvitscale.models.linear_attention`), for all stages or one per stage. The depthwise conv
@@ -29,6 +43,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import MODELS
@@ -49,13 +64,19 @@ LIST_KNOBS = ('depth', 'heads', 'mlp_ratio')
 POS_EMBEDS = ('none', 'learned')
 
 
-def conv_padding(kernel: int, stride: int) -> int:
-    """Padding that maps a side ``n`` (a multiple of ``stride``) to ``n / stride``."""
-    return max(0, (kernel - stride + 1) // 2)
+NORM_EPS = 1e-5  # nn.LayerNorm's default, as in the reference
+
+
+def same_padding(kernel: int, stride: int) -> Tuple[int, int]:
+    """As-ViT's zero padding ``(before, after)`` of one side for a ``kernel`` / ``stride`` patch
+    op: ``(k - s) // 2`` and ``(k - s + 1) // 2``, mapping a side ``n`` (a multiple of
+    ``stride``) to ``n / stride``."""
+    return max(0, (kernel - stride) // 2), max(0, (kernel - stride + 1) // 2)
 
 
 def conv_out(n: int, kernel: int, stride: int) -> int:
-    return (n + 2 * conv_padding(kernel, stride) - kernel) // stride + 1
+    """Output side of a patch op on a side ``n`` with :func:`same_padding`."""
+    return (n + sum(same_padding(kernel, stride)) - kernel) // stride + 1
 
 
 def stage_heads(final_heads: int) -> Tuple[int, ...]:
@@ -205,13 +226,62 @@ def scale_asvit(base: AsViTArch, rule: Optional[Mapping] = None) -> AsViTArch:
                            base.down_kernels, base.splits, img_size, source='scaling')
 
 
+class PatchEmbed(nn.Module):
+    """As-ViT tokenizer: zero padding (:func:`same_padding`), a stride-4 conv, a LayerNorm.
+
+    ``(B, C, H, W)`` images -> ``(B, H / 4, W / 4, dim)`` channels-last tokens. The symmetric
+    part of the padding is the conv's own (``conv.padding``); an odd kernel adds one more row
+    and column after (right / bottom), as the reference's ``ZeroPad2d``.
+    """
+
+    def __init__(self, in_channels: int, dim: int, kernel: int,
+                 norm_eps: float = NORM_EPS) -> None:
+        super().__init__()
+        before, after = same_padding(kernel, TOKEN_STRIDE)
+        self.extra_pad = after - before
+        self.conv = nn.Conv2d(in_channels, dim, kernel, TOKEN_STRIDE, before)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.extra_pad:
+            x = F.pad(x, (0, self.extra_pad, 0, self.extra_pad))
+        return self.norm(self.conv(x).permute(0, 2, 3, 1))
+
+
+class PatchMerging(nn.Module):
+    """As-ViT downsampling: zero padding, ``Unfold(k, stride 2)``, a LayerNorm over each
+    ``k * k * in_dim`` patch vector and a Linear without bias to ``dim``.
+
+    ``(B, H, W, in_dim)`` -> ``(B, H', W', dim)`` with ``H' = conv_out(H, k, 2)``.
+    """
+
+    def __init__(self, in_dim: int, dim: int, kernel: int, norm_eps: float = NORM_EPS) -> None:
+        super().__init__()
+        self.kernel = kernel
+        before, after = same_padding(kernel, 2)
+        self.padding = (before, after, before, after)
+        self.norm = nn.LayerNorm(kernel * kernel * in_dim, eps=norm_eps)
+        self.reduction = nn.Linear(kernel * kernel * in_dim, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, H, W, _ = x.shape
+        k = self.kernel
+        x = F.pad(x.permute(0, 3, 1, 2), self.padding)
+        Ho, Wo = (H + sum(self.padding[:2]) - k) // 2 + 1, (W + sum(self.padding[2:]) - k) // 2 + 1
+        patches = F.unfold(x, k, stride=2).transpose(1, 2)  # (B, Ho*Wo, C*k*k), C-major
+        return self.reduction(self.norm(patches)).reshape(B, Ho, Wo, -1)
+
+
 class AsViTStage(nn.Module):
-    """Optional strided-conv downsampling, then Transformer blocks inside each window
-    (``attn_type='linear_angular'``: the value conv runs over each window's grid)."""
+    """Optional patch merging, then Transformer blocks whose attention runs inside each window
+    (``attn_type='linear_angular'``: the value conv runs over each window's grid).
+
+    Channels-last in and out: ``(B, H, W, C)``.
+    """
 
     def __init__(self, in_dim: int, dim: int, depth: int, heads: int, mlp_hidden: int,
                  split: int, down_kernel: Optional[int], drop_path: Sequence[float],
-                 drop: float = 0.0, attn_drop: float = 0.0, norm_eps: float = 1e-6,
+                 drop: float = 0.0, attn_drop: float = 0.0, norm_eps: float = NORM_EPS,
                  index: int = 0, attn_type: str = 'softmax', linear_kernel_size: int = 9,
                  aux_branch: bool = False) -> None:
         super().__init__()
@@ -219,8 +289,8 @@ class AsViTStage(nn.Module):
         self.index = index
         self.attn_type = attn_type
         self.linear_kernel_size = linear_kernel_size
-        self.downsample = None if down_kernel is None else nn.Conv2d(
-            in_dim, dim, down_kernel, 2, conv_padding(down_kernel, 2))
+        self.downsample = None if down_kernel is None else PatchMerging(
+            in_dim, dim, down_kernel, norm_eps)
         self.blocks = nn.Sequential(*[
             TransformerBlock(dim, heads, mlp_hidden, qkv_bias=True, drop=drop,
                              attn_drop=attn_drop, drop_path=drop_path[i], norm_eps=norm_eps,
@@ -232,7 +302,7 @@ class AsViTStage(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.downsample is not None:
             x = self.downsample(x)
-        B, C, H, W = x.shape
+        B, H, W, C = x.shape
         s = self.split
         if H % s or W % s:
             raise ValueError(f'stage {self.index + 1}: split={s} does not divide the {H}x{W} '
@@ -241,18 +311,17 @@ class AsViTStage(nn.Module):
             window = check_window_kernel(self.linear_kernel_size, (H, W), s, self.index)
             set_token_grid(self.blocks, window, 0)
         if s == 1:
-            tokens = self.blocks(x.flatten(2).transpose(1, 2))
-            return tokens.transpose(1, 2).reshape(B, C, H, W)
+            return self.blocks(x.reshape(B, H * W, C)).reshape(B, H, W, C)
         h, w = H // s, W // s
-        windows = x.reshape(B, C, s, h, s, w).permute(0, 2, 4, 3, 5, 1).reshape(
-            B * s * s, h * w, C)
+        windows = x.reshape(B, s, h, s, w, C).transpose(2, 3).reshape(B * s * s, h * w, C)
         windows = self.blocks(windows)
-        return windows.reshape(B, s, s, h, w, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, H, W)
+        return windows.reshape(B, s, s, h, w, C).transpose(2, 3).reshape(B, H, W, C)
 
 
 class AsViT(ScalableBackbone):
-    """As-ViT backbone: stride-4 conv tokenizer, 4 stages of windowed Transformer blocks joined
-    by stride-2 convs (feature strides 4/8/16/32), no class token.
+    """As-ViT backbone: stride-4 conv tokenizer with a LayerNorm, 4 stages of windowed
+    Transformer blocks joined by patch merging (feature strides 4/8/16/32), no class token;
+    equal to the public As-ViT network (see the module docstring).
 
     Args:
         arch: a preset name or a dict with ``width``, ``depths``, ``heads`` and optional
@@ -267,7 +336,8 @@ class AsViT(ScalableBackbone):
         final_norm: a LayerNorm on each returned stage (off for proxy scoring: a final norm
             makes the summed-feature NTK degenerate).
         pos_embed: ``'none'`` or ``'learned'``.
-        drop_rate, attn_drop_rate, drop_path_rate, norm_eps, frozen_stages, interpolate_mode,
+        norm_eps: every LayerNorm's eps (1e-5, the reference's; ScaledPiT uses 1e-6).
+        drop_rate, attn_drop_rate, drop_path_rate, frozen_stages, interpolate_mode,
         init_cfg: as in :class:`~mmvitscale.models.ScaledPiT`.
         attn_type: ``'softmax'`` / ``'linear_angular'`` for all stages, or a list of 4 (one
             per stage); a ``scaling`` rule may carry it too.
@@ -301,7 +371,7 @@ class AsViT(ScalableBackbone):
                  drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0,
-                 norm_eps: float = 1e-6,
+                 norm_eps: float = NORM_EPS,
                  frozen_stages: int = -1,
                  interpolate_mode: str = 'bicubic',
                  init_cfg: Optional[Union[dict, list]] = None,
@@ -334,10 +404,7 @@ class AsViT(ScalableBackbone):
         self.img_size = spec.img_size
         self.grid_size = spec.grids[0]
 
-        k = spec.tokenizer_kernel
-        self.patch_embed = nn.Module()
-        self.patch_embed.conv = nn.Conv2d(in_channels, dims[0], k, TOKEN_STRIDE,
-                                          conv_padding(k, TOKEN_STRIDE))
+        self.patch_embed = PatchEmbed(in_channels, dims[0], spec.tokenizer_kernel, norm_eps)
         self.pos_embed = (nn.Parameter(torch.zeros(1, dims[0], *self.grid_size))
                           if pos_embed == 'learned' else None)
         self.pos_drop = nn.Dropout(drop_rate)
@@ -380,19 +447,21 @@ class AsViT(ScalableBackbone):
             else []
 
     def _format(self, x: Tensor, i: int) -> Tensor:
-        norm = self.norms[str(i)]
+        """Channels-last stage output ``(B, H, W, C)`` -> the requested ``out_type``."""
+        x = self.norms[str(i)](x)
         if self.out_type == 'raw':
-            return norm(x.flatten(2).transpose(1, 2))
-        if not isinstance(norm, nn.Identity):
-            x = norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return x.mean(dim=(2, 3)) if self.out_type == 'avg_featmap' else x
+            return x.flatten(1, 2)
+        if self.out_type == 'avg_featmap':
+            return x.mean(dim=(1, 2))
+        return x.permute(0, 3, 1, 2)
 
     def forward(self, x: Tensor) -> Union[Tuple[Tensor, ...], Tensor]:
         if self.token_stride != 1:
             self._token_grid(x.shape, self.token_stride)
-        x = self.patch_embed.conv(x)
+        x = self.patch_embed(x)  # (B, H, W, C)
         if self.pos_embed is not None:
-            x = x + resample_pos_embed_2d(self.pos_embed, x.shape[-2:], self.interpolate_mode)
+            x = x + resample_pos_embed_2d(self.pos_embed, x.shape[1:3],
+                                          self.interpolate_mode).permute(0, 2, 3, 1)
         x = self.pos_drop(x)
         outs = []
         for i, stage in enumerate(self.stages):

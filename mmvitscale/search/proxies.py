@@ -7,7 +7,17 @@
   points of a circle ``x(t) = U [cos t, sin t]`` in input space, with every LayerNorm replaced
   by the identity. Higher is better.
 
-Both are averaged over ``num_inits`` seeded random initialisations. Per-sample gradients come
+Both are averaged over ``num_inits`` seeded random initialisations: a builder (a zero-argument
+callable) is called under the seed and its model used as returned; a module is deep-copied and
+re-initialised with its own ``init_weights()`` (modules without one are refused: PyTorch's
+per-layer defaults are not the network's init and change the NTK several-fold).
+
+Circle defaults and As-ViT's code (``lib/procedures/teg.py``): this module uses radius
+``sqrt(numel)`` (the norm of a standard-normal image) and ``num_points`` distinct angles
+``2 pi k / K``; the reference uses radius 1 and ``linspace(0, 2 pi, K)``, whose first and last
+points coincide. ``radius=1.0, endpoint=True`` reproduces the reference. Length distortion is
+not scale-free (LayerNorms are removed), so the radius changes values and can change rankings;
+see README, "As-ViT proxies against the reference". Per-sample gradients come
 from one ``vmap(grad(...))`` over the batch and the circle derivatives from one forward-mode
 ``jvp``, instead of the reference loops of backward passes (``_ntk_condition_loop`` /
 ``_length_distortion_loop``, kept for benchmarks and tests).
@@ -86,22 +96,30 @@ def _quiet_init() -> Iterator[None]:
 
 
 def _reinit(model: nn.Module) -> None:
-    """Fresh random init in place: ``reset_parameters`` everywhere, then ``init_weights``."""
+    """Fresh random init in place: ``reset_parameters`` everywhere (the construction-time
+    init, e.g. of convs the network's init leaves alone), then the model's ``init_weights``."""
+    if not callable(getattr(model, 'init_weights', None)):
+        name = type(model).__name__
+        raise TypeError(
+            f'model_or_builder is a {name} module without init_weights(): the proxies '
+            f're-initialise a module per seed and would fall back to PyTorch\'s per-layer '
+            f'defaults, not the network\'s own init. Pass a builder instead, a zero-argument '
+            f'callable returning a freshly initialised model (e.g. lambda: {name}(...)), or '
+            f'give {name} an init_weights() method')
     for m in model.modules():
         if callable(getattr(m, 'reset_parameters', None)):
             m.reset_parameters()
-    if callable(getattr(model, 'init_weights', None)):
-        for m in model.modules():  # mmengine skips modules it believes are initialised
-            if hasattr(m, '_is_init'):
-                m._is_init = False
-        model.init_weights()
+    for m in model.modules():  # mmengine skips modules it believes are initialised
+        if hasattr(m, '_is_init'):
+            m._is_init = False
+    model.init_weights()
 
 
 def _model_for_init(model_or_builder: ModelOrBuilder, seed: int) -> nn.Module:
     """A private, eval-mode model seeded with ``seed`` (global RNG state left untouched).
 
     A builder is called with the seed set and its model is used as returned (so the builder
-    decides the init); a module is deep-copied and re-initialised.
+    decides the init); a module is deep-copied and re-initialised (:func:`_reinit`).
     """
     with torch.random.fork_rng(devices=[]), _quiet_init():
         torch.manual_seed(seed)
@@ -196,24 +214,59 @@ def _autograd_on(fn: Callable) -> Callable:
     return wrapper
 
 
+def _check_batch_size(batch_size: int, what: str = 'batch_size') -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
+        raise ValueError(f'{what} must be an integer >= 2 for the NTK condition number (a '
+                         f'1x1 NTK has condition number 1.0 whatever the network), got '
+                         f'{batch_size!r}')
+
+
 def _make_inputs(inputs: Union[Tensor, Sequence[int]], seed: int) -> Tensor:
+    """The NTK batch: ``inputs`` itself (checked: >= 2 samples, finite) or a standard-normal
+    batch of shape ``inputs`` drawn with ``seed``."""
     if isinstance(inputs, Tensor):
+        if inputs.ndim < 1:
+            raise ValueError(f'inputs must have a batch dim, got a {inputs.ndim}-D tensor')
+        _check_batch_size(inputs.shape[0], f'the batch size of inputs (shape '
+                          f'{tuple(inputs.shape)})')
+        if inputs.is_floating_point() or inputs.is_complex():
+            bad = int((~torch.isfinite(inputs)).sum())
+            if bad:
+                raise ValueError(f'inputs (shape {tuple(inputs.shape)}) contain {bad} NaN / '
+                                 'inf values; the proxies need a finite batch (this is bad '
+                                 'input, not a broken architecture)')
         return inputs.clone() if inputs.is_inference() else inputs
+    shape = tuple(int(s) for s in inputs)
+    if not shape:
+        raise ValueError('inputs must be a tensor or a non-empty shape, got ()')
+    _check_batch_size(shape[0], f'batch_size (inputs shape {shape})')
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(tuple(int(s) for s in inputs), generator=gen)
+    return torch.randn(shape, generator=gen)
+
+
+def _check_radius(radius: Optional[float]) -> None:
+    if radius is not None and (isinstance(radius, bool) or not isinstance(radius, (int, float))
+                               or not math.isfinite(radius) or radius <= 0):
+        raise ValueError(f'radius must be a finite positive number or None (sqrt(numel)), '
+                         f'got {radius!r}')
 
 
 def _circle(input_shape: Sequence[int], num_points: int, radius: Optional[float],
-            seed: int) -> Tuple[Tensor, Tensor]:
-    """Points ``x(t_k)`` and tangents ``dx/dt`` of a random circle, both ``(K, *shape)``."""
+            seed: int, endpoint: bool = False) -> Tuple[Tensor, Tensor]:
+    """Points ``x(t_k)`` and tangents ``dx/dt`` of a random circle, both ``(K, *shape)``;
+    ``t_k = 2 pi k / K`` or, with ``endpoint``, ``linspace(0, 2 pi, K)`` (the reference's)."""
     shape = tuple(int(s) for s in input_shape)
     dim = math.prod(shape)
     if dim < 2:
         raise ValueError(f'input_shape {shape} needs at least two elements')
+    _check_radius(radius)
     gen = torch.Generator().manual_seed(seed)
     basis, _ = torch.linalg.qr(torch.randn(dim, 2, generator=gen, dtype=torch.float64))
     basis = basis * (math.sqrt(dim) if radius is None else float(radius))
-    t = torch.arange(num_points, dtype=torch.float64) * (2 * math.pi / num_points)
+    if endpoint:
+        t = torch.linspace(0, 2 * math.pi, num_points, dtype=torch.float64)
+    else:
+        t = torch.arange(num_points, dtype=torch.float64) * (2 * math.pi / num_points)
     points = torch.stack([t.cos(), t.sin()], dim=1) @ basis.T
     tangents = torch.stack([-t.sin(), t.cos()], dim=1) @ basis.T
     return points.reshape(num_points, *shape), tangents.reshape(num_points, *shape)
@@ -263,11 +316,12 @@ def ntk_condition(model_or_builder: ModelOrBuilder, inputs: Union[Tensor, Sequen
     """Mean condition number of the empirical NTK over ``num_inits`` seeded initialisations.
 
     Args:
-        model_or_builder: a backbone (deep-copied and re-initialised per init with seed
-            ``seed + i``) or a zero-argument callable building an initialised one (called with
-            the global seed set to ``seed + i``).
-        inputs: one batch ``(B, C, H, W)`` (As-ViT uses B=16), or its shape to draw a standard
-            normal batch seeded with ``seed``.
+        model_or_builder: a backbone with ``init_weights()`` (deep-copied and re-initialised
+            with it per init, seed ``seed + i``) or a zero-argument callable building an
+            initialised one (called with the global seed set to ``seed + i``).
+        inputs: one finite batch ``(B, C, H, W)`` with ``B >= 2`` (As-ViT uses B=16), or its
+            shape to draw a standard-normal batch seeded with ``seed``; ``ValueError``
+            otherwise (NaN / inf inputs are bad input, not a broken architecture).
         params: ``'weight'`` (tensors named ``*weight*``, as As-ViT) or ``'all'``.
         max_numel: cap on per-sample-gradient elements held at once (memory knob).
 
@@ -315,7 +369,7 @@ def _ntk_condition_loop(model_or_builder: ModelOrBuilder, inputs: Union[Tensor, 
 @_autograd_on
 def length_distortion(model_or_builder: ModelOrBuilder, input_shape: Sequence[int],
                       num_points: int = 10, num_inits: int = 5, seed: int = 0,
-                      radius: Optional[float] = None) -> float:
+                      radius: Optional[float] = None, endpoint: bool = False) -> float:
     """Mean length distortion of a random input circle over ``num_inits`` initialisations.
 
     Each init ``i`` (model seeded as in :func:`ntk_condition`) draws two orthonormal
@@ -326,6 +380,9 @@ def length_distortion(model_or_builder: ModelOrBuilder, input_shape: Sequence[in
 
     Args:
         input_shape: one sample's shape, e.g. ``(3, 32, 32)``.
+        radius: circle radius; ``1.0`` is As-ViT's code (see the module docstring).
+        endpoint: ``t_k = linspace(0, 2 pi, num_points)`` as As-ViT's code (first and last
+            points coincide) instead of ``num_points`` distinct angles.
 
     Returns:
         The distortion (higher is better); ``nan`` / ``inf`` for a broken model (logged).
@@ -336,7 +393,7 @@ def length_distortion(model_or_builder: ModelOrBuilder, input_shape: Sequence[in
     for i in range(num_inits):
         model = _strip_layernorms(_model_for_init(model_or_builder, seed + i))
         dtype, device = _model_dtype_device(model)
-        points, tangents = _circle(input_shape, num_points, radius, seed + i)
+        points, tangents = _circle(input_shape, num_points, radius, seed + i, endpoint)
         state = {n: t.detach() for n, t in model.named_parameters()}
         state.update(model.named_buffers())
 
@@ -353,7 +410,7 @@ def length_distortion(model_or_builder: ModelOrBuilder, input_shape: Sequence[in
 @_autograd_on
 def _length_distortion_loop(model_or_builder: ModelOrBuilder, input_shape: Sequence[int],
                             num_points: int = 10, num_inits: int = 5, seed: int = 0,
-                            radius: Optional[float] = None) -> float:
+                            radius: Optional[float] = None, endpoint: bool = False) -> float:
     """Reference of :func:`length_distortion`: one point at a time, each derivative by the
     double-backward trick of ``torch.autograd.functional.jvp``."""
     _check_count('num_inits', num_inits)
@@ -362,7 +419,7 @@ def _length_distortion_loop(model_or_builder: ModelOrBuilder, input_shape: Seque
     for i in range(num_inits):
         model = _strip_layernorms(_model_for_init(model_or_builder, seed + i))
         dtype, device = _model_dtype_device(model)
-        points, tangents = _circle(input_shape, num_points, radius, seed + i)
+        points, tangents = _circle(input_shape, num_points, radius, seed + i, endpoint)
         total = 0.0
         with _math_attention():  # the fused attention kernel has no double backward
             for x, v in zip(points.to(device, dtype), tangents.to(device, dtype)):
@@ -376,13 +433,19 @@ def _length_distortion_loop(model_or_builder: ModelOrBuilder, input_shape: Seque
 # ---------------------------------------------------------------------------- both
 def score_proxies(model_or_builder: ModelOrBuilder, input_shape: Sequence[int],
                   batch_size: int = 16, inputs: Optional[Tensor] = None, num_points: int = 10,
-                  num_inits: int = 5, seed: int = 0, params: str = 'weight') -> Dict[str, float]:
+                  num_inits: int = 5, seed: int = 0, params: str = 'weight',
+                  radius: Optional[float] = None, endpoint: bool = False) -> Dict[str, float]:
     """Both As-ViT proxies: ``{'ntk_condition': kappa, 'length_distortion': L}``.
 
     ``inputs`` defaults to a standard-normal ``(batch_size, *input_shape)`` batch drawn with
-    ``seed``.
+    ``seed``; ``batch_size`` must be at least 2 (a 1x1 NTK always has condition number 1).
+    ``radius`` / ``endpoint``: the circle of :func:`length_distortion`.
     """
+    if inputs is None:
+        _check_batch_size(batch_size)
     batch = inputs if inputs is not None else (batch_size, *input_shape)
+    _check_radius(radius)
     kappa = ntk_condition(model_or_builder, batch, num_inits, seed, params)
-    length = length_distortion(model_or_builder, input_shape, num_points, num_inits, seed)
+    length = length_distortion(model_or_builder, input_shape, num_points, num_inits, seed,
+                               radius, endpoint)
     return dict(ntk_condition=kappa, length_distortion=length)

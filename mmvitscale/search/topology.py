@@ -54,10 +54,14 @@ SPACE: Tuple[Tuple[str, Tuple[int, ...]], ...] = (
     ('mlp_ratio_4', (2, 3, 4, 5, 6)),
 )
 GROWTH_RATIOS = (0.05, 0.10, 0.15, 0.20)
+# As-ViT's search/reinforce.py + lib/procedures/teg.py: 224 px, batch 16, 5 repeats, 10 points
+REFERENCE_PROXY_SETTINGS: Dict[str, Any] = dict(img_size=224, batch_size=16, num_inits=5,
+                                                num_points=10, radius=1.0, endpoint=True)
 REWARD_WINDOW = 20
 ScoreFn = Callable[[Dict[str, Any]], Mapping[str, float]]
 
-__all__ = ['SPACE', 'choices_to_arch', 'proxy_score_fn', 'reinforce_search', 'grow_family',
+__all__ = ['SPACE', 'REFERENCE_PROXY_SETTINGS', 'choices_to_arch', 'genotype_to_arch',
+           'arch_to_genotype', 'proxy_score_fn', 'reinforce_search', 'grow_family',
            'asvit_params', 'asvit_flops', 'write_arch_file', 'SearchOutcome', 'GrowthOutcome']
 
 
@@ -72,15 +76,42 @@ def choices_to_arch(choices: Mapping[str, int], width: int = 32,
                 splits=[int(choices[f'split_{i}']) for i in range(1, 4)] + [1])
 
 
+def genotype_to_arch(genotype: str, width: int = 32,
+                     depths: Sequence[int] = (1, 1, 1, 1)) -> Dict[str, Any]:
+    """As-ViT's arch string ``k1,s1,r1|k2,s2,r2|k3,s3,r3|k4,1,r4|heads`` (tokenizer /
+    downsampling kernel, window split and MLP ratio per stage, final heads; e.g. the published
+    seed ``8,2,3|4,1,2|4,1,4|4,1,6|32``) -> an :class:`AsViT` arch dict."""
+    parts = str(genotype).split('|')
+    try:
+        stages = [[int(v) for v in p.split(',')[:3]] for p in parts[:-1]]
+        heads = int(parts[-1].split(',')[0])
+    except ValueError:
+        stages, heads = [], 0
+    if len(stages) != 4 or any(len(s) != 3 for s in stages):
+        raise ValueError(f'genotype must look like "8,2,3|4,1,2|4,1,4|4,1,6|32" (kernel, split, '
+                         f'MLP ratio per stage, then heads), got {genotype!r}')
+    return dict(width=width, depths=list(depths), heads=heads,
+                mlp_ratios=[s[2] for s in stages], tokenizer_kernel=stages[0][0],
+                down_kernels=[s[0] for s in stages[1:]], splits=[s[1] for s in stages])
+
+
+def arch_to_genotype(arch: Mapping[str, Any]) -> str:
+    """Inverse of :func:`genotype_to_arch` (width and depths dropped)."""
+    kernels = [arch['tokenizer_kernel'], *arch['down_kernels']]
+    stages = ['%d,%d,%g' % (k, s, r) for k, s, r in zip(kernels, arch['splits'],
+                                                        arch['mlp_ratios'])]
+    return '|'.join(stages + [str(_heads_of(arch)[-1])])
+
+
 def asvit_params(arch: Mapping[str, Any], in_channels: int = 3, img_size: int = 224) -> int:
     """Closed-form parameter count of ``AsViT(arch, out_indices=-1)`` (with its final norm)."""
     spec = AsViT.resolve_arch(arch, img_size)
     dims, k = spec.dims, spec.tokenizer_kernel
-    total = in_channels * k * k * dims[0] + dims[0]
+    total = in_channels * k * k * dims[0] + 3 * dims[0]  # conv with bias, LayerNorm
     for i, d in enumerate(dims):
-        if i:
-            kd = spec.down_kernels[i - 1]
-            total += dims[i - 1] * kd * kd * d + d
+        if i:  # patch merging: LayerNorm over k*k*C, Linear without bias
+            patch = spec.down_kernels[i - 1]**2 * dims[i - 1]
+            total += 2 * patch + patch * d
         h = spec.mlp_hidden(i)
         block = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * h + h) + (h * d + d)
         total += spec.depths[i] * block
@@ -90,16 +121,17 @@ def asvit_params(arch: Mapping[str, Any], in_channels: int = 3, img_size: int = 
 def asvit_flops(arch: Mapping[str, Any], in_channels: int = 3, img_size: int = 224) -> int:
     """Closed-form FLOPs of ``AsViT(arch, out_indices=-1)`` at ``img_size``, in the convention
     of :func:`~mmvitscale.cost.get_complexity` (MACs of convs, linears and windowed
-    attention, ``5 * numel`` per LayerNorm; equal to it, checked in the tests)."""
+    attention, ``5 * numel`` per LayerNorm, padding and unfold free; equal to it, checked in
+    the tests)."""
     spec = AsViT.resolve_arch(arch, img_size)
     dims, k = spec.dims, spec.tokenizer_kernel
     (H, W), total = spec.grids[0], 0
-    total += dims[0] * H * W * in_channels * k * k
+    total += dims[0] * H * W * in_channels * k * k + 5 * H * W * dims[0]
     for i, d in enumerate(dims):
         H, W = spec.grids[i]
-        if i:
-            kd = spec.down_kernels[i - 1]
-            total += d * H * W * dims[i - 1] * kd * kd
+        if i:  # patch merging: LayerNorm and Linear over k*k*C patch vectors
+            patch = spec.down_kernels[i - 1]**2 * dims[i - 1]
+            total += H * W * (5 * patch + patch * d)
         N, h = H * W, spec.mlp_hidden(i)
         window = N // spec.splits[i]**2
         block = 10 * N * d + 4 * N * d * d + 2 * N * d * h + 2 * N * window * d
@@ -108,10 +140,19 @@ def asvit_flops(arch: Mapping[str, Any], in_channels: int = 3, img_size: int = 2
 
 
 def proxy_score_fn(img_size: int = 32, batch_size: int = 8, num_inits: int = 1,
-                   num_points: int = 10, seed: int = 0, in_channels: int = 3) -> ScoreFn:
+                   num_points: int = 10, seed: int = 0, in_channels: int = 3,
+                   radius: Optional[float] = None, endpoint: bool = False) -> ScoreFn:
     """As-ViT proxies of an arch dict on ``img_size`` inputs (last stage, average pooled,
-    no final norm: a final LayerNorm makes the summed-feature NTK degenerate)."""
-    from .proxies import length_distortion, ntk_condition
+    no final norm: As-ViT's ``forward_features(x)[1]``).
+
+    Defaults are CPU-sized; ``proxy_score_fn(**REFERENCE_PROXY_SETTINGS)`` is As-ViT's search
+    setting (224 px, batch 16, 5 inits, 10 points on a radius-1 circle with
+    ``linspace(0, 2 pi, 10)`` angles). ``radius`` / ``endpoint``: see
+    :func:`~mmvitscale.search.proxies.length_distortion`.
+    """
+    from .proxies import _check_batch_size, _check_radius, length_distortion, ntk_condition
+    _check_batch_size(batch_size)
+    _check_radius(radius)
 
     def score(arch: Dict[str, Any]) -> Dict[str, float]:
         def build() -> AsViT:
@@ -123,7 +164,7 @@ def proxy_score_fn(img_size: int = 32, batch_size: int = 8, num_inits: int = 1,
         shape = (in_channels, img_size, img_size)
         return dict(ntk_condition=ntk_condition(build, (batch_size, *shape), num_inits, seed),
                     length_distortion=length_distortion(build, shape, num_points, num_inits,
-                                                        seed))
+                                                        seed, radius, endpoint))
 
     return score
 
