@@ -1,8 +1,10 @@
 """Compatibility shims for the pinned OpenMMLab 2.x stack on recent torch.
 
-Applied once, at ``import mmvitscale``. Each shim checks whether it is needed and does
-nothing otherwise; none of them edits site-packages. ``APPLIED`` records what was done so tests
-and bug reports can see it.
+Applied once, at ``import mmvitscale``; shims 1 and 2 live in the start-up hook
+``mmvitscale_mmengine_hook`` (installed as a ``.pth``), so they also apply when timm,
+torchvision or a host package is imported before mmvitscale, or without it. Each shim checks
+whether it is needed and does nothing otherwise; none of them edits site-packages. ``APPLIED``
+records what was done so tests and bug reports can see it.
 
 1. ``torchvision`` (CUDA-only wheels for torch 2.13): importing it on CPU torch raises
    ``RuntimeError: operator torchvision::nms does not exist`` because its C library cannot load
@@ -17,11 +19,16 @@ and bug reports can see it.
    clear error if someone actually builds it.
 3. ``torch >= 2.6`` loads with ``weights_only=True`` by default, while mmengine 0.10.7 calls
    ``torch.load`` without the argument and stores ``HistoryBuffer`` / numpy objects in the
-   checkpoint meta, so ``load_from`` and ``resume`` fail with ``UnpicklingError``. The blunt fix
+   checkpoint meta, so ``load_from`` and ``resume`` fail with ``UnpicklingError``; and its
+   ``http(s)://`` loader calls ``torch.hub``'s, which unpickles fully. The blunt fix
    (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``) would execute arbitrary pickled code from any file.
-   Scoped fix: mmengine's local checkpoint loader always uses ``weights_only=True`` and the few
-   data-only classes mmengine checkpoints contain are allow-listed, except inside
-   ``Runner.resume`` (resuming a run's own checkpoint), which may fully unpickle.
+   Scoped fix: every checkpoint read of ``mmengine.runner.checkpoint`` (local files, URLs, remote
+   backends) goes through :func:`torch_load`: torch's weights-only unpickler with nothing
+   allow-listed but inert stand-ins (``mmvitscale.checkpoint.safe_load``), except inside
+   ``Runner.resume`` (resuming a run's own checkpoint), which may fully unpickle and falls back
+   to the previous checkpoint when an automatically found latest one is truncated.
+   ``Runner.load_checkpoint`` (``load_from``, ``tools/test.py``) also converts backbone-format
+   checkpoints (timm / DeiT / mmpretrain / PiT) or refuses a file none of whose keys fit.
 4. ``launcher='pytorch'`` on a machine without an accelerator (e.g. ``tools/dist_train.sh`` with
    the gloo backend on CPUs): mmengine 0.10.7 calls ``torch.cuda.set_device`` (missing from CPU
    torch) and wraps the model in DDP with ``device_ids=[LOCAL_RANK]``, which DDP refuses for a
@@ -33,133 +40,38 @@ and bug reports can see it.
    fix of 4 applies to every launcher).
 """
 import contextlib
-import importlib.machinery
-import importlib.util
+import os
 import os.path as osp
 import pickle
-import sys
+import re
 import threading
 import types
+import zipfile
 from typing import Callable, Iterator, List
 
 import torch
 
-APPLIED: List[str] = []
-_TORCHVISION_LIB = None  # keeps the torch.library fragment alive
+import mmvitscale_mmengine_hook as _hook  # noqa: E402  (the import-time shims live there)
+
+APPLIED: List[str] = _hook.APPLIED  # one list: shims applied here or by the start-up hook
 _TRUST = threading.local()
-
-# Schemas copied from torchvision/csrc/ops/*.cpp (torchvision 0.15 - 0.28).
-_TORCHVISION_SCHEMAS = (
-    'nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor',
-    'qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor',
-    'roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, '
-    'SymInt pooled_width, int sampling_ratio, bool aligned) -> Tensor',
-    '_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, '
-    'SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width, '
-    'int sampling_ratio, bool aligned) -> Tensor',
-    'roi_pool(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, '
-    'SymInt pooled_width) -> (Tensor, Tensor)',
-    '_roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, '
-    'SymInt pooled_height, SymInt pooled_width, SymInt batch_size, SymInt channels, '
-    'SymInt height, SymInt width) -> Tensor',
-    'ps_roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, '
-    'SymInt pooled_width, int sampling_ratio) -> (Tensor, Tensor)',
-    '_ps_roi_align_backward(Tensor grad, Tensor rois, Tensor channel_mapping, '
-    'float spatial_scale, SymInt pooled_height, SymInt pooled_width, int sampling_ratio, '
-    'SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor',
-    'ps_roi_pool(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, '
-    'SymInt pooled_width) -> (Tensor, Tensor)',
-    '_ps_roi_pool_backward(Tensor grad, Tensor rois, Tensor channel_mapping, '
-    'float spatial_scale, SymInt pooled_height, SymInt pooled_width, SymInt batch_size, '
-    'SymInt channels, SymInt height, SymInt width) -> Tensor',
-    'deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, '
-    'SymInt stride_h, SymInt stride_w, SymInt pad_h, SymInt pad_w, SymInt dilation_h, '
-    'SymInt dilation_w, SymInt groups, SymInt offset_groups, bool use_mask) -> Tensor',
-    '_deform_conv2d_backward(Tensor grad, Tensor input, Tensor weight, Tensor offset, '
-    'Tensor mask, Tensor bias, SymInt stride_h, SymInt stride_w, SymInt pad_h, SymInt pad_w, '
-    'SymInt dilation_h, SymInt dilation_w, SymInt groups, SymInt offset_groups, '
-    'bool use_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)',
-)
-
-
-def _torchvision_c_loads() -> bool:
-    """Whether torchvision's compiled ops load into this torch (without importing torchvision)."""
-    spec = importlib.util.find_spec('torchvision')
-    if spec is None or not spec.submodule_search_locations:
-        return True  # not installed: nothing to fix
-    pkg_dir = spec.submodule_search_locations[0]
-    lib = importlib.machinery.EXTENSION_SUFFIXES
-    candidates = [osp.join(pkg_dir, '_C' + suffix) for suffix in lib]
-    path = next((p for p in candidates if osp.exists(p)), None)
-    if path is None:
-        return False
-    try:
-        torch.ops.load_library(path)
-    except (OSError, RuntimeError):
-        return False
-    return hasattr(torch.ops.torchvision, 'nms')
 
 
 def patch_torchvision() -> bool:
-    """Define torchvision's op schemas when its C library cannot load. Returns True if applied."""
-    global _TORCHVISION_LIB
-    if 'torchvision' in sys.modules or _TORCHVISION_LIB is not None:
-        return False
-    if _torchvision_c_loads():
-        return False
-    lib = torch.library.Library('torchvision', 'DEF')  # noqa: TOR901
-    for schema in _TORCHVISION_SCHEMAS:
-        lib.define(schema)
-    _TORCHVISION_LIB = lib
-    APPLIED.append('torchvision-schemas')
-    return True
+    """Define torchvision's op schemas when its C library cannot load. Returns True if applied.
 
-
-class _MissingDRN:
-    """Stand-in for mmaction's DRN localizer, absent from the mmaction2 1.2.0 wheel."""
-
-    def __init__(self, *args, **kwargs):
-        raise ImportError('mmaction2 1.2.0 was packaged without mmaction/models/localizers/drn; '
-                          'install mmaction2 from source to use the DRN localizer.')
+    The start-up hook does the same when torchvision is imported before mmvitscale."""
+    return _hook.prepare_torchvision()
 
 
 def patch_mmaction_drn() -> bool:
-    """Register stub ``mmaction.models.localizers.drn`` modules when the wheel lacks them."""
-    if 'mmaction.models.localizers.drn' in sys.modules:
-        return False
-    spec = importlib.util.find_spec('mmaction')
-    if spec is None or not spec.submodule_search_locations:
-        return False
-    drn_dir = osp.join(spec.submodule_search_locations[0], 'models', 'localizers', 'drn')
-    if osp.isdir(drn_dir):
-        return False
-    pkg = types.ModuleType('mmaction.models.localizers.drn')
-    pkg.__path__ = []  # a package, so ``from .drn.drn import DRN`` resolves
-    mod = types.ModuleType('mmaction.models.localizers.drn.drn')
-    mod.DRN = _MissingDRN
-    pkg.drn = mod
-    sys.modules[pkg.__name__] = pkg
-    sys.modules[mod.__name__] = mod
-    APPLIED.append('mmaction-drn-stub')
-    return True
+    """Provide stub ``mmaction.models.localizers.drn`` modules when the wheel lacks them (through
+    the start-up hook's finder, so they appear whenever mmaction is imported)."""
+    _hook.install()
+    return False
 
 
 # --------------------------------------------------------------------------- checkpoints
-def _mmengine_safe_globals() -> list:
-    """Data-only classes found in mmengine checkpoints, allowed for ``weights_only`` loads."""
-    import numpy as np
-    from mmengine.logging import HistoryBuffer
-    safe = [HistoryBuffer, np.ndarray, np.dtype]
-    try:  # numpy 1.x location of the array / scalar reconstructors
-        from numpy.core.multiarray import _reconstruct, scalar
-        safe += [_reconstruct, scalar]
-    except ImportError:  # pragma: no cover - numpy 2
-        from numpy._core.multiarray import _reconstruct, scalar
-        safe += [_reconstruct, scalar]
-    safe += [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool')]
-    return safe
-
-
 def trusted_load_active() -> bool:
     """True inside :func:`trusted_checkpoints` (e.g. while ``Runner.resume`` runs)."""
     return getattr(_TRUST, 'depth', 0) > 0
@@ -167,7 +79,8 @@ def trusted_load_active() -> bool:
 
 @contextlib.contextmanager
 def trusted_checkpoints() -> Iterator[None]:
-    """Allow full unpickling for checkpoint loads in this block (the run's own files only)."""
+    """Allow full unpickling for checkpoint loads in this block, in this thread only (the run's
+    own files: ``Runner.resume``)."""
     _TRUST.depth = getattr(_TRUST, 'depth', 0) + 1
     try:
         yield
@@ -175,98 +88,132 @@ def trusted_checkpoints() -> Iterator[None]:
         _TRUST.depth -= 1
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler for mmengine checkpoints that resolves only data classes.
+def torch_load(filename, map_location=None, **_ignored):
+    """Read a checkpoint; never executes pickled code outside :func:`trusted_checkpoints`.
 
-    Allowed: torch's own weights-only allowlist, mmengine's ``HistoryBuffer`` and numpy array /
-    scalar reconstruction. ``getattr`` (how bound methods pickle) is only allowed to fetch one of
-    ``HistoryBuffer``'s statistics methods from a ``HistoryBuffer`` instance. Anything else,
-    e.g. ``os.system``, raises ``UnpicklingError`` before it can be called.
+    Untrusted (every path but resume): :func:`mmvitscale.checkpoint.safe_load.safe_torch_load`.
+    Trusted: a full ``torch.load``. Either way an empty / truncated file raises
+    ``CheckpointReadError`` naming it. Extra keywords (``weights_only``) are ignored on purpose:
+    the caller does not get to turn the safety off.
     """
-
-    def find_class(self, module: str, name: str):
-        if (module, name) in (('builtins', 'getattr'), ('__builtin__', 'getattr')):
-            return _history_buffer_getattr
-        allowed = _allowed_globals()
-        key = f'{module}.{name}'
-        if key in allowed:
-            return allowed[key]
-        raise pickle.UnpicklingError(f'refusing to load global {key} from a checkpoint '
-                                     '(only tensors and mmengine data classes are allowed)')
-
-
-def _history_buffer_getattr(obj, name):
-    from mmengine.logging import HistoryBuffer
-    HistoryBuffer()  # its __init__ registers the built-in statistics (min, max, current, mean)
-    if (obj is HistoryBuffer or isinstance(obj, HistoryBuffer)) and \
-            name in HistoryBuffer._statistics_methods:
-        return getattr(obj, name)
-    raise pickle.UnpicklingError(f'refusing getattr({type(obj).__name__}, {name!r}) '
-                                 'in a checkpoint')
-
-
-def _allowed_globals() -> dict:
-    from torch._weights_only_unpickler import _get_allowed_globals
-    allowed = dict(_get_allowed_globals())
-    for obj in _mmengine_safe_globals():
-        allowed[f'{obj.__module__}.{obj.__name__}'] = obj
-    return allowed
-
-
-_restricted_pickle = types.ModuleType('mmvitscale_restricted_pickle')
-_restricted_pickle.Unpickler = _RestrictedUnpickler
-_restricted_pickle.__name__ = 'mmvitscale_restricted_pickle'
-
-
-def torch_load(filename, map_location=None):
-    """Load a checkpoint without executing pickled code, unless trusted.
-
-    Inside :func:`trusted_checkpoints` (``Runner.resume``) this is a full ``torch.load``.
-    Otherwise it is ``torch.load(weights_only=True)`` with mmengine's data classes allowed, and,
-    for mmengine checkpoints whose message hub pickles bound methods, a restricted unpickler
-    that resolves nothing but tensors and those data classes.
-    """
-    if trusted_load_active():
+    from .checkpoint.safe_load import (CheckpointReadError, describe_read_error,
+                                       safe_torch_load)
+    if not trusted_load_active():
+        return safe_torch_load(filename, map_location=map_location)
+    try:
         return torch.load(filename, map_location=map_location, weights_only=False)
-    try:
-        with torch.serialization.safe_globals(_mmengine_safe_globals()):
-            return torch.load(filename, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        first_error = err
-    try:
-        return torch.load(filename, map_location=map_location, weights_only=False,
-                          pickle_module=_restricted_pickle)
-    except pickle.UnpicklingError as err:
-        raise pickle.UnpicklingError(f'{err}\n(weights-only load said: {first_error})') from None
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        message = describe_read_error(filename, err) if isinstance(filename, str) else None
+        if message is None:
+            raise
+        raise CheckpointReadError(message) from None
 
 
-def load_from_local(filename: str, map_location=None):
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'{filename} can not be found.')
-    return torch_load(filename, map_location=map_location)
+def safe_load_url(url: str, model_dir=None, map_location=None, progress: bool = True,
+                  check_hash: bool = False, file_name=None):
+    """``torch.hub.load_state_dict_from_url`` (download into the hub cache) read with
+    :func:`torch_load`. torch's own version and mmengine's ``load_url`` unpickle fully."""
+    from urllib.parse import urlparse
+
+    from torch.hub import HASH_REGEX, download_url_to_file, get_dir
+    model_dir = model_dir or osp.join(get_dir(), 'checkpoints')
+    os.makedirs(model_dir, exist_ok=True)
+    cached = osp.join(model_dir, file_name or osp.basename(urlparse(url).path))
+    if not osp.exists(cached):
+        match = HASH_REGEX.search(osp.basename(cached)) if check_hash else None
+        download_url_to_file(url, cached, match.group(1) if match else None, progress=progress)
+    return torch_load(cached, map_location=map_location)
+
+
+class _TorchForCheckpoints(types.ModuleType):
+    """``torch`` as seen by mmengine's checkpoint modules: ``load`` is :func:`torch_load`."""
+
+    def __init__(self) -> None:
+        super().__init__('torch')
+        self.load = torch_load
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
+def _previous_checkpoints(filename: str) -> List[str]:
+    """Checkpoints saved before ``filename`` in its folder (``epoch_N`` / ``iter_N``), newest
+    first."""
+    pattern = re.compile(r'(epoch|iter)_(\d+)\.pth$')
+    match = pattern.search(osp.basename(filename))
+    folder = osp.dirname(osp.abspath(filename))
+    if match is None or not osp.isdir(folder):
+        return []
+    found = []
+    for name in os.listdir(folder):
+        other = pattern.search(name)
+        if other and other.group(1) == match.group(1) and int(other.group(2)) < int(match.group(2)):
+            found.append((int(other.group(2)), osp.join(folder, name)))
+    return [path for _, path in sorted(found, reverse=True)]
 
 
 def _wrap_resume(resume: Callable) -> Callable:
 
-    def resume_trusted(self, *args, **kwargs):
+    def resume_trusted(self, filename, *args, **kwargs):
+        from .checkpoint.safe_load import CheckpointReadError
         with trusted_checkpoints():
-            return resume(self, *args, **kwargs)
+            try:
+                return resume(self, filename, *args, **kwargs)
+            except CheckpointReadError as err:
+                auto = getattr(self, '_load_from', None) is None  # resume=True, found latest
+                previous = _previous_checkpoints(filename) if auto else []
+                first = err
+            for candidate in previous:
+                try:
+                    result = resume(self, candidate, *args, **kwargs)
+                except CheckpointReadError:
+                    continue
+                import warnings
+                warnings.warn(f'resume: {first}; resumed from the previous checkpoint '
+                              f'{candidate} instead')
+                return result
+            hint = ('' if previous or not auto else
+                    ' and no earlier checkpoint in its folder could be read')
+            raise CheckpointReadError(f'cannot resume from {filename}: {first}{hint}')
 
     resume_trusted.__wrapped__ = resume
     resume_trusted.__doc__ = resume.__doc__
     return resume_trusted
 
 
+def _wrap_load_checkpoint(load_checkpoint: Callable) -> Callable:
+
+    def load_checkpoint_adapted(self, filename, map_location='cpu', strict=False,
+                                revise_keys=[(r'^module.', '')]):  # noqa: B006 (mmengine's)
+        from mmengine.model import is_model_wrapper
+        from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
+
+        from .checkpoint.loading import fit_model_checkpoint
+        checkpoint = _load_checkpoint(filename, map_location=map_location)
+        self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        fitted = fit_model_checkpoint(model, checkpoint, filename, revise_keys)
+        _load_checkpoint_to_model(model, fitted, strict, revise_keys=revise_keys)
+        self._has_loaded = True
+        self.logger.info(f'Load checkpoint from {filename}')
+        return checkpoint
+
+    load_checkpoint_adapted.__wrapped__ = load_checkpoint
+    load_checkpoint_adapted.__doc__ = load_checkpoint.__doc__
+    return load_checkpoint_adapted
+
+
 def patch_checkpoint_loading() -> bool:
-    """Make mmengine's local checkpoint loading weights-only, except for ``Runner.resume``."""
-    if 'weights_only' not in torch.load.__code__.co_varnames:  # pragma: no cover - old torch
-        return False
+    """Route every checkpoint read of mmengine through :func:`torch_load` (weights only except
+    inside ``Runner.resume``), and let ``load_from`` take backbone-format checkpoints."""
     from mmengine.runner import Runner
-    from mmengine.runner.checkpoint import CheckpointLoader
+    from mmengine.runner import checkpoint as ckpt_module
     if getattr(Runner.resume, '__wrapped__', None) is not None:
         return False
-    CheckpointLoader.register_scheme(prefixes='', force=True)(load_from_local)
+    ckpt_module.torch = _TorchForCheckpoints()  # local, pavi, ceph, open-mmlab:// files
+    ckpt_module.load_url = safe_load_url  # http(s)://, torchvision://, open-mmlab:// URLs
     Runner.resume = _wrap_resume(Runner.resume)
+    Runner.load_checkpoint = _wrap_load_checkpoint(Runner.load_checkpoint)
     APPLIED.append('scoped-weights-only')
     return True
 

@@ -14,7 +14,7 @@ The number of heads is not stored in a checkpoint and cannot be checked.
 """
 import re
 from functools import partial
-from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from mmengine.logging import print_log
 from torch import Tensor, nn
@@ -151,6 +151,52 @@ def register_checkpoint_hook(module: nn.Module, target: str) -> None:
                                               with_module=True)
 
 
+def _revised(key: str, revise_keys: Sequence[Tuple[str, str]]) -> str:
+    for pattern, replacement in revise_keys:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def fit_model_checkpoint(model: nn.Module, checkpoint: Mapping, filename: str,
+                         revise_keys: Sequence[Tuple[str, str]] = ((r'^module\.', ''), )) -> dict:
+    """What ``Runner.load_checkpoint`` (``load_from``, ``tools/test.py``) should load.
+
+    A whole-model checkpoint (any of its keys is one of ``model``'s) is returned unchanged. A
+    backbone-format one (timm / DeiT, mmpretrain, PiT, wrapped as ``{'model': ...}`` or not)
+    is converted and fitted to the model's ScaledViT / ScaledPiT backbone and returned as
+    ``{'state_dict': {'backbone.<key>': ...}, 'meta': ...}``; the converter's ``ValueError``
+    (unknown format, width mismatch, ...) is raised naming ``filename``. A checkpoint none of
+    whose keys fit a model without such a backbone is refused: mmengine would only warn and
+    go on with random weights.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(f'load_from={filename!r}: expected a checkpoint dict, got '
+                        f'{type(checkpoint).__name__}')
+    state = checkpoint.get('state_dict', checkpoint)
+    state = state if isinstance(state, Mapping) else {}
+    keys = [_revised(k, revise_keys) for k in state if isinstance(k, str)]
+    own = model.state_dict()
+    if any(k in own for k in keys):
+        return dict(checkpoint)
+    backbones = [(name, m) for name, m in model.named_modules()
+                 if getattr(m, _TARGET_ATTR, None) is not None]
+    if not backbones:
+        raise ValueError(f'load_from={filename!r}: none of its {len(keys)} keys is a key of the '
+                         f'model (checkpoint: {keys[:3]}..., model: {list(own)[:3]}...)')
+    name, backbone = backbones[0]  # named_modules is outermost-first
+    try:
+        converted, fmt = adapt_state_dict(checkpoint, backbone, getattr(backbone, _TARGET_ATTR))
+    except (ValueError, TypeError) as err:
+        raise type(err)(f'load_from={filename!r}: its keys are not the model\'s, and as a '
+                        f'backbone checkpoint: {err}') from None
+    prefix = f'{name}.' if name else ''
+    print_log(f'load_from: {filename} is a {fmt} backbone checkpoint; loaded into '
+              f'{prefix.rstrip(".") or "the model"}', logger='current')
+    meta = checkpoint.get('meta')
+    return dict(state_dict={prefix + k: v for k, v in converted.items()},
+                meta=meta if isinstance(meta, dict) else {})
+
+
 class LoadResult(NamedTuple):
     fmt: str
     missing_keys: List[str]
@@ -175,5 +221,5 @@ def load_pretrained(model: nn.Module, path: str, fmt: Optional[str] = None,
     return LoadResult(fmt, list(result.missing_keys), list(result.unexpected_keys))
 
 
-__all__ = ['adapt_state_dict', 'convert_on_load', 'fit_state_dict', 'load_pretrained',
-           'register_checkpoint_hook', 'LoadResult']
+__all__ = ['adapt_state_dict', 'convert_on_load', 'fit_model_checkpoint', 'fit_state_dict',
+           'load_pretrained', 'register_checkpoint_hook', 'LoadResult']
