@@ -63,18 +63,24 @@ class ViTArch:
         return asdict(self)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def to_2tuple(size: Size, field: str = 'img_size') -> Tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    if isinstance(size, (tuple, list)) and len(size) == 2 and all(
-            isinstance(s, int) for s in size):
-        return (int(size[0]), int(size[1]))
-    raise ValueError(f'{field} must be an int or a pair of ints, got {size!r}')
+    """``(size, size)`` or ``tuple(size)``; ``ValueError`` naming ``field`` unless the size is
+    a positive int or a pair of positive ints."""
+    pair = (size, size) if _is_int(size) else size
+    if (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(_is_int(s) for s in pair)
+            and min(pair) >= 1):
+        return (int(pair[0]), int(pair[1]))
+    raise ValueError(f'{field} must be a positive int or a pair of positive ints, got {size!r}')
 
 
 def _positive_number(rule: Mapping, key: str) -> float:
     value = rule[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0
+            or not math.isfinite(value)):
         raise ValueError(f'scaling.{key} must be a positive number, got {value!r}')
     return float(value)
 
@@ -178,23 +184,42 @@ def scale_vit(base: ViTArch, rule: Optional[Mapping] = None) -> ViTArch:
     return make_vit_arch(width, depth, heads, mlp_ratio, img_size, patch, source='scaling')
 
 
+# Names of the knobs in errors: the scaling rule's keys, or the arguments a user typed.
+VIT_ARG_NAMES = dict(width='embed_dims', depth='num_layers', heads='num_heads',
+                     mlp_ratio='mlp_ratio', resolution='img_size', patch_size='patch_size')
+PIT_ARG_NAMES = dict(width='base_dims', depth='depths', heads='heads', mlp_ratio='mlp_ratio',
+                     resolution='img_size', patch_size='patch_size', patch_stride='patch_stride')
+
+
+def _check_mlp_ratio(value: Any, name: str, prefix: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f'{prefix}{name} must be a positive number, got {value!r}')
+
+
 def make_vit_arch(embed_dims: int, num_layers: int, num_heads: int, mlp_ratio: float,
                   img_size: Size, patch_size: int, source: str = 'arch') -> ViTArch:
-    """Build a :class:`ViTArch`, raising ``ValueError`` naming the first infeasible field."""
-    img_size = to_2tuple(img_size)
-    for name, value in (('depth', num_layers), ('heads', num_heads), ('width', embed_dims),
+    """Build a :class:`ViTArch`, raising ``ValueError`` naming the first infeasible field.
+
+    ``source='arch'`` (the constructor's arguments) names fields as the user typed them
+    (``embed_dims``, ``num_heads``, ``img_size``, ...); ``source='scaling'`` names the rule's
+    knobs (``scaling: width=...``).
+    """
+    arch = source == 'arch'
+    n = VIT_ARG_NAMES if arch else {k: k for k in VIT_ARG_NAMES}
+    prefix = '' if arch else f'{source}: '
+    img_size = to_2tuple(img_size, n['resolution'])
+    for knob, value in (('depth', num_layers), ('heads', num_heads), ('width', embed_dims),
                         ('patch_size', patch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f'{source}: {name} must be a positive integer, got {value!r}')
-    if not mlp_ratio > 0:
-        raise ValueError(f'{source}: mlp_ratio must be positive, got {mlp_ratio!r}')
+        if not _is_int(value) or value < 1:
+            raise ValueError(f'{prefix}{n[knob]} must be a positive integer, got {value!r}')
+    _check_mlp_ratio(mlp_ratio, n['mlp_ratio'], prefix)
     if embed_dims % num_heads:
-        raise ValueError(f'{source}: width={embed_dims} is not divisible by '
-                         f'heads={num_heads}')
+        raise ValueError(f'{prefix}{n["width"]}={embed_dims} is not divisible by '
+                         f'{n["heads"]}={num_heads}')
     for s in img_size:
         if s < patch_size or s % patch_size:
-            raise ValueError(f'{source}: resolution={s} is not a multiple of '
-                             f'patch_size={patch_size} (no padding is applied)')
+            raise ValueError(f'{prefix}{n["resolution"]}={s} is not a multiple of '
+                             f'{n["patch_size"]}={patch_size} (no padding is applied)')
     return ViTArch(embed_dims, num_layers, num_heads, float(mlp_ratio), img_size, patch_size)
 
 
@@ -284,24 +309,40 @@ def scale_pit(base: PiTArch, rule: Optional[Mapping] = None) -> PiTArch:
 def make_pit_arch(base_dims: Sequence[int], depths: Sequence[int], heads: Sequence[int],
                   mlp_ratio: float, img_size: Size, patch_size: int, patch_stride: int,
                   source: str = 'arch') -> PiTArch:
-    """Build a :class:`PiTArch`, raising ``ValueError`` naming the first infeasible field."""
-    img_size = to_2tuple(img_size)
+    """Build a :class:`PiTArch`, raising ``ValueError`` naming the first infeasible field
+    (with ``source='arch'`` as the user typed it, see :func:`make_vit_arch`).
+
+    The patch conv must tile the resolution exactly (``resolution = patch_size +
+    patch_stride * n``): as ViT, PiT drops no border pixels.
+    """
+    arch = source == 'arch'
+    n = PIT_ARG_NAMES if arch else {k: k for k in PIT_ARG_NAMES}
+    prefix = '' if arch else f'{source}: '
+    img_size = to_2tuple(img_size, n['resolution'])
+    for knob, values in (('width', base_dims), ('depth', depths), ('heads', heads)):
+        if not isinstance(values, (list, tuple)):
+            raise ValueError(f'{prefix}{n[knob]} must be a list of positive integers (one per '
+                             f'stage), got {values!r}')
     base_dims, depths, heads = tuple(base_dims), tuple(depths), tuple(heads)
     if not len(base_dims) == len(depths) == len(heads) or not depths:
-        raise ValueError(f'{source}: base_dims, depths and heads need one entry per stage, got '
-                         f'{base_dims}, {depths}, {heads}')
-    for name, values in (('width', base_dims), ('depth', depths), ('heads', heads)):
+        raise ValueError(f'{prefix}{n["width"]}, {n["depth"]} and {n["heads"]} need one entry '
+                         f'per stage, got {base_dims}, {depths}, {heads}')
+    for knob, values in (('width', base_dims), ('depth', depths), ('heads', heads)):
         for v in values:
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f'{source}: {name} must be positive integers, got {values}')
-    for name, value in (('patch_size', patch_size), ('patch_stride', patch_stride)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f'{source}: {name} must be a positive integer, got {value!r}')
-    if not mlp_ratio > 0:
-        raise ValueError(f'{source}: mlp_ratio must be positive, got {mlp_ratio!r}')
+            if not _is_int(v) or v < 1:
+                raise ValueError(f'{prefix}{n[knob]} must be positive integers, got {values}')
+    for knob, value in (('patch_size', patch_size), ('patch_stride', patch_stride)):
+        if not _is_int(value) or value < 1:
+            raise ValueError(f'{prefix}{n[knob]} must be a positive integer, got {value!r}')
+    _check_mlp_ratio(mlp_ratio, n['mlp_ratio'], prefix)
     for s in img_size:
         if s < patch_size:
-            raise ValueError(f'{source}: resolution={s} is smaller than '
-                             f'patch_size={patch_size}')
+            raise ValueError(f'{prefix}{n["resolution"]}={s} is smaller than '
+                             f'{n["patch_size"]}={patch_size}')
+        if (s - patch_size) % patch_stride:
+            raise ValueError(f'{prefix}{n["resolution"]}={s} does not tile: {s} - '
+                             f'{n["patch_size"]} {patch_size} is not a multiple of '
+                             f'{n["patch_stride"]}={patch_stride} (border pixels would be '
+                             'dropped)')
     return PiTArch(base_dims, depths, heads, float(mlp_ratio), img_size, patch_size,
                    patch_stride)

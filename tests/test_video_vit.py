@@ -100,9 +100,13 @@ def test_time_embed_is_resampled_linearly():
 
 
 @pytest.mark.parametrize('shape, message', [
-    ((1, 3, 3, 32, 32), 'input frames T=3 is not a multiple of tubelet_size=2'),
-    ((1, 3, 4, 30, 32), 'input size 30x32 is not a multiple of patch_size=8'),
-    ((1, 3, 32, 32), 'ScaledVideoViT expects (N, C, T, H, W) input, got shape (1, 3, 32, 32)'),
+    ((1, 3, 3, 32, 32), 'ScaledVideoViT expects input (N, C, T, H, W) with T a multiple of '
+     'tubelet_size=2, got shape (1, 3, 3, 32, 32): input frames T=3 is not a multiple of '
+     'tubelet_size=2'),
+    ((1, 3, 4, 30, 32), 'ScaledVideoViT expects input (N, C, T, H, W) with C=3, got shape '
+     '(1, 3, 4, 30, 32): input size 30x32 is not a multiple of patch_size=8'),
+    ((1, 3, 32, 32), 'ScaledVideoViT expects a 5-D input (N, C, T, H, W) with C=3, got shape '
+     '(1, 3, 32, 32) (a dim is missing: is it the batch dim?)'),
 ])
 def test_bad_inputs(shape, message):
     with pytest.raises(ValueError) as err:

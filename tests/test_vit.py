@@ -61,7 +61,7 @@ def test_presets_aliases_and_scaling():
      "out_type must be one of ('raw', 'cls_token', 'featmap', 'avg_featmap'), got 'tokens'"),
     (dict(out_indices=12), ValueError, 'out_indices entry 12 is out of range for 12 blocks'),
     (dict(with_cls_token=False), ValueError, "out_type='cls_token' needs with_cls_token=True"),
-    (dict(img_size=100), ValueError, 'arch: resolution=100 is not a multiple of patch_size=16'),
+    (dict(img_size=100), ValueError, 'img_size=100 is not a multiple of patch_size=16'),
     (dict(scaling=dict(heads=5, width=96)), ValueError,
      'scaling: width=96 is not divisible by heads=5'),
 ])

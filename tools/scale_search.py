@@ -40,7 +40,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mmvitscale.cost.predictor import atomic_write
 from mmvitscale.search.scale_search import (ATTN_TYPES, COSTS, DEFAULT_GRIDS, SCORERS, UNITS,
                                             BaseSpec, BudgetError, Candidate, SearchResult,
-                                            check_grids, run_search, write_rule_file)
+                                            check_grids, check_rule_path, run_search,
+                                            write_rule_file)
 
 FMNIST_ARCH = dict(embed_dims=64, num_layers=6, num_heads=2, mlp_ratio=4.0)
 FMNIST_PIT_ARCH = dict(base_dims=[16, 16, 16], depths=[1, 3, 2], heads=[2, 4, 8], patch_size=4,
@@ -86,6 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def validate(args: argparse.Namespace) -> None:
     """Fill family defaults and raise ValueError naming the first bad flag."""
     vit = args.family == 'vit'
+    check_rule_path(args.out_rule, '--out-rule')  # refused before the search, not after it
+    if osp.exists(args.work_dir) and not osp.isdir(args.work_dir):
+        raise ValueError(f'--work-dir: {args.work_dir} exists and is not a folder')
     if args.arch is None:
         args.arch = FMNIST_ARCH if vit else FMNIST_PIT_ARCH
     elif args.arch.lstrip().startswith('{'):

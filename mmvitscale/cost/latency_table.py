@@ -114,12 +114,29 @@ def _matches(row: Mapping[str, Any], fp: Union[None, str, Mapping[str, Any]]) ->
     return row.get('fingerprint_id') == fingerprint_id(fp)
 
 
+ROW_KEYS = (('fingerprint', dict), ('fingerprint_id', str), ('arch', dict))  # make_row's core
+
+
+def row_problem(row: Any) -> Optional[str]:
+    """Why a parsed JSON value is not a latency-table row (None when it is one)."""
+    if not isinstance(row, dict):
+        return f'a JSON {type(row).__name__}, not an object'
+    for key, kind in ROW_KEYS:
+        if key not in row:
+            return f'no {key!r} key (keys: {sorted(row)[:8]})'
+        if not isinstance(row[key], kind):
+            return f'{key!r} is a {type(row[key]).__name__}, not a {kind.__name__}'
+    return None
+
+
 def read_rows(path: str, fingerprint: Union[None, str, Mapping[str, Any]] = None
               ) -> List[Dict[str, Any]]:
     """Rows of a table, optionally only those of one fingerprint (dict or its id).
 
     A missing file reads as empty. An unparsable last line without its newline (a write in
-    progress) is skipped silently; any other unparsable line is skipped with a warning.
+    progress) is skipped silently; any other unparsable line, and any line that is valid JSON
+    but not a row (no ``fingerprint`` / ``fingerprint_id`` / ``arch``, e.g. ``[]`` or
+    ``{"foo": 1}``), is skipped with a warning naming the file and line.
     """
     if not osp.exists(path):
         return []
@@ -132,11 +149,14 @@ def read_rows(path: str, fingerprint: Union[None, str, Mapping[str, Any]] = None
             continue
         try:
             row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError('not an object')
         except ValueError:
             if i != len(lines) - 1:  # the last piece has no newline: torn, expected
                 warnings.warn(f'{path}:{i + 1}: skipping an unparsable line')
+            continue
+        problem = row_problem(row)
+        if problem is not None:
+            warnings.warn(f'{path}:{i + 1}: skipping a line that is not a latency row '
+                          f'({problem})')
             continue
         if _matches(row, fingerprint):
             rows.append(row)

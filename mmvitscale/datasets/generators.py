@@ -7,15 +7,19 @@ total size of the data files. A generator:
 * checks its parameters before any work (:class:`ValueError` naming the parameter);
 * is a no-op when the target already holds a valid dataset with the same parameters;
 * refuses (:class:`DatasetError`, suggesting ``--overwrite``) a target without a valid manifest,
-  made with other parameters, or whose files are missing, resized or changed;
-* writes into a temporary folder next to the target and renames it into place only after
-  validating it, so an interrupted run never leaves a half-written dataset behind.
+  made with other parameters, or whose files are missing, resized or changed (every file's
+  content is checked against the sha256 in the manifest, not only its size);
+* writes into a temporary folder next to the target (``.NAME.tmp-PID-XXXX``) and renames it
+  into place only after validating it, so an interrupted run never leaves a half-written
+  dataset behind; the hidden folders of a killed run (its process is gone) are removed by the
+  next run on the same target.
 """
 import contextlib
 import hashlib
 import json
 import os
 import os.path as osp
+import re
 import shutil
 import tempfile
 import time
@@ -139,9 +143,80 @@ def check_existing(out_dir: str, kind: str, params: Dict[str, Any],
             if size != sizes.get(split):
                 raise DatasetError(f'{out_dir}: the {split} data files total {size} bytes, '
                                    f'{MANIFEST} says {sizes.get(split)} (files were changed)')
+        check_data_hashes(out_dir, manifest, listed)
     except DatasetError as e:
         raise DatasetError(f'{e}; {hint}') from e
     return manifest
+
+
+def _split_digest(root: str, rels: Iterable[str], hashes: Dict[str, str]) -> str:
+    """The manifest's ``data_sha256`` of one split; fills ``hashes`` (rel -> file sha256)."""
+    digest = hashlib.sha256()
+    for rel in rels:
+        hashes[rel] = sha256_file(osp.join(root, rel))
+        digest.update(f'{rel}\0{hashes[rel]}\n'.encode())
+    return digest.hexdigest()
+
+
+def check_data_hashes(root: str, manifest: dict, listed: Dict[str, List[str]]) -> None:
+    """DatasetError naming the first data file whose content differs from the manifest.
+
+    Each file is compared with ``data_files`` (per-file sha256); manifests written before that
+    key existed are checked per split against ``data_sha256``.
+    """
+    per_file = manifest.get('data_files') or {}
+    per_split = manifest.get('data_sha256')
+    if not isinstance(per_file, dict) or not isinstance(per_split, dict):
+        raise DatasetError(f'{osp.join(root, MANIFEST)} has no data_sha256 / data_files '
+                           'content hashes')
+    for split, rels in listed.items():
+        hashes: Dict[str, str] = {}
+        if _split_digest(root, rels, hashes) == per_split.get(split):
+            continue
+        for rel in rels:
+            if rel in per_file and per_file[rel] != hashes[rel]:
+                raise DatasetError(f'{root}: data file {rel} was modified or is corrupt (sha256 '
+                                   f'differs from {MANIFEST}, same size or not)')
+        raise DatasetError(f'{root}: the {split} data files were modified or are corrupt (their '
+                           f'sha256 differs from {MANIFEST}, sizes match)')
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale_temp(out_dir: str) -> List[str]:
+    """Remove ``.NAME.tmp-*`` / ``.NAME.old-*`` folders that a killed generator left beside
+    ``out_dir``; returns the removed paths.
+
+    Folders named with a process id (``.NAME.tmp-PID-XXXX``) are removed only when that process
+    is gone, so a generator running now keeps its own; folders without one (left by an older
+    version) are always stale.
+    """
+    out_dir = osp.abspath(out_dir)
+    parent, name = osp.split(out_dir)
+    if not osp.isdir(parent):
+        return []
+    pattern = re.compile(r'\.' + re.escape(name) + r'\.(tmp|old)-(?:(\d+)-)?[^/]*$')
+    removed = []
+    for entry in sorted(os.listdir(parent)):
+        match = pattern.match(entry)
+        if match is None:
+            continue
+        pid = match.group(2)
+        if pid is not None and (int(pid) == os.getpid() or _pid_alive(int(pid))):
+            continue
+        path = osp.join(parent, entry)
+        if osp.isdir(path) and not osp.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager
@@ -153,7 +228,7 @@ def atomic_dir(out_dir: str) -> Iterator[str]:
     out_dir = osp.abspath(out_dir)
     parent, name = osp.split(out_dir)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f'.{name}.tmp-', dir=parent)
+    tmp = tempfile.mkdtemp(prefix=f'.{name}.tmp-{os.getpid()}-', dir=parent)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700
@@ -161,7 +236,8 @@ def atomic_dir(out_dir: str) -> Iterator[str]:
     try:
         yield tmp
         if osp.lexists(out_dir):
-            old = osp.join(tempfile.mkdtemp(prefix=f'.{name}.old-', dir=parent), name)
+            old = osp.join(tempfile.mkdtemp(prefix=f'.{name}.old-{os.getpid()}-', dir=parent),
+                           name)
             os.rename(out_dir, old)
         os.rename(tmp, out_dir)
     except BaseException:
@@ -177,17 +253,14 @@ def atomic_dir(out_dir: str) -> Iterator[str]:
 def write_manifest(root: str, kind: str, params: Dict[str, Any], counts: Dict[str, Any],
                    ann_files: Iterable[str], data: Dict[str, List[str]]) -> dict:
     """Write ``manifest.json`` (last step of a generator) and return it."""
-    data_bytes, data_sha256 = {}, {}
+    data_bytes, data_sha256, data_files = {}, {}, {}
     for split, rels in data.items():
         data_bytes[split] = data_size(root, rels)
-        digest = hashlib.sha256()
-        for rel in rels:
-            digest.update(f'{rel}\0{sha256_file(osp.join(root, rel))}\n'.encode())
-        data_sha256[split] = digest.hexdigest()
+        data_sha256[split] = _split_digest(root, rels, data_files)
     manifest = dict(
         kind=kind, format_version=FORMAT_VERSION, params=_normalised(params), counts=counts,
         files={rel: sha256_file(osp.join(root, rel)) for rel in ann_files},
-        data_bytes=data_bytes, data_sha256=data_sha256)
+        data_bytes=data_bytes, data_sha256=data_sha256, data_files=data_files)
     write_bytes(osp.join(root, MANIFEST), json.dumps(manifest, indent=2).encode() + b'\n')
     return manifest
 
@@ -201,7 +274,9 @@ def generate(out_dir: str, kind: str, params: Dict[str, Any], overwrite: bool,
     ``build(tmp)`` writes the dataset into ``tmp``; ``validate(root)`` checks it and returns its
     counts (raising :class:`DatasetError`); ``list_data`` is as in :func:`check_existing`.
     Returns the manifest plus ``reused`` (True when an existing valid dataset was kept).
+    Stale temporary folders of a killed earlier run are removed first.
     """
+    clean_stale_temp(out_dir)
     if not overwrite:
         manifest = check_existing(out_dir, kind, params, list_data)
         if manifest is not None:

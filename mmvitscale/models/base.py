@@ -1,12 +1,56 @@
-"""Plumbing shared by the scalable backbones: presets, init, freezing, output checks."""
-from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
+"""Plumbing shared by the scalable backbones: presets, argument and input checks, init,
+freezing."""
+import numbers
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 from mmengine.model import BaseModule
-from torch import nn
+from torch import Tensor, nn
 
 from .layers import init_vit_weights
 
 OUT_TYPES = ('raw', 'cls_token', 'featmap', 'avg_featmap')
+INTERPOLATE_MODES = ('bilinear', 'bicubic')  # position-embedding resampling (align_corners off)
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """``value`` if it is an int >= 1 (not a bool), else a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'{name} must be a positive integer, got {value!r}')
+    return value
+
+
+def check_rate(value: Any, name: str) -> float:
+    """A probability in ``[0, 1)`` (dropout, drop path), else a ``ValueError`` naming ``name``."""
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not 0.0 <= float(value) < 1.0):
+        raise ValueError(f'{name} must be a number in [0, 1), got {value!r}')
+    return float(value)
+
+
+def check_frozen_stages(value: Any, num: int, unit: str = 'blocks') -> int:
+    """``-1`` (nothing frozen) .. ``num`` (everything), else a ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= num:
+        raise ValueError(f'frozen_stages must be an int from -1 (none) to {num} (all {num} '
+                         f'{unit}), got {value!r}')
+    return value
+
+
+def check_common_args(in_channels: Any = 3, drop_rate: Any = 0.0, attn_drop_rate: Any = 0.0,
+                      drop_path_rate: Any = 0.0, qkv_bias: Any = True, norm_eps: Any = 1e-6,
+                      interpolate_mode: Any = 'bicubic') -> None:
+    """Check the constructor options every backbone family shares, naming the bad one."""
+    check_positive_int(in_channels, 'in_channels')
+    for name, value in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate),
+                        ('drop_path_rate', drop_path_rate)):
+        check_rate(value, name)
+    if not isinstance(qkv_bias, bool):
+        raise TypeError(f'qkv_bias must be a bool, got {qkv_bias!r}')
+    if (isinstance(norm_eps, bool) or not isinstance(norm_eps, numbers.Real)
+            or not float(norm_eps) > 0):
+        raise ValueError(f'norm_eps must be a positive number, got {norm_eps!r}')
+    if interpolate_mode not in INTERPOLATE_MODES:
+        raise ValueError(f'interpolate_mode must be one of {INTERPOLATE_MODES}, '
+                         f'got {interpolate_mode!r}')
 
 
 class ScalableBackbone(BaseModule):
@@ -117,12 +161,50 @@ class ScalableBackbone(BaseModule):
         conv.dilation = dilation[:-2] + tuple(d * factor for d in dilation[-2:])
         self.token_stride = factor
 
+    # ------------------------------------------------------------------ input checks
+    input_dims = 'N, C, H, W'  # the layout named in input errors
+
+    def check_input(self, x: Any) -> Tuple[int, int]:
+        """The token grid of input ``x``; ``TypeError`` / ``ValueError`` naming the expected and
+        the given shape when ``x`` is not a float tensor the tokenizer tiles exactly.
+
+        Checked before the first op: the number of dims (a batch dim is required), the channel
+        count, empty sizes, and the spatial size (see :meth:`_token_grid`).
+        """
+        name = type(self).__name__
+        if not isinstance(x, Tensor):
+            raise TypeError(f'{name} expects a torch.Tensor of shape ({self.input_dims}), '
+                            f'got {type(x).__name__}')
+        shape = tuple(x.shape)
+        ndim = len(self.input_dims.split(','))
+        channels = self._tokenizer_conv().in_channels
+        expected = f'({self.input_dims}) with C={channels}'
+        if x.ndim != ndim:
+            hint = ' (a dim is missing: is it the batch dim?)' if x.ndim == ndim - 1 else ''
+            raise ValueError(f'{name} expects a {ndim}-D input {expected}, got shape '
+                             f'{shape}{hint}')
+        if not x.is_floating_point():
+            raise TypeError(f'{name} expects a floating-point input, got {x.dtype} of shape '
+                            f'{shape}')
+        if shape[1] != channels:
+            raise ValueError(f'{name} expects input {expected} (in_channels={channels}), got '
+                             f'shape {shape}')
+        if any(s < 1 for s in shape[2:]):
+            raise ValueError(f'{name} expects a non-empty input {expected}, got shape {shape}')
+        try:
+            return self._token_grid(shape, self.token_stride)
+        except ValueError as err:
+            raise ValueError(f'{name} expects input {expected}, got shape {shape}: '
+                             f'{err}') from None
+
     def _token_grid(self, size: Sequence[int], factor: int,
                     field: str = 'input size') -> Tuple[int, int]:
         """Token grid of a (H, W) input at ``factor``; ``ValueError`` when it does not tile.
 
         Non-overlapping tokenizers (kernel == stride, ViT) need H and W to be multiples of
-        ``stride * factor``; overlapping ones (PiT) need at least one dilated kernel extent.
+        ``stride * factor``; overlapping ones (PiT) need at least one dilated kernel extent and,
+        at ``factor=1``, a size the stride tiles exactly (``H = kernel + stride * n``, so no
+        border pixels are dropped, as ViT drops none).
         """
         conv = self._tokenizer_conv()
         stride, dilation = self.__dict__.get('_token_base',
@@ -132,11 +214,18 @@ class ScalableBackbone(BaseModule):
         for n, s, k, d, pad in zip((H, W), stride[-2:], conv.kernel_size[-2:], dilation[-2:],
                                    conv.padding[-2:]):
             eff_stride, extent = s * factor, d * factor * (k - 1) + 1
+            if k == s and factor == 1 and n % s:
+                raise ValueError(f'{field} {H}x{W} is not a multiple of patch_size={s}')
             if k == s and n % eff_stride:
                 raise ValueError(f'{field} {H}x{W} is not a multiple of the token stride '
                                  f'{eff_stride} (stride {s} x token_stride={factor})')
             if n + 2 * pad < extent:
                 raise ValueError(f'{field} {H}x{W} is smaller than the dilated tokenizer '
                                  f'kernel extent {extent} at token_stride={factor}')
+            if k != s and factor == 1 and (n + 2 * pad - extent) % s:
+                raise ValueError(f'{field} {H}x{W} does not tile the tokenizer (kernel {k}, '
+                                 f'stride {s}, padding {pad}): {n} - {extent - 2 * pad} is not '
+                                 f'a multiple of {s}, {(n + 2 * pad - extent) % s} border '
+                                 'pixels would be dropped')
             grid.append((n + 2 * pad - extent) // eff_stride + 1)
         return grid[0], grid[1]

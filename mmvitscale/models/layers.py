@@ -239,6 +239,8 @@ def normalise_indices(out_indices, num: int, what: str = 'blocks') -> Tuple[int,
                          f'got {out_indices!r}')
     result = set()
     for i in out_indices:
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise ValueError(f'out_indices entries must be ints, got {i!r} in {out_indices!r}')
         j = num + i if i < 0 else i
         if not 0 <= j < num:
             raise ValueError(f'out_indices entry {i} is out of range for {num} {what}')

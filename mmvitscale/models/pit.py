@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from ..checkpoint import register_checkpoint_hook
 from ..registry import MODELS
 from ..scaling import PiTArch, make_pit_arch, scale_pit, to_2tuple
-from .base import ScalableBackbone
+from .base import ScalableBackbone, check_common_args, check_frozen_stages
 from .layers import TransformerBlock, normalise_indices
 from .linear_attention import (check_kernel_size, drop_aux_keys, per_stage_attn_types,
                                set_token_grid, split_attn_rule)
@@ -52,12 +52,13 @@ class PiTStage(nn.Module):
     def __init__(self, dim: int, depth: int, heads: int, mlp_hidden: int,
                  pool: Optional[Pooling], drop_path: Sequence[float], drop: float = 0.0,
                  attn_drop: float = 0.0, norm_eps: float = 1e-6, attn_type: str = 'softmax',
-                 linear_kernel_size: int = 9, aux_branch: bool = False) -> None:
+                 linear_kernel_size: int = 9, aux_branch: bool = False,
+                 qkv_bias: bool = True) -> None:
         super().__init__()
         self.pool = pool
         self.attn_type = attn_type
         self.blocks = nn.Sequential(*[
-            TransformerBlock(dim, heads, mlp_hidden, True, drop, attn_drop, drop_path[i],
+            TransformerBlock(dim, heads, mlp_hidden, qkv_bias, drop, attn_drop, drop_path[i],
                              norm_eps, attn_type, linear_kernel_size, aux_branch)
             for i in range(depth)
         ])
@@ -90,8 +91,9 @@ class ScaledPiT(ScalableBackbone):
         out_indices: stage indices (0..2) to return; strides are ``patch_stride * 2**i``.
         out_type: ``cls_token``, ``featmap`` (B, C, H, W), ``avg_featmap`` or ``raw`` tokens.
         return_tuple: tuple output (mmpretrain / mmdet) or the last one as a tensor (mmaction2).
-        drop_rate, attn_drop_rate, drop_path_rate, norm_eps, frozen_stages, interpolate_mode,
-        init_cfg: as in :class:`~mmvitscale.models.ScaledViT` (frozen_stages counts stages).
+        drop_rate, attn_drop_rate, drop_path_rate, qkv_bias, norm_eps, frozen_stages,
+        interpolate_mode, init_cfg: as in :class:`~mmvitscale.models.ScaledViT`
+            (``frozen_stages`` counts stages, -1 to ``len(depths)``).
         attn_type: ``'softmax'`` / ``'linear_angular'`` for all stages, or a list with one
             entry per stage; a ``scaling`` rule may carry it too.
         linear_kernel_size, aux_branch, inference_only: as in ScaledViT (the kernel must fit
@@ -122,6 +124,7 @@ class ScaledPiT(ScalableBackbone):
                  drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0,
+                 qkv_bias: bool = True,
                  norm_eps: float = 1e-6,
                  frozen_stages: int = -1,
                  interpolate_mode: str = 'bicubic',
@@ -131,8 +134,11 @@ class ScaledPiT(ScalableBackbone):
                  aux_branch: bool = False,
                  inference_only: bool = False) -> None:
         super().__init__(init_cfg=init_cfg)
+        check_common_args(in_channels, drop_rate, attn_drop_rate, drop_path_rate, qkv_bias,
+                          norm_eps, interpolate_mode)
         attn_type, scaling = split_attn_rule(attn_type, scaling)
         self.arch_spec = spec = self.resolve_arch(arch, img_size, scaling)
+        check_frozen_stages(frozen_stages, len(spec.depths), 'stages')
         self.attn_types = per_stage_attn_types(attn_type, len(spec.depths))
         self.aux_branch = bool(aux_branch) and not inference_only
         check_kernel_size(linear_kernel_size)
@@ -161,7 +167,7 @@ class ScaledPiT(ScalableBackbone):
             PiTStage(dims[i], spec.depths[i], spec.heads[i], spec.mlp_hidden(i),
                      Pooling(dims[i - 1], dims[i]) if i else None, dpr[i].tolist(), drop_rate,
                      attn_drop_rate, norm_eps, self.attn_types[i], linear_kernel_size,
-                     self.aux_branch) for i in range(self.num_stages)
+                     self.aux_branch, qkv_bias) for i in range(self.num_stages)
         ])
         self.norm = nn.LayerNorm(dims[-1], eps=norm_eps)
         register_checkpoint_hook(self, 'pit')  # other formats -> ours, first
@@ -205,8 +211,7 @@ class ScaledPiT(ScalableBackbone):
         return torch.cat([cls_token, x.flatten(2).transpose(1, 2)], dim=1)
 
     def forward(self, x: Tensor) -> Union[Tuple[Tensor, ...], Tensor]:
-        if self.token_stride != 1:
-            self._token_grid(x.shape, self.token_stride)
+        self.check_input(x)
         x = self.patch_embed.conv(x)
         x = self.pos_drop(x + resample_pos_embed_2d(self.pos_embed, x.shape[-2:],
                                                     self.interpolate_mode))

@@ -19,9 +19,8 @@ from torch import Tensor, nn
 
 from ..registry import MODELS
 from ..scaling import RULE_KEYS, ViTArch, _pick
-from .base import ScalableBackbone
-from .layers import (Attention, TransformerBlock, grid_of, normalise_indices,
-                     resample_abs_pos_embed)
+from .base import ScalableBackbone, check_common_args, check_frozen_stages
+from .layers import Attention, TransformerBlock, normalise_indices, resample_abs_pos_embed
 from .linear_attention import (check_attn_type, check_kernel_size, drop_aux_keys,
                                set_token_grid, split_attn_rule)
 from .vit import ScaledViT
@@ -159,6 +158,9 @@ class ScaledVideoViT(ScalableBackbone):
         return_tuple: tuple output, or (default, as mmaction2 heads need) the last output alone.
         drop_rate, attn_drop_rate, drop_path_rate, qkv_bias, norm_eps, interpolate_mode,
         init_cfg: as ScaledViT.
+        frozen_stages: as ScaledViT: freeze the embeddings (tubelet conv, class token,
+            ``pos_embed``, ``time_embed``) plus the first ``frozen_stages`` blocks (-1 to
+            ``num_layers``; ``num_layers`` also freezes the final norm).
         attn_type, linear_kernel_size, aux_branch, inference_only: as ScaledViT. With
             ``'linear_angular'`` the value conv runs per frame on the (h, w) grid; in
             ``divided`` blocks only the spatial attention is linear-angular (the temporal one
@@ -194,8 +196,11 @@ class ScaledVideoViT(ScalableBackbone):
                  attn_type: Optional[str] = None,
                  linear_kernel_size: int = 9,
                  aux_branch: bool = False,
-                 inference_only: bool = False) -> None:
+                 inference_only: bool = False,
+                 frozen_stages: int = -1) -> None:
         super().__init__(init_cfg=init_cfg)
+        check_common_args(in_channels, drop_rate, attn_drop_rate, drop_path_rate, qkv_bias,
+                          norm_eps, interpolate_mode)
         attn_type, scaling = split_attn_rule(attn_type, scaling)
         self.attn_type = check_attn_type(attn_type)
         self.aux_branch = bool(aux_branch) and not inference_only and attn_type != 'softmax'
@@ -206,6 +211,7 @@ class ScaledVideoViT(ScalableBackbone):
         self.video_spec = self.resolve_arch(arch, img_size, patch_size, num_frames,
                                             tubelet_size, scaling)
         self.arch_spec = spec = self.video_spec.spatial
+        self.frozen_stages = check_frozen_stages(frozen_stages, spec.num_layers)
         self.attention_type = attention_type
         self.out_type = out_type
         self.out_indices = normalise_indices(out_indices, spec.num_layers)
@@ -244,6 +250,7 @@ class ScaledVideoViT(ScalableBackbone):
         self._register_load_state_dict_pre_hook(self._adapt_state_dict_on_load)
         if inference_only:
             self._register_load_state_dict_pre_hook(drop_aux_keys)
+        self._freeze_stages()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -265,6 +272,17 @@ class ScaledVideoViT(ScalableBackbone):
         spatial = ScaledViT.resolve_arch(arch, img_size, patch_size, spatial_rule)
         frames = scale_frames(num_frames, tubelet_size, scaling)
         return VideoViTArch(spatial, frames, tubelet_size)
+
+    def frozen_modules(self):
+        if self.frozen_stages < 0:
+            return []
+        modules = [self.patch_embed, self.pos_drop, *self.blocks[:self.frozen_stages]]
+        return modules + ([self.norm] if self.frozen_stages >= self.num_layers else [])
+
+    def frozen_params(self):
+        if self.frozen_stages < 0:
+            return []
+        return [p for p in (self.pos_embed, self.cls_token, self.time_embed) if p is not None]
 
     def reset_parameters(self) -> None:
         """DeiT-style init; ``temporal_fc`` starts at zero (TimeSformer's residual init)."""
@@ -323,19 +341,24 @@ class ScaledVideoViT(ScalableBackbone):
             state_dict[prefix + 'time_embed'] = resample_time_embed(time, self.time_size)
 
     # ------------------------------------------------------------------ forward
+    input_dims = 'N, C, T, H, W'
+
+    def check_input(self, x: Tensor) -> Tuple[int, int]:
+        """As :meth:`ScalableBackbone.check_input`, and T must be a multiple of the tubelet."""
+        grid = super().check_input(x)
+        if x.shape[2] % self.tubelet_size:
+            raise ValueError(f'ScaledVideoViT expects input (N, C, T, H, W) with T a multiple '
+                             f'of tubelet_size={self.tubelet_size}, got shape '
+                             f'{tuple(x.shape)}: input frames T={x.shape[2]} is not a multiple '
+                             f'of tubelet_size={self.tubelet_size}')
+        return grid
+
     def embed(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int, int]]:
         """Clips (B, C, T, H, W) -> tokens and the token grid (T', h, w).
 
         Tokens are (B, 1 + T'*h*w, D) frame-major, or (B*T', 1 + h*w, D) for ``space_only``.
         """
-        if x.ndim != 5:
-            raise ValueError(f'ScaledVideoViT expects (N, C, T, H, W) input, '
-                             f'got shape {tuple(x.shape)}')
-        h, w = (grid_of(x, self.patch_size) if self.token_stride == 1 else
-                self._token_grid(x.shape, self.token_stride))
-        if x.shape[2] % self.tubelet_size:
-            raise ValueError(f'input frames T={x.shape[2]} is not a multiple of '
-                             f'tubelet_size={self.tubelet_size}')
+        h, w = self.check_input(x)
         T = x.shape[2] // self.tubelet_size
         B = x.shape[0]
         pos = resample_abs_pos_embed(self.pos_embed, (h, w), self.grid_size, 1,

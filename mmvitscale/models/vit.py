@@ -7,8 +7,8 @@ from torch import Tensor, nn
 from ..checkpoint import register_checkpoint_hook
 from ..registry import MODELS
 from ..scaling import ViTArch, make_vit_arch, scale_vit, to_2tuple
-from .base import OUT_TYPES, ScalableBackbone
-from .layers import TransformerBlock, grid_of, normalise_indices, resample_abs_pos_embed
+from .base import OUT_TYPES, ScalableBackbone, check_common_args, check_frozen_stages
+from .layers import TransformerBlock, normalise_indices, resample_abs_pos_embed
 from .linear_attention import (check_attn_type, check_kernel_size, drop_aux_keys,
                                set_token_grid, split_attn_rule)
 
@@ -44,7 +44,8 @@ class ScaledViT(ScalableBackbone):
         drop_rate, attn_drop_rate, drop_path_rate: regularisation (drop path grows linearly).
         qkv_bias: bias in the qkv projection.
         norm_eps: LayerNorm epsilon (1e-6 like DeiT / timm).
-        frozen_stages: freeze the embeddings (0) plus the first ``frozen_stages`` blocks.
+        frozen_stages: freeze the embeddings (0) plus the first ``frozen_stages`` blocks
+            (-1: nothing; ``num_layers``: every block and the final norm).
         interpolate_mode: position-embedding resize mode, on load and at forward time.
         init_cfg: mmengine init config, e.g. ``dict(type='Pretrained', checkpoint=...)``.
         attn_type: ``'softmax'`` (default) or ``'linear_angular'`` (Castling-ViT, see
@@ -90,10 +91,13 @@ class ScaledViT(ScalableBackbone):
                  aux_branch: bool = False,
                  inference_only: bool = False) -> None:
         super().__init__(init_cfg=init_cfg)
+        check_common_args(in_channels, drop_rate, attn_drop_rate, drop_path_rate, qkv_bias,
+                          norm_eps, interpolate_mode)
         attn_type, scaling = split_attn_rule(attn_type, scaling)
         self.attn_type = check_attn_type(attn_type)
         self.arch_spec = self.resolve_arch(arch, img_size, patch_size, scaling)
         spec = self.arch_spec
+        check_frozen_stages(frozen_stages, spec.num_layers)
         self.aux_branch = bool(aux_branch) and not inference_only and attn_type != 'softmax'
         check_kernel_size(linear_kernel_size, spec.grid if attn_type != 'softmax' else None)
         self.check_out_type(out_type)
@@ -173,8 +177,7 @@ class ScaledViT(ScalableBackbone):
 
     def embed(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
         """Images (B, C, H, W) -> tokens (B, prefix + h*w, D) and the token grid (h, w)."""
-        grid = (grid_of(x, self.patch_size) if self.token_stride == 1 else
-                self._token_grid(x.shape, self.token_stride))
+        grid = self.check_input(x)
         x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)

@@ -28,6 +28,8 @@ linear-angular candidate whose grid is too small for the kernel is infeasible.
 """
 import itertools
 import math
+import os
+import os.path as osp
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -326,10 +328,34 @@ def rule_file_text(rule: Mapping[str, Any], header: Sequence[str] = ()) -> str:
     return '\n'.join(lines + [f'scaling = dict({items})']) + '\n'
 
 
+def check_rule_path(path: str, flag: str = 'rule file') -> str:
+    """``path`` if a rule file can be written there, else a ``ValueError`` naming ``field``.
+
+    Refused: an existing folder (or a path ending in a separator), a name that is not ``.py``
+    (mmengine loads rule files as Python configs), a parent that is a file or not writable.
+    """
+    if not isinstance(path, str) or not path:
+        raise ValueError(f'{flag}: expected a file path, got {path!r}')
+    if osp.isdir(path) or path.endswith(('/', os.sep)):
+        raise ValueError(f'{flag}: {path} is a folder; give a file such as '
+                         f'{osp.join(path, "searched.py")}')
+    if not path.endswith('.py'):
+        raise ValueError(f'{flag}: {path} must end in .py (rule files are Python configs)')
+    parent = osp.dirname(osp.abspath(path))
+    while not osp.exists(parent):  # the first existing ancestor decides (makedirs creates)
+        parent = osp.dirname(parent)
+    if not osp.isdir(parent):
+        raise ValueError(f'{flag}: {path} is under {parent}, which is a file')
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f'{flag}: {parent} is not writable, so {path} cannot be written')
+    return path
+
+
 def write_rule_file(path: str, rule: Mapping[str, Any], header: Sequence[str] = ()) -> str:
     """Write :func:`rule_file_text` atomically at ``path``; returns ``path``."""
     from ..cost.predictor import atomic_write
     from ..scaling import PIT_RULE_KEYS
+    check_rule_path(path)
     unknown = sorted(set(rule) - PIT_RULE_KEYS - {'attn_type'})
     if unknown:
         raise ValueError(f'not a scaling rule: unknown key {unknown[0]!r}')

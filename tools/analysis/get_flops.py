@@ -8,6 +8,7 @@ import argparse
 import json
 
 import mmvitscale  # noqa: F401  (stack shims + registries)
+import torch
 from mmengine.config import Config, DictAction
 from mmengine.model import BaseModel
 from mmengine.registry import MODELS, init_default_scope
@@ -29,13 +30,33 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def check_shape(shape):
+    """``--shape`` as an (H, W) pair (None when not given); ``SystemExit`` naming the flag."""
+    if shape is None:
+        return None
+    if len(shape) not in (1, 2):
+        raise SystemExit(f'--shape takes 1 or 2 values, got {shape}')
+    if min(shape) < 1:
+        raise SystemExit(f'--shape: H and W must be positive, got {" ".join(map(str, shape))}')
+    return tuple(shape * 2) if len(shape) == 1 else tuple(shape)
+
+
 def _shape(args, cfg):
     if args.shape:
-        if len(args.shape) not in (1, 2):
-            raise SystemExit(f'--shape takes 1 or 2 values, got {args.shape}')
-        return tuple(args.shape * 2) if len(args.shape) == 1 else tuple(args.shape)
+        return args.shape
     size = cfg.model.get('backbone', {}).get('img_size', 224)
     return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _check_backbone_input(backbone, in_ch: int, H: int, W: int) -> None:
+    """The backbone's own input check (mmvitscale image backbones), reported as ``--shape``."""
+    check = getattr(backbone, 'check_input', None)
+    if check is None or len(getattr(backbone, 'input_dims', '').split(',')) != 4:
+        return
+    try:
+        check(torch.empty(1, in_ch, H, W))
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f'--shape {H} {W}: {err}') from None
 
 
 def _tensor_mode(model, inputs):
@@ -45,6 +66,7 @@ def _tensor_mode(model, inputs):
 
 def main(argv=None):
     args = parse_args(argv)
+    args.shape = check_shape(args.shape)  # before any work
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
@@ -53,6 +75,8 @@ def main(argv=None):
     model = MODELS.build(model_cfg)
     H, W = _shape(args, cfg)
     in_ch = cfg.model.get('backbone', {}).get('in_channels', 3)
+    _check_backbone_input(model if args.backbone_only else getattr(model, 'backbone', None),
+                          in_ch, H, W)
     forward = _tensor_mode if isinstance(model, BaseModel) else None
     result = get_complexity(model, (in_ch, H, W), forward=forward)
     result['input_shape'] = [in_ch, H, W]
