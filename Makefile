@@ -11,7 +11,7 @@ env:
 	@VENV=$(abspath $(VENV)) bash tools/setup_env.sh
 
 demo: env
-	$(PY) tools/transfer.py
+	$(PY) tools/transfer.py --workers 2
 
 table: env
 	$(PY) tools/analysis/scaling_table.py

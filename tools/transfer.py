@@ -3,6 +3,8 @@
     python tools/transfer.py [--rules R1.py R2.py ...] [--baseline B.py]
         [--tasks cls cls_pit det video] [--seeds 0 1 2] [--workers 2] [--quick]
         [--out-dir work_dirs/transfer] [--epochs N] [--cls-train N] [--det-epochs N] ...
+        [--launcher slurm --partition P --cpus-per-trial C --gpus-per-trial G
+         --sbatch-args="..." --dry-run]
 
 Every rule (and the baseline) trains on every task with every seed (paired design: arms of
 a task share their seeds). On the source task (the first of ``--tasks``) each rule's paired
@@ -15,6 +17,9 @@ the intervals (docs: ../shared/docs/studies.md, norm 3).
 Trials are recorded in ``<out-dir>/trials.jsonl`` as they finish; rerunning the same command
 after a crash skips finished trials and writes the same report: ``transfer.json``,
 ``transfer.md`` and ``transfer.png``. The logic lives in :mod:`mmvitscale.experiments`.
+With ``--launcher slurm`` every trial is a Slurm job (one job array per run) and this command
+waits for them; rerunning it resubmits only missing or failed trials
+(:mod:`mmvitscale.experiments.slurm`).
 """
 import argparse
 import os.path as osp
@@ -23,12 +28,13 @@ from typing import Any, Dict, Optional, Sequence
 
 import mmvitscale  # noqa: F401  (stack shims + registries, before any host import)
 from mmvitscale.experiments import TASKS, TaskError, run_grid_study
+from mmvitscale.experiments.slurm import add_launcher_args, launcher_from_args
 from mmvitscale.experiments.tasks import ROOT, SCALING_DIR
 
 OFFLINE = [name for name, spec in TASKS.items() if spec.offline]
 DEFAULT_TASKS = ['cls', 'cls_pit', 'det', 'video']
 DEFAULT_RULES = [osp.join(SCALING_DIR, f'{n}.py')
-                 for n in ('deeper_narrower', 'wider_shallower', 'hires_bigpatch')]
+                 for n in ('deeper_narrower_mild', 'wider_shallower_mild', 'deeper_narrower')]
 DEFAULT_BASELINE = osp.join(SCALING_DIR, 'deit_tiny_shape.py')
 QUICK = dict(epochs=1, train=256, val=128, batch=32)
 
@@ -63,7 +69,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                             help=f'{name}: evaluation {unit}, first N (default {d["val"]})')
         parser.add_argument(f'--{name}-batch', type=int, default=None,
                             help=f'{name}: batch size (default {d["batch"] or "the config"})')
-    parser.add_argument('--tolerance', type=float, default=0.15,
+    parser.add_argument('--tolerance', type=float, default=0.05,
                         help='equal cost: backbone FLOPs within this fraction of the baseline')
     parser.add_argument('--det-score-thr', type=float, default=0.01,
                         help='detection test score threshold (low: short runs still score)')
@@ -76,6 +82,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--workers', type=int, default=1,
                         help='trials run in parallel (processes; 2 on a 2-core machine)')
     parser.add_argument('--threads', type=int, default=1, help='torch threads per worker')
+    add_launcher_args(parser)
     return parser.parse_args(argv)
 
 
@@ -123,13 +130,21 @@ def check_args(args: argparse.Namespace) -> None:
                 from mmvitscale.rules import load_with_rule
                 load_with_rule(TASKS[name].config_path, path)
             except ValueError as err:
-                raise SystemExit(f'transfer.py: error: {err}') from err
+                raise SystemExit(f'transfer.py: error: task {name} under {flag_of(path, args)} '
+                                 f'{path}: {err}') from err
+
+
+def flag_of(path: str, args: argparse.Namespace) -> str:
+    return '--baseline' if path == args.baseline else '--rules'
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     check_args(args)
+    launcher = launcher_from_args(args, 'transfer.py', job_name='transfer')
     rel = [osp.relpath(osp.abspath(p), ROOT) for p in [args.baseline] + list(args.rules)]
+    rel = [r if not r.startswith('..') else osp.abspath(p)
+           for r, p in zip(rel, [args.baseline] + list(args.rules))]
     meta = dict(description=(
         f'Scaling transfer: rules {", ".join(rel[1:])} vs baseline {rel[0]}; source task '
         f'{args.tasks[0]}, targets {", ".join(args.tasks[1:]) or "none"}.'),
@@ -140,7 +155,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             args.data_root, name='transfer', title='Scaling transfer', sizes=sizes(args),
             det_score_thr=args.det_score_thr, workers=args.workers, threads=args.threads,
             tolerance=args.tolerance, meta=meta, latency_backends=args.latency_backends,
-            latency_rounds=args.latency_rounds, latency_repeats=args.latency_repeats)
+            latency_rounds=args.latency_rounds, latency_repeats=args.latency_repeats,
+            launcher=launcher)
     except TaskError as err:
         raise SystemExit(f'transfer.py: error: {err}') from err
     for line in summary['headline']:

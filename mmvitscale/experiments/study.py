@@ -6,7 +6,7 @@ others. Rows go to ``<out_dir>/trials.jsonl``; rerunning the same call skips fin
 """
 import os
 import os.path as osp
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from .latency import available_backends, measure_arms
 from .pool import Say, run_trials
@@ -67,12 +67,16 @@ def run_grid_study(tasks: Sequence[str], rules: Sequence[str], baseline: str,
                    workers: int = 1, threads: int = 1, tolerance: float = 0.15,
                    meta: Optional[Mapping[str, Any]] = None,
                    latency_backends: Sequence[str] = ('eager',), latency_rounds: int = 3,
-                   latency_repeats: int = 20, say: Optional[Say] = None) -> Dict[str, Any]:
+                   latency_repeats: int = 20, say: Optional[Say] = None,
+                   launcher: Optional[Callable[..., List[Dict[str, Any]]]] = None
+                   ) -> Dict[str, Any]:
     """Run (or resume) a tasks x rules x seeds study and write ``<name>.json/.md/.png``.
 
     ``rules`` are rule files, ``baseline`` one of them. After training, each arm's backbone
     latency is measured on ``latency_backends`` (those this machine runs; ``latency_rounds=0``
-    skips it). Returns the summary
+    skips it). ``launcher`` runs the trials instead of the local pool, with the signature of
+    :func:`~mmvitscale.experiments.pool.run_trials` (e.g. Slurm jobs:
+    :func:`mmvitscale.experiments.slurm.launcher_from_args`). Returns the summary
     (:func:`mmvitscale.experiments.report.summarize`).
     """
     if osp.abspath(baseline) not in [osp.abspath(r) for r in rules]:
@@ -82,8 +86,8 @@ def run_grid_study(tasks: Sequence[str], rules: Sequence[str], baseline: str,
     os.makedirs(out_dir, exist_ok=True)
     prepare_data(trials, data_root, say)
     store = ResultStore(osp.join(out_dir, STORE_NAME))
-    rows = run_trials(trials, store, out_dir, data_root, workers=workers, threads=threads,
-                      say=say)
+    rows = (launcher or run_trials)(trials, store, out_dir, data_root, workers=workers,
+                                    threads=threads, say=say)
     latency: List[Dict[str, Any]] = []
     if latency_rounds > 0:
         latency = measure_arms(tasks, rules, store, available_backends(latency_backends),

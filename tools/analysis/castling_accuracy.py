@@ -5,8 +5,8 @@
 
 Trains ``configs/cls/scaled_vit_fmnist.py`` (under ``--rule``, default: the config's own rule)
 three times with mmengine's stock Runner, same seed, epochs and data subsets
-(``tools/transfer.py``'s ``configure``: first ``--train`` training images, first ``--val`` test
-images, quiet logs, one test after training):
+(:func:`mmvitscale.experiments.tasks.configure`: first ``--train`` training images, first
+``--val`` test images, quiet logs, one test after training):
 
 * ``softmax``: the config as it is;
 * ``linear``: ``attn_type='linear_angular'`` without the auxiliary branch;
@@ -87,7 +87,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         p.error(f'--kernel-size must be an odd positive int, got {args.kernel_size}')
     if args.aux_weight < 0 or not args.aux_lr_mult > 0:
         p.error('--aux-weight must be >= 0 and --aux-lr-mult > 0')
-    args.det_score_thr = 0.01  # unused by cls; transfer.configure reads it for det only
     return args
 
 
