@@ -146,6 +146,41 @@ def corrupted_dataset(kind: str, rel: str) -> Callable:
     return setup
 
 
+def _coco(images=1) -> str:
+    return json.dumps(dict(
+        images=[dict(id=i, file_name=f'{i:06d}.png', width=32, height=32)
+                for i in range(images)],
+        annotations=[dict(id=i, image_id=i, category_id=1, bbox=[1, 1, 8, 8], area=64,
+                          iscrowd=0) for i in range(images)],
+        categories=[dict(id=1, name='T-shirt/top')]))
+
+
+def host_dataset(kind: str, files: Dict[str, bytes]) -> Callable:
+    """The offline det / video config's train dataset over ``files``; loads item 0."""
+    def setup(tmp):
+        from mmengine.config import Config
+        from mmengine.registry import DATASETS, DefaultScope
+        host = pytest.importorskip('mmdet.datasets' if kind == 'det' else 'mmaction.datasets')
+        assert host  # registers the host's transforms
+        cfg = Config.fromfile(osp.join(ROOT, 'configs', '_base_', f'{kind}_fashion_mnist.py'))
+        root = tmp / 'data'
+        for rel, data in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(data)
+        ds_cfg = cfg.train_dataloader.dataset
+        if kind == 'det':
+            ds_cfg.update(data_root=str(root) + '/', filter_cfg=None)
+        else:
+            ds_cfg.update(ann_file=str(root / 'train_list_videos.txt'),
+                          data_prefix=dict(video=str(root / 'videos_train')))
+
+        def load_first_item():
+            with DefaultScope.overwrite_default_scope(cfg.default_scope):
+                return DATASETS.build(ds_cfg)[0]
+        return load_first_item
+    return setup
+
+
 V, T, W, S = ValueError, TypeError, UserWarning, SystemExit
 CASES = [
     # ---------------------------------------------------------------- backbone arguments
@@ -317,6 +352,17 @@ CASES = [
     pytest.param(corrupted_dataset('video', 'videos_train/000000.mp4'), DatasetError,
                  r'video: data file videos_train/000000.mp4 was modified or is corrupt',
                  id='kept-video-mp4-same-size'),
+    pytest.param(host_dataset('det', {'annotations/instances_train.json': b'{"images": ['}),
+                 DatasetError, r'data/annotations/instances_train.json: not a readable COCO '
+                 r'annotation file \(JSONDecodeError', id='train-coco-json-corrupt'),
+    pytest.param(host_dataset('det', {'annotations/instances_train.json': _coco().encode(),
+                                      'train/000000.png': b'not a png'}), DatasetError,
+                 r'data/train/000000.png: loading failed in the data pipeline',
+                 id='train-png-corrupt'),
+    pytest.param(host_dataset('video', {'train_list_videos.txt': b'000000.mp4 1\n',
+                                        'videos_train/000000.mp4': b'\0' * 3000}), DatasetError,
+                 r'data/videos_train/000000.mp4: loading failed in the data pipeline',
+                 id='train-mp4-corrupt'),
     pytest.param(data_tool(make_video, '--size', '63'), S,
                  r'--size must be even \(MPEG-4 frame size\), got 63', id='make_video-size-odd'),
 ]

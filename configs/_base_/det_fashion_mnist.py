@@ -26,13 +26,14 @@ metainfo = dict(classes=('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 
 train_dataloader = dict(
     batch_size=16,
     num_workers=2,
-    dataset=dict(data_root=data_root, metainfo=metainfo,
+    dataset=dict(type='mmvitscale.CocoDataset',  # mmdet's, naming a file that fails to load
+                 data_root=data_root, metainfo=metainfo,
                  ann_file='annotations/instances_train.json', data_prefix=dict(img='train/'),
                  filter_cfg=dict(filter_empty_gt=True, min_size=4), pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=16,
     num_workers=2,
-    dataset=dict(data_root=data_root, metainfo=metainfo,
+    dataset=dict(type='mmvitscale.CocoDataset', data_root=data_root, metainfo=metainfo,
                  ann_file='annotations/instances_val.json', data_prefix=dict(img='val/'),
                  pipeline=test_pipeline))
 test_dataloader = val_dataloader

@@ -28,13 +28,14 @@ train_dataloader = dict(
     batch_size=16,
     num_workers=2,
     sampler=dict(type='DefaultSampler', shuffle=True),
-    dataset=dict(type='VideoDataset', ann_file=data_root + 'train_list_videos.txt',
+    # mmaction2's VideoDataset, naming the clip that fails to decode
+    dataset=dict(type='mmvitscale.VideoDataset', ann_file=data_root + 'train_list_videos.txt',
                  data_prefix=dict(video=data_root + 'videos_train'), pipeline=train_pipeline))
 val_dataloader = dict(
     batch_size=16,
     num_workers=2,
     sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(type='VideoDataset', ann_file=data_root + 'val_list_videos.txt',
+    dataset=dict(type='mmvitscale.VideoDataset', ann_file=data_root + 'val_list_videos.txt',
                  data_prefix=dict(video=data_root + 'videos_val'), pipeline=val_pipeline,
                  test_mode=True))
 test_dataloader = val_dataloader
