@@ -178,6 +178,16 @@ def test_search_log_and_resume_equals_uninterrupted(tmp_path):
     assert fresh.calls == 30
     with pytest.raises(ValueError, match='seed=3, this run has seed=4'):
         reinforce_search(30, 4, FakeScore(), str(log_b), progress=False)
+    # other proxy settings, or a log scored with the network before it matched As-ViT's
+    with pytest.raises(ValueError, match=r"score_settings=\{\}, this run has "
+                                         r"score_settings=\{'img_size': 224\}"):
+        reinforce_search(30, 3, FakeScore(), str(log_b), progress=False,
+                         score_settings=dict(img_size=224))
+    header = json.loads(log_b.read_text().splitlines()[0])
+    del header['network']
+    log_b.write_text('\n'.join([json.dumps(header)] + log_b.read_text().splitlines()[1:]))
+    with pytest.raises(ValueError, match="network=None, this run has network='asvit-2'"):
+        reinforce_search(30, 3, FakeScore(), str(log_b), progress=False)
 
 
 def test_search_moves_policy_towards_better_choices(tmp_path):

@@ -102,7 +102,8 @@ def main(argv=None) -> int:
         log_path = osp.join(args.work_dir, 'search.jsonl')
         res = reinforce_search(args.steps, args.seed, score_fn, log_path,
                                resume=not args.no_resume, lr=args.lr, momentum=args.momentum,
-                               out_path=out, progress=not args.no_progress)
+                               out_path=out, progress=not args.no_progress,
+                               score_settings=settings)
         logger.info(f'seed topology: {res.topology}')
         logger.info(f'{res.num_scored} candidates scored now, {len(res.records)} in the log '
                     f'{log_path}; wrote {out} in {time.perf_counter() - t0:.1f} s')
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
                           init_width=args.init_width or None, img_size=args.img_size,
                           in_channels=args.in_channels, out_dir=args.work_dir,
                           resume=not args.no_resume, max_steps=args.max_steps,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, score_settings=settings)
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

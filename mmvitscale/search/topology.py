@@ -58,6 +58,10 @@ GROWTH_RATIOS = (0.05, 0.10, 0.15, 0.20)
 REFERENCE_PROXY_SETTINGS: Dict[str, Any] = dict(img_size=224, batch_size=16, num_inits=5,
                                                 num_points=10, radius=1.0, endpoint=True)
 REWARD_WINDOW = 20
+# logged in search / growth headers: logs scored with another AsViT network are not resumed
+# (2: the network equal to the public As-ViT code; logs without it came from the strided-conv
+# variant before)
+NETWORK_VERSION = 'asvit-2'
 ScoreFn = Callable[[Dict[str, Any]], Mapping[str, float]]
 
 __all__ = ['SPACE', 'REFERENCE_PROXY_SETTINGS', 'choices_to_arch', 'genotype_to_arch',
@@ -332,7 +336,8 @@ class SearchOutcome:
 def reinforce_search(steps: int, seed: int, score_fn: Optional[ScoreFn], log_path: str,
                      resume: bool = True, lr: float = 0.08, momentum: float = 0.9,
                      proxy_width: int = 32, out_path: Optional[str] = None,
-                     progress: bool = True) -> SearchOutcome:
+                     progress: bool = True,
+                     score_settings: Optional[Mapping[str, Any]] = None) -> SearchOutcome:
     """REINFORCE over :data:`SPACE` (see the module docstring).
 
     Args:
@@ -342,12 +347,16 @@ def reinforce_search(steps: int, seed: int, score_fn: Optional[ScoreFn], log_pat
             :func:`proxy_score_fn` (32 px, batch 8, one init).
         log_path: JSON Lines log; with ``resume`` an existing log (same settings) is replayed.
         out_path: optional ``arch = dict(...)`` file for the seed topology.
+        score_settings: JSON-able description of ``score_fn`` (e.g. the proxy settings),
+            stored in the log header: a resume with other settings is refused instead of
+            mixing scores. The header also records :data:`NETWORK_VERSION`.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f'steps must be a non-negative integer, got {steps!r}')
     if score_fn is None:
         score_fn = proxy_score_fn(seed=seed)
-    header = dict(type='header', kind='reinforce', seed=seed, lr=lr, momentum=momentum,
+    header = dict(type='header', kind='reinforce', network=NETWORK_VERSION,
+                  score_settings=dict(score_settings or {}), seed=seed, lr=lr, momentum=momentum,
                   proxy_width=proxy_width, space={n: list(o) for n, o in SPACE})
     log = _JsonLog(log_path, header, resume)
     logged = {r['step']: r for r in log.records if r.get('type') == 'candidate'}
@@ -433,7 +442,8 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
                 ratios: Sequence[float] = GROWTH_RATIOS, img_size: int = 224,
                 in_channels: int = 3, size_fractions: Optional[Sequence[float]] = None,
                 out_dir: Optional[str] = None, resume: bool = True, max_steps: int = 1000,
-                progress: bool = True) -> GrowthOutcome:
+                progress: bool = True,
+                score_settings: Optional[Mapping[str, Any]] = None) -> GrowthOutcome:
     """Grow a family of AsViTs from a seed topology under a parameter or FLOPs budget.
 
     Args:
@@ -446,6 +456,7 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
         init_width: starting stage-1 width (default: the seed topology's).
         size_fractions: budget fraction of each member (default ``2**-(n-1-k)``: 1/4, 1/2, 1).
         out_dir: write ``asvit_<size>.py`` (``arch = dict(...)``, ``img_size``) per member.
+        score_settings: as in :func:`reinforce_search`.
     """
     if (budget_params is None) == (budget_flops is None):
         raise ValueError('give exactly one of budget_params and budget_flops, got '
@@ -487,7 +498,9 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
                 costs[key] = float(asvit_flops(arch, in_channels, img_size))
         return costs[key]
 
-    header = dict(type='header', kind='growth', seed=seed, budget_kind=kind, budget=budget,
+    header = dict(type='header', kind='growth', network=NETWORK_VERSION,
+                  score_settings=dict(score_settings or {}), seed=seed, budget_kind=kind,
+                  budget=budget,
                   seed_topology=dict(seed_topology), init_width=width_f, ratios=list(ratios),
                   img_size=img_size, in_channels=in_channels)
     log = _JsonLog(log_path, header, resume)
