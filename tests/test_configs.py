@@ -1,4 +1,5 @@
 """Rule files -> task configs: inheritance, derived values, building and short training."""
+import os
 import os.path as osp
 import shutil
 
@@ -135,9 +136,60 @@ def test_real_data_configs_stop_with_a_hint_before_building(rel, host, tmp_path,
     with pytest.raises(SystemExit) as err:
         RUNNERS.build(cfg)
     message = str(err.value)
-    assert message.startswith('dataset not found; missing:') and host in message
+    assert message.startswith('dataset not found; missing or empty:') and host in message
     assert 'offline variant' in message and 'tools/train.py configs/' in message
     assert not (tmp_path / 'work_dirs').exists()
+
+
+def test_data_check_follows_configured_root_and_refuses_empty(tmp_path, monkeypatch):
+    """The hint says to point data_root elsewhere with --cfg-options: that must work."""
+    from mmvitscale.engine.runner import data_problems
+    monkeypatch.chdir(tmp_path)
+    cfg = load('det/scaled_vit_retina.py')
+    coco = tmp_path / 'elsewhere' / 'coco'
+    for split in ('train', 'val', 'test'):
+        cfg[f'{split}_dataloader'].dataset.data_root = str(coco) + '/'
+    problems = data_problems(cfg)
+    assert all(str(coco) in p and p.endswith('(missing)') for p in problems) and problems
+    for name in ('train2017', 'val2017'):
+        os.makedirs(coco / name)
+    os.makedirs(coco / 'annotations')
+    for name in ('instances_train2017.json', 'instances_val2017.json'):
+        (coco / 'annotations' / name).write_text('')
+    assert sorted(data_problems(cfg)) == sorted(
+        [f'{coco}/annotations/instances_train2017.json (empty file)',
+         f'{coco}/annotations/instances_val2017.json (empty file)',
+         f'{coco}/train2017/ (empty folder)', f'{coco}/val2017/ (empty folder)'])
+    for name in ('instances_train2017.json', 'instances_val2017.json'):
+        (coco / 'annotations' / name).write_text('{}')
+    for name in ('train2017', 'val2017'):
+        (coco / name / '1.jpg').write_bytes(b'x')
+    assert data_problems(cfg) == []
+
+
+def test_rule_overrides_rederive_the_whole_config():
+    """--cfg-options on the rule re-derive input size, head width and strides, not only the
+    backbone (a 64-px model on 32-px images before)."""
+    from mmvitscale.engine.config import load_config
+    cls_cfg = osp.join(CFG, 'cls', 'scaled_vit_fmnist.py')
+    base = load_config(cls_cfg)
+    assert base.train_dataloader.dataset.pipeline[0]['scale'] == (32, 32)
+    for key in ('model.backbone.scaling.resolution', 'scaling.resolution'):
+        cfg = load_config(cls_cfg, cfg_options={key: 64, 'train_cfg.max_epochs': 2})
+        assert cfg.model.backbone.scaling['resolution'] == 64
+        assert [p['scale'] for p in (cfg.train_dataloader.dataset.pipeline[0],
+                                     cfg.test_dataloader.dataset.pipeline[0])] == [(64, 64)] * 2
+        assert cfg.train_cfg.max_epochs == 2
+    wide = load_config(cls_cfg, cfg_options={'scaling.width_mult': 2})
+    assert wide.model.head.in_channels == 2 * base.model.head.in_channels
+    det = load_config(osp.join(CFG, 'det', 'scaled_vit_retina_fmnist.py'),
+                      cfg_options={'scaling.patch_size': 8})
+    assert det.model.bbox_head.anchor_generator.strides == [4, 8, 16, 32, 64]
+    assert det.model.data_preprocessor.pad_size_divisor == 16
+    with pytest.raises(ValueError, match=r'--cfg-options scaling.bogus=3: .*bogus'):
+        load_config(cls_cfg, cfg_options={'scaling.bogus': 3})
+    with pytest.raises(ValueError, match=r'--cfg-options scaling.a.b=1: a rule key has no dots'):
+        load_config(cls_cfg, cfg_options={'scaling.a.b': 1})
 
 
 def _build(cfg):

@@ -7,9 +7,11 @@ import os
 import os.path as osp
 
 import mmvitscale  # noqa: F401  (stack shims + registries, before any host import)
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
+
+from mmvitscale.engine.config import load_config
 
 
 def parse_args(argv=None):
@@ -30,10 +32,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = Config.fromfile(args.config)
+    cfg = load_config(args.config, cfg_options=args.cfg_options)  # rule overrides re-derive
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:

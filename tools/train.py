@@ -11,7 +11,7 @@ from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
-from mmvitscale.rules import load_with_rule
+from mmvitscale.engine.config import load_config
 
 
 def parse_args(argv=None):
@@ -36,8 +36,6 @@ def parse_args(argv=None):
 
 def merge_args(cfg: Config, args) -> Config:
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
     elif cfg.get('work_dir', None) is None:
@@ -54,7 +52,8 @@ def merge_args(cfg: Config, args) -> Config:
 
 def main(argv=None):
     args = parse_args(argv)
-    cfg = load_with_rule(args.config, args.rule) if args.rule else Config.fromfile(args.config)
+    # rule overrides in --cfg-options re-derive the config; the others are merged after
+    cfg = load_config(args.config, args.rule, args.cfg_options)
     cfg = merge_args(cfg, args)
     if 'runner_type' in cfg:
         runner = RUNNERS.build(cfg)

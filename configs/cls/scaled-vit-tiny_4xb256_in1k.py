@@ -13,8 +13,7 @@ val_dataloader = dict(dataset=dict(
 test_dataloader = val_dataloader
 
 runner_type = 'mmvitscale.DataCheckedRunner'
-data_check = dict(
-    paths=['data/imagenet/train', 'data/imagenet/val'],
+data_check = dict(  # the checked paths are the dataloaders' (DataCheckedRunner)
     hint='ImageNet-1k goes under data/imagenet/ (train/, val/ and meta/ in mmpretrain\'s '
     'layout).\nNo ImageNet? Run the offline variant on Fashion-MNIST:\n'
     '  python tools/data/prepare_fashion_mnist.py --out data/fashion_mnist\n'

@@ -23,9 +23,7 @@ optim_wrapper = dict(_delete_=True, optimizer=dict(type='AdamW', lr=1e-4, weight
                      clip_grad=dict(max_norm=10.0))
 
 runner_type = 'mmvitscale.DataCheckedRunner'
-data_check = dict(
-    paths=['data/coco/annotations/instances_train2017.json', 'data/coco/train2017',
-           'data/coco/annotations/instances_val2017.json', 'data/coco/val2017'],
+data_check = dict(  # the checked paths are the dataloaders' (DataCheckedRunner)
     hint='COCO 2017 goes under data/coco/: annotations/instances_{train,val}2017.json, '
     'train2017/, val2017/ (or set data_root / ann_file with --cfg-options).\n'
     'No COCO? Run the offline variant on Fashion-MNIST canvases:\n'

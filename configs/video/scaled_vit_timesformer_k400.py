@@ -18,8 +18,7 @@ val_dataloader = dict(dataset=dict(pipeline=val_pipeline))
 test_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 
 runner_type = 'mmvitscale.DataCheckedRunner'
-data_check = dict(
-    paths=[_base_.ann_file_train, _base_.data_root, _base_.ann_file_val, _base_.data_root_val],
+data_check = dict(  # the checked paths are the dataloaders' (DataCheckedRunner)
     hint='Kinetics-400 goes under data/kinetics400/ (videos_train/, videos_val/ and the '
     'kinetics400_{train,val}_list_videos.txt lists in mmaction2 format).\n'
     'No Kinetics? Run the offline variant on moving Fashion-MNIST items:\n'
