@@ -173,6 +173,13 @@ def _check_rule_file(rule_path: str) -> None:
                          f'{type(err).__name__}: {err}') from err
     if not isinstance(rule.get('scaling'), Mapping):
         raise ValueError(f'rule file {rule_path} has no top-level `scaling = dict(...)`')
+    for key, value in rule.scaling.items():  # values only: key sets differ per family
+        if key == 'attn_type' or isinstance(value, (list, tuple)):
+            continue  # checked by the backbone (per-stage lists, attention names)
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not 0 < value < float('inf')):
+            raise ValueError(f'rule file {rule_path}: scaling.{key} must be a positive number, '
+                             f'got {value!r}')
 
 
 def load_with_rule(config_path: str, rule_path: str):

@@ -272,8 +272,8 @@ CASES = [
     pytest.param(call(derive_image, 'foo', VIT_ARCH, None), V,
                  r"^family must be one of \('vit', 'pit'\), got 'foo'$", id='rule-family'),
     pytest.param(rule_file('scaling = dict(depth_mult=0)\n'), V,
-                 r'^scaling.depth_mult must be a positive number, got 0$',
-                 id='rule-file-depth_mult'),
+                 r'^rule file .*/case/rule.py: scaling.depth_mult must be a positive number, '
+                 r'got 0$', id='rule-file-depth_mult'),
     pytest.param(call(load_with_rule, FMNIST_VIT, '/nonexistent/rule.py'), V,
                  r'^rule file not found: /nonexistent/rule.py$', id='rule-file-missing'),
     # ---------------------------------------------------------------- model inputs

@@ -87,6 +87,8 @@ class ScaledPiT(ScalableBackbone):
             ``base_dims``, ``depths``, ``heads`` and optional ``mlp_ratio``, ``patch_size``,
             ``patch_stride``.
         img_size: training resolution; the position embedding is built for its token grid.
+            The patch conv must tile it (``patch_size + patch_stride * n``), as it must tile
+            every input: like ScaledViT, PiT drops no border pixels.
         scaling: a PiT scaling rule (see :func:`mmvitscale.scaling.scale_pit`).
         out_indices: stage indices (0..2) to return; strides are ``patch_stride * 2**i``.
         out_type: ``cls_token``, ``featmap`` (B, C, H, W), ``avg_featmap`` or ``raw`` tokens.
