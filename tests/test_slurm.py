@@ -5,6 +5,7 @@ and started in a temporary folder by ``tests/slurm_cluster.py`` (own slurm.conf,
 key; daemons stopped at teardown). Where it cannot be started the cluster tests skip with the
 reason, and fail under ``CI=true``.
 """
+import importlib.util
 import json
 import os
 import os.path as osp
@@ -148,37 +149,31 @@ def test_usage_without_arguments():
 
 
 # --------------------------------------------------------------------------- CPU shim
-SLURM_INIT = '''
-import json, sys
-import torch
-import mmvitscale  # noqa: F401
-from mmengine.dist import utils
-init = utils._init_dist_slurm
-if sys.argv[1] == 'unpatched':
-    init = init.__wrapped__
-try:
-    init('gloo')
-except AttributeError as e:
-    print(json.dumps(dict(error=str(e))))
-else:
-    print(json.dumps(dict(world=torch.distributed.get_world_size(), backend=utils.get_backend())))
-'''
-
-
 @pytest.mark.parametrize('mode', ['patched', 'unpatched'])
-def test_cpu_slurm_shim(mode):
+def test_cpu_slurm_shim(mode, monkeypatch):
     """mmengine's slurm init on CPU torch: set_device fails unless the shim skips it."""
+    import torch.distributed as torch_dist
+    from mmengine.dist import utils
     if not compat._no_accelerator():  # mmengine's own path selects the device
         assert 'cpu-slurm' not in compat.APPLIED
         return
-    env = venv_env(SLURM_PROCID='0', SLURM_NTASKS='1', SLURM_LOCALID='0',
-                   SLURM_NODELIST='localhost', MASTER_ADDR='127.0.0.1',
-                   MASTER_PORT=str(free_port()))
-    out = json.loads(run([sys.executable, '-c', SLURM_INIT, mode], env=env).stdout)
-    if mode == 'patched':
-        assert out == dict(world=1, backend='gloo')
-    else:
-        assert '_cuda_setDevice' in out['error']
+    for key, value in dict(SLURM_PROCID='0', SLURM_NTASKS='1', SLURM_LOCALID='0',
+                           SLURM_NODELIST='localhost', MASTER_ADDR='127.0.0.1',
+                           MASTER_PORT=str(free_port()), RANK='', WORLD_SIZE='',
+                           LOCAL_RANK='').items():
+        monkeypatch.setenv(key, value)  # restored (or removed) after the test
+    init = utils._init_dist_slurm
+    assert 'cpu-slurm' in compat.APPLIED and init.__wrapped__ is not None
+    if mode == 'unpatched':
+        with pytest.raises(AttributeError, match='_cuda_setDevice'):
+            init.__wrapped__('gloo')
+        return
+    init('gloo')
+    try:
+        assert (torch_dist.get_world_size(), utils.get_backend()) == (1, 'gloo')
+        assert (os.environ['RANK'], os.environ['WORLD_SIZE']) == ('0', '1')
+    finally:
+        torch_dist.destroy_process_group()
 
 
 # --------------------------------------------------------------------------- real Slurm
@@ -218,9 +213,11 @@ def slurm_env(cluster: SlurmCluster, probe: str, **extra: str) -> Dict[str, str]
     env = venv_env()
     for key in [k for k in env if k.startswith('SLURM_') or k in LAUNCH_VARS]:
         del env[key]  # not inside another allocation, no launch settings of the caller
-    env.update(PYTHON=sys.executable, PORT=str(free_port()), SLURM_CONF=cluster.conf,
-               PYTHONPATH=probe + os.pathsep + os.environ.get('PYTHONPATH', ''), **extra)
     del env['OMP_NUM_THREADS']  # the script sets it from CPUS_PER_TASK
+    env.update(PYTHON=sys.executable, PORT=str(free_port()), SLURM_CONF=cluster.conf,
+               **extra)
+    if probe:
+        env['PYTHONPATH'] = probe + os.pathsep + os.environ.get('PYTHONPATH', '')
     return env
 
 
@@ -263,3 +260,118 @@ def test_two_cpu_ranks_train_one_model(slurm_cluster, fmnist_root, probe_dir,  #
     assert final[0]['digest'] == final[1]['digest'] == ckpt_digest(
         osp.join(work, 'epoch_1.pth'))
     assert sorted(f for f in os.listdir(work) if f.endswith('.pth')) == ['epoch_1.pth']
+
+
+# --------------------------------------------------------------------------- studies on Slurm
+TOOL = osp.join(ROOT, 'tools', 'transfer.py')
+UNTIMED = {'train_s_mean', 'latency', 'latency_ratio', 'within_latency_budget'}
+
+
+@pytest.fixture(scope='module')
+def study(fmnist_root, tmp_path_factory):  # noqa: F811
+    """The transfer tool's arguments for a two-trial cls study (data root: fmnist_root's)."""
+    rules = tmp_path_factory.mktemp('rules')
+    (rules / 'small.py').write_text('scaling = dict(depth_mult=0.34, width_mult=0.5)\n')
+    (rules / 'small_deep.py').write_text('scaling = dict(depth_mult=0.5, width_mult=0.5)\n')
+    return ['--tasks', 'cls', '--baseline', str(rules / 'small.py'),
+            '--rules', str(rules / 'small_deep.py'), '--seeds', '0',
+            '--data-root', osp.dirname(fmnist_root), '--epochs', '1', '--cls-train', '64',
+            '--cls-val', '64', '--cls-batch', '32', '--latency-rounds', '0']
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location('transfer_tool', TOOL)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_study_dry_run_prints_the_job_array(study, tmp_path, capfd):
+    tool = load_tool()
+    out = tmp_path / 'dry'
+    with pytest.raises(SystemExit) as exc:
+        tool.main(study + ['--out-dir', str(out), '--launcher', 'slurm', '--partition', 'cpu',
+                           '--cpus-per-trial', '2', '--gpus-per-trial', '1', '--threads', '2',
+                           '--sbatch-args=--time=30 --qos=normal', '--dry-run'])
+    assert exc.value.code == 0
+    printed = capfd.readouterr().out
+    lines = printed.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith('--- '))
+    script = lines[start + 1:lines.index('---', start)]
+    assert script[:5] == ['#!/usr/bin/env bash', '#SBATCH --job-name=transfer',
+                          '#SBATCH --array=0-1', '#SBATCH --ntasks=1',
+                          '#SBATCH --cpus-per-task=2']
+    assert script[6:10] == ['#SBATCH --partition=cpu', '#SBATCH --gres=gpu:1',
+                            '#SBATCH --time=30', '#SBATCH --qos=normal']
+    assert 'export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2' in script
+    assert script[-1].startswith(f'exec {sys.executable} -u -m mmvitscale.experiments.slurm run ')
+    assert '2 trials: 0 already in' in printed
+    assert 'cls/small/seed0, cls/small_deep/seed0' in printed
+    assert not (out / 'slurm').exists()  # nothing written, nothing submitted
+    with pytest.raises(SystemExit, match='--dry-run needs --launcher slurm'):
+        tool.main(study + ['--out-dir', str(out), '--dry-run'])
+    with pytest.raises(SystemExit, match='--cpus-per-trial must be >= 1, got 0'):
+        tool.main(study + ['--out-dir', str(out), '--launcher', 'slurm',
+                           '--cpus-per-trial', '0'])
+
+
+def store_rows(path) -> Dict[str, dict]:
+    with open(path) as f:
+        rows = [json.loads(line) for line in f]
+    return {r['key']: r for r in rows if r.get('kind') != 'latency'}
+
+
+@pytest.mark.slow
+def test_study_on_slurm_resumes_and_matches_local(slurm_cluster, study, tmp_path):
+    """Killed midway with one array task cancelled, rerun: the running trial is waited for,
+    only the cancelled one is resubmitted, and the rows equal a local run's."""
+    out = tmp_path / 'slurm'
+    cmd = [sys.executable, TOOL] + study + ['--out-dir', str(out), '--launcher', 'slurm',
+                                            '--partition', slurm_cluster.partition,
+                                            '--poll', '0.5']
+    env = slurm_env(slurm_cluster, '', OMP_NUM_THREADS='1')  # no probe module
+    jobs = out / 'slurm' / 'jobs.jsonl'
+    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not jobs.is_file() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert jobs.is_file(), f'nothing submitted (rc {first.poll()})'
+        job = json.loads(jobs.read_text())['job_id']
+        subprocess.run(['scancel', f'{job}_1'], env=env, check=True, timeout=30)
+        line, seen = '', []
+        while 'FAILED' not in line and time.monotonic() < deadline:
+            line = first.stdout.readline()
+            seen.append(line)
+            assert line or first.poll() is None, ''.join(seen)
+        assert f'FAILED cls/small_deep/seed0 (job {job}_1): no result; log ' in line
+        assert line.rstrip().endswith(osp.join(json.loads(jobs.read_text())['log_dir'],
+                                               f'{job}_1.log'))
+    finally:
+        first.kill()  # the controller dies midway; array task 0 keeps running
+        first.wait()
+    assert not (out / 'transfer.json').exists()
+
+    second = run(cmd, env=env, ok=False)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    records = [json.loads(s) for s in jobs.read_text().splitlines()]
+    rows = store_rows(out / 'trials.jsonl')
+    assert len(rows) == 2 and len(records) == 2  # nothing ran twice
+    assert records[1]['keys'] == [records[0]['keys'][1]]  # only the cancelled trial again
+    assert 'submitted 1 trial(s) as job array' in second.stdout
+
+    local = tmp_path / 'local'
+    load_tool().main(study + ['--out-dir', str(local)])
+    local_rows = store_rows(local / 'trials.jsonl')
+    assert set(local_rows) == set(rows)
+    for key, row in rows.items():  # same seed, same result, whichever launcher ran it
+        assert row['metrics'] == local_rows[key]['metrics']
+        assert row['cost'] == local_rows[key]['cost']
+    reports = [json.loads((d / 'transfer.json').read_text()) for d in (out, local)]
+
+    def untimed(items):
+        return [{k: v for k, v in d.items() if k not in UNTIMED} for d in items]
+    assert untimed(reports[0]['arms']) == untimed(reports[1]['arms'])
+    assert untimed(reports[0]['comparisons']) == untimed(reports[1]['comparisons'])
+    assert reports[0]['headline'] == reports[1]['headline']
