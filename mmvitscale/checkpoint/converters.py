@@ -23,7 +23,7 @@ from mmengine.logging import print_log
 from torch import Tensor
 
 StateDict = Dict[str, Any]
-TARGETS = ('vit', 'pit')
+TARGETS = ('vit', 'pit', 'video')
 WRAPPER_KEYS = ('state_dict', 'model')  # mmengine / mmpretrain, official DeiT
 BACKBONE_PREFIX = 'backbone.'
 
@@ -210,6 +210,46 @@ def convert_naver_pit(state_dict: StateDict) -> StateDict:
     return _rename(state_dict, _TIMM_PIT_RULES, _PIT_OWNED, 'naver_pit')
 
 
+# ----------------------------------------------------------------------------- video formats
+_TSF = r'transformer_layers\.layers\.(?P<i>\d+)\.'
+_MMACTION_TIMESFORMER_RULES = (
+    (r'patch_embed\.projection\.' + _AFFINE, r'patch_embed.proj.\g<t>'),
+    (r'cls_token', 'cls_token'),
+    (r'pos_embed', 'pos_embed'),
+    (r'time_embed', 'time_embed'),
+    (r'norm\.' + _AFFINE, r'norm.\g<t>'),
+    (_TSF + r'attentions\.0\.norm\.' + _AFFINE, r'blocks.\g<i>.temporal_norm1.\g<t>'),
+    (_TSF + r'attentions\.0\.attn\.in_proj_' + _AFFINE, r'blocks.\g<i>.temporal_attn.qkv.\g<t>'),
+    (_TSF + r'attentions\.0\.attn\.out_proj\.' + _AFFINE,
+     r'blocks.\g<i>.temporal_attn.proj.\g<t>'),
+    (_TSF + r'attentions\.0\.temporal_fc\.' + _AFFINE, r'blocks.\g<i>.temporal_fc.\g<t>'),
+    (_TSF + r'attentions\.1\.norm\.' + _AFFINE, r'blocks.\g<i>.norm1.\g<t>'),
+    (_TSF + r'attentions\.1\.attn\.in_proj_' + _AFFINE, r'blocks.\g<i>.attn.qkv.\g<t>'),
+    (_TSF + r'attentions\.1\.attn\.out_proj\.' + _AFFINE, r'blocks.\g<i>.attn.proj.\g<t>'),
+    (_TSF + r'ffns\.0\.layers\.0\.0\.' + _AFFINE, r'blocks.\g<i>.mlp.fc1.\g<t>'),
+    (_TSF + r'ffns\.0\.layers\.1\.' + _AFFINE, r'blocks.\g<i>.mlp.fc2.\g<t>'),
+    (_TSF + r'ffns\.0\.norm\.' + _AFFINE, r'blocks.\g<i>.norm2.\g<t>'),
+)
+
+
+@register_converter('mmaction_timesformer', 'video',
+                    "mmaction2 TimeSformer backbone (attention_type='divided_space_time')",
+                    ('patch_embed.projection.weight', 'time_embed',
+                     'transformer_layers.layers.0.attentions.0.temporal_fc.weight'))
+def convert_mmaction_timesformer(state_dict: StateDict) -> StateDict:
+    """mmaction2's divided space-time TimeSformer -> ScaledVideoViT (``attention_type=
+    'divided'``, ``tubelet_size=1``): per-frame Conv2d patch kernels become (D, C, 1, p, p)
+    Conv3d kernels; ``nn.MultiheadAttention``'s ``in_proj`` / ``out_proj`` are ``qkv`` /
+    ``proj``. mmaction keeps tokens patch-major, ScaledVideoViT frame-major: an internal order
+    that no weight depends on (tested equal to numeric tolerance)."""
+    out = _rename(state_dict, _MMACTION_TIMESFORMER_RULES, ('transformer_layers.', ),
+                  'mmaction_timesformer')
+    kernel = out.get('patch_embed.proj.weight')
+    if isinstance(kernel, Tensor) and kernel.dim() == 4:
+        out['patch_embed.proj.weight'] = kernel.unsqueeze(2)
+    return out
+
+
 # ----------------------------------------------------------------------------- entry points
 def unwrap_checkpoint(checkpoint: Mapping) -> StateDict:
     """The state dict inside a checkpoint file's content.
@@ -271,7 +311,8 @@ def convert_state_dict(state_dict: Mapping, target: str,
     Args:
         state_dict: a state dict or a checkpoint's content (see :func:`unwrap_checkpoint`);
             a whole-model one is used through its ``backbone.`` subtree, other keys pass through.
-        target: ``'vit'`` (ScaledViT) or ``'pit'`` (ScaledPiT).
+        target: ``'vit'`` (ScaledViT), ``'pit'`` (ScaledPiT) or ``'video'``
+            (ScaledVideoViT).
         fmt: a registered format name; ``None`` detects it (exactly one must match).
 
     Returns:
