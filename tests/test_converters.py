@@ -303,7 +303,8 @@ def test_unknown_format_lists_known_formats():
         convert_state_dict(bogus, 'vit')
     for name in ('timm_vit', 'mmpretrain_vit', 'timm_pit', 'naver_pit'):
         assert f'  - {name} (' in str(err.value)
-    assert set(CONVERTERS) == {'timm_vit', 'mmpretrain_vit', 'timm_pit', 'naver_pit'}
+    assert set(CONVERTERS) == {'timm_vit', 'mmpretrain_vit', 'timm_pit', 'naver_pit',
+                               'mmaction_timesformer'}
     with pytest.raises(ValueError, match=r"unknown checkpoint format \(first keys: "
                        r"\['encoder.weight'\]\)"):
         vit().load_state_dict(bogus, strict=False)
