@@ -96,7 +96,7 @@ class SlurmCluster:
         self.partition = PARTITION
         self.cpus = os.cpu_count() or 1
         self.install_note: Optional[str] = None
-        self.pid_files = {  # stop order: slurmd, slurmctld, munged
+        self.pid_files = {
             'slurmd': osp.join(root, 'slurmd.pid'),
             'slurmctld': osp.join(root, 'slurmctld.pid'),
             'munged': osp.join(root, 'munge-run', 'munged.pid'),
@@ -247,16 +247,16 @@ class SlurmCluster:
                      env=self.env())
             except (OSError, subprocess.TimeoutExpired):
                 pass
-        for name in self.pid_files:
-            pid = self.running().get(name)
-            if pid is None:
-                continue
-            os.kill(pid, signal.SIGTERM)
+        for group in (('slurmd', 'slurmctld'), ('munged',)):  # munge last: slurm needs it
+            pids = [pid for name, pid in self.running().items() if name in group]
+            for pid in pids:
+                os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while osp.exists(f'/proc/{pid}') and time.monotonic() < deadline:
+            while any(osp.exists(f'/proc/{p}') for p in pids) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if osp.exists(f'/proc/{pid}'):
-                os.kill(pid, signal.SIGKILL)
+            for pid in pids:
+                if osp.exists(f'/proc/{pid}'):
+                    os.kill(pid, signal.SIGKILL)
         if remove:
             shutil.rmtree(self.root, ignore_errors=True)
 
