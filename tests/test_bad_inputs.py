@@ -413,7 +413,7 @@ def test_table_is_large_enough():
 
 
 # -------------------------------------------------------------------- what the checks allow
-def test_stale_temp_folders_of_a_killed_run_are_cleaned(tmp_path):
+def test_stale_temp_folders_of_a_killed_run_are_cleaned(tmp_path, capsys):
     import subprocess
 
     from mmvitscale.datasets import generate_det
@@ -431,6 +431,12 @@ def test_stale_temp_folders_of_a_killed_run_are_cleaned(tmp_path):
     manifest = generate_det(str(tmp_path / 'det'), num_train=2, num_val=2, show_progress=False)
     assert not manifest['reused']
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(['det', live.name, other.name])
+    assert sorted(manifest['stale_removed']) == sorted(str(p) for p in (legacy, killed, old))
+    killed.mkdir()  # the command line says what it removed
+    assert make_det.main(['--out', str(tmp_path / 'det'), '--num-train', '2', '--num-val', '2',
+                          '--no-progress'])['reused']
+    assert not killed.exists()
+    assert f'removed {killed} (left by a generator that was killed)' in capsys.readouterr().out
 
 
 def test_manifest_records_every_data_file_hash(tmp_path):
@@ -445,7 +451,7 @@ def test_manifest_records_every_data_file_hash(tmp_path):
                for rel, digest in manifest['data_files'].items())
     # a manifest written before per-file hashes: the per-split digest still catches a change
     legacy = dict(manifest)
-    for key in ('data_files', 'reused'):
+    for key in ('data_files', 'reused', 'stale_removed'):
         legacy.pop(key)
     (out / MANIFEST).write_text(json.dumps(legacy))
     assert generate_det(str(out), num_train=2, num_val=2, show_progress=False)['reused']

@@ -273,19 +273,19 @@ def generate(out_dir: str, kind: str, params: Dict[str, Any], overwrite: bool,
 
     ``build(tmp)`` writes the dataset into ``tmp``; ``validate(root)`` checks it and returns its
     counts (raising :class:`DatasetError`); ``list_data`` is as in :func:`check_existing`.
-    Returns the manifest plus ``reused`` (True when an existing valid dataset was kept).
-    Stale temporary folders of a killed earlier run are removed first.
+    Returns the manifest plus ``reused`` (True when an existing valid dataset was kept) and
+    ``stale_removed`` (the temporary folders of a killed earlier run, removed first).
     """
-    clean_stale_temp(out_dir)
+    removed = clean_stale_temp(out_dir)
     if not overwrite:
         manifest = check_existing(out_dir, kind, params, list_data)
         if manifest is not None:
-            return dict(manifest, reused=True)
+            return dict(manifest, reused=True, stale_removed=removed)
     with atomic_dir(out_dir) as tmp:
         build(tmp)
         counts = validate(tmp)
         manifest = write_manifest(tmp, kind, params, counts, ann_files, list_data(tmp))
-    return dict(manifest, reused=False)
+    return dict(manifest, reused=False, stale_removed=removed)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,6 +348,8 @@ def run_cli(out_dir: str, build: Callable[[], dict]) -> dict:
         manifest = build()
     except (DatasetError, fm.FashionMNISTNotFoundError, ValueError) as e:
         raise SystemExit(f'error: {e}')
+    for path in manifest.get('stale_removed', ()):
+        print(f'removed {path} (left by a generator that was killed)')
     action = 'kept valid existing' if manifest['reused'] else 'wrote'
     print(f"{action} {out_dir}: {manifest['counts']} in {time.perf_counter() - start:.1f} s")
     return manifest
