@@ -79,9 +79,12 @@ def ensure_installed(timeout: float = 240) -> Optional[str]:
     if out.returncode != 0:  # package lists may be missing or stale
         _run(['apt-get', 'update', '-q'], timeout=timeout, env=env)
         out = _run(install, timeout=timeout, env=env)
-    if out.returncode != 0 or missing_binaries():
+    if out.returncode != 0:
         raise SlurmUnavailable(f'apt-get install {" ".join(PACKAGES)} failed '
                                f'(rc {out.returncode}): {out.stderr.strip()[-500:]}')
+    if missing_binaries():
+        raise SlurmUnavailable(f'still missing after apt-get install {" ".join(PACKAGES)}: '
+                               f'{", ".join(missing_binaries())}')
     return f'installed {" ".join(PACKAGES)} in {time.monotonic() - start:.0f} s'
 
 

@@ -181,10 +181,12 @@ def test_cpu_slurm_shim(mode, monkeypatch):
 def slurm_cluster():
     """A started single-node cluster (apt-installed if needed); skip, or fail in CI, if not."""
     start = time.monotonic()
+    reason = None
     try:
         cluster = SlurmCluster.start()
     except (SlurmUnavailable, OSError, subprocess.SubprocessError) as e:
         reason = f'Slurm cannot be started here: {e}'
+    if reason is not None:
         if IN_CI:
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)

@@ -43,7 +43,7 @@ if (( GPUS > 0 )); then
   is_count "$GPUS_PER_NODE" && (( GPUS_PER_NODE > 0 )) \
     || die "GPUS_PER_NODE must be a positive integer, got '$GPUS_PER_NODE'"
   TASKS=${TASKS:-$GPUS}
-  [ "$TASKS" = "$GPUS" ] || die "one rank per GPU: TASKS ($TASKS) must equal GPUS ($GPUS)"
+  [ "$TASKS" = "$GPUS" ] || die "one rank per GPU: TASKS ($TASKS) must equal GPUS ($GPUS); GPUS=0 runs TASKS CPU ranks"
   CPUS_PER_TASK=${CPUS_PER_TASK:-5}
   RESOURCES=(--gres=gpu:"$GPUS_PER_NODE" --ntasks="$GPUS" --ntasks-per-node="$GPUS_PER_NODE")
 else
