@@ -330,6 +330,11 @@ CASES = [
                  id='scale_search-out-rule-under-file'),
     pytest.param(scale_search('--budget', '-1'), S, r'--budget: must be positive, got -1',
                  id='scale_search-budget'),
+    pytest.param(scale_search('--img-size', '0'), S, r'--img-size: must be >= 1, got 0',
+                 id='scale_search-img-size'),
+    pytest.param(scale_search('--img-size', '30'), S,
+                 r'--grid / --arch: img_size=30 is not a multiple of patch_size=4',
+                 id='scale_search-img-size-vs-patch'),
     pytest.param(call(write_rule_file, '/', dict(depth=2)), V, r'^rule file: / is a folder',
                  id='write_rule_file-folder'),
     pytest.param(latency_table('[]', '[]'), W, r't.jsonl:1: skipping a line that is not a latency '

@@ -109,6 +109,10 @@ def validate(args: argparse.Namespace) -> None:
             raise ValueError(f'--predictor: {err}') from None
     else:
         args.predictor_obj = None
+    for flag in ('img_size', 'patch_size', 'in_channels'):
+        if getattr(args, flag) < 1:
+            raise ValueError(f'--{flag.replace("_", "-")}: must be >= 1, got '
+                             f'{getattr(args, flag)}')
     for flag in ('max_candidates', 'threads'):
         value = getattr(args, flag)
         if value is not None and value < 1:
