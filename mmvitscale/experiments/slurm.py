@@ -280,7 +280,7 @@ def add_launcher_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--launcher', choices=['local', 'slurm'], default='local',
                        help='run trials in local processes (--workers) or as Slurm jobs')
     group.add_argument('--partition', default=None,
-                       help='slurm: partition (default: the cluster default)')
+                       help='slurm: partition (None: the cluster default)')
     group.add_argument('--gpus-per-trial', type=int, default=0,
                        help='slurm: GPUs per trial (--gres=gpu:N; 0 requests none)')
     group.add_argument('--cpus-per-trial', type=int, default=1,
