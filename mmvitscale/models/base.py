@@ -36,15 +36,17 @@ def check_frozen_stages(value: Any, num: int, unit: str = 'blocks') -> int:
 
 
 def check_common_args(in_channels: Any = 3, drop_rate: Any = 0.0, attn_drop_rate: Any = 0.0,
-                      drop_path_rate: Any = 0.0, qkv_bias: Any = True, norm_eps: Any = 1e-6,
-                      interpolate_mode: Any = 'bicubic') -> None:
-    """Check the constructor options every backbone family shares, naming the bad one."""
+                      drop_path_rate: Any = 0.0, norm_eps: Any = 1e-6,
+                      interpolate_mode: Any = 'bicubic', **flags: Any) -> None:
+    """Check the constructor options every backbone family shares, naming the bad one;
+    ``flags`` (``qkv_bias=...``, ``final_norm=...``) must be bools."""
     check_positive_int(in_channels, 'in_channels')
     for name, value in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate),
                         ('drop_path_rate', drop_path_rate)):
         check_rate(value, name)
-    if not isinstance(qkv_bias, bool):
-        raise TypeError(f'qkv_bias must be a bool, got {qkv_bias!r}')
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise TypeError(f'{name} must be a bool, got {value!r}')
     if (isinstance(norm_eps, bool) or not isinstance(norm_eps, numbers.Real)
             or not float(norm_eps) > 0):
         raise ValueError(f'norm_eps must be a positive number, got {norm_eps!r}')

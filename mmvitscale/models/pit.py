@@ -136,8 +136,9 @@ class ScaledPiT(ScalableBackbone):
                  aux_branch: bool = False,
                  inference_only: bool = False) -> None:
         super().__init__(init_cfg=init_cfg)
-        check_common_args(in_channels, drop_rate, attn_drop_rate, drop_path_rate, qkv_bias,
-                          norm_eps, interpolate_mode)
+        check_common_args(in_channels, drop_rate, attn_drop_rate, drop_path_rate, norm_eps,
+                          interpolate_mode, qkv_bias=qkv_bias, return_tuple=return_tuple,
+                          aux_branch=aux_branch, inference_only=inference_only)
         attn_type, scaling = split_attn_rule(attn_type, scaling)
         self.arch_spec = spec = self.resolve_arch(arch, img_size, scaling)
         check_frozen_stages(frozen_stages, len(spec.depths), 'stages')

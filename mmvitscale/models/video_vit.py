@@ -199,8 +199,10 @@ class ScaledVideoViT(ScalableBackbone):
                  inference_only: bool = False,
                  frozen_stages: int = -1) -> None:
         super().__init__(init_cfg=init_cfg)
-        check_common_args(in_channels, drop_rate, attn_drop_rate, drop_path_rate, qkv_bias,
-                          norm_eps, interpolate_mode)
+        check_common_args(in_channels, drop_rate, attn_drop_rate, drop_path_rate, norm_eps,
+                          interpolate_mode, qkv_bias=qkv_bias, final_norm=final_norm,
+                          return_tuple=return_tuple, aux_branch=aux_branch,
+                          inference_only=inference_only)
         attn_type, scaling = split_attn_rule(attn_type, scaling)
         self.attn_type = check_attn_type(attn_type)
         self.aux_branch = bool(aux_branch) and not inference_only and attn_type != 'softmax'
