@@ -310,6 +310,7 @@ def plot(summary: Mapping[str, Any], path: str) -> None:
         row[0].set_yticks(ys, [a['rule'] for a in arms], fontsize=8)
         row[0].set_xlabel(f"{task}: {arms[0]['metric_unit']} (mean, 95% interval, seeds)")
         row[0].grid(alpha=0.3)
+        row[0].margins(y=0.3)
         comps = [c for c in summary['comparisons'] if c['task'] == task]
         for y, c in enumerate(comps):
             lo, hi = c['ci95']
@@ -321,6 +322,7 @@ def plot(summary: Mapping[str, Any], path: str) -> None:
         row[1].set_xlabel(f'{task}: difference to {summary["baseline"]} (points, 95% interval)')
         row[1].grid(alpha=0.3)
         row[1].margins(y=0.3)
+        row[1].set_title('; '.join(f"{c['rule']}: {c['verdict']}" for c in comps), fontsize=8)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
 
