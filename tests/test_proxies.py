@@ -284,3 +284,54 @@ def test_reference_circle_repeats_the_first_point():
     # |2 Q v| = 2 r at every point, duplicated or not
     assert length_distortion(linear_builder(2 * q), (6, ), num_points=10, num_inits=1,
                              radius=1.0, endpoint=True) == pytest.approx(20.0, rel=1e-12)
+
+
+# ------------------------------------------------------------------ NTK by hooks
+class MixNet(nn.Module):
+    """Mixes samples after a Linear: per-sample gradients do not follow from hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.tanh(self.fc(x))
+        return y + 0.5 * y.flip(0)
+
+
+def tiny_asvit() -> nn.Module:
+    from mmvitscale.models import AsViT
+    from mmvitscale.search.topology import genotype_to_arch
+    model = AsViT(genotype_to_arch('5,4,2|3,2,3|2,2,2|4,1,2|16', width=16), img_size=32,
+                  out_type='avg_featmap', final_norm=False)
+    model.init_weights()
+    return model
+
+
+@pytest.mark.parametrize('builder', [tiny_asvit, tiny_vit], ids=['asvit', 'vit'])
+def test_ntk_by_hooks_equals_vmap_and_loop(builder):
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    if builder is tiny_vit:
+        x = x[..., :16, :16]
+    model = P._model_for_init(builder, 0)
+    chosen, _ = P._select_params(model, 'weight')
+    assert P._hook_plan(model, chosen) is not None
+    with torch.enable_grad():
+        gram, used = P._ntk_gram(model, x, 'weight', 2**26, 'auto')
+        ref, _ = P._ntk_gram(model, x, 'weight', 2**26, 'vmap')
+    assert used == 'hooks'
+    torch.testing.assert_close(gram, ref, rtol=1e-5, atol=1e-7 * ref.abs().max().item())
+    hooks = ntk_condition(builder, x, num_inits=2, method='hooks')
+    assert hooks == pytest.approx(P._ntk_condition_loop(builder, x, num_inits=2), rel=1e-4)
+
+
+def test_ntk_hooks_fall_back_when_they_do_not_apply():
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="method='hooks'.*samples mixed"):
+        ntk_condition(MixNet, x, num_inits=1, method='hooks')
+    auto = ntk_condition(MixNet, x, num_inits=2)  # vmap: one sample at a time
+    assert auto == pytest.approx(ntk_condition(MixNet, x, num_inits=2, method='vmap'), rel=1e-12)
+    pit = P._model_for_init(tiny_pit, 0)  # depthwise pooling conv: no hook rule
+    assert P._hook_plan(pit, P._select_params(pit, 'weight')[0]) is None
+    with pytest.raises(ValueError, match='method must be one of'):
+        ntk_condition(MixNet, x, num_inits=1, method='fast')

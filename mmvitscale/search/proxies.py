@@ -40,6 +40,7 @@ import warnings
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -273,14 +274,130 @@ def _circle(input_shape: Sequence[int], num_points: int, radius: Optional[float]
 
 
 # ---------------------------------------------------------------------------- trainability
-def _ntk_gram(model: nn.Module, inputs: Tensor, params: str, max_numel: int) -> Tensor:
-    """float64 ``G G^T`` from per-sample gradients, one ``vmap(grad)`` per parameter group.
+NTK_METHODS = ('auto', 'hooks', 'vmap')
+_HOOKED = (nn.Linear, nn.Conv2d, nn.LayerNorm)
+
+
+def _hook_plan(model: nn.Module, chosen: Dict[str, Tensor]) -> Optional[Dict[str, nn.Module]]:
+    """``{module name: module}`` owning every chosen tensor when each is the weight or bias of
+    a plain ``nn.Linear``, ``nn.Conv2d`` (zero padding, one group) or ``nn.LayerNorm``, whose
+    per-sample gradients follow from its input and output gradient; else ``None``."""
+    modules = dict(model.named_modules())
+    plan: Dict[str, nn.Module] = {}
+    for name in chosen:
+        owner, _, attr = name.rpartition('.')
+        m = modules.get(owner)
+        if attr not in ('weight', 'bias') or type(m) not in _HOOKED:
+            return None
+        if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.padding_mode != 'zeros'
+                                         or isinstance(m.padding, str)):
+            return None
+        if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) != 1:
+            return None
+        plan[owner] = m
+    return plan
+
+
+def _per_sample(m: nn.Module, x: Tensor, delta: Tensor, batch: int) -> Dict[str, Tensor]:
+    """Per-sample ``{'weight': (B, ...), 'bias': (B, ...)}`` gradients of one call of ``m``
+    with input ``x`` and output gradient ``delta``, rows of a sample being contiguous (the
+    leading dim is ``batch`` or ``batch * k``, sample-major: windows, frames)."""
+    if isinstance(m, nn.Conv2d):
+        cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)
+        x = cols.transpose(1, 2).reshape(batch, -1, cols.shape[1])
+        delta = delta.flatten(2).transpose(1, 2).reshape(batch, -1, delta.shape[1])
+        w = torch.einsum('bto,bti->boi', delta, x).reshape(batch, *m.weight.shape)
+    elif isinstance(m, nn.LayerNorm):
+        x = F.layer_norm(x, m.normalized_shape, eps=m.eps)  # x-hat: no affine
+        x, delta = x.reshape(batch, -1, x.shape[-1]), delta.reshape(batch, -1, x.shape[-1])
+        w = (delta * x).sum(1)
+    else:
+        x, delta = x.reshape(batch, -1, x.shape[-1]), delta.reshape(batch, -1, delta.shape[-1])
+        w = torch.einsum('bto,bti->boi', delta, x)
+    return dict(weight=w, bias=delta.sum(1))
+
+
+def _ntk_gram_hooks(model: nn.Module, inputs: Tensor, chosen: Dict[str, Tensor],
+                    plan: Dict[str, nn.Module], verify: bool = True) -> Optional[Tensor]:
+    """float64 ``G G^T`` from one batched forward and one backward: per-sample gradients of
+    Linear / Conv2d / LayerNorm tensors from their inputs and output gradients (as Opacus /
+    BackPACK do). ``None`` when the model is not sample-separable this way (a module's leading
+    dim not a multiple of the batch, a tensor never used, or, with ``verify``, samples mixed:
+    checked against the exact gradient of sample 0's features, one extra backward)."""
+    batch = inputs.shape[0]
+    calls: List[Tuple[str, Tensor, Tensor]] = []
+    handles = [m.register_forward_hook(
+        lambda mod, args, out, name=name: calls.append((name, args[0] if args else None, out)))
+        for name, m in plan.items()]
+    try:
+        pooled = pool_features(model(inputs))
+    finally:
+        for h in handles:
+            h.remove()
+    if pooled.shape[0] != batch or not calls or any(
+            not torch.is_tensor(x) or x.shape[0] % batch or not out.requires_grad
+            for _, x, out in calls):
+        return None
+    deltas = torch.autograd.grad(pooled.sum(), [out for _, _, out in calls],
+                                 retain_graph=verify, allow_unused=True)
+    grads: Dict[str, Tensor] = {}
+    for (owner, x, out), delta in zip(calls, deltas):
+        if delta is None:
+            continue
+        for attr, g in _per_sample(plan[owner], x.detach(), delta, batch).items():
+            key = f'{owner}.{attr}'
+            if key in chosen:
+                grads[key] = grads[key] + g if key in grads else g
+    if set(grads) != set(chosen):
+        return None
+    names = list(chosen)
+    tensors = dict(model.named_parameters())
+    # sample 0 from the graph itself: catches models that mix samples or reorder rows
+    exact = torch.autograd.grad(pooled[0].sum(), [tensors[n] for n in names],
+                                allow_unused=True) if verify else ()
+    for n, e in zip(names, exact):
+        e = torch.zeros_like(tensors[n]) if e is None else e
+        scale = float(e.abs().nan_to_num(0.0, 0.0, 0.0).max()) if e.numel() else 0.0
+        if not torch.allclose(grads[n][0], e, rtol=1e-3, atol=1e-6 * scale + 1e-30,
+                              equal_nan=True):
+            logger.debug('ntk_condition: per-sample gradients by hooks disagree on %s; '
+                         'falling back to vmap', n)
+            return None
+    gram = inputs.new_zeros((batch, batch), dtype=torch.float64)
+    for n in names:
+        g = grads.pop(n).reshape(batch, -1).double()
+        gram += g @ g.T
+    return gram
+
+
+def _ntk_gram(model: nn.Module, inputs: Tensor, params: str, max_numel: int,
+              method: str = 'auto', verify: bool = True) -> Tuple[Tensor, str]:
+    """float64 ``G G^T`` of the per-sample gradients and the method used.
+
+    ``method='auto'`` tries :func:`_ntk_gram_hooks` (one batched forward and backward;
+    ``verify``: check it on sample 0) and falls back to ``'vmap'``: one ``vmap(grad)`` per
+    parameter group.
 
     Parameters are split into groups whose per-sample gradients hold at most ``max_numel``
     elements, so ``G`` is never materialised as a whole; the Gram matrix accumulates
     ``g g^T`` tensor by tensor.
     """
+    if method not in NTK_METHODS:
+        raise ValueError(f'method must be one of {NTK_METHODS}, got {method!r}')
     chosen, const = _select_params(model, params)
+    if method != 'vmap':
+        plan = _hook_plan(model, chosen)
+        x = inputs.detach().requires_grad_(False)
+        # the check runs on 2 samples (an eighth of the cost of checking the whole batch)
+        ok = plan is not None and (not verify or _ntk_gram_hooks(model, x[:2], chosen, plan,
+                                                                 verify=True) is not None)
+        gram = _ntk_gram_hooks(model, x, chosen, plan, verify=False) if ok else None
+        if gram is not None:
+            return gram, 'hooks'
+        if method == 'hooks':
+            raise ValueError('method=\'hooks\': the model\'s per-sample gradients do not follow '
+                             'from Linear / Conv2d / LayerNorm hooks (other tensors, or '
+                             'samples mixed); use method=\'vmap\' or \'auto\'')
     batch = inputs.shape[0]
     groups, group, size = [], [], 0
     for name, p in chosen.items():
@@ -306,13 +423,13 @@ def _ntk_gram(model: nn.Module, inputs: Tensor, params: str, max_numel: int) -> 
             g = g.reshape(batch, -1).double()
             gram += g @ g.T
         del grads
-    return gram
+    return gram, 'vmap'
 
 
 @_autograd_on
 def ntk_condition(model_or_builder: ModelOrBuilder, inputs: Union[Tensor, Sequence[int]],
                   num_inits: int = 5, seed: int = 0, params: str = 'weight',
-                  max_numel: int = 2**26) -> float:
+                  max_numel: int = 2**26, method: str = 'auto') -> float:
     """Mean condition number of the empirical NTK over ``num_inits`` seeded initialisations.
 
     Args:
@@ -323,20 +440,29 @@ def ntk_condition(model_or_builder: ModelOrBuilder, inputs: Union[Tensor, Sequen
             shape to draw a standard-normal batch seeded with ``seed``; ``ValueError``
             otherwise (NaN / inf inputs are bad input, not a broken architecture).
         params: ``'weight'`` (tensors named ``*weight*``, as As-ViT) or ``'all'``.
-        max_numel: cap on per-sample-gradient elements held at once (memory knob).
+        max_numel: cap on per-sample-gradient elements held at once (memory knob, vmap).
+        method: ``'hooks'``: one batched forward and backward, per-sample gradients of
+            Linear / Conv2d / LayerNorm tensors from their inputs and output gradients
+            (checked against sample 0's exact gradient); ``'vmap'``: ``vmap(grad)`` per
+            sample, any model; ``'auto'``: hooks when they apply, else vmap.
 
     Returns:
         ``kappa`` (lower is better); ``inf`` for a singular NTK and ``nan`` for non-finite
         gradients, each logged as a warning, never raised.
     """
     _check_count('num_inits', num_inits)
+    if method not in NTK_METHODS:
+        raise ValueError(f'method must be one of {NTK_METHODS}, got {method!r}')
     inputs = _make_inputs(inputs, seed)
     values = []
     for i in range(num_inits):
         model = _model_for_init(model_or_builder, seed + i)
         dtype, device = _model_dtype_device(model)
-        values.append(_condition_number(
-            _ntk_gram(model, inputs.to(device, dtype), params, max_numel)))
+        # the architecture is the same for every init: check the hooks once, then keep the
+        # method that worked
+        gram, method = _ntk_gram(model, inputs.to(device, dtype), params, max_numel, method,
+                                 verify=i == 0)
+        values.append(_condition_number(gram))
     return _average(values, 'ntk_condition')
 
 
