@@ -18,6 +18,7 @@ from mmvitscale.experiments import (ResultStore, StoreError, kendall_tau, paired
                                     paired_t_test, ranks, summarize, t_interval, to_markdown,
                                     verdict)
 from mmvitscale.experiments.stats import Interval
+from mmvitscale.experiments.trial import Trial
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOL = osp.join(ROOT, 'tools', 'transfer.py')
@@ -164,6 +165,26 @@ def test_store_appends_repairs_a_torn_line_and_refuses_a_corrupt_middle(tmp_path
     path.write_text('{"key": "a"}\nnot json\n{"key": "b"}\n')
     with pytest.raises(StoreError, match=r'trials\.jsonl:2: not a JSON line'):
         ResultStore(str(path))
+
+
+def test_progress_eta_expects_each_task_to_take_what_its_trials_took():
+    from mmvitscale.experiments.pool import Progress
+    trials = [Trial(task, 'r.py', seed) for task in ('cls', 'det') for seed in range(3)]
+    lines = []
+    progress = Progress(trials, lines.append, workers=2)
+    assert math.isnan(progress.eta())
+
+    def row(seconds):
+        return dict(metric=1.0, metric_unit='top-1 %', timings=dict(total_s=seconds))
+    progress.finished(trials[0], row(10.0))
+    assert progress.eta() == pytest.approx((2 * 10 + 3 * 10) / 2)  # det: no data yet
+    progress.finished(trials[3], row(40.0))
+    assert progress.eta() == pytest.approx((2 * 10 + 2 * 40) / 2)
+    assert lines[-1].startswith('[2/6] det/r/seed0: 1.00 top-1 % in 40.0s')
+    assert 'ETA 0m50s' in lines[-1]
+    for t in trials[1:3] + trials[4:]:
+        progress.finished(t, row(1.0))
+    assert lines[-1].endswith('done')
 
 
 # ---------------------------------------------------------------------------- summary

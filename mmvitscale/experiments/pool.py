@@ -39,22 +39,37 @@ def _init_worker(threads: int) -> None:
 
 
 class Progress:
-    """Counts finished trials and estimates the time left from the throughput so far."""
+    """Counts finished trials and estimates the time left.
 
-    def __init__(self, total: int, say: Say) -> None:
-        self.total, self.done, self.say = total, 0, say
+    A pending trial is expected to take as long as the finished trials of its task took on
+    average (all finished trials while its task has none); the sum is shared by the workers.
+    """
+
+    def __init__(self, pending: Sequence[Trial], say: Say, workers: int = 1) -> None:
+        self.remaining = [t.task for t in pending]
+        self.total, self.done, self.say = len(pending), 0, say
+        self.workers = max(1, min(workers, self.total))
+        self.seconds: Dict[str, List[float]] = {}
         self.start = time.perf_counter()
 
     def eta(self) -> float:
-        elapsed = time.perf_counter() - self.start
-        return elapsed / self.done * (self.total - self.done) if self.done else float('nan')
+        every = [s for v in self.seconds.values() for s in v]
+        if not every:
+            return float('nan')
+        overall = sum(every) / len(every)
+        est = {k: sum(v) / len(v) for k, v in self.seconds.items()}
+        return sum(est.get(task, overall) for task in self.remaining) / self.workers
 
     def finished(self, trial: Trial, row: Dict[str, Any]) -> None:
         self.done += 1
+        if trial.task in self.remaining:
+            self.remaining.remove(trial.task)
+        took = float(row['timings']['total_s'])
+        self.seconds.setdefault(trial.task, []).append(took)
         elapsed = time.perf_counter() - self.start
         eta = 'done' if self.done == self.total else f'ETA {_clock(self.eta())}'
         self.say(f'[{self.done}/{self.total}] {trial}: {row["metric"]:.2f} {row["metric_unit"]} '
-                 f'in {row["timings"]["total_s"]:.1f}s; elapsed {_clock(elapsed)}, {eta}')
+                 f'in {took:.1f}s; elapsed {_clock(elapsed)}, {eta}')
 
 
 def run_trials(trials: Sequence[Trial], store: ResultStore, out_dir: str, data_root: str,
@@ -84,7 +99,7 @@ def run_trials(trials: Sequence[Trial], store: ResultStore, out_dir: str, data_r
     say(f'{len(unique)} trials: {len(unique) - len(pending)} already in {store.path}, '
         f'{len(pending)} to run on {min(workers, max(1, len(pending)))} worker(s) x '
         f'{threads} thread(s)')
-    progress = Progress(len(pending), say)
+    progress = Progress(pending, say, workers)
     if workers == 1 or len(pending) <= 1:
         _init_worker(threads)
         for trial in pending:
