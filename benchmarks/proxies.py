@@ -1,14 +1,18 @@
 """As-ViT training-free proxies: vectorised implementation against the per-sample loops.
 
     python benchmarks/proxies.py [--out-dir DIR] [--rounds N] [--num-inits N] [--quick]
+    python benchmarks/proxies.py --models asvit-seed --img-size 224 --rounds 1 --num-inits 1
 
-For a small ScaledViT and a small ScaledPiT at As-ViT's growth-proxy scale (32x32 inputs,
-batch 16, 10 circle points, 5 seeded inits) it computes the NTK condition number and the
-length distortion with ``mmvitscale.search.proxies`` (``vmap(grad)`` / ``jvp``) and with the
-reference loops (one backward pass per sample / one double-backward jvp per point), checks
-that the values agree (relative difference, goal <= 1e-4) and times both, alternating the two
-round by round so machine drift hits both equally. Times are medians of wall-clock and of
-process CPU seconds (the latter is less sensitive to other jobs on a shared machine).
+For a small ScaledViT, a small ScaledPiT and As-ViT's published seed topology
+(``8,2,3|4,1,2|4,1,4|4,1,6|32``, the search proxy) at As-ViT's growth-proxy scale (32x32
+inputs by default, ``--img-size`` 224 is its search setting; batch 16, 10 circle points, 5
+seeded inits) it computes the NTK condition number and the length distortion with
+``mmvitscale.search.proxies`` (NTK by module hooks where they apply, else ``vmap(grad)``;
+``jvp``) and with the reference loops (one backward pass per sample / one double-backward jvp
+per point), checks that the values agree (relative difference, goal <= 1e-4) and times both,
+alternating the two round by round so machine drift hits both equally. Times are medians of
+wall-clock and of process CPU seconds (the latter is less sensitive to other jobs on a shared
+machine).
 Writes ``proxies.json`` and ``proxies.md``; speed goals live here, not in tests.
 """
 import argparse
@@ -25,30 +29,43 @@ import torch
 from torch import nn
 
 from mmvitscale.fileio import atomic_write
-from mmvitscale.models import ScaledPiT, ScaledViT
+from mmvitscale.models import AsViT, ScaledPiT, ScaledViT
 from mmvitscale.search import proxies as P
+from mmvitscale.search.topology import genotype_to_arch
 
-INPUT_SHAPE = (3, 32, 32)
+INPUT_SHAPE = (3, 32, 32)  # --img-size replaces the sides
 RTOL = 1e-4  # agreement goal between the fast path and the loops
 
 
-def small_vit() -> nn.Module:
-    """Width 64, 4 blocks, patch 4 on 32x32 (65 tokens); features pooled before any norm."""
+def small_vit(img_size: int = 32) -> nn.Module:
+    """Width 64, 4 blocks, patch 4 (65 tokens at 32x32); features pooled before any norm."""
     model = ScaledViT(dict(embed_dims=64, num_layers=4, num_heads=2, mlp_ratio=4.0),
-                      img_size=32, patch_size=4, out_type='avg_featmap', final_norm=False)
+                      img_size=img_size, patch_size=4, out_type='avg_featmap',
+                      final_norm=False)
     model.init_weights()
     return model
 
 
-def small_pit() -> nn.Module:
-    """Widths 32/64/128 over 1/2/1 blocks, 15x15 tokens at stage 1; average-pooled map."""
+def small_pit(img_size: int = 32) -> nn.Module:
+    """Widths 32/64/128 over 1/2/1 blocks, 15x15 tokens at stage 1 (32x32); pooled map."""
     model = ScaledPiT(dict(base_dims=(16, 16, 16), depths=(1, 2, 1), heads=(2, 4, 8),
-                           patch_size=4, patch_stride=2), img_size=32, out_type='avg_featmap')
+                           patch_size=4, patch_stride=2), img_size=img_size,
+                      out_type='avg_featmap')
     model.init_weights()
     return model
 
 
-MODELS: Dict[str, Callable[[], nn.Module]] = {'vit-w64-d4': small_vit, 'pit-w32-d1.2.1': small_pit}
+def asvit_seed(img_size: int = 32) -> nn.Module:
+    """As-ViT's published seed topology at the search proxy (width 32, one block per stage),
+    ``forward_features(x)[1]`` as the proxies read it."""
+    model = AsViT(genotype_to_arch('8,2,3|4,1,2|4,1,4|4,1,6|32'), img_size=img_size,
+                  out_type='avg_featmap', final_norm=False)
+    model.init_weights()
+    return model
+
+
+MODELS: Dict[str, Callable[[int], nn.Module]] = {
+    'vit-w64-d4': small_vit, 'pit-w32-d1.2.1': small_pit, 'asvit-seed': asvit_seed}
 
 
 def parse_args(argv=None):
@@ -58,6 +75,7 @@ def parse_args(argv=None):
     parser.add_argument('--num-inits', type=int, default=5)
     parser.add_argument('--batch', type=int, default=16, help='NTK batch size')
     parser.add_argument('--num-points', type=int, default=10, help='circle points')
+    parser.add_argument('--img-size', type=int, default=32, help='input side (px)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--threads', type=int, default=None,
                         help='torch intra-op threads (default: torch\'s choice)')
@@ -80,8 +98,13 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(a), abs(b))
 
 
-def bench_model(name: str, builder: Callable[[], nn.Module], args) -> Dict:
-    inputs = torch.randn((args.batch, ) + INPUT_SHAPE,
+def bench_model(name: str, make: Callable[[int], nn.Module], args) -> Dict:
+    shape = (INPUT_SHAPE[0], args.img_size, args.img_size)
+
+    def builder() -> nn.Module:
+        return make(args.img_size)
+
+    inputs = torch.randn((args.batch, ) + shape,
                          generator=torch.Generator().manual_seed(args.seed))
     kw = dict(num_inits=args.num_inits, seed=args.seed)
     impls = {
@@ -90,9 +113,8 @@ def bench_model(name: str, builder: Callable[[], nn.Module], args) -> Dict:
             'loop': lambda: P._ntk_condition_loop(builder, inputs, **kw),
         },
         'length': {
-            'fast': lambda: P.length_distortion(builder, INPUT_SHAPE, args.num_points, **kw),
-            'loop': lambda: P._length_distortion_loop(builder, INPUT_SHAPE, args.num_points,
-                                                      **kw),
+            'fast': lambda: P.length_distortion(builder, shape, args.num_points, **kw),
+            'loop': lambda: P._length_distortion_loop(builder, shape, args.num_points, **kw),
         },
     }
     values: Dict[str, Dict[str, float]] = {p: {} for p in impls}
@@ -136,7 +158,8 @@ def to_markdown(result: Dict) -> str:
         f"inputs {m['input_shape']}, NTK batch {m['batch']}, {m['num_points']} circle points, "
         f"{m['num_inits']} inits per proxy; medians over {m['rounds']} alternating rounds; "
         f"all values agree within {RTOL:g} relative: {'yes' if m['all_agree'] else 'NO'}. "
-        'fast = vmap(grad) / jvp, loop = one backward per sample / one jvp per point.', '',
+        'fast = NTK by module hooks (else vmap(grad)) / jvp, loop = one backward per sample '
+        '/ one jvp per point.', '',
         '| model | params | proxy | fast | loop | rel. diff | fast s (wall / cpu) '
         '| loop s (wall / cpu) | speed-up wall | speed-up cpu |',
         '|---|---|---|---|---|---|---|---|---|---|'
@@ -163,7 +186,8 @@ def main(argv=None) -> Dict:
     models = {k: MODELS[k] for k in (args.models or MODELS)}
     meta = dict(device_name=platform.processor() or platform.machine(),
                 threads=torch.get_num_threads(), torch=torch.__version__,
-                input_shape=list(INPUT_SHAPE), batch=args.batch, num_points=args.num_points,
+                input_shape=[INPUT_SHAPE[0], args.img_size, args.img_size], batch=args.batch,
+                num_points=args.num_points,
                 num_inits=args.num_inits, rounds=args.rounds, seed=args.seed)
     rows = []
     for i, (name, builder) in enumerate(models.items()):
