@@ -6,7 +6,7 @@
         [--out-dir work_dirs/device_transfer] [--name report]
     python tools/device_transfer.py --measure [--rules RULE ...] [--num-random 6] [--seed 0]
         [--arch deit-tiny] [--backends eager onnxruntime [compile]] [--compile-max-archs 5]
-        [--threads 1] [--repeats 15] [--warmup 0.3] [--table OUT_DIR/table.jsonl] [...]
+        [--threads 1] [--rounds 3] [--repeats 5] [--warmup 0.3] [--table OUT_DIR/table.jsonl]
 
 A setting is one latency-table fingerprint (device, backend, threads, versions). For every pair
 of settings the report gives Kendall's tau-b of their latency rankings over the architectures
@@ -15,7 +15,9 @@ latencies; ``--budget-ms``: the same ms on every setting; default ``--budget-qua
 the best architecture under it per setting, by FLOPs or by ``--scores`` (JSON ``{label:
 score}`` or ``[{"arch": {...}, "score": x}]``, bigger is better), and whether the winner changes
 between settings. Writes ``<out-dir>/<name>.md``, ``.json`` and ``.png`` (tau heatmap and the
-latency scatter of the least-agreeing pair, or ``--scatter A B``), atomically.
+latency scatter of the least-agreeing pair, or ``--scatter A B``), atomically. Each setting
+has a noise floor (median run-to-run spread of its latencies) and each pair says how many of
+its rank differences lie within it.
 
 ``--measure`` first measures the scaling rules (default: every ``configs/_base_/scaling/*.py``
 plus ``--num-random`` seeded random rules) applied to ``--arch`` at batch 1 on each backend
@@ -31,7 +33,6 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import mmvitscale  # noqa: F401  (shims before mmengine / host packages)
-import torch
 from rich.console import Console
 
 from mmvitscale.search.device_transfer import (REDUCE, STATS, LatencyMatrix, TransferError,
@@ -75,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument('--compile-max-archs', type=int, default=5,
                    help='measure the compile backend on this many archs only')
     m.add_argument('--threads', type=int, default=1, help='torch / onnxruntime threads')
-    m.add_argument('--repeats', type=int, default=15)
+    m.add_argument('--rounds', type=int, default=3,
+                   help='round-robin passes over the archs (noise floor: spread of the rounds)')
+    m.add_argument('--repeats', type=int, default=5, help='timed runs per arch and round')
     m.add_argument('--warmup', type=float, default=0.3, help='warm-up seconds')
     m.add_argument('--table', default=None, help='table to append to (default '
                    'OUT_DIR/table.jsonl)')
@@ -124,7 +127,7 @@ def validate(args: argparse.Namespace) -> Optional[LatencyMatrix]:
             _check_rule_file(path)
         except ValueError as err:
             raise ValueError(f'--rules: {err}') from None
-    for flag in ('threads', 'repeats', 'img_size', 'patch_size'):
+    for flag in ('threads', 'rounds', 'repeats', 'img_size', 'patch_size'):
         if getattr(args, flag) < 1:
             raise ValueError(f'--{flag.replace("_", "-")}: must be >= 1, '
                              f'got {getattr(args, flag)}')
@@ -195,37 +198,50 @@ def plan(args: argparse.Namespace) -> List[Tuple[str, Dict[str, float]]]:
 
 
 def measure_all(args: argparse.Namespace, console: Console) -> Dict[str, Any]:
-    """Measure every planned arch on every backend; append the rows to ``args.table``."""
-    from mmvitscale.cost.backends import BackendError, build_model, measure
+    """Measure every planned arch on every backend; append the rows to ``args.table``.
+
+    Protocol (:func:`mmvitscale.cost.backends.measure_interleaved`): threads and CPU affinity
+    pinned, per backend all archs prepared, then visited round robin ``--rounds`` times with
+    ``--repeats`` timed runs per visit; each row carries its ``noise_pct`` (spread of the
+    per-round medians), the report's noise floor.
+    """
+    from mmvitscale.cost.backends import (BackendError, build_model, make_runner,
+                                          measure_interleaved, pinned)
     from mmvitscale.cost.latency_table import append_rows, fingerprint, make_row
-    torch.set_num_threads(args.threads)
     archs = plan(args)
     info: Dict[str, Any] = dict(archs=[a[0] for a in archs], failures=[], setup_s={})
     t0 = time.perf_counter()
-    for i, (label, rule) in enumerate(archs):
-        cfg = dict(type='mmvitscale.ScaledViT', arch=args.arch, img_size=args.img_size,
-                   patch_size=args.patch_size, scaling=rule)
-        model = build_model(cfg)
-        arch = model.arch_spec.as_dict()
-        shape = (3, *arch['img_size'])
-        rows = []
-        for backend in args.backends:
-            if backend.startswith('compile') and i >= args.compile_max_archs:
+    for backend in args.backends:
+        use = archs[:args.compile_max_archs] if backend.startswith('compile') else archs
+        with pinned(args.threads) as pin:
+            prepared, runners = [], []
+            for label, rule in use:
+                cfg = dict(type='mmvitscale.ScaledViT', arch=args.arch, img_size=args.img_size,
+                           patch_size=args.patch_size, scaling=rule)
+                model = build_model(cfg)
+                arch = model.arch_spec.as_dict()
+                shape = (3, *arch['img_size'])
+                s0 = time.perf_counter()
+                try:
+                    run, sync, _ = make_runner(model, shape, backend)
+                except BackendError as err:
+                    info['failures'].append(f'{label} {backend}: {err}')
+                    console.print(f'[red]failed:[/red] {label} {backend}: {err}')
+                    continue
+                info['setup_s'].setdefault(backend, []).append(time.perf_counter() - s0)
+                prepared.append((label, rule, arch, shape))
+                runners.append((run, sync))
+            if not runners:
                 continue
-            try:
-                res = measure(model, shape, backend, warmup_s=args.warmup, repeats=args.repeats)
-            except BackendError as err:
-                info['failures'].append(f'{label} {backend}: {err}')
-                console.print(f'[red]failed:[/red] {label} {backend}: {err}')
-                continue
-            fp = fingerprint('cpu', backend, args.threads)
-            rows.append(make_row(fp, 'vit', arch, shape, 1, res, min_ms=res['min_ms'],
-                                 setup_s=res['setup_s'], label=label, rule=rule,
-                                 source='device_transfer'))
-            info['setup_s'].setdefault(backend, []).append(res['setup_s'])
-            console.print(f'[{i + 1}/{len(archs)}] {label:<32} {backend:<12} '
-                          f"median {res['median_ms']:8.2f} ms  min {res['min_ms']:8.2f} ms  "
-                          f"setup {res['setup_s']:5.1f} s")
+            results = measure_interleaved(runners, args.rounds, args.repeats, args.warmup)
+        fp = fingerprint('cpu', backend, args.threads)
+        rows = [make_row(fp, 'vit', arch, shape, 1, res, min_ms=res['min_ms'], label=label,
+                         rule=rule, cpus=pin['cpus'], source='device_transfer')
+                for (label, rule, arch, shape), res in zip(prepared, results)]
+        for (label, *_), res in zip(prepared, results):
+            console.print(f'{label:<32} {backend:<12} median {res["median_ms"]:8.2f} ms  '
+                          f'p10-p90 {res["p10_ms"]:.2f}-{res["p90_ms"]:.2f} ms  '
+                          f'noise {res["noise_pct"]:4.1f}%')
         append_rows(args.table, rows)
     info['measure_wall_s'] = time.perf_counter() - t0
     return info
@@ -268,7 +284,13 @@ def main(argv=None) -> Dict[str, Any]:
                          loadavg_after=load_after, **run)
     paths = write_report(report, args.out_dir, args.name, tuple(args.scatter or ()) or None)
     for p in report['pairs']:
-        console.print(f"tau {p['a']} vs {p['b']}: {p['tau']:.3f} (n={p['n']})")
+        na, nb = (f'{v:.1f}%' if v is not None else '?' for v in p['noise_floor_pct'])
+        within = (' (every rank difference within the noise floor)' if p['discordant']
+                  and p['within_noise'] else f" ({p['discordant'] - p['discordant_within_noise']}"
+                  f" of {p['discordant']} discordant pairs beyond the noise floor)"
+                  if p['discordant'] else '')
+        console.print(f"tau {p['a']} vs {p['b']}: {p['tau']:.3f} (n={p['n']}, noise floor "
+                      f'{na} / {nb}){within}')
     for b in report['budgets']:
         winners = ', '.join(f"{k}: {v['winner']}" for k, v in b['per_setting'].items())
         console.print(f"budget {b['name']}: {winners}"

@@ -14,10 +14,17 @@ runs), then ``repeats`` timed runs, each bracketed by device synchronisation; th
 latency. onnxruntime runs take numpy inputs and return numpy outputs, so on CUDA they include the
 host <-> device copies.
 
+Several models at once (:func:`measure_interleaved`): inside :func:`pinned` (thread count and
+CPU affinity fixed, restored after), every model is warmed up, then visited round robin
+(:func:`interleaved_order`), ``repeats`` timed runs per visit; each model's median, p10 / p90 of
+all runs and the spread of its per-round medians (:func:`noise_pct`, the run-to-run noise
+floor) are reported.
+
 ``fresh_process=True`` measures in a new interpreter (``python -m mmvitscale.cost.backends``,
 the model passed as a registry config dict), so allocator / compile caches and thread pools of
 earlier measurements cannot leak into it.
 """
+import contextlib
 import copy
 import json
 import os
@@ -28,7 +35,8 @@ import sys
 import tempfile
 import time
 import warnings
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple,
+                    Union)
 
 import torch
 from torch import nn
@@ -250,33 +258,204 @@ def measure(model: ModelLike, input_shape: Sequence[int] = (3, 224, 224), backen
         model = build_model(model, scope)
     dev = torch.device(device)
     was_training = model.training
-    model.eval()
     t0 = time.perf_counter()
-    info: Dict[str, Any] = {}
     try:
+        run, sync, info = make_runner(model, input_shape, backend, batch_size, device, opset)
+        setup_s = time.perf_counter() - t0
         with torch.no_grad():
-            if backend.startswith('onnxruntime'):
-                run, info = _ort_runner(model, input_shape, batch_size, backend, dev, opset)
-                sync = lambda: None  # noqa: E731 - session.run returns host arrays
-            else:
-                dtype = torch.float16 if backend.endswith('fp16') else torch.float32
-                net = copy.deepcopy(model) if dtype != torch.float32 else model
-                net = net.to(device=dev, dtype=dtype)
-                x = _example(net, input_shape, batch_size, dev, dtype)
-                run = _torch_runner(net, x, backend)
-                sync = ((lambda: torch.cuda.synchronize(dev)) if dev.type == 'cuda' else
-                        (lambda: None))
-            setup_s = time.perf_counter() - t0
             times, warmup_runs = _timings(run, sync, warmup_s, min_warmup, repeats)
     finally:
         model.train(was_training)
-    q = (statistics.quantiles(times, n=10, method='inclusive') if len(times) > 1 else
-         [times[0]] * 9)  # inclusive: p10 / p90 stay within [min, max]
-    return dict(median_ms=statistics.median(times), p10_ms=q[0], p90_ms=q[-1],
-                mean_ms=statistics.fmean(times), min_ms=min(times), max_ms=max(times),
-                repeats=repeats, warmup_runs=warmup_runs, batch_size=batch_size,
+    return dict(summarise(times), warmup_runs=warmup_runs, batch_size=batch_size,
                 backend=backend, device=str(dev), threads=torch.get_num_threads(),
                 setup_s=setup_s, **info)
+
+
+def summarise(times: Sequence[float]) -> Dict[str, Any]:
+    """``median_ms``, ``p10_ms``, ``p90_ms`` (inclusive quantiles: within [min, max]),
+    ``mean_ms``, ``min_ms``, ``max_ms`` and ``repeats`` of timed runs in ms."""
+    times = sorted(float(t) for t in times)
+    if not times:
+        raise ValueError('summarise: no timings')
+    q = (statistics.quantiles(times, n=10, method='inclusive') if len(times) > 1 else
+         [times[0]] * 9)
+    return dict(median_ms=statistics.median(times), p10_ms=q[0], p90_ms=q[-1],
+                mean_ms=statistics.fmean(times), min_ms=times[0], max_ms=times[-1],
+                repeats=len(times))
+
+
+def make_runner(model: nn.Module, input_shape: Sequence[int], backend: str = 'eager',
+                batch_size: int = 1, device: str = 'cpu', opset: int = 17
+                ) -> Tuple[Callable[[], Any], Callable[[], None], Dict[str, Any]]:
+    """``(run, sync, info)`` for one model on ``backend``: ``run()`` does one forward pass
+    (no autograd), ``sync()`` waits for the device. The model is put in eval mode."""
+    check_backend(backend, device)
+    dev = torch.device(device)
+    model.eval()
+    info: Dict[str, Any] = {}
+    with torch.no_grad():
+        if backend.startswith('onnxruntime'):
+            run, info = _ort_runner(model, input_shape, batch_size, backend, dev, opset)
+            return run, (lambda: None), info  # session.run returns host arrays
+        dtype = torch.float16 if backend.endswith('fp16') else torch.float32
+        net = copy.deepcopy(model) if dtype != torch.float32 else model
+        net = net.to(device=dev, dtype=dtype)
+        x = _example(net, input_shape, batch_size, dev, dtype)
+        fwd = _torch_runner(net, x, backend)
+
+    def run() -> Any:
+        with torch.no_grad():
+            return fwd()
+
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == 'cuda' else (lambda: None)
+    return run, sync, info
+
+
+# ---------------------------------------------------------------------------- protocol
+THREAD_ENV = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS', 'OPENBLAS_NUM_THREADS')
+CLOCKS = ('wall', 'thread')
+
+
+def _tasks() -> List[int]:
+    try:
+        return [int(t) for t in os.listdir('/proc/self/task')]
+    except OSError:
+        return [0]
+
+
+def _set_affinity(cpus: Sequence[int]) -> None:
+    for tid in _tasks():  # every thread, also the intra-op pool created before
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:  # a thread that ended meanwhile
+            pass
+
+
+@contextlib.contextmanager
+def pinned(threads: int, cpus: Union[None, str, Sequence[int]] = 'auto'
+           ) -> Iterator[Dict[str, Any]]:
+    """Pin the thread count and CPU affinity for a measurement; restore both on exit.
+
+    Sets ``torch.set_num_threads(threads)`` and the ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` /
+    ``OPENBLAS_NUM_THREADS`` variables (read by onnxruntime sessions and subprocesses created
+    inside), and, where ``os.sched_setaffinity`` exists, the CPU affinity of every thread of
+    this process: ``cpus='auto'`` takes the first ``threads`` CPUs this process may use, a list
+    names them, ``None`` leaves the affinity alone. Yields ``dict(threads, cpus)`` (``cpus``
+    ``None`` when not pinned).
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f'pinned: threads must be a positive int, got {threads!r}')
+    can_pin = hasattr(os, 'sched_setaffinity') and hasattr(os, 'sched_getaffinity')
+    old_aff = sorted(os.sched_getaffinity(0)) if can_pin else None
+    chosen: Optional[List[int]] = None
+    if cpus is not None and can_pin:
+        if isinstance(cpus, str):
+            if cpus != 'auto':
+                raise ValueError(f"pinned: cpus must be 'auto', None or a list of CPU ids, "
+                                 f'got {cpus!r}')
+            chosen = old_aff[:threads] if len(old_aff) >= threads else list(old_aff)
+        else:
+            chosen = sorted({int(c) for c in cpus})
+            bad = [c for c in chosen if c not in old_aff]
+            if bad or not chosen:
+                raise ValueError(f'pinned: cpus {list(cpus)!r} are not all usable here '
+                                 f'(allowed: {old_aff})')
+    old_threads = torch.get_num_threads()
+    old_env = {k: os.environ.get(k) for k in THREAD_ENV}
+    try:
+        torch.set_num_threads(threads)
+        for k in THREAD_ENV:
+            os.environ[k] = str(threads)
+        if chosen is not None:
+            _set_affinity(chosen)
+        yield dict(threads=threads, cpus=chosen)
+    finally:
+        torch.set_num_threads(old_threads)
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if chosen is not None and old_aff is not None:
+            _set_affinity(old_aff)
+
+
+def interleaved_order(n_items: int, rounds: int) -> List[Tuple[int, int]]:
+    """``(round, item)`` visits: every item once per round, round ``r`` starting at item
+    ``r mod n`` (round robin, rotated), so no item gets all its runs in a row and slow drifts
+    of the machine's load spread over all items."""
+    if n_items < 1 or rounds < 1:
+        raise ValueError(f'interleaved_order: needs n_items >= 1 and rounds >= 1, got '
+                         f'{n_items}, {rounds}')
+    return [(r, (r + j) % n_items) for r in range(rounds) for j in range(n_items)]
+
+
+def _clock(kind: str) -> Callable[[], float]:
+    if kind == 'wall':
+        return time.perf_counter
+    if kind == 'thread':
+        return time.thread_time
+    raise ValueError(f'clock must be one of {CLOCKS}, got {kind!r}')
+
+
+def noise_pct(round_medians: Sequence[float]) -> float:
+    """Run-to-run spread of one item: ``100 * (max - min) / median`` of its round medians
+    (0 with one round)."""
+    m = [float(v) for v in round_medians]
+    if not m:
+        raise ValueError('noise_pct: no round medians')
+    return 100.0 * (max(m) - min(m)) / statistics.median(m)
+
+
+def measure_interleaved(runners: Sequence[Tuple[Callable[[], Any], Callable[[], None]]],
+                        rounds: int = 3, repeats: int = 5, warmup_s: float = 0.3,
+                        min_warmup: int = 2, visit_warmup: int = 1, clock: str = 'wall',
+                        progress: Optional[Callable[[int, int], None]] = None
+                        ) -> List[Dict[str, Any]]:
+    """Time several prepared ``(run, sync)`` pairs, interleaved round robin.
+
+    Protocol: each runner is warmed up (``warmup_s`` seconds, at least ``min_warmup`` runs);
+    then :func:`interleaved_order` visits every runner once per round; a visit does
+    ``visit_warmup`` untimed runs (caches refilled after the previous item) and ``repeats``
+    timed runs, each bracketed by ``sync``. ``clock='thread'`` times by this thread's CPU time
+    (one thread only: other processes' time slices are not counted). Returns per runner
+    :func:`summarise` of all its ``rounds * repeats`` timings plus ``rounds``,
+    ``round_medians_ms`` and ``noise_pct`` (:func:`noise_pct`, the run-to-run spread).
+    """
+    for name, value, low in (('rounds', rounds, 1), ('repeats', repeats, 1),
+                             ('min_warmup', min_warmup, 0), ('visit_warmup', visit_warmup, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f'measure_interleaved: {name} must be an int >= {low}, '
+                             f'got {value!r}')
+    now = _clock(clock)
+    if not runners:
+        raise ValueError('measure_interleaved: no runners')
+    for run, sync in runners:
+        start, n = time.perf_counter(), 0
+        while n < min_warmup or time.perf_counter() - start < warmup_s:
+            run()
+            n += 1
+        sync()
+    times: List[List[float]] = [[] for _ in runners]
+    medians: List[List[float]] = [[] for _ in runners]
+    order = interleaved_order(len(runners), rounds)
+    for done, (_, i) in enumerate(order, 1):
+        run, sync = runners[i]
+        for _ in range(visit_warmup):
+            run()
+        sync()
+        visit = []
+        for _ in range(repeats):
+            t0 = now()
+            run()
+            sync()
+            visit.append((now() - t0) * 1e3)
+        times[i] += visit
+        medians[i].append(statistics.median(visit))
+        if progress is not None:
+            progress(done, len(order))
+    return [dict(summarise(t), rounds=rounds, round_medians_ms=m, noise_pct=noise_pct(m),
+                 clock=clock) for t, m in zip(times, medians)]
 
 
 def _plain(obj: Any) -> Any:

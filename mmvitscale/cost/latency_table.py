@@ -9,6 +9,9 @@ One JSON object per line (JSON Lines)::
 Appends are safe across processes: :func:`append_rows` holds an exclusive ``fcntl.flock`` on a
 sidecar ``<table>.lock`` file, writes whole lines in one call and fsyncs before unlocking.
 Readers take no lock: a torn last line (a writer in progress or one that crashed) is skipped.
+
+The latency *dataset* shipped in ``data/latency/`` uses the same rows, validated strictly
+(:data:`DATASET_SCHEMA`, :func:`read_dataset`, :func:`write_dataset`).
 """
 import csv
 import datetime
@@ -63,7 +66,8 @@ def make_row(fp: Mapping[str, Any], family: str, arch: Mapping[str, Any],
     row = dict(fingerprint=dict(fp), fingerprint_id=fingerprint_id(fp), family=family,
                arch=json.loads(_canonical(arch)), input_shape=[int(s) for s in input_shape],
                batch_size=int(batch_size))
-    for key in ('median_ms', 'p10_ms', 'p90_ms', 'mean_ms', 'repeats'):
+    for key in ('median_ms', 'p10_ms', 'p90_ms', 'mean_ms', 'repeats', 'rounds',
+                'round_medians_ms', 'noise_pct'):
         if key in result:
             row[key] = result[key]
     row.update(extra)
@@ -161,6 +165,103 @@ def read_rows(path: str, fingerprint: Union[None, str, Mapping[str, Any]] = None
         if _matches(row, fingerprint):
             rows.append(row)
     return rows
+
+
+# ---------------------------------------------------------------------------- shipped dataset
+DATASET_SCHEMA: Dict[str, str] = {
+    'fingerprint': 'object: device (CPU model / GPU name), device_type, backend, threads, '
+                   'torch, onnxruntime (version or null), machine [, clock]',
+    'fingerprint_id': 'str: fingerprint_id(fingerprint), 16 hex digits',
+    'family': "str: 'vit' or 'pit'",
+    'arch': 'object: the resolved ViTArch / PiTArch as_dict()',
+    'input_shape': 'list of 3 ints: C, H, W of one image',
+    'batch_size': 'int >= 1',
+    'median_ms': 'float > 0: median of all timed runs, ms per batch',
+    'p10_ms': 'float > 0, <= median_ms',
+    'p90_ms': 'float >= median_ms',
+    'repeats': 'int >= 1: timed runs behind the statistics',
+}
+DATASET_OPTIONAL = ('rounds', 'round_medians_ms', 'noise_pct', 'run_id', 'clock', 'cpus',
+                    'loadavg', 'timestamp', 'source', 'min_ms', 'max_ms', 'mean_ms', 'label')
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def dataset_problem(row: Any) -> Optional[str]:
+    """Why ``row`` is not a valid dataset row (:data:`DATASET_SCHEMA`), or None."""
+    problem = row_problem(row)
+    if problem is not None:
+        return problem
+    missing = [k for k in DATASET_SCHEMA if k not in row]
+    if missing:
+        return f'missing {missing[0]!r}'
+    fp = row['fingerprint']
+    for key in ('device', 'backend', 'threads'):
+        if key not in fp:
+            return f'fingerprint lacks {key!r}'
+    if isinstance(fp['threads'], bool) or not isinstance(fp['threads'], int) or \
+            fp['threads'] < 1:
+        return f"fingerprint.threads must be an int >= 1, got {fp['threads']!r}"
+    if row['fingerprint_id'] != fingerprint_id(fp):
+        return (f"fingerprint_id {row['fingerprint_id']!r} does not match the fingerprint "
+                f'({fingerprint_id(fp)})')
+    if row['family'] not in ('vit', 'pit'):
+        return f"family must be 'vit' or 'pit', got {row['family']!r}"
+    shape = row['input_shape']
+    if not (isinstance(shape, list) and len(shape) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+        return f'input_shape must be 3 positive ints, got {shape!r}'
+    for key in ('batch_size', 'repeats'):
+        v = row[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            return f'{key} must be an int >= 1, got {v!r}'
+    for key in ('median_ms', 'p10_ms', 'p90_ms'):
+        v = row[key]
+        if not _num(v) or not v > 0 or v != v or v == float('inf'):
+            return f'{key} must be a positive finite number, got {v!r}'
+    if not row['p10_ms'] <= row['median_ms'] <= row['p90_ms']:
+        return (f"needs p10_ms <= median_ms <= p90_ms, got {row['p10_ms']!r}, "
+                f"{row['median_ms']!r}, {row['p90_ms']!r}")
+    try:
+        from .predictor import arch_from_dict
+        arch_from_dict(row['arch'])
+    except (ValueError, TypeError) as err:
+        return f'arch: {err}'
+    return None
+
+
+def read_dataset(path: str) -> List[Dict[str, Any]]:
+    """Every row of a shipped dataset file, validated: ``ValueError`` naming the file, line
+    and problem for the first bad line (a dataset is read strictly, unlike a table)."""
+    if not osp.isfile(path):
+        raise ValueError(f'latency dataset not found: {path}')
+    rows = []
+    with open(path, encoding='utf-8') as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                raise ValueError(f'{path}:{i}: not JSON ({err})') from None
+            problem = dataset_problem(row)
+            if problem is not None:
+                raise ValueError(f'{path}:{i}: not a latency dataset row: {problem}')
+            rows.append(row)
+    return rows
+
+
+def write_dataset(path: str, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Validate ``rows`` and write them as a dataset file atomically; returns the count."""
+    rows = [dict(r) for r in rows]
+    for i, row in enumerate(rows):
+        problem = dataset_problem(row)
+        if problem is not None:
+            raise ValueError(f'write_dataset: row {i} is not a latency dataset row: {problem}')
+    atomic_write(path, ''.join(json.dumps(r, sort_keys=True) + '\n' for r in rows))
+    return len(rows)
 
 
 def _flatten(row: Mapping[str, Any]) -> Dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Latency predictor: non-negative least squares on analytic cost terms.
+"""Latency predictors: non-negative least squares on analytic cost terms (the baseline,
+:class:`LatencyPredictor`) or on per-kernel cost terms (:class:`KernelLatencyPredictor`).
 
 Latency of a plain ViT (or PiT) on one (device, backend) is close to a non-negative mix of a
 few work terms, each summed over the blocks (and stages) of the network and multiplied by the
@@ -31,6 +32,7 @@ import numpy as np
 
 from ..fileio import atomic_write  # noqa: F401  (re-exported for older imports)
 from ..scaling import PiTArch, ViTArch, make_pit_arch, make_vit_arch
+from .kernels import GROUPS, KERNEL_FEATURES, kernel_features
 
 FEATURES = ('linear', 'attention', 'softmax', 'elementwise', 'tokens', 'embed', 'weights',
             'blocks', 'const')
@@ -139,7 +141,19 @@ class LatencyPredictor:
     Fit it per (device, backend, threads) setting: :meth:`fit` on measured architectures,
     :meth:`predict` for new ones, :meth:`save` / :meth:`load` as JSON. ``meta`` is free-form
     (fingerprint, source, fit statistics) and is saved with the coefficients.
+
+    This class uses the analytic cost terms (:data:`FEATURES`) and is the baseline;
+    :class:`KernelLatencyPredictor` sums per-kernel costs instead.
     """
+
+    FEATURES: Tuple[str, ...] = FEATURES
+    FORMAT = FORMAT
+    kind = 'analytic'
+
+    def featurize(self, arch: Union[ViTArch, PiTArch], in_channels: int = 3,
+                  batch_size: int = 1) -> np.ndarray:
+        """The feature vector of one forward pass (:data:`FEATURES` here)."""
+        return features(arch, in_channels, batch_size)
 
     def __init__(self, meta: Optional[Mapping[str, Any]] = None) -> None:
         self.coef: Optional[np.ndarray] = None
@@ -162,7 +176,7 @@ class LatencyPredictor:
             raise ValueError('fit: latencies must be positive finite milliseconds')
         chans = _broadcast(in_channels, len(archs), 'in_channels')
         batches = _broadcast(batch_size, len(archs), 'batch_size')
-        x = np.stack([features(a, c, b) for a, c, b in zip(archs, chans, batches)])
+        x = np.stack([self.featurize(a, c, b) for a, c, b in zip(archs, chans, batches)])
         scale = np.abs(x).max(axis=0)
         scale[scale == 0] = 1.0
         coef = nnls(x / scale / y[:, None], np.ones_like(y))  # relative error
@@ -172,32 +186,48 @@ class LatencyPredictor:
         self.meta.update(n_train=len(archs), train_mape=mape(pred, y))
         return self
 
-    def predict(self, arch: ArchLike, in_channels: int = 3, batch_size: int = 1) -> float:
-        """Predicted latency in ms of one forward pass of ``batch_size`` images."""
+    def predict(self, arch: ArchLike, in_channels: int = 3, batch_size: int = 1,
+                any_family: bool = False) -> float:
+        """Predicted latency in ms of one forward pass of ``batch_size`` images.
+
+        An architecture of a family the predictor was not fitted on is refused unless
+        ``any_family`` (cross-family evaluation).
+        """
+        return float(self.featurize(self._check(arch, any_family), in_channels, batch_size)
+                     @ self.coef)
+
+    def _check(self, arch: ArchLike, any_family: bool) -> Union[ViTArch, PiTArch]:
         if self.coef is None:
-            raise RuntimeError('LatencyPredictor: call fit() or load() first')
+            raise RuntimeError(f'{type(self).__name__}: call fit() or load() first')
         arch = arch_from_dict(arch)
         fam = family_of(arch)
-        if fam not in self.families:
+        if fam not in self.families and not any_family:
             raise ValueError(f'this predictor was fitted on {self.families} architectures, '
                              f'not {fam!r}')
-        return float(features(arch, in_channels, batch_size) @ self.coef)
+        return arch
 
     def predict_many(self, archs: Sequence[ArchLike], in_channels: int = 3,
-                     batch_size: int = 1) -> np.ndarray:
-        return np.array([self.predict(a, in_channels, batch_size) for a in archs])
+                     batch_size: int = 1, any_family: bool = False) -> np.ndarray:
+        """:meth:`predict` of each architecture, as an array."""
+        return np.array([self.predict(a, in_channels, batch_size, any_family) for a in archs])
+
+    def contributions(self, arch: ArchLike, in_channels: int = 3, batch_size: int = 1,
+                      any_family: bool = False) -> Dict[str, float]:
+        """Predicted ms per feature (they sum to :meth:`predict`)."""
+        x = self.featurize(self._check(arch, any_family), in_channels, batch_size)
+        return {k: float(v) for k, v in zip(self.FEATURES, x * self.coef)}
 
     @property
     def coefficients(self) -> Dict[str, float]:
         if self.coef is None:
             return {}
-        return {k: float(v) for k, v in zip(FEATURES, self.coef)}
+        return {k: float(v) for k, v in zip(self.FEATURES, self.coef)}
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> Dict[str, Any]:
         if self.coef is None:
             raise RuntimeError('LatencyPredictor: nothing to save before fit()')
-        return dict(format=FORMAT, version=1, features=list(FEATURES),
+        return dict(format=self.FORMAT, version=1, kind=self.kind, features=list(self.FEATURES),
                     coef=self.coef.tolist(), families=self.families, meta=self.meta)
 
     def save(self, path: str) -> str:
@@ -209,20 +239,21 @@ class LatencyPredictor:
     @classmethod
     def load(cls, path: str) -> 'LatencyPredictor':
         """Read a file written by :meth:`save`; ``ValueError`` naming the file if it is not."""
-        try:
-            with open(path, encoding='utf-8') as f:
-                data = json.load(f)
-        except FileNotFoundError:
-            raise ValueError(f'latency predictor file not found: {path}') from None
-        except ValueError as err:
-            raise ValueError(f'{path} is not a latency predictor (bad JSON: {err})') from None
-        if not isinstance(data, dict) or data.get('format') != FORMAT:
-            raise ValueError(f'{path} is not a latency predictor (format != {FORMAT!r})')
-        if list(data.get('features', [])) != list(FEATURES):
+        return cls.from_dict(_read_json(path), path)
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = '<dict>') -> 'LatencyPredictor':
+        """Inverse of :meth:`to_dict`; ``path`` names the source in errors."""
+        if not isinstance(data, dict) or data.get('format') != cls.FORMAT:
+            raise ValueError(f'{path} is not a latency predictor (format != {cls.FORMAT!r})')
+        if data.get('kind', 'analytic') != cls.kind:
+            raise ValueError(f'{path} holds a {data.get("kind")!r} predictor, not '
+                             f'{cls.kind!r} (use load_predictor)')
+        if list(data.get('features', [])) != list(cls.FEATURES):
             raise ValueError(f'{path}: features {data.get("features")} differ from this '
-                             f'version\'s {list(FEATURES)}; refit the predictor')
+                             f'version\'s {list(cls.FEATURES)}; refit the predictor')
         coef = np.asarray(data['coef'], dtype=np.float64)
-        if coef.shape != (len(FEATURES), ) or not np.all(np.isfinite(coef)):
+        if coef.shape != (len(cls.FEATURES), ) or not np.all(np.isfinite(coef)):
             raise ValueError(f'{path}: bad coefficients {data["coef"]!r}')
         out = cls(data.get('meta'))
         out.coef, out.families = coef, list(data.get('families') or ['vit'])
@@ -256,6 +287,65 @@ class LatencyPredictor:
                        stat=key))
         return out.fit(archs, [r[key] for r in rows], chans,
                        [int(r.get('batch_size', 1)) for r in rows])
+
+
+class KernelLatencyPredictor(LatencyPredictor):
+    """Per-kernel latency model summed over the network (nn-Meter / HAT style).
+
+    Every kernel of the forward pass (:func:`~mmvitscale.cost.kernels.kernels`) costs a
+    non-negative mix of terms of its own shape; GEMM cost ``M K N (a + b/K + c/N + d/M)`` follows
+    how GEMM efficiency falls for small dimensions. The per-kernel coefficients are fitted from
+    whole-network latencies (same relative-error NNLS as the baseline), and are shared by ViT and
+    PiT, so one fitted on ViT can predict PiT (``any_family=True``).
+    """
+
+    FEATURES = KERNEL_FEATURES
+    kind = 'kernel'
+
+    def featurize(self, arch: Union[ViTArch, PiTArch], in_channels: int = 3,
+                  batch_size: int = 1) -> np.ndarray:
+        return kernel_features(arch, in_channels, batch_size)
+
+    def group_contributions(self, arch: ArchLike, in_channels: int = 3, batch_size: int = 1,
+                            any_family: bool = False) -> Dict[str, float]:
+        """Predicted ms per kernel group (:data:`~mmvitscale.cost.kernels.GROUPS`)."""
+        parts = self.contributions(arch, in_channels, batch_size, any_family)
+        return {g: sum(parts[k] for k in keys) for g, keys in GROUPS.items()}
+
+
+PREDICTORS = {'analytic': LatencyPredictor, 'kernel': KernelLatencyPredictor}
+
+
+def make_predictor(kind: str, meta: Optional[Mapping[str, Any]] = None) -> LatencyPredictor:
+    """An unfitted predictor of ``kind`` (``analytic`` or ``kernel``)."""
+    if kind not in PREDICTORS:
+        raise ValueError(f'unknown predictor kind {kind!r} (choose from '
+                         f'{", ".join(PREDICTORS)})')
+    return PREDICTORS[kind](meta)
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path, encoding='utf-8') as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f'latency predictor file not found: {path}') from None
+    except IsADirectoryError:
+        raise ValueError(f'latency predictor path is a folder: {path}') from None
+    except ValueError as err:
+        raise ValueError(f'{path} is not a latency predictor (bad JSON: {err})') from None
+
+
+def load_predictor(path: str):
+    """Any saved predictor: analytic, kernel, or calibrated (:mod:`.calibration`)."""
+    data = _read_json(path)
+    if isinstance(data, dict) and data.get('format') == 'mmvitscale-calibrated-predictor':
+        from .calibration import CalibratedPredictor
+        return CalibratedPredictor.from_dict(data, path)
+    kind = data.get('kind', 'analytic') if isinstance(data, dict) else None
+    if kind not in PREDICTORS:
+        raise ValueError(f'{path}: unknown predictor kind {kind!r}')
+    return PREDICTORS[kind].from_dict(data, path)
 
 
 def _broadcast(value: Union[int, Sequence[int]], n: int, name: str) -> List[int]:

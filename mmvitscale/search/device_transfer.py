@@ -94,6 +94,15 @@ class LatencyMatrix:
     labels: Dict[str, str] = field(default_factory=dict)  # key -> unique label
     latency: Dict[str, Dict[str, float]] = field(default_factory=dict)  # fid -> key -> ms
     stat: str = 'median_ms'
+    # fid -> key -> run-to-run spread in % (noise_pct of the rows, else the spread of repeated
+    # rows, else the row's p10-p90 spread); noise_source[fid] says which
+    noise: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    noise_source: Dict[str, str] = field(default_factory=dict)
+
+    def noise_floor(self, fid: str, keys: Optional[Sequence[str]] = None) -> Optional[float]:
+        """Median noise (%) over ``keys`` (default all) of one setting; None if unknown."""
+        vals = [v for k, v in self.noise.get(fid, {}).items() if keys is None or k in keys]
+        return float(np.median(vals)) if vals else None
 
     def shared(self, fids: Optional[Sequence[str]] = None) -> List[str]:
         """Arch keys measured on every setting of ``fids`` (default all), in first-seen order."""
@@ -126,6 +135,8 @@ def collect(rows: Iterable[Mapping[str, Any]], stat: str = 'median_ms', reduce: 
     if reduce not in REDUCE:
         raise ValueError(f'reduce must be one of {REDUCE}, got {reduce!r}')
     values: Dict[str, Dict[str, List[float]]] = {}
+    noises: Dict[str, Dict[str, List[float]]] = {}
+    spreads: Dict[str, Dict[str, List[float]]] = {}
     m = LatencyMatrix(stat=stat)
     labels: Dict[str, str] = {}
     for row in rows:
@@ -137,6 +148,12 @@ def collect(rows: Iterable[Mapping[str, Any]], stat: str = 'median_ms', reduce: 
             values[fid] = {}
             m.fingerprints[fid] = dict(row.get('fingerprint') or {})
         values[fid].setdefault(key, []).append(float(value))
+        if isinstance(row.get('noise_pct'), (int, float)):
+            noises.setdefault(fid, {}).setdefault(key, []).append(float(row['noise_pct']))
+        p10, p90 = row.get('p10_ms'), row.get('p90_ms')
+        if isinstance(p10, (int, float)) and isinstance(p90, (int, float)):
+            med = row.get('median_ms') or value
+            spreads.setdefault(fid, {}).setdefault(key, []).append(100.0 * (p90 - p10) / med)
         if key not in m.archs or (row.get('label') and not m.archs[key].get('label')):
             m.archs[key] = dict(arch=row.get('arch'), input_shape=row.get('input_shape'),
                                 batch_size=int(row.get('batch_size', 1)),
@@ -150,11 +167,49 @@ def collect(rows: Iterable[Mapping[str, Any]], stat: str = 'median_ms', reduce: 
     for fid in order:
         m.settings.append(fid)
         m.latency[fid] = {k: float(fn(v)) for k, v in values[fid].items()}
+        m.noise[fid], m.noise_source[fid] = _noise(values[fid], noises.get(fid, {}),
+                                                   spreads.get(fid, {}))
     m.names = _unique({f: setting_label(m.fingerprints[f]) for f in m.settings})
     used = {k for f in m.settings for k in m.latency[f]}
     m.archs = {k: v for k, v in m.archs.items() if k in used}
     m.labels = _unique({k: labels[k] for k in m.archs})
     return m
+
+
+def _noise(values: Mapping[str, List[float]], noises: Mapping[str, List[float]],
+           spreads: Mapping[str, List[float]]) -> Tuple[Dict[str, float], str]:
+    """Per-arch noise (%) of one setting and where it comes from."""
+    if noises:
+        return {k: float(np.median(v)) for k, v in noises.items()}, 'round-to-round'
+    repeated = {k: v for k, v in values.items() if len(v) > 1}
+    if repeated:
+        return ({k: 100.0 * (max(v) - min(v)) / float(np.median(v))
+                 for k, v in repeated.items()}, 'run-to-run')
+    if spreads:
+        return {k: float(np.median(v)) for k, v in spreads.items()}, 'p10-p90 (within run)'
+    return {}, 'unknown'
+
+
+def discordant_pairs(a: np.ndarray, b: np.ndarray, noise_a: Optional[float],
+                     noise_b: Optional[float]) -> Tuple[int, int]:
+    """(discordant pairs, those of them within the noise floor) of two latency vectors.
+
+    A pair of archs ranks differently on A and B when their order flips; the flip is within
+    the noise floor when, on A or on B, the two latencies differ by no more than that
+    setting's noise floor (percent of the smaller latency).
+    """
+    n, within_noise = 0, 0
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            if (a[i] - a[j]) * (b[i] - b[j]) >= 0:
+                continue
+            n += 1
+            gap_a = 100.0 * abs(a[i] - a[j]) / min(a[i], a[j])
+            gap_b = 100.0 * abs(b[i] - b[j]) / min(b[i], b[j])
+            if ((noise_a is not None and gap_a <= noise_a)
+                    or (noise_b is not None and gap_b <= noise_b)):
+                within_noise += 1
+    return n, within_noise
 
 
 def _resolve_fid(prefix: str, known: List[str]) -> str:
@@ -262,7 +317,8 @@ def transfer_report(m: LatencyMatrix, scores: Optional[Mapping[str, float]] = No
     scores = dict(flops_scores(m) if scores is None else scores)
     shared = m.shared()
     settings = [dict(id=f, name=m.names[f], fingerprint=m.fingerprints[f],
-                     n_archs=len(m.latency[f]),
+                     n_archs=len(m.latency[f]), noise_floor_pct=m.noise_floor(f),
+                     noise_source=m.noise_source.get(f, 'unknown'),
                      latency_ms_range=[min(m.latency[f].values()),
                                        max(m.latency[f].values())]) for f in m.settings]
     pairs = []
@@ -275,10 +331,15 @@ def transfer_report(m: LatencyMatrix, scores: Optional[Mapping[str, float]] = No
             t = kendall_tau(m.vector(fa, keys), m.vector(fb, keys))
             tau[a, b] = tau[b, a] = t
             ratio = m.vector(fb, keys) / m.vector(fa, keys)
+            na, nb = m.noise_floor(fa, keys), m.noise_floor(fb, keys)
+            disc, disc_noise = discordant_pairs(m.vector(fa, keys), m.vector(fb, keys), na, nb)
             pairs.append(dict(a=m.names[fa], b=m.names[fb], a_id=fa, b_id=fb, n=len(keys),
                               tau=t, latency_ratio_b_over_a=[float(ratio.min()),
                                                              float(np.median(ratio)),
-                                                             float(ratio.max())]))
+                                                             float(ratio.max())],
+                              noise_floor_pct=[na, nb], discordant=disc,
+                              discordant_within_noise=disc_noise,
+                              within_noise=bool(disc == disc_noise)))
     budgets = [('quantile', float(q)) for q in budget_quantiles]
     budgets += [('ms', float(b)) for b in budget_ms]
     out_budgets = []
@@ -334,22 +395,34 @@ def to_markdown(report: Mapping[str, Any], title: str = 'Device-transfer report'
              f"{report['n_shared']} architectures measured on all {len(names)} settings; "
              f"latency statistic `{report['stat']}`; score `{report['score']}` (bigger is "
              'better).', '', '## Settings', '',
-             '| setting | fingerprint id | device | archs | latency ms (min-max) |',
-             '|---|---|---|---:|---|']
+             '| setting | fingerprint id | device | archs | latency ms (min-max) | '
+             'noise floor % |', '|---|---|---|---:|---|---|']
     for s in report['settings']:
         lo, hi = s['latency_ms_range']
+        noise = s.get('noise_floor_pct')
+        noise_text = '-' if noise is None else f"{noise:.1f} ({s.get('noise_source')})"
         lines.append(f"| {s['name']} | `{s['id']}` | {s['fingerprint'].get('device', '?')} | "
-                     f"{s['n_archs']} | {lo:.2f}-{hi:.2f} |")
+                     f"{s['n_archs']} | {lo:.2f}-{hi:.2f} | {noise_text} |")
     lines += ['', '## Kendall tau-b of the latency rankings', '',
               '| | ' + ' | '.join(names) + ' |', '|---' * (len(names) + 1) + '|']
     for name, row in zip(names, report['tau_matrix']['values']):
         lines.append(f'| {name} | ' + ' | '.join(_fmt(v, '.3f') for v in row) + ' |')
-    lines += ['', '| A | B | shared archs | tau | latency B/A (min / median / max) |',
-              '|---|---|---:|---:|---|']
+    lines += ['', 'A rank difference (a pair of archs ordered differently on A and B) is '
+              '*within the noise floor* when the two latencies differ by no more than the '
+              "setting's noise floor on A or on B.", '',
+              '| A | B | shared archs | tau | latency B/A (min / median / max) | '
+              'noise floor % (A / B) | discordant pairs (within noise) | rank differences |',
+              '|---|---|---:|---:|---|---|---|---|']
     for p in report['pairs']:
         r = p['latency_ratio_b_over_a']
+        na, nb = p.get('noise_floor_pct') or (None, None)
+        disc, within = p.get('discordant'), p.get('discordant_within_noise')
+        verdict = ('none' if not disc else 'all within noise' if p.get('within_noise') else
+                   f'{disc - within} beyond noise')
         lines.append(f"| {p['a']} | {p['b']} | {p['n']} | {_fmt(p['tau'], '.3f')} | "
-                     f'{r[0]:.2f} / {r[1]:.2f} / {r[2]:.2f} |')
+                     f'{r[0]:.2f} / {r[1]:.2f} / {r[2]:.2f} | {_fmt(na, ".1f")} / '
+                     f'{_fmt(nb, ".1f")} | {_fmt(disc, "d")} ({_fmt(within, "d")}) | '
+                     f'{verdict} |')
     for b in report['budgets']:
         what = (f"the {b['value']:g} quantile of each setting's latencies" if b['kind'] ==
                 'quantile' else f"{b['value']:g} ms on every setting")

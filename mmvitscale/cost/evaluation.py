@@ -1,0 +1,277 @@
+"""Latency-predictor study: sampled architectures, held-out splits, reports.
+
+* :func:`sample_archs`: seeded scaled DeiT-Ti (``core``: inside a training box of depth, width
+  and resolution multipliers; ``beyond``: one of depth, width or resolution past the box) and
+  scaled PiT-Ti architectures;
+* :func:`latencies`: dataset rows -> one latency per (setting, run, architecture);
+* :func:`evaluate`: fit each predictor kind on a seeded share of the ``core`` ViTs and report
+  MAPE / % within +-10% on the held-out ``core`` ViTs (``random``), the ``beyond`` ViTs
+  (``out-of-range``, checked to lie outside the training archs' range) and the PiTs
+  (``cross-family``);
+* :func:`markdown` / :func:`plot_scatter` / :func:`plot_calibration`: the report.
+"""
+import random
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..fileio import save_figure
+from .calibration import within
+from .predictor import arch_from_dict, make_predictor, mape
+
+CORE_GRID: Dict[str, Tuple[float, ...]] = dict(
+    depth_mult=(0.5, 0.75, 1.0), width_mult=(0.5, 0.75, 1.0), resolution_mult=(0.5, 0.75, 1.0),
+    mlp_ratio_mult=(0.5, 1.0), heads_mult=(1.0, 2.0))
+BEYOND: Dict[str, Tuple[float, ...]] = dict(depth_mult=(1.5, ), width_mult=(1.5, ),
+                                            resolution_mult=(1.25, ))
+PIT_GRID: Dict[str, Tuple[float, ...]] = dict(
+    depth_mult=(0.5, 1.0), width_mult=(0.75, 1.0), resolution_mult=(0.5, 0.75, 1.0),
+    mlp_ratio_mult=(0.5, 1.0))
+SPLITS = ('train', 'random', 'out-of-range', 'cross-family')
+KINDS = ('analytic', 'kernel')
+
+
+def _draw(rng: random.Random, grid: Mapping[str, Sequence[float]]) -> Dict[str, float]:
+    rule = {k: rng.choice(tuple(v)) for k, v in grid.items()}
+    return {k: v for k, v in rule.items() if v != 1.0}
+
+
+def sample_archs(n_core: int = 30, n_beyond: int = 8, n_pit: int = 8, seed: int = 0,
+                 vit_base: str = 'deit-tiny', pit_base: str = 'pit-ti', img_size: int = 224,
+                 patch_size: int = 16) -> List[Dict[str, Any]]:
+    """Seeded, distinct architectures: ``[dict(family, group, rule, arch), ...]``.
+
+    ``group`` is ``core`` (multipliers from :data:`CORE_GRID`), ``beyond`` (as core, but one
+    of depth / width / resolution from :data:`BEYOND`) or ``pit`` (:data:`PIT_GRID`).
+    """
+    from ..models import ScaledPiT, ScaledViT
+    rng = random.Random(seed)
+    out: List[Dict[str, Any]] = []
+    seen = set()
+
+    def add(family: str, group: str, n: int, make_rule) -> None:
+        tries = 0
+        while sum(1 for a in out if a['group'] == group) < n:
+            tries += 1
+            if tries > 200 * max(n, 1):
+                raise ValueError(f'sample_archs: could only draw '
+                                 f'{sum(1 for a in out if a["group"] == group)} of {n} '
+                                 f'distinct {group} architectures')
+            rule = make_rule()
+            try:
+                arch = (ScaledViT.resolve_arch(vit_base, img_size, patch_size, rule)
+                        if family == 'vit' else
+                        ScaledPiT.resolve_arch(pit_base, img_size, rule))
+            except ValueError:
+                continue
+            if arch not in seen:
+                seen.add(arch)
+                out.append(dict(family=family, group=group, rule=rule, arch=arch.as_dict()))
+
+    def beyond_rule() -> Dict[str, float]:
+        rule = _draw(rng, CORE_GRID)
+        knob = rng.choice(sorted(BEYOND))
+        rule[knob] = rng.choice(BEYOND[knob])
+        return rule
+
+    add('vit', 'core', n_core, lambda: _draw(rng, CORE_GRID))
+    add('vit', 'beyond', n_beyond, beyond_rule)
+    add('pit', 'pit', n_pit, lambda: _draw(rng, PIT_GRID))
+    return out
+
+
+def setting_name(fp: Mapping[str, Any]) -> str:
+    """``backend/<threads>t`` (plus the clock when it is not wall time)."""
+    text = f"{fp.get('backend', '?')}/{fp.get('threads', '?')}t"
+    return text + (f"/{fp['clock']}" if fp.get('clock') and fp['clock'] != 'wall' else '')
+
+
+def _key(arch: Mapping[str, Any]) -> str:
+    import json
+    return json.dumps(arch, sort_keys=True)
+
+
+def latencies(rows: Sequence[Mapping[str, Any]], stat: str = 'median_ms'
+              ) -> Dict[Tuple[str, str], Dict[str, Any]]:
+    """Dataset rows -> ``{(setting name, run id): dict(fingerprint, archs, groups, families,
+    y, noise)}`` with one entry per architecture (several rows of one arch in one run: the
+    median of their ``stat``)."""
+    groups: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    for r in rows:
+        if stat not in r:
+            continue
+        key = (setting_name(r['fingerprint']), str(r.get('run_id', 'run')))
+        g = groups.setdefault(key, dict(fingerprint=r['fingerprint'], items={}))
+        arch = dict(r['arch'])
+        arch['img_size'] = list((r.get('input_shape') or [3, *arch['img_size']])[1:])
+        item = g['items'].setdefault(_key(arch), dict(arch=arch, family=r.get('family'),
+                                                      group=r.get('group'), values=[],
+                                                      noise=[]))
+        item['values'].append(float(r[stat]))
+        if isinstance(r.get('noise_pct'), (int, float)):
+            item['noise'].append(float(r['noise_pct']))
+    out = {}
+    for key, g in groups.items():
+        items = list(g['items'].values())
+        out[key] = dict(fingerprint=g['fingerprint'], archs=[i['arch'] for i in items],
+                        families=[i['family'] or 'vit' for i in items],
+                        groups=[i['group'] or ('pit' if i['family'] == 'pit' else 'core')
+                                for i in items],
+                        y=np.array([float(np.median(i['values'])) for i in items]),
+                        noise=np.array([float(np.median(i['noise'])) if i['noise'] else np.nan
+                                        for i in items]))
+    return out
+
+
+def _ranges(archs: Sequence[Mapping[str, Any]]) -> Dict[str, Tuple[float, float]]:
+    keys = dict(depth=lambda a: a['num_layers'], width=lambda a: a['embed_dims'],
+                resolution=lambda a: a['img_size'][0])
+    return {k: (min(f(a) for a in archs), max(f(a) for a in archs)) for k, f in keys.items()}
+
+
+def splits(data: Mapping[str, Any], train_frac: float = 0.6, seed: int = 0
+           ) -> Dict[str, np.ndarray]:
+    """Index arrays per split (:data:`SPLITS`); ``out-of-range`` keeps only the ``beyond``
+    ViTs whose depth, width or resolution really lies outside the training archs' range."""
+    if not 0 < train_frac < 1:
+        raise ValueError(f'train_frac must be in (0, 1), got {train_frac}')
+    groups, fams = data['groups'], data['families']
+    core = [i for i, g in enumerate(groups) if g == 'core' and fams[i] == 'vit']
+    if len(core) < 4:
+        raise ValueError(f'needs at least 4 core ViT architectures, got {len(core)}')
+    order = np.random.default_rng(seed).permutation(core)
+    n_train = max(2, int(round(train_frac * len(core))))
+    train = np.sort(order[:n_train])
+    rng = _ranges([data['archs'][i] for i in train])
+    beyond = []
+    for i, g in enumerate(groups):
+        if g != 'beyond' or fams[i] != 'vit':
+            continue
+        a = data['archs'][i]
+        vals = dict(depth=a['num_layers'], width=a['embed_dims'], resolution=a['img_size'][0])
+        if any(not lo <= vals[k] <= hi for k, (lo, hi) in rng.items()):
+            beyond.append(i)
+    return {'train': train, 'random': np.sort(order[n_train:]),
+            'out-of-range': np.array(beyond, dtype=int),
+            'cross-family': np.array([i for i, f in enumerate(fams) if f == 'pit'], dtype=int)}
+
+
+def split_metrics(pred: np.ndarray, y: np.ndarray) -> Dict[str, Any]:
+    """n, MAPE, % within +-10% and worst absolute percentage error."""
+    if not y.size:
+        return dict(n=0, mape=None, within10=None, max_ape=None)
+    return dict(n=int(y.size), mape=mape(pred, y), within10=within(pred, y),
+                max_ape=float(np.max(np.abs(pred - y) / y) * 100))
+
+
+def evaluate(data: Mapping[str, Any], kinds: Sequence[str] = KINDS, train_frac: float = 0.6,
+             seed: int = 0, in_channels: int = 3) -> Dict[str, Any]:
+    """Fit each predictor kind on the train split of one (setting, run); metrics per split."""
+    idx = splits(data, train_frac, seed)
+    archs, y = [arch_from_dict(a) for a in data['archs']], np.asarray(data['y'])
+    out: Dict[str, Any] = dict(
+        splits={k: v.tolist() for k, v in idx.items()}, kinds={},
+        train_range=_ranges([data['archs'][i] for i in idx['train']]),
+        noise_floor_pct=(float(np.nanmedian(data['noise']))
+                         if np.any(np.isfinite(data['noise'])) else None),
+        latency_ms_range=[float(y.min()), float(y.max())])
+    for kind in kinds:
+        pred_model = make_predictor(kind, dict(fingerprint=data['fingerprint']))
+        pred_model.fit([archs[i] for i in idx['train']], y[idx['train']], in_channels)
+        pred = pred_model.predict_many(archs, in_channels, any_family=True)
+        out['kinds'][kind] = dict(
+            predictor=pred_model, predictions=pred.tolist(),
+            metrics={s: split_metrics(pred[i], y[i]) for s, i in idx.items()})
+    return out
+
+
+def _fmt(v: Any, spec: str = '.2f') -> str:
+    return '-' if v is None else format(v, spec)
+
+
+def markdown(results: Mapping[Tuple[str, str], Mapping[str, Any]],
+             calibration: Optional[Mapping[str, Sequence[Mapping[str, Any]]]] = None,
+             title: str = 'Latency predictor') -> str:
+    """Markdown tables: per setting and run, each predictor's error per split; then the
+    calibration curves (``{'source -> target': rows of calibration_curve}``)."""
+    lines = [f'# {title}', '', 'MAPE % / % of archs within +-10% (n archs); noise floor: '
+             'median over archs of the spread of per-round medians.', '',
+             '| setting | run | noise floor % | predictor | train | held-out (random) | '
+             'out-of-range | cross-family (PiT) |', '|---|---|---:|---|---|---|---|---|']
+    for (setting, run), res in results.items():
+        for kind, k in res['kinds'].items():
+            cells = []
+            for s in SPLITS:
+                m = k['metrics'][s]
+                cells.append('-' if not m['n'] else
+                             f"{m['mape']:.2f} / {m['within10']:.0f} ({m['n']})")
+            lines.append(f"| {setting} | {run} | {_fmt(res['noise_floor_pct'], '.1f')} | "
+                         f"{kind} | " + ' | '.join(cells) + ' |')
+    for pair, rows in (calibration or {}).items():
+        lines += ['', f'## Calibration {pair}', '',
+                  '| samples | method | held-out MAPE % (mean / worst of draws) | '
+                  'within +-10% |', '|---:|---|---|---:|']
+        for r in rows:
+            lines.append(f"| {r['k']} | {r['method']} | {r['mape']:.2f} / "
+                         f"{r['worst_mape']:.2f} | {r['within10']:.0f} |")
+    return '\n'.join(lines) + '\n'
+
+
+def plot_scatter(path: str, results: Mapping[Tuple[str, str], Mapping[str, Any]],
+                 data: Mapping[Tuple[str, str], Mapping[str, Any]]) -> None:
+    """Predicted vs measured, one panel per (setting, run), both predictor kinds."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    keys = list(results)
+    cols = min(4, len(keys))
+    rows = (len(keys) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows), squeeze=False)
+    marks = {'random': 'o', 'out-of-range': '^', 'cross-family': 's'}
+    for ax, key in zip(axes.ravel(), keys):
+        y = np.asarray(data[key]['y'])
+        res = results[key]
+        for kind, color in (('analytic', 'tab:gray'), ('kernel', 'tab:blue')):
+            if kind not in res['kinds']:
+                continue
+            pred = np.asarray(res['kinds'][kind]['predictions'])
+            for split, mark in marks.items():
+                i = np.asarray(res['splits'][split], dtype=int)
+                if i.size:
+                    ax.scatter(y[i], pred[i], s=14, marker=mark, c=color, alpha=0.75,
+                               label=f'{kind} {split}')
+        lo, hi = y.min() * 0.8, y.max() * 1.25
+        ax.plot([lo, hi], [lo, hi], 'k--', lw=0.7)
+        ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color='k',
+                        alpha=0.07, label='+-10%')
+        ax.set(xscale='log', yscale='log', xlabel='measured ms', ylabel='predicted ms',
+               title=f'{key[0]} ({key[1]})')
+    axes.ravel()[0].legend(fontsize=6)
+    for ax in axes.ravel()[len(keys):]:
+        ax.axis('off')
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
+
+
+def plot_calibration(path: str, calibration: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+    """Held-out MAPE against calibration samples, one panel per source -> target pair."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    pairs = list(calibration)
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 3.6), squeeze=False)
+    for ax, pair in zip(axes.ravel(), pairs):
+        rows = calibration[pair]
+        for method in dict.fromkeys(r['method'] for r in rows if r['k'] > 0):
+            pts = sorted((r['k'], r['mape']) for r in rows if r['method'] == method)
+            ax.plot(*zip(*pts), marker='o', ls='--' if method.startswith('scratch') else '-',
+                    label=method)
+        base = next((r['mape'] for r in rows if r['k'] == 0), None)
+        if base is not None:
+            ax.axhline(base, color='k', lw=0.7, ls=':', label='uncalibrated')
+        ax.axhline(10, color='r', lw=0.5)
+        ax.set(yscale='log', xlabel='measured archs on the target', ylabel='held-out MAPE %',
+               title=pair)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)

@@ -1,0 +1,140 @@
+"""Kernel-level view of a ViT / PiT forward pass, for the per-kernel latency predictor.
+
+:func:`kernels` lists the kernels one forward pass runs (GEMMs with their ``M x K x N`` shape,
+fused attention with heads / tokens / head size, LayerNorms, GELUs, memory copies, PiT's
+depthwise pooling conv). :func:`kernel_features` maps each kernel to a few cost terms of its
+type and sums them over the network (the nn-Meter / HAT idea: network latency is the sum of its
+kernels' latencies, each a function of the kernel's shape):
+
+=================  ============================================================================
+feature            per kernel (summed over the network)
+=================  ============================================================================
+``gemm_mac``       ``M K N`` multiply-accumulates of every GEMM (linear layers, patch embedding)
+``gemm_mn``        ``M N``: output writes; with ``gemm_mac`` it makes small-``K`` GEMMs slower
+                   per MAC
+``gemm_mk``        ``M K``: activation reads / packing; small-``N`` GEMMs slower per MAC
+``gemm_kn``        ``K N``: weight reads / packing, paid once per GEMM whatever ``M`` is, so
+                   few-token GEMMs are memory bound
+``attn_mac``       ``2 H N^2 d`` MACs of ``Q K^T`` and ``A V`` (per batch element and head)
+``attn_score``     ``H N^2`` attention scores (softmax, scaling)
+``attn_io``        ``4 H N d`` elements of q, k, v read and the output written
+``norm_elem``      LayerNorm elements
+``gelu_elem``      GELU elements (fused into fc1 in eager, separate in ONNX Runtime)
+``copy_elem``      elements moved by permutes, residual adds, concatenations, position adds
+``dwconv_mac``     MACs of PiT's depthwise pooling conv
+``blocks``         Transformer blocks (per-block dispatch of about ten kernels)
+``const``          1 (per-call overhead)
+=================  ============================================================================
+
+GEMM efficiency changes with shape: ``time = M K N (a + b / K + c / N + d / M)``, i.e. one
+reciprocal term per dimension, is a roofline-style efficiency curve that is linear in its
+coefficients, so the per-kernel costs are fitted from whole-network latencies by non-negative
+least squares (see :class:`~mmvitscale.cost.predictor.KernelLatencyPredictor`). The same
+kernel costs serve ViT and PiT (cross-family prediction).
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Tuple, Union
+
+import numpy as np
+
+from ..scaling import PiTArch, ViTArch
+
+KERNEL_FEATURES = ('gemm_mac', 'gemm_mn', 'gemm_mk', 'gemm_kn', 'attn_mac', 'attn_score',
+                   'attn_io', 'norm_elem', 'gelu_elem', 'copy_elem', 'dwconv_mac', 'blocks',
+                   'const')
+# kernel groups for few-shot calibration (one scale per group)
+GROUPS: Dict[str, Tuple[str, ...]] = {
+    'gemm': ('gemm_mac', 'gemm_mn', 'gemm_mk', 'gemm_kn'),
+    'attention': ('attn_mac', 'attn_score', 'attn_io'),
+    'memory': ('norm_elem', 'gelu_elem', 'copy_elem', 'dwconv_mac'),
+    'overhead': ('blocks', 'const'),
+}
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One kernel call: ``op`` and its shape (``shape`` keys depend on ``op``)."""
+
+    op: str  # gemm, attention, layernorm, gelu, copy, dwconv
+    shape: Tuple[int, ...]  # gemm (M, K, N); attention (heads, tokens, head_dim); else (elems,)
+    name: str = ''
+
+
+def _block(b: int, n: int, d: int, hid: int, h: int, tag: str) -> List[Kernel]:
+    m = b * n
+    return [
+        Kernel('layernorm', (m * d, ), f'{tag}.norm1'),
+        Kernel('gemm', (m, d, 3 * d), f'{tag}.qkv'),
+        Kernel('copy', (3 * m * d, ), f'{tag}.qkv_permute'),
+        Kernel('attention', (b * h, n, d // h), f'{tag}.sdpa'),
+        Kernel('copy', (m * d, ), f'{tag}.attn_transpose'),
+        Kernel('gemm', (m, d, d), f'{tag}.proj'),
+        Kernel('copy', (m * d, ), f'{tag}.residual1'),
+        Kernel('layernorm', (m * d, ), f'{tag}.norm2'),
+        Kernel('gemm', (m, d, hid), f'{tag}.fc1'),
+        Kernel('gelu', (m * hid, ), f'{tag}.gelu'),
+        Kernel('gemm', (m, hid, d), f'{tag}.fc2'),
+        Kernel('copy', (m * d, ), f'{tag}.residual2'),
+    ]
+
+
+def kernels(arch: Union[ViTArch, PiTArch], in_channels: int = 3,
+            batch_size: int = 1) -> List[Kernel]:
+    """Kernels of one forward pass of ``batch_size`` images (softmax attention, no head)."""
+    b = batch_size
+    out: List[Kernel] = []
+    if isinstance(arch, ViTArch):
+        g = arch.grid
+        p = g[0] * g[1]
+        n, d = p + 1, arch.embed_dims
+        out.append(Kernel('gemm', (b * p, in_channels * arch.patch_size**2, d), 'patch_embed'))
+        out.append(Kernel('copy', (2 * b * n * d, ), 'cls_cat_pos_add'))
+        for i in range(arch.num_layers):
+            out += _block(b, n, d, arch.mlp_hidden, arch.num_heads, f'blocks.{i}')
+        out.append(Kernel('layernorm', (b * n * d, ), 'norm'))
+        return out
+    if not isinstance(arch, PiTArch):
+        raise TypeError(f'arch must be a ViTArch or PiTArch, got {type(arch).__name__}')
+    grids, dims = arch.grids, arch.embed_dims
+    p0 = grids[0][0] * grids[0][1]
+    out.append(Kernel('gemm', (b * p0, in_channels * arch.patch_size**2, dims[0]),
+                      'patch_embed'))
+    out.append(Kernel('copy', (b * p0 * dims[0], ), 'pos_add'))
+    for s, depth in enumerate(arch.depths):
+        p = grids[s][0] * grids[s][1]
+        n, d = p + 1, dims[s]
+        if s:
+            out.append(Kernel('dwconv', (b * p * d * 9, ), f'stage{s}.pool_conv'))
+            out.append(Kernel('gemm', (b, dims[s - 1], d), f'stage{s}.pool_fc'))
+        out.append(Kernel('copy', (2 * b * n * d, ), f'stage{s}.cat_flatten'))
+        for i in range(depth):
+            out += _block(b, n, d, arch.mlp_hidden(s), arch.heads[s], f'stage{s}.blocks.{i}')
+    out.append(Kernel('layernorm', (b * dims[-1], ), 'norm'))
+    return out
+
+
+def kernel_terms(k: Kernel) -> Dict[str, float]:
+    """The :data:`KERNEL_FEATURES` terms of one kernel (those it does not touch are left out)."""
+    if k.op == 'gemm':
+        m, kk, n = (float(v) for v in k.shape)
+        return dict(gemm_mac=m * kk * n, gemm_mn=m * n, gemm_mk=m * kk, gemm_kn=kk * n)
+    if k.op == 'attention':
+        h, n, d = (float(v) for v in k.shape)
+        return dict(attn_mac=2 * h * n * n * d, attn_score=h * n * n, attn_io=4 * h * n * d)
+    key = dict(layernorm='norm_elem', gelu='gelu_elem', copy='copy_elem',
+               dwconv='dwconv_mac').get(k.op)
+    if key is None:
+        raise ValueError(f'unknown kernel op {k.op!r}')
+    return {key: float(k.shape[0])}
+
+
+def kernel_features(arch: Union[ViTArch, PiTArch], in_channels: int = 3,
+                    batch_size: int = 1) -> np.ndarray:
+    """The :data:`KERNEL_FEATURES` vector of one forward pass, summed over its kernels."""
+    f = dict.fromkeys(KERNEL_FEATURES, 0.0)
+    for k in kernels(arch, in_channels, batch_size):
+        for key, value in kernel_terms(k).items():
+            f[key] += value
+    f['blocks'] = float(arch.num_layers if isinstance(arch, ViTArch) else sum(arch.depths))
+    f['const'] = 1.0
+    return np.array([f[k] for k in KERNEL_FEATURES], dtype=np.float64)
