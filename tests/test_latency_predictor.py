@@ -412,3 +412,38 @@ def test_device_transfer_noise_floor_column():
     m = collect(plain, reduce='median')
     assert m.noise_source[m.settings[0]] == 'run-to-run'
     assert m.noise_floor(m.settings[0]) == pytest.approx(100 * 0.5 / 1.25)
+
+
+# ---------------------------------------------------------------------------- search check
+def test_scale_search_measures_its_winners(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location('scale_search_tool',
+                                                  osp.join(ROOT, 'tools', 'scale_search.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    vits = _vits()
+    pred = KernelLatencyPredictor(dict(fingerprint=dict(FP, threads=1)))
+    pred.fit(vits, _synthetic_latency(vits))
+    path = pred.save(str(tmp_path / 'p.json'))
+    work = tmp_path / 'search'
+    result = tool.main(['--cost', 'latency', '--predictor', path, '--budget', '1000',
+                        '--scorer', 'flops', '--grid', 'depth_mult=0.5,1', '--grid',
+                        'width_mult=0.5,1', '--only-grid', '--measure-winners', '2',
+                        '--measure-rounds', '1', '--work-dir', str(work),
+                        '--out-rule', str(tmp_path / 'rule.py')])
+    assert result.winner.latency_ms is not None
+    summary = json.loads((work / 'candidates.json').read_text())
+    measured = summary['measured']
+    assert len(measured) == 2 and measured[0]['rule'] == result.winner.rule
+    for m in measured:
+        assert m['backend'] == 'eager' and m['threads'] == 1 and m['repeats'] == 5
+        assert m['p10_ms'] <= m['measured_ms'] <= m['p90_ms']
+        assert m['meets_budget'] == (m['measured_ms'] <= 1000)
+        assert m['error_pct'] == pytest.approx(
+            100 * (m['predicted_ms'] - m['measured_ms']) / m['measured_ms'])
+    assert '## Predicted vs measured (eager, 1 thread(s), budget 1000 ms)' in \
+        (work / 'candidates.md').read_text()
+    assert 'meets 1000 ms' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        tool.main(['--budget', '1', '--measure-winners', '2', '--out-rule',
+                   str(tmp_path / 'r.py')])
+    assert '--measure-winners: needs --cost latency' in capsys.readouterr().err

@@ -13,6 +13,9 @@ and in ms with ``--cost latency`` (predicted by a ``LatencyPredictor`` JSON from
 ``tools/analysis/fit_latency_predictor.py``). ``--grid KEY=V1,V2,...`` replaces one knob's
 multiplier grid (``--grid depth_mult=0.5,1,1.5``); ``--only-grid`` drops the default grids of
 the knobs not given. ``--scorer proxies`` (As-ViT training-free proxies, default) or ``flops``.
+``--measure-winners K`` (with ``--cost latency``) then measures the K best candidates on the
+predictor's backend and thread count (threads / affinity pinned, interleaved rounds) and
+reports predicted vs measured ms and whether each really meets the budget.
 ``--attn-types softmax linear_angular`` searches the attention type too: candidates are costed
 with their own attention (linear-angular with a ``--linear-kernel-size`` depthwise conv, the
 backbone default 9; grids too small for it are skipped) and the rule file carries ``attn_type``
@@ -72,6 +75,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--proxy-batch', type=int, default=8)
     p.add_argument('--proxy-inits', type=int, default=1)
     p.add_argument('--proxy-points', type=int, default=6)
+    p.add_argument('--measure-winners', type=int, default=0, metavar='K',
+                   help='--cost latency: measure the K best candidates on the predictor\'s '
+                   'backend / threads and report predicted vs measured ms')
+    p.add_argument('--measure-rounds', type=int, default=3,
+                   help='round-robin passes of the --measure-winners check')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     p.add_argument('--work-dir', default='work_dirs/scale_search')
@@ -102,9 +110,9 @@ def validate(args: argparse.Namespace) -> None:
     if args.cost == 'latency':
         if not args.predictor:
             raise ValueError('--cost latency needs --predictor FILE')
-        from mmvitscale.cost.predictor import LatencyPredictor
+        from mmvitscale.cost.predictor import load_predictor
         try:
-            args.predictor_obj = LatencyPredictor.load(args.predictor)
+            args.predictor_obj = load_predictor(args.predictor)
         except ValueError as err:
             raise ValueError(f'--predictor: {err}') from None
     else:
@@ -113,6 +121,13 @@ def validate(args: argparse.Namespace) -> None:
         if getattr(args, flag) < 1:
             raise ValueError(f'--{flag.replace("_", "-")}: must be >= 1, got '
                              f'{getattr(args, flag)}')
+    if args.measure_winners < 0:
+        raise ValueError(f'--measure-winners: must be >= 0, got {args.measure_winners}')
+    if args.measure_winners and args.cost != 'latency':
+        raise ValueError('--measure-winners: needs --cost latency (a predicted latency to '
+                         'check)')
+    if args.measure_rounds < 1:
+        raise ValueError(f'--measure-rounds: must be >= 1, got {args.measure_rounds}')
     for flag in ('max_candidates', 'threads'):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -180,6 +195,23 @@ def markdown(result: SearchResult, header: str) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def measured_markdown(measured, budget_ms: float) -> str:
+    """Predicted vs measured table of the --measure-winners check ('' without one)."""
+    if not measured:
+        return ''
+    m0 = measured[0]
+    lines = ['', f"## Predicted vs measured ({m0['backend']}, {m0['threads']} thread(s), "
+             f'budget {budget_ms:g} ms)', '',
+             '| rank | architecture | predicted ms | measured ms (p10-p90) | error % | '
+             'noise % | meets budget |', '|---:|---|---:|---|---:|---:|:---:|']
+    for i, m in enumerate(measured, 1):
+        lines.append(f"| {i} | {_arch_text(m['arch'])} | {m['predicted_ms']:.2f} | "
+                     f"{m['measured_ms']:.2f} ({m['p10_ms']:.2f}-{m['p90_ms']:.2f}) | "
+                     f"{m['error_pct']:+.1f} | {m['noise_pct']:.1f} | "
+                     f"{'yes' if m['meets_budget'] else 'no'} |")
+    return '\n'.join(lines) + '\n'
+
+
 def plot(path: str, result: SearchResult) -> None:
     import matplotlib
     matplotlib.use('Agg')
@@ -233,6 +265,24 @@ def main(argv=None) -> SearchResult:
         sys.exit(2)
     elapsed = time.perf_counter() - t0
     w = result.winner
+    measured = []
+    if args.measure_winners:
+        from mmvitscale.search.scale_search import measure_candidates, predictor_setting
+        setting = predictor_setting(args.predictor_obj)
+        top = result.ranked[:args.measure_winners]
+        console.print(f"measuring the {len(top)} best candidates on {setting['backend']}, "
+                      f"{setting['threads']} thread(s) ...")
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task('measure', total=len(top) * args.measure_rounds)
+            measured = measure_candidates(
+                top, args.base, args.budget, setting['backend'], setting['threads'],
+                rounds=args.measure_rounds,
+                progress=lambda d, t: progress.update(task, completed=d))
+        for i, m in enumerate(measured, 1):
+            console.print(f"#{i} {_arch_text(m['arch'])}: predicted {m['predicted_ms']:.2f} ms, "
+                          f"measured {m['measured_ms']:.2f} ms (p10-p90 {m['p10_ms']:.2f}-"
+                          f"{m['p90_ms']:.2f}, error {m['error_pct']:+.1f}%), meets "
+                          f"{args.budget:g} ms: {'yes' if m['meets_budget'] else 'NO'}")
     budget_text = (f'{args.budget:g} GFLOPs' if args.cost == 'flops' else f'{args.budget:g} ms')
     header = [f'Searched by tools/scale_search.py on '
               f'{datetime.datetime.now().isoformat(timespec="seconds")}',
@@ -261,13 +311,14 @@ def main(argv=None) -> SearchResult:
                    num_enumerated=result.num_enumerated,
                    num_infeasible_rules=result.num_infeasible_rules,
                    num_feasible=len(result.ranked), elapsed_s=elapsed, out_rule=args.out_rule,
-                   winner=w.as_dict(), pareto=[c.as_dict() for c in result.front],
+                   winner=w.as_dict(), measured=measured,
+                   pareto=[c.as_dict() for c in result.front],
                    candidates=[c.as_dict() for c in result.ranked])
     atomic_write(osp.join(args.work_dir, 'candidates.json'),
                  json.dumps(_finite(summary), indent=1) + '\n')
     atomic_write(osp.join(args.work_dir, 'candidates.md'),
                  markdown(result, f'Scaling search: {args.cost} <= {budget_text}, '
-                          f'scorer {args.scorer}'))
+                          f'scorer {args.scorer}') + measured_markdown(measured, args.budget))
     plot(osp.join(args.work_dir, 'pareto.png'), result)
     console.print(f'{len(result.ranked)} feasible of {result.num_enumerated} candidates scored '
                   f'in {elapsed:.1f} s; winner {w.rule} ({_arch_text(w.arch)}, '

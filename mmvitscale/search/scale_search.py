@@ -427,3 +427,51 @@ def run_search(base: BaseSpec, budget: float, cost: str = 'flops', scorer: str =
     return SearchResult(ranked=ranked, front=[ranked[i] for i in idx],
                         num_enumerated=len(cands), num_infeasible_rules=infeasible, cost=cost,
                         budget=budget, scorer=scorer)
+
+
+# ---------------------------------------------------------------------------- measured check
+def predictor_setting(predictor) -> Dict[str, Any]:
+    """``dict(backend, threads)`` the predictor was fitted for (its ``meta['fingerprint']``;
+    a calibrated predictor's own meta first, then its base's), default eager / 1 thread."""
+    for meta in (getattr(predictor, 'meta', None), getattr(getattr(predictor, 'base', None),
+                                                           'meta', None)):
+        fp = (meta or {}).get('fingerprint') or {}
+        if fp.get('backend'):
+            return dict(backend=fp['backend'], threads=int(fp.get('threads') or 1))
+    return dict(backend='eager', threads=1)
+
+
+def measure_candidates(cands: Sequence[Candidate], base: BaseSpec, budget_ms: float,
+                       backend: str = 'eager', threads: int = 1, rounds: int = 3,
+                       repeats: int = 5, warmup_s: float = 0.3,
+                       progress: Optional[Callable[[int, int], None]] = None
+                       ) -> List[Dict[str, Any]]:
+    """Measure ``cands`` (e.g. the top of a latency-budget ranking) and compare with their
+    predicted latency.
+
+    Protocol of :func:`~mmvitscale.cost.backends.measure_interleaved` (threads and affinity
+    pinned, candidates interleaved round robin). Per candidate: ``predicted_ms``,
+    ``measured_ms`` (median), ``p10_ms`` / ``p90_ms``, ``noise_pct``, ``error_pct``
+    (predicted vs measured) and ``meets_budget`` (measured median <= ``budget_ms``).
+    """
+    from ..cost.backends import make_runner, measure_interleaved, pinned
+    if not cands:
+        raise ValueError('measure_candidates: no candidates')
+    with pinned(threads) as pin:
+        runners = []
+        for c in cands:
+            run, sync, _ = make_runner(base.build(c.rule), (base.in_channels,
+                                                            *c.arch['img_size']), backend)
+            runners.append((run, sync))
+        results = measure_interleaved(runners, rounds, repeats, warmup_s, progress=progress)
+    out = []
+    for c, r in zip(cands, results):
+        pred = c.latency_ms
+        out.append(dict(rule=c.rule, arch=c.arch, score=c.score, predicted_ms=pred,
+                        measured_ms=r['median_ms'], p10_ms=r['p10_ms'], p90_ms=r['p90_ms'],
+                        noise_pct=r['noise_pct'], repeats=r['repeats'],
+                        error_pct=(None if pred is None else
+                                   100.0 * (pred - r['median_ms']) / r['median_ms']),
+                        meets_budget=bool(r['median_ms'] <= budget_ms), backend=backend,
+                        threads=threads, cpus=pin['cpus']))
+    return out
