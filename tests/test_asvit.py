@@ -121,7 +121,7 @@ def test_scaling_rule():
 
 
 def test_registry_closed_form_costs_and_freezing():
-    model = MODELS.build(dict(type='AsViT', arch=ARCH, img_size=64, frozen_stages=2))
+    model = MODELS.build(dict(type='mmvitscale.AsViT', arch=ARCH, img_size=64, frozen_stages=2))
     assert asvit_params(ARCH, img_size=64) == sum(p.numel() for p in model.parameters())
     arch = dict(ARCH, width=24, tokenizer_kernel=5, splits=(2, 1, 2, 1))
     assert asvit_flops(arch, img_size=96) == get_complexity(AsViT(arch, img_size=96),

@@ -19,7 +19,8 @@ from mmvitscale.cost.backends import BackendError, export_onnx, measure
 from mmvitscale.cost.counter import FlopCounter
 from mmvitscale.cost.latency_table import (append_rows, fingerprint, fingerprint_id, make_row,
                                            read_rows, to_csv)
-from mmvitscale.models import ScaledPiT, ScaledViT, layers
+from mmvitscale.models import ScaledPiT, ScaledViT
+from mmvitscale.models import ops as model_ops
 
 ort = pytest.importorskip('onnxruntime')
 onnx = pytest.importorskip('onnx')
@@ -145,13 +146,13 @@ def test_eager_linear_and_tracing_turn_the_fast_path_off():
             model(x)
         return set(counter.by_op)
 
-    if layers._ONEDNN_LINEAR:
+    if model_ops._ONEDNN_LINEAR:
         assert '_linear_pointwise' in ops()
-    with layers.eager_linear():
-        with layers.eager_linear():  # nests
+    with model_ops.eager_linear():
+        with model_ops.eager_linear():  # nests
             pass
         assert '_linear_pointwise' not in ops() and 'addmm' in ops()
-    assert layers._EAGER_LINEAR_DEPTH == 0
+    assert model_ops._EAGER_LINEAR.get() is False
     with torch.no_grad():
         traced = torch.jit.trace(model, x, check_trace=False)
     assert 'mkldnn' not in str(traced.inlined_graph)

@@ -11,7 +11,8 @@ from mmvitscale.engine import AuxMaskSparsityHook
 from mmvitscale.models import ScaledPiT, ScaledVideoViT, ScaledViT, TransformerBlock
 from mmvitscale.models.layers import Attention
 from mmvitscale.models.linear_attention import (LinearAngularAttention, aux_regularizer,
-                                                convert_to_inference, set_token_grid)
+                                                convert_to_inference)
+from mmvitscale.models.ops import TokenGrid
 
 TINY = dict(embed_dims=32, num_layers=2, num_heads=2, mlp_ratio=2.0)
 LIN = dict(attn_type='linear_angular', linear_kernel_size=3)
@@ -56,31 +57,34 @@ def test_matches_naive_reference(prefix, aux, dtype):
         attn.aux_mask.data = torch.tensor([0.5, -1.0, 2.0], dtype=dtype)
     grid = (3, 4)
     x = torch.randn(2, prefix + 12, 24, dtype=dtype)
-    set_token_grid(attn, grid, prefix)
+    tokens = TokenGrid(*grid, prefix)
     with torch.no_grad():
         ref = reference(attn, x, grid, prefix)
         attn.train()
-        torch.testing.assert_close(attn(x), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(attn(x, grid=tokens), ref, atol=1e-5, rtol=1e-5)
         attn.eval()  # oneDNN fast path (float32) with the fused residual add
-        torch.testing.assert_close(attn(x, residual=x), ref + x, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(attn(x, residual=x, grid=tokens), ref + x, atol=1e-5,
+                                   rtol=1e-5)
+    with pytest.raises(ValueError, match='needs the token grid'):
+        attn(x)
 
 
 def test_several_frames_conv_per_frame_and_token_mismatch():
     torch.manual_seed(0)
     attn = LinearAngularAttention(16, 2, kernel_size=3).double()
     x = torch.randn(1, 1 + 2 * 6, 16, dtype=torch.double)
-    set_token_grid(attn, (2, 3), 1)
-    out = attn(x)
+    grid = TokenGrid(2, 3, 1)
+    out = attn(x, grid=grid)
     # frame 1 alone (same class token) gives the same conv term, so the difference with the
     # 2-frame output is only in the (global) attention part: check the conv separately
     v = attn.qkv(x)[..., 32:]
-    conv = attn._value_conv(v[:, 1:])
+    conv = attn._value_conv(v[:, 1:], grid)
     per_frame = attn.dconv(v[:, 1:].reshape(2, 2, 3, 16).permute(0, 3, 1, 2))
     torch.testing.assert_close(conv, per_frame.permute(0, 2, 3, 1).reshape(1, 12, 16))
     assert out.shape == x.shape
     with pytest.raises(ValueError, match=r'^LinearAngularAttention: 12 tokens do not match '
-                       r'grid=2x3 with num_prefix_tokens=1$'):
-        attn(x[:, :12])
+                       r'grid=2x3 with 1 prefix tokens$'):
+        attn(x[:, :12], grid=grid)
 
 
 def test_softmax_block_unchanged_and_checkpoint_names_map():
@@ -287,3 +291,64 @@ def test_pit_round_trip_and_inference_only_load():
     pure = ScaledPiT(aux_branch=True, inference_only=True, **kw)
     pure.load_state_dict(sd)
     assert not any('aux' in k for k in pure.state_dict())
+
+
+@pytest.mark.parametrize('family', ['vit', 'pit', 'video'])
+def test_one_model_two_resolutions_in_two_threads(family):
+    """The token grid travels with each forward: threads with different input sizes sharing
+    one model get exactly the sequential results (it used to be stored on the modules)."""
+    import threading
+    torch.manual_seed(0)
+    if family == 'vit':
+        model = ScaledViT(TINY, img_size=32, patch_size=8, **LIN)
+        inputs = [torch.randn(2, 3, 32, 32), torch.randn(2, 3, 48, 64)]
+    elif family == 'pit':
+        arch = dict(base_dims=(16, 16), depths=(1, 1), heads=(2, 2), mlp_ratio=2.0,
+                    patch_size=4, patch_stride=4)
+        model = ScaledPiT(arch, img_size=32, **LIN)
+        inputs = [torch.randn(2, 3, 32, 32), torch.randn(2, 3, 48, 64)]
+    else:
+        model = ScaledVideoViT(TINY, img_size=32, patch_size=8, num_frames=2, **LIN)
+        inputs = [torch.randn(2, 3, 2, 32, 32), torch.randn(2, 3, 2, 48, 64)]
+    model.eval()
+    with torch.no_grad():
+        expected = [model(x) for x in inputs]
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            with torch.no_grad():
+                for _ in range(20):
+                    results[i] = model(inputs[i])
+                    torch.testing.assert_close(results[i], expected[i], rtol=0, atol=0)
+        except Exception as err:  # noqa: BLE001 - reported by the main thread
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(i, )) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+def test_eager_linear_applies_to_its_own_thread_only():
+    import threading
+
+    from mmvitscale.models import ops
+    seen = {}
+    entered, release = threading.Event(), threading.Event()
+
+    def exporter():
+        with ops.eager_linear():
+            seen['exporter'] = ops._EAGER_LINEAR.get()
+            entered.set()
+            release.wait(5)
+
+    t = threading.Thread(target=exporter)
+    t.start()
+    entered.wait(5)
+    seen['other'] = ops._EAGER_LINEAR.get()
+    release.set()
+    t.join()
+    assert seen == {'exporter': True, 'other': False}

@@ -146,7 +146,7 @@ def test_matches_timm_deit(timm_name, arch):
 
 def test_cpu_inference_fast_path_matches_eager_ops():
     from mmvitscale.cost import get_complexity
-    from mmvitscale.models import layers
+    from mmvitscale.models import ops
     model = tiny(out_type='raw')
     x = torch.randn(2, 3, 32, 32)
     eager = model(x)[0].detach()  # autograd on: plain nn.Linear + GELU
@@ -154,7 +154,7 @@ def test_cpu_inference_fast_path_matches_eager_ops():
         fast = model(x)[0]
     torch.testing.assert_close(fast, eager, rtol=0, atol=1e-6)
     by_op = get_complexity(model, (3, 32, 32))['by_op']
-    if layers._ONEDNN_LINEAR:
+    if ops._ONEDNN_LINEAR:
         assert '_linear_pointwise' in by_op and 'addmm' not in by_op
 
 

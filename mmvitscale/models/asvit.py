@@ -50,9 +50,9 @@ from ..registry import MODELS
 from ..scaling import (_per_stage, _pick, _scaled_int, check_rule, scaled_resolution,
                        scaled_width, to_2tuple)
 from .base import ScalableBackbone
-from .layers import TransformerBlock, normalise_indices
+from .layers import TokenGrid, TransformerBlock, normalise_indices
 from .linear_attention import (check_kernel_size, drop_aux_keys, per_stage_attn_types,
-                               set_token_grid, split_attn_rule)
+                               split_attn_rule)
 from .pit import resample_pos_embed_2d
 
 NUM_STAGES = 4
@@ -307,14 +307,18 @@ class AsViTStage(nn.Module):
         if H % s or W % s:
             raise ValueError(f'stage {self.index + 1}: split={s} does not divide the {H}x{W} '
                              'token map (input sides that are multiples of 32 always tile)')
-        if self.attn_type != 'softmax':
-            window = check_window_kernel(self.linear_kernel_size, (H, W), s, self.index)
-            set_token_grid(self.blocks, window, 0)
-        if s == 1:
-            return self.blocks(x.reshape(B, H * W, C)).reshape(B, H, W, C)
         h, w = H // s, W // s
+        if self.attn_type != 'softmax':
+            check_window_kernel(self.linear_kernel_size, (H, W), s, self.index)
+        grid = TokenGrid(h, w, 0)
+        if s == 1:
+            x = x.reshape(B, H * W, C)
+            for block in self.blocks:
+                x = block(x, grid)
+            return x.reshape(B, H, W, C)
         windows = x.reshape(B, s, h, s, w, C).transpose(2, 3).reshape(B * s * s, h * w, C)
-        windows = self.blocks(windows)
+        for block in self.blocks:
+            windows = block(windows, grid)
         return windows.reshape(B, s, s, h, w, C).transpose(2, 3).reshape(B, H, W, C)
 
 

@@ -1,103 +1,14 @@
-"""Tensor-building blocks shared by every backbone (ViT, PiT, ...)."""
-import contextlib
-from typing import Iterator, Optional, Sequence, Tuple
+"""Attention, MLP and the one Transformer block shared by every backbone, plus position-embedding
+resampling and init helpers. The ops they use live in :mod:`mmvitscale.models.ops` (re-exported
+here for older imports)."""
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
-    """Stochastic depth per sample (identity at eval or ``p == 0``)."""
-    if p == 0.0 or not training:
-        return x
-    keep = 1.0 - p
-    mask = x.new_empty((x.shape[0], ) + (1, ) * (x.ndim - 1)).bernoulli_(keep)
-    return x * mask.div_(keep)
-
-
-class DropPath(nn.Module):
-    """Module wrapper of :func:`drop_path`."""
-
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: Tensor) -> Tensor:
-        return drop_path(x, self.p, self.training)
-
-    def extra_repr(self) -> str:
-        return f'p={self.p}'
-
-
-def _has_onednn_linear() -> bool:
-    try:
-        return (torch.backends.mkldnn.is_available()
-                and hasattr(torch.ops.mkldnn, '_linear_pointwise'))
-    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
-        return False
-
-
-_ONEDNN_LINEAR = _has_onednn_linear()
-_EAGER_LINEAR_DEPTH = 0  # > 0 inside eager_linear(): fused_linear's fast path is off
-
-
-@contextlib.contextmanager
-def eager_linear() -> Iterator[None]:
-    """Inside the block, :func:`fused_linear` runs the plain ops (no oneDNN fast path).
-
-    For exporters and tracers that must only see standard ATen ops (``torch.export``, ONNX
-    export). TorchScript tracing (``torch.jit.trace``, ``torch.onnx.export(dynamo=False)``)
-    turns the fast path off by itself. Process-wide (not per thread); nests.
-    """
-    global _EAGER_LINEAR_DEPTH
-    _EAGER_LINEAR_DEPTH += 1
-    try:
-        yield
-    finally:
-        _EAGER_LINEAR_DEPTH -= 1
-
-
-def _no_transforms_active() -> bool:
-    """No torch.func transform (vmap / grad / jvp) and no forward-mode AD level is active.
-
-    oneDNN's linear has no batching or forward-AD rules; under those it would silently drop
-    tangents, so the fast path must stay off there.
-    """
-    try:
-        from torch._C._functorch import peek_interpreter_stack
-        from torch.autograd.forward_ad import _current_level
-    except ImportError:  # pragma: no cover - other torch versions: be conservative
-        return False
-    return peek_interpreter_stack() is None and _current_level < 0
-
-
-def fused_linear(x: Tensor, layer: nn.Linear, gelu: bool = False,
-                 residual: Optional[Tensor] = None) -> Tensor:
-    """``layer(x)``, then exact GELU when ``gelu``, plus ``residual`` when given.
-
-    Inference fast path: on CPU float32 with autograd off, oneDNN's linear adds the bias, the
-    GELU or the residual inside the GEMM (post-ops) instead of copying the bias into the output
-    first (``addmm``) and running GELU / the residual add as extra memory passes. Values agree
-    with the eager ops to float rounding; anywhere else (autograd on, torch.func transforms or
-    forward-mode AD, GPU, other dtypes, TorchScript tracing, inside :func:`eager_linear`) the
-    eager ops run.
-    """
-    if (_ONEDNN_LINEAR and not torch.is_grad_enabled() and x.device.type == 'cpu'
-            and x.dtype == torch.float32 and layer.weight.dtype == torch.float32
-            and not (gelu and residual is not None) and not _EAGER_LINEAR_DEPTH
-            and not torch.jit.is_tracing() and _no_transforms_active()):
-        if residual is not None:
-            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.weight,
-                                                             layer.bias, 'add')
-        if gelu:
-            return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, 'gelu', [],
-                                                      'none')
-        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, 'none', [], '')
-    x = layer(x)
-    if gelu:
-        x = F.gelu(x)
-    return x if residual is None else x.add_(residual)
+from .linear_attention import LinearAngularAttention, check_attn_type
+from .ops import DropPath, TokenGrid, eager_linear, fused_linear  # noqa: F401 (re-exported)
 
 
 class Attention(nn.Module):
@@ -115,9 +26,11 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None,
+                grid: Optional[TokenGrid] = None) -> Tensor:
         """Attention of ``x`` (B, N, C); ``residual`` is added to the output (eval use only:
-        it is added before ``proj_drop``)."""
+        it is added before ``proj_drop``). ``grid`` is accepted for a common signature and
+        not needed."""
         B, N, C = x.shape
         qkv = fused_linear(x, self.qkv).reshape(B, N, 3, self.num_heads,
                                                 self.head_dim).permute(2, 0, 3, 1, 4)
@@ -160,7 +73,6 @@ class TransformerBlock(nn.Module):
         if attn_type == 'softmax':
             self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
         else:
-            from .linear_attention import LinearAngularAttention, check_attn_type
             check_attn_type(attn_type)
             self.attn = LinearAngularAttention(dim, num_heads, qkv_bias, attn_drop, drop,
                                                linear_kernel_size, aux_branch)
@@ -168,14 +80,15 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, mlp_hidden, drop)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, grid: Optional[TokenGrid] = None) -> Tensor:
+        """Block of ``x`` (B, N, C) laid out as ``grid`` (needed by linear-angular attention)."""
         if not self.training:  # dropout / drop path are identities: fuse the residual adds
-            x = self.attn(self.norm1(x), residual=x)
+            x = self.attn(self.norm1(x), residual=x, grid=grid)
             return self.mlp(self.norm2(x), residual=x)
         # residual added in place into the branch output (a fresh tensor): one allocation and
         # one memory pass less, same values, autograd-safe (linear / mul backward do not need
         # their outputs); the input x is never modified.
-        x = self.drop_path(self.attn(self.norm1(x))).add_(x)
+        x = self.drop_path(self.attn(self.norm1(x), grid=grid)).add_(x)
         return self.drop_path(self.mlp(self.norm2(x))).add_(x)
 
 

@@ -15,9 +15,11 @@ scaled per head by the learnable gate ``aux_mask`` (initialised at 1), is added 
 :class:`~mmvitscale.engine.AuxMaskSparsityHook` adds ``weight * sum |aux_mask|`` to the loss;
 :func:`convert_to_inference` then removes the branch (exact when the mask is zero).
 
-Token grid: the backbone calls :func:`set_token_grid` on its blocks before running them (the
-grid depends on the input size); the attention checks that ``prefix + frames * h * w`` equals
-its token count (several frames of the same grid: the conv runs per frame).
+Token grid: the backbone passes a :class:`~mmvitscale.models.ops.TokenGrid` to its blocks with
+each forward (the grid depends on the input size; nothing is stored on the modules, so one model
+may run different input sizes in different threads); the attention checks that
+``prefix + frames * h * w`` equals its token count (several frames of the same grid: the conv
+runs per frame).
 """
 import math
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -26,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import fused_linear
+from .ops import TokenGrid, fused_linear
 
 ATTN_TYPES = ('softmax', 'linear_angular')
 
@@ -106,36 +108,36 @@ class LinearAngularAttention(nn.Module):
         self.dconv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
         self.aux_branch = bool(aux_branch)
         self.aux_mask = nn.Parameter(torch.ones(num_heads)) if aux_branch else None
-        self.grid: Optional[Tuple[int, int]] = None  # set by set_token_grid
-        self.num_prefix_tokens = 0
 
     def extra_repr(self) -> str:
         return (f'num_heads={self.num_heads}, kernel_size={self.kernel_size}, '
                 f'aux_branch={self.aux_branch}')
 
-    def _value_conv(self, v: Tensor) -> Tensor:
+    def _value_conv(self, v: Tensor, grid: TokenGrid) -> Tensor:
         """Depthwise conv of the grid values ``v`` (B, frames*h*w, C), per frame."""
-        if self.grid is None:
-            raise ValueError('LinearAngularAttention.grid is not set: the backbone must call '
-                             'set_token_grid(blocks, grid, num_prefix_tokens) before the blocks')
-        h, w = self.grid
+        h, w = grid.h, grid.w
         B, M, C = v.shape
         if M == 0 or M % (h * w):
-            raise ValueError(f'LinearAngularAttention: {M + self.num_prefix_tokens} tokens do '
-                             f'not match grid={h}x{w} with '
-                             f'num_prefix_tokens={self.num_prefix_tokens}')
+            raise ValueError(f'LinearAngularAttention: {M + grid.prefix} tokens do not match '
+                             f'grid={h}x{w} with {grid.prefix} prefix tokens')
         check_kernel_size(self.kernel_size, (h, w))
         frames = M // (h * w)
         v = v.reshape(B * frames, h, w, C).permute(0, 3, 1, 2)
         return self.dconv(v).permute(0, 2, 3, 1).reshape(B, M, C)
 
-    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
-        """Attention of ``x`` (B, N, C); ``residual`` is added to the output (eval use)."""
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None,
+                grid: Optional[TokenGrid] = None) -> Tensor:
+        """Attention of ``x`` (B, N, C) laid out as ``grid`` (required: the value conv runs
+        over it); ``residual`` is added to the output (eval use)."""
+        if grid is None:
+            raise ValueError('LinearAngularAttention needs the token grid: call it (or its '
+                             'block) with grid=TokenGrid(h, w, prefix)')
+        grid = TokenGrid(*grid)
         B, N, C = x.shape
         H, d = self.num_heads, self.head_dim
         qkv = fused_linear(x, self.qkv).reshape(B, N, 3, H, d)
-        p = self.num_prefix_tokens
-        conv = self._value_conv(qkv[:, p:, 2].reshape(B, N - p, C))
+        p = grid.prefix
+        conv = self._value_conv(qkv[:, p:, 2].reshape(B, N - p, C), grid)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, N, d)
         qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         kv = kn.transpose(-2, -1) @ v  # (B, H, d, d): K^T V first, linear in N
@@ -152,16 +154,6 @@ class LinearAngularAttention(nn.Module):
         else:
             out = out + conv
         return self.proj_drop(fused_linear(out, self.proj, residual=residual))
-
-
-def set_token_grid(module: nn.Module, grid: Sequence[int], num_prefix_tokens: int) -> None:
-    """Tell every :class:`LinearAngularAttention` under ``module`` the token grid (h, w) and
-    how many prefix (class) tokens precede the grid tokens. Backbones call it per forward."""
-    grid = (int(grid[0]), int(grid[1]))
-    for m in module.modules():
-        if isinstance(m, LinearAngularAttention):
-            m.grid = grid
-            m.num_prefix_tokens = int(num_prefix_tokens)
 
 
 def aux_masks(module: nn.Module) -> List[Tensor]:

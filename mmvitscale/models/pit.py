@@ -10,9 +10,9 @@ from ..checkpoint import register_checkpoint_hook
 from ..registry import MODELS
 from ..scaling import PiTArch, make_pit_arch, scale_pit, to_2tuple
 from .base import ScalableBackbone, check_common_args, check_frozen_stages
-from .layers import TransformerBlock, normalise_indices
+from .layers import TokenGrid, TransformerBlock, normalise_indices
 from .linear_attention import (check_kernel_size, drop_aux_keys, per_stage_attn_types,
-                               set_token_grid, split_attn_rule)
+                               split_attn_rule)
 
 
 def _preset(base_dims, depths, heads, patch_size=16, patch_stride=8) -> dict:
@@ -68,9 +68,10 @@ class PiTStage(nn.Module):
             x, cls_token = self.pool(x, cls_token)
         B, C, H, W = x.shape
         n_cls = cls_token.shape[1]
-        if self.attn_type != 'softmax':
-            set_token_grid(self.blocks, (H, W), n_cls)
-        tokens = self.blocks(torch.cat([cls_token, x.flatten(2).transpose(1, 2)], dim=1))
+        grid = TokenGrid(H, W, n_cls)
+        tokens = torch.cat([cls_token, x.flatten(2).transpose(1, 2)], dim=1)
+        for block in self.blocks:
+            tokens = block(tokens, grid)
         x = tokens[:, n_cls:].transpose(1, 2).reshape(B, C, H, W)
         return x, tokens[:, :n_cls]
 

@@ -20,9 +20,10 @@ from torch import Tensor, nn
 from ..registry import MODELS
 from ..scaling import RULE_KEYS, ViTArch, _pick
 from .base import ScalableBackbone, check_common_args, check_frozen_stages
-from .layers import Attention, TransformerBlock, normalise_indices, resample_abs_pos_embed
+from .layers import (Attention, TokenGrid, TransformerBlock, normalise_indices,
+                     resample_abs_pos_embed)
 from .linear_attention import (check_attn_type, check_kernel_size, drop_aux_keys,
-                               set_token_grid, split_attn_rule)
+                               split_attn_rule)
 from .vit import ScaledViT
 
 ATTENTION_TYPES = ('joint', 'divided', 'space_only')
@@ -121,7 +122,7 @@ class DividedSpaceTimeBlock(TransformerBlock):
         patches = patches + self.drop_path(res)
         xs = torch.cat([cls.unsqueeze(1).expand(B, T, 1, D).reshape(B * T, 1, D),
                         patches.reshape(B * T, S, D)], dim=1)
-        res = self.attn(self.norm1(xs))
+        res = self.attn(self.norm1(xs), grid=TokenGrid(h, w, 1))
         res = torch.cat([res[:, :1].reshape(B, T, D).mean(1, keepdim=True),
                          res[:, 1:].reshape(B, T * S, D)], dim=1)
         x = torch.cat([cls, patches], dim=1) + self.drop_path(res)
@@ -394,12 +395,11 @@ class ScaledVideoViT(ScalableBackbone):
 
     def forward(self, x: Tensor) -> Union[Tuple[Tensor, ...], Tensor]:
         x, grid = self.embed(x)
-        if self.attn_type != 'softmax':
-            set_token_grid(self.blocks, grid[1:], 1)
+        tokens = TokenGrid(grid[1], grid[2], 1)  # frames of h x w after one class token
         outs = []
         last = self.num_layers - 1
         for i, block in enumerate(self.blocks):
-            x = block(x, grid) if self.attention_type == 'divided' else block(x)
+            x = block(x, grid) if self.attention_type == 'divided' else block(x, tokens)
             if i == last:
                 x = self.norm(x)
             if i in self.out_indices:

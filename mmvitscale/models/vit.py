@@ -8,9 +8,9 @@ from ..checkpoint import register_checkpoint_hook
 from ..registry import MODELS
 from ..scaling import ViTArch, make_vit_arch, scale_vit, to_2tuple
 from .base import OUT_TYPES, ScalableBackbone, check_common_args, check_frozen_stages
-from .layers import TransformerBlock, normalise_indices, resample_abs_pos_embed
+from .layers import TokenGrid, TransformerBlock, normalise_indices, resample_abs_pos_embed
 from .linear_attention import (check_attn_type, check_kernel_size, drop_aux_keys,
-                               set_token_grid, split_attn_rule)
+                               split_attn_rule)
 
 __all__ = ['OUT_TYPES', 'ScaledViT']
 
@@ -198,12 +198,11 @@ class ScaledViT(ScalableBackbone):
 
     def forward(self, x: Tensor) -> Union[Tuple[Tensor, ...], Tensor]:
         x, grid = self.embed(x)
-        if self.attn_type != 'softmax':
-            set_token_grid(self.blocks, grid, self.num_prefix_tokens)
+        tokens = TokenGrid(grid[0], grid[1], self.num_prefix_tokens)
         outs = []
         last = self.num_layers - 1
         for i, block in enumerate(self.blocks):
-            x = block(x)
+            x = block(x, tokens)
             if i == last:
                 x = self.norm(x)
             if i in self.out_indices:
