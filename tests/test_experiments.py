@@ -227,6 +227,39 @@ def test_summary_comparisons_winner_transfer_and_rank_agreement():
         summarize(rows[:-1], ['src', 'det'], rules, 'base', seeds)
 
 
+def test_summary_skips_arms_that_do_not_apply_to_a_task():
+    seeds = [0, 1, 2]
+    rows = [_row(t, r, s, 50 + dict(b=0, good=2, other=1)[r] + 0.1 * s * (r != 'b'))
+            for t in ('src', 'pit') for r in ('b', 'good', 'other') for s in seeds
+            if not (t == 'pit' and r == 'good')]
+    skip = {'pit': {'good': 'turns depth 1 into 0'}}
+    summary = summarize(rows, ['src', 'pit'], ['b', 'good', 'other'], 'b', seeds,
+                        not_applicable=skip)
+    assert summary['winner'] == 'good'
+    assert 'good does not apply to pit: turns depth 1 into 0.' in summary['headline']
+    assert [a['rule'] for a in summary['arms'] if a['task'] == 'pit'] == ['b', 'other']
+    (agree,) = summary['rank_agreement']
+    assert agree['rules'] == ['b', 'other'] and agree['n'] == 2
+    assert summary['not_applicable'] == [dict(task='pit', rule='good',
+                                              reason='turns depth 1 into 0')]
+    assert '- good on pit: turns depth 1 into 0' in to_markdown(summary)
+    with pytest.raises(ValueError, match="baseline 'b' must apply to every task"):
+        summarize(rows, ['src'], ['b'], 'b', seeds, not_applicable={'src': {'b': 'x'}})
+
+
+def test_applicability_names_the_rules_a_task_cannot_build(tmp_path):
+    from mmvitscale.experiments.study import applicability
+    scaling = osp.join(ROOT, 'configs', '_base_', 'scaling')
+    rules = [osp.join(scaling, f'{n}.py') for n in ('deeper_narrower', 'wider_shallower')]
+    skip = applicability(['cls', 'cls_pit'], rules)
+    assert list(skip) == ['cls_pit'] and list(skip['cls_pit']) == ['wider_shallower']
+    assert 'depth_mult=0.5 turns depth 1 into 0' in skip['cls_pit']['wider_shallower']
+    bad = tmp_path / 'bad_rule.py'
+    bad.write_text('width = 3\n')
+    with pytest.raises(ValueError, match=r'bad_rule\.py has no top-level `scaling'):
+        applicability(['cls'], [str(bad)])
+
+
 def test_summary_says_no_rule_beats_the_baseline():
     rows = [_row('src', r, s, 50 + [0.5, -0.5, 0.2][s] * (r == 'x')) for r in ('b', 'x')
             for s in range(3)]
@@ -351,6 +384,14 @@ def test_transfer_tool_rejects_bad_input_before_any_work(tmp_path):
         tool.main(['--tasks', 'cls', '--seeds', '1', '1', '--out-dir', str(out)])
     with pytest.raises(SystemExit, match='--workers and --threads must be >= 1, got 0'):
         tool.main(['--tasks', 'cls', '--workers', '0', '--out-dir', str(out)])
+    bad = tmp_path / 'bad_rule.py'
+    bad.write_text('width = 3\n')
+    with pytest.raises(SystemExit, match=r'bad_rule\.py has no top-level `scaling'):
+        tool.main(['--rules', str(bad), '--tasks', 'cls', '--out-dir', str(out)])
+    shallow = osp.join(ROOT, 'configs', '_base_', 'scaling', 'wider_shallower.py')
+    with pytest.raises(SystemExit, match=r'--baseline .*wider_shallower\.py does not apply to '
+                       r'task cls_pit: .*turns depth 1 into 0'):
+        tool.main(['--baseline', shallow, '--tasks', 'cls', 'cls_pit', '--out-dir', str(out)])
     assert not out.exists()
 
 

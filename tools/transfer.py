@@ -124,18 +124,16 @@ def check_args(args: argparse.Namespace) -> None:
     if args.workers < 1 or args.threads < 1:
         raise SystemExit(f'transfer.py: error: --workers and --threads must be >= 1, got '
                          f'{args.workers} and {args.threads}')
-    for path in [args.baseline] + list(args.rules):
-        for name in dict.fromkeys(args.tasks):
-            try:  # every config must load under every rule: fail now, not an hour in
-                from mmvitscale.rules import load_with_rule
-                load_with_rule(TASKS[name].config_path, path)
-            except ValueError as err:
-                raise SystemExit(f'transfer.py: error: task {name} under {flag_of(path, args)} '
-                                 f'{path}: {err}') from err
-
-
-def flag_of(path: str, args: argparse.Namespace) -> str:
-    return '--baseline' if path == args.baseline else '--rules'
+    from mmvitscale.experiments.study import applicability
+    try:
+        applicability([], list(args.rules))  # each is a rule file (any task may skip it)
+        skip = applicability(list(dict.fromkeys(args.tasks)), [args.baseline])
+    except ValueError as err:
+        raise SystemExit(f'transfer.py: error: {err}') from err
+    if skip:  # a rule that cannot build a task is skipped there; the baseline must build all
+        name, why = next((t, next(iter(v.values()))) for t, v in skip.items())
+        raise SystemExit(f'transfer.py: error: --baseline {args.baseline} does not apply to '
+                         f'task {name}: {why}')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:

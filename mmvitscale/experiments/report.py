@@ -68,7 +68,9 @@ def summarize(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], rules: Se
               baseline: str, seeds: Sequence[int], source: Optional[str] = None,
               tolerance: float = 0.15, confidence: float = 0.95,
               meta: Optional[Mapping[str, Any]] = None,
-              latency: Sequence[Mapping[str, Any]] = ()) -> Dict[str, Any]:
+              latency: Sequence[Mapping[str, Any]] = (),
+              not_applicable: Optional[Mapping[str, Mapping[str, str]]] = None
+              ) -> Dict[str, Any]:
     """Arms, paired comparisons to ``baseline``, the winner and rank agreement of a study.
 
     Args:
@@ -80,13 +82,19 @@ def summarize(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], rules: Se
             latency budget is the baseline's latency plus this fraction.
         latency: latency rows (:func:`mmvitscale.experiments.latency.measure_arms`); the
             first backend decides ``within_latency_budget``.
+        not_applicable: ``{task: {rule: reason}}``: arms that cannot be built (a rule that
+            would leave a PiT stage without blocks); they have no trials, and rank agreement
+            uses the rules both tasks have.
     """
     if baseline not in rules:
         raise ValueError(f'baseline {baseline!r} is not among the rules {list(rules)}')
     source = source or tasks[0]
     arms_rows = _by_arm(rows)
+    skip = {t: dict(v) for t, v in (not_applicable or {}).items()}
+    if any(baseline in v for v in skip.values()):
+        raise ValueError(f'the baseline {baseline!r} must apply to every task')
     missing = [f'{t}/{r}/seed{s}' for t in tasks for r in rules for s in seeds
-               if s not in arms_rows.get((t, r), {})]
+               if r not in skip.get(t, {}) and s not in arms_rows.get((t, r), {})]
     if missing:
         raise ValueError(f'the store lacks {len(missing)} trials of the study, e.g. '
                          f'{", ".join(missing[:3])}')
@@ -106,6 +114,8 @@ def summarize(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], rules: Se
         base_flops = base_rows[seeds[0]]['cost']['gflops']
         unit = base_rows[seeds[0]].get('metric_unit', 'points')
         for rule in rules:
+            if rule in skip.get(task, {}):
+                continue
             per_seed = arms_rows[(task, rule)]
             vals = [per_seed[s]['metric'] for s in seeds]
             first = per_seed[seeds[0]]
@@ -137,15 +147,17 @@ def summarize(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], rules: Se
     for task in tasks:
         if task == source:
             continue
-        k = stats.kendall_tau([means[source][r] for r in rules],
-                              [means[task][r] for r in rules])
-        rank_agreement.append(dict(source=source, target=task, rules=list(rules),
+        both = [r for r in rules if r in means[source] and r in means[task]]
+        k = stats.kendall_tau([means[source][r] for r in both], [means[task][r] for r in both])
+        rank_agreement.append(dict(source=source, target=task, rules=both,
                                    kendall_tau=k.tau, p_value=k.p_value, n=k.n,
                                    method=k.method))
     summary = dict(meta=dict(meta or {}), tasks=list(tasks), rules=list(rules),
                    baseline=baseline, seeds=list(seeds), source=source,
                    confidence=confidence, tolerance=tolerance, latency_backends=backends,
                    machine=machine_summary(rows), arms=arms, comparisons=comparisons,
+                   not_applicable=[dict(task=t, rule=r, reason=why) for t in tasks
+                                   for r, why in skip.get(t, {}).items()],
                    rank_agreement=rank_agreement)
     summary = json_safe(summary)
     summary.update(headline(summary))
@@ -166,8 +178,10 @@ def _latency_view(lat: Mapping[tuple, Mapping[str, Mapping[str, float]]], task: 
                 within_latency_budget=None if first is None else bool(first <= 1 + tolerance))
 
 
-def _comparison(summary: Mapping[str, Any], task: str, rule: str) -> Mapping[str, Any]:
-    return next(c for c in summary['comparisons'] if c['task'] == task and c['rule'] == rule)
+def _comparison(summary: Mapping[str, Any], task: str,
+                rule: str) -> Optional[Mapping[str, Any]]:
+    return next((c for c in summary['comparisons'] if c['task'] == task and c['rule'] == rule),
+                None)
 
 
 def _span(c: Mapping[str, Any]) -> str:
@@ -203,6 +217,11 @@ def headline(summary: Mapping[str, Any]) -> Dict[str, Any]:
             if task == source:
                 continue
             c = _comparison(summary, task, pick['rule'])
+            if c is None:
+                why = next(n['reason'] for n in summary.get('not_applicable', [])
+                           if n['task'] == task and n['rule'] == pick['rule'])
+                lines.append(f"{pick['rule']} does not apply to {task}: {why}.")
+                continue
             words = TARGET_WORDS[c['verdict']]
             extra = (f" (+-{c['half_width']:.2f} points)"
                      if c['verdict'] == 'inconclusive' and c['half_width'] is not None else '')
@@ -280,10 +299,14 @@ def to_markdown(summary: Mapping[str, Any], title: str = 'Study') -> str:
             if hws:
                 lines += ['', 'Power: ' + stats.power_text(max(hws), 'points',
                                                            len(summary['seeds'])) + '.']
+    if summary.get('not_applicable'):
+        lines += ['', '## Arms not run', '']
+        lines += [f"- {n['rule']} on {n['task']}: {n['reason']}" for n in summary['not_applicable']]
     if summary['rank_agreement']:
         lines += ['', '## Rank agreement', '',
                   f"Kendall tau-b between the rules' mean {summary['source']} metric and "
-                  'their mean on each target (all rules, the baseline included).', '',
+                  'their mean on each target (the rules run on both, the baseline included).',
+                  '',
                   '| source | target | rules | Kendall tau | p-value |', '|---|---|---|---|---|']
         for r in summary['rank_agreement']:
             lines.append(f"| {r['source']} | {r['target']} | {r['n']} | "

@@ -9,20 +9,41 @@ import os.path as osp
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from .latency import available_backends, measure_arms
-from .pool import Say, run_trials
+from .pool import Say, _default_say, run_trials
 from .report import summarize, write_report
 from .store import ResultStore
-from .tasks import ensure_data, get_task
+from .tasks import TaskError, ensure_data, get_task
 from .trial import Trial, make_trial, rule_label
 
 STORE_NAME = 'trials.jsonl'
 
 
+def applicability(tasks: Sequence[str], rules: Sequence[str]) -> Dict[str, Dict[str, str]]:
+    """``{task: {rule label: reason}}`` for the rules a task's config cannot be built under
+    (e.g. a depth multiplier that leaves a PiT stage without blocks); loads every config.
+
+    A rule file that is no rule at all (missing, no ``scaling`` dict) raises ``ValueError``.
+    """
+    from ..rules import _check_rule_file, load_with_rule
+    for rule in rules:
+        _check_rule_file(rule)
+    out: Dict[str, Dict[str, str]] = {}
+    for task in tasks:
+        for rule in rules:
+            try:
+                load_with_rule(get_task(task).config_path, rule)
+            except ValueError as err:
+                out.setdefault(task, {})[rule_label(rule)] = str(err)
+    return out
+
+
 def plan_grid(tasks: Sequence[str], rules: Sequence[str], seeds: Sequence[int],
               sizes: Optional[Mapping[str, Mapping[str, Any]]] = None,
-              det_score_thr: Optional[float] = None) -> List[Trial]:
+              det_score_thr: Optional[float] = None,
+              not_applicable: Optional[Mapping[str, Mapping[str, str]]] = None) -> List[Trial]:
     """Every (task, rule, seed) trial, task-major then seed then rule (arms of a seed finish
-    together, so a partial study already has paired seeds). Validates before any work."""
+    together, so a partial study already has paired seeds), less the ``not_applicable``
+    ``{task: {rule label: reason}}`` arms. Validates before any work."""
     if not tasks:
         raise ValueError('a study needs at least one task')
     if len(set(seeds)) != len(seeds) or not seeds:
@@ -38,7 +59,8 @@ def plan_grid(tasks: Sequence[str], rules: Sequence[str], seeds: Sequence[int],
             opts['det_score_thr'] = det_score_thr
         for seed in seeds:
             for rule in rules:
-                trials.append(make_trial(task, rule, seed, **opts))
+                if rule_label(rule) not in (not_applicable or {}).get(task, {}):
+                    trials.append(make_trial(task, rule, seed, **opts))
     return trials
 
 
@@ -81,7 +103,15 @@ def run_grid_study(tasks: Sequence[str], rules: Sequence[str], baseline: str,
     """
     if osp.abspath(baseline) not in [osp.abspath(r) for r in rules]:
         rules = [baseline] + list(rules)
-    trials = plan_grid(tasks, rules, seeds, sizes, det_score_thr)
+    skip = applicability(tasks, rules)
+    if any(rule_label(baseline) in v for v in skip.values()):
+        task, why = next((t, v[rule_label(baseline)]) for t, v in skip.items()
+                         if rule_label(baseline) in v)
+        raise TaskError(f'baseline {baseline} does not apply to task {task}: {why}')
+    for task, why in skip.items():
+        for rule, reason in why.items():
+            (say or _default_say)(f'{task}: {rule} not run: {reason}')
+    trials = plan_grid(tasks, rules, seeds, sizes, det_score_thr, skip)
     out_dir, data_root = osp.abspath(out_dir), osp.abspath(data_root)
     os.makedirs(out_dir, exist_ok=True)
     prepare_data(trials, data_root, say)
@@ -90,11 +120,13 @@ def run_grid_study(tasks: Sequence[str], rules: Sequence[str], baseline: str,
                                     threads=threads, say=say)
     latency: List[Dict[str, Any]] = []
     if latency_rounds > 0:
-        latency = measure_arms(tasks, rules, store, available_backends(latency_backends),
-                               rounds=latency_rounds, repeats=latency_repeats, threads=threads,
-                               say=say)
+        for task in tasks:
+            latency += measure_arms(
+                [task], [r for r in rules if rule_label(r) not in skip.get(task, {})], store,
+                available_backends(latency_backends), rounds=latency_rounds,
+                repeats=latency_repeats, threads=threads, say=say)
     summary = summarize(rows, list(tasks), [rule_label(r) for r in rules], rule_label(baseline),
                         list(seeds), source=source, tolerance=tolerance, meta=meta,
-                        latency=latency)
+                        latency=latency, not_applicable=skip)
     write_report(summary, out_dir, name, title)
     return summary
