@@ -89,6 +89,12 @@ def test_resume_log_skips_finished_archs(tmp_path, capsys):
     pc.main(['--num-archs', '6', '--out-dir', str(tmp_path)], train_fn=fake_train,
             proxy_fn=fake_proxy)
     assert len(calls) == 6 and len(set(calls)) == 6
+    # the torn tail was cut, so the records after it are whole lines, not glued to it
+    assert [json.loads(line)['key'] for line in log.read_text().splitlines()] == \
+        [r['key'] for r in first['runs']] + calls[4:6]
+    pc.main(['--num-archs', '6', '--out-dir', str(tmp_path)], train_fn=fake_train,
+            proxy_fn=fake_proxy)
+    assert len(calls) == 6
 
     # other training settings are not the same experiment: rerun
     pc.main(argv + ['--epochs', '7'], train_fn=fake_train, proxy_fn=fake_proxy)

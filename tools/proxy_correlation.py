@@ -32,6 +32,7 @@ import mmvitscale  # noqa: F401  (stack shims + registries, before any host impo
 import torch
 
 from mmvitscale.experiments import stats  # noqa: E402
+from mmvitscale.experiments import ResultStore  # noqa: E402
 from mmvitscale.experiments.console import Stages  # noqa: E402
 from mmvitscale.experiments.console import clock as _clock  # noqa: E402
 from mmvitscale.experiments.console import loadavg_text as _loadavg  # noqa: E402
@@ -164,31 +165,6 @@ def correlations(records: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, fl
 def log_key(key: str, settings: Mapping[str, Any]) -> str:
     """Resume-log identity of a run: its rule and its training / proxy settings."""
     return key + ' ' + json.dumps(dict(settings), sort_keys=True)
-
-
-def read_log(path: str) -> Dict[str, Dict[str, Any]]:
-    """Finished runs by :func:`log_key`; a torn last line (killed run) is ignored."""
-    done: Dict[str, Dict[str, Any]] = {}
-    if not osp.isfile(path):
-        return done
-    with open(path, encoding='utf-8') as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[log_key(rec['key'], rec.get('settings', {}))] = rec
-    return done
-
-
-def append_log(path: str, record: Mapping[str, Any]) -> None:
-    with open(path, 'a', encoding='utf-8') as f:
-        f.write(json.dumps(record) + '\n')
-        f.flush()
-        os.fsync(f.fileno())
 
 
 # ---------------------------------------------------------------------------- one arch
@@ -351,7 +327,9 @@ def main(argv: Optional[Sequence[str]] = None, train_fn: TrainFn = train_arch,
     if len(rules) < args.num_archs:
         say(f'only {len(rules)} distinct architectures in the space')
     log_path = osp.join(args.out_dir, LOG_NAME)
-    done = read_log(log_path)
+    # a torn last line (a killed run) is cut off, so the next record starts a fresh line
+    done = ResultStore(log_path, key_fn=lambda r: log_key(r['key'], r.get('settings', {})),
+                       stamp=False)
     settings = dict(train=args.train, val=args.val, epochs=args.epochs, batch=args.batch,
                     seed=args.seed, proxy_batch=args.proxy_batch,
                     proxy_inits=args.proxy_inits, proxy_points=args.proxy_points)
@@ -370,7 +348,7 @@ def main(argv: Optional[Sequence[str]] = None, train_fn: TrainFn = train_arch,
         proxies = proxy_fn(rule, args)
         rec = dict(key=key, rule=rule, arch=arch, settings=settings, **trained, **proxies,
                    arch_s=time.perf_counter() - t0)
-        append_log(log_path, rec)
+        done.append(rec)
         records.append(rec)
         say(f'[{_clock(stages.elapsed())}] arch {i + 1}/{len(rules)} d{arch["depth"]} '
             f'w{arch["width"]} h{arch["heads"]} mlp{arch["mlp_ratio"]:g} p{arch["patch_size"]}: '

@@ -9,7 +9,7 @@ import json
 import os
 import os.path as osp
 import time
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 import torch
 
@@ -33,19 +33,24 @@ def machine_fingerprint() -> Dict[str, Any]:
 
 
 class ResultStore:
-    """JSON-lines file of finished trials, keyed by ``row['key']``.
+    """JSON-lines file of finished trials, keyed by ``row['key']`` (or ``key_fn(row)``).
 
     Args:
         path: the ``.jsonl`` file (created with its folder when missing).
+        key_fn: a row's identity when it is not ``row['key']`` alone.
+        stamp: add ``written_at`` (local time) to rows that lack it.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, key_fn: Optional[Callable[[Mapping[str, Any]], str]] = None,
+                 stamp: bool = True) -> None:
         self.path = osp.abspath(path)
+        self.key_fn = key_fn or (lambda row: row['key'])
+        self.stamp = stamp
         os.makedirs(osp.dirname(self.path), exist_ok=True)
         self.repaired_bytes = self._repair()
         self._rows: Dict[str, Dict[str, Any]] = {}
         for row in self._read():
-            self._rows[row['key']] = row
+            self._rows[self.key_fn(row)] = row
 
     def _repair(self) -> int:
         """Cut a torn last line (no newline, or not valid JSON); return the bytes removed."""
@@ -104,7 +109,8 @@ class ResultStore:
         if 'key' not in row:
             raise ValueError('a result row needs a "key"')
         row = dict(row)
-        row.setdefault('written_at', time.strftime('%Y-%m-%dT%H:%M:%S'))
+        if self.stamp:
+            row.setdefault('written_at', time.strftime('%Y-%m-%dT%H:%M:%S'))
         line = (json.dumps(row, sort_keys=True, allow_nan=True) + '\n').encode('utf-8')
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -114,4 +120,4 @@ class ResultStore:
             os.fsync(fd)
         finally:
             os.close(fd)
-        self._rows[row['key']] = json.loads(line)
+        self._rows[self.key_fn(row)] = json.loads(line)
