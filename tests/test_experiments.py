@@ -119,6 +119,8 @@ def test_search_and_tools_use_the_one_kendall_and_ranks():
     assert scale_search.ranks is stats.ranks
     assert device_transfer.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == \
         stats.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]).tau
+    k = device_transfer.kendall_with_p([1, 2, 3, 4, 5], [1, 3, 2, 5, 4])
+    assert k.p_value == pytest.approx(sps.kendalltau([1, 2, 3, 4, 5], [1, 3, 2, 5, 4]).pvalue)
     for rel in ('tools/proxy_correlation.py', 'tools/supernet_scorer.py'):
         src = open(osp.join(ROOT, rel)).read()
         assert 'scipy.stats import kendalltau' not in src, rel

@@ -39,11 +39,17 @@ class TransferError(ValueError):
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
     """Kendall's tau-b of two equally long samples (:func:`mmvitscale.experiments.stats.
     kendall_tau`, as scipy computes it); ``nan`` when either sample is constant."""
+    return kendall_with_p(x, y).tau
+
+
+def kendall_with_p(x: Sequence[float], y: Sequence[float]):
+    """Kendall's tau-b and its two-sided p-value
+    (:class:`mmvitscale.experiments.stats.KendallResult`); fewer than 2 values raise."""
     from ..experiments.stats import kendall_tau as _kendall
     a = np.asarray(x, dtype=np.float64).ravel()
     if a.size < 2 and a.size == np.asarray(y).size:
         raise ValueError(f'kendall_tau: needs at least 2 values, got {a.size}')
-    return _kendall(a, y).tau
+    return _kendall(a, y)
 
 
 # ---------------------------------------------------------------------------- table -> matrix
@@ -328,15 +334,17 @@ def transfer_report(m: LatencyMatrix, scores: Optional[Mapping[str, float]] = No
         for b in range(a + 1, k):
             fa, fb = m.settings[a], m.settings[b]
             keys = m.shared([fa, fb])
-            t = kendall_tau(m.vector(fa, keys), m.vector(fb, keys))
+            kt = kendall_with_p(m.vector(fa, keys), m.vector(fb, keys))
+            t = kt.tau
             tau[a, b] = tau[b, a] = t
             ratio = m.vector(fb, keys) / m.vector(fa, keys)
             na, nb = m.noise_floor(fa, keys), m.noise_floor(fb, keys)
             disc, disc_noise = discordant_pairs(m.vector(fa, keys), m.vector(fb, keys), na, nb)
             pairs.append(dict(a=m.names[fa], b=m.names[fb], a_id=fa, b_id=fb, n=len(keys),
-                              tau=t, latency_ratio_b_over_a=[float(ratio.min()),
-                                                             float(np.median(ratio)),
-                                                             float(ratio.max())],
+                              tau=t, tau_p_value=kt.p_value,
+                              latency_ratio_b_over_a=[float(ratio.min()),
+                                                      float(np.median(ratio)),
+                                                      float(ratio.max())],
                               noise_floor_pct=[na, nb], discordant=disc,
                               discordant_within_noise=disc_noise,
                               within_noise=bool(disc == disc_noise)))
@@ -410,9 +418,9 @@ def to_markdown(report: Mapping[str, Any], title: str = 'Device-transfer report'
     lines += ['', 'A rank difference (a pair of archs ordered differently on A and B) is '
               '*within the noise floor* when the two latencies differ by no more than the '
               "setting's noise floor on A or on B.", '',
-              '| A | B | shared archs | tau | latency B/A (min / median / max) | '
+              '| A | B | shared archs | tau | tau p-value | latency B/A (min / median / max) | '
               'noise floor % (A / B) | discordant pairs (within noise) | rank differences |',
-              '|---|---|---:|---:|---|---|---|---|']
+              '|---|---|---:|---:|---:|---|---|---|---|']
     for p in report['pairs']:
         r = p['latency_ratio_b_over_a']
         na, nb = p.get('noise_floor_pct') or (None, None)
@@ -420,6 +428,7 @@ def to_markdown(report: Mapping[str, Any], title: str = 'Device-transfer report'
         verdict = ('none' if not disc else 'all within noise' if p.get('within_noise') else
                    f'{disc - within} beyond noise')
         lines.append(f"| {p['a']} | {p['b']} | {p['n']} | {_fmt(p['tau'], '.3f')} | "
+                     f"{_fmt(p.get('tau_p_value'), '.3g')} | "
                      f'{r[0]:.2f} / {r[1]:.2f} / {r[2]:.2f} | {_fmt(na, ".1f")} / '
                      f'{_fmt(nb, ".1f")} | {_fmt(disc, "d")} ({_fmt(within, "d")}) | '
                      f'{verdict} |')
