@@ -447,3 +447,21 @@ def test_scale_search_measures_its_winners(tmp_path, capsys):
         tool.main(['--budget', '1', '--measure-winners', '2', '--out-rule',
                    str(tmp_path / 'r.py')])
     assert '--measure-winners: needs --cost latency' in capsys.readouterr().err
+
+
+def test_two_runs_run_to_run_and_cross_run():
+    archs = _archs()
+    y = _synthetic_latency(archs)
+    rows = _dataset_rows(archs, y, 'A') + _dataset_rows(archs, 1.02 * y, 'B')
+    data = evaluation.latencies(rows)
+    assert sorted(data) == [('eager/1t', 'A'), ('eager/1t', 'B')]
+    runs = evaluation.run_to_run(data)
+    assert runs['eager/1t']['n'] == len(archs)
+    assert runs['eager/1t']['median_pct'] == pytest.approx(200 * 0.02 / 2.02)
+    results = {k: evaluation.evaluate(d) for k, d in data.items()}
+    crossed = evaluation.cross_run(data, results)
+    assert sorted(crossed) == ['eager/1t: A -> B', 'eager/1t: B -> A']
+    m = crossed['eager/1t: A -> B']['kernel']['random']
+    assert m['n'] == 10 and m['mape'] == pytest.approx(100 * 0.02 / 1.02, rel=1e-3)
+    md = evaluation.markdown(results, runs=runs, crossed=crossed)
+    assert '| eager/1t | A / B | 35 | 2.0 |' in md and '| eager/1t: A -> B | kernel |' in md

@@ -185,15 +185,65 @@ def evaluate(data: Mapping[str, Any], kinds: Sequence[str] = KINDS, train_frac: 
     return out
 
 
+def run_to_run(data: Mapping[Tuple[str, str], Mapping[str, Any]]) -> Dict[str, Any]:
+    """Per setting with several runs: ``|a - b| / mean`` (%) of each arch measured in two
+    runs, summarised as median and 90th percentile (``{setting: dict(runs, n, median_pct,
+    p90_pct)}``)."""
+    out: Dict[str, Any] = {}
+    for setting in dict.fromkeys(k[0] for k in data):
+        runs = [k[1] for k in data if k[0] == setting]
+        if len(runs) < 2:
+            continue
+        diffs = []
+        for i, ra in enumerate(runs):
+            for rb in runs[i + 1:]:
+                a, b = data[(setting, ra)], data[(setting, rb)]
+                ya = {_key(x): y for x, y in zip(a['archs'], a['y'])}
+                diffs += [200.0 * abs(ya[_key(x)] - y) / (ya[_key(x)] + y)
+                          for x, y in zip(b['archs'], b['y']) if _key(x) in ya]
+        if diffs:
+            out[setting] = dict(runs=runs, n=len(diffs), median_pct=float(np.median(diffs)),
+                                p90_pct=float(np.percentile(diffs, 90)))
+    return out
+
+
+def cross_run(data: Mapping[Tuple[str, str], Mapping[str, Any]],
+              results: Mapping[Tuple[str, str], Mapping[str, Any]]) -> Dict[str, Any]:
+    """Each run's fitted predictors judged on *another* run's held-out archs of the same
+    setting (does the error reproduce on a new measurement?): ``{'setting: A -> B': {kind:
+    {split: metrics}}}``."""
+    out: Dict[str, Any] = {}
+    for (setting, ra), res in results.items():
+        for (s2, rb), d in data.items():
+            if s2 != setting or rb == ra:
+                continue
+            train_keys = {_key(data[(setting, ra)]['archs'][i]) for i in res['splits']['train']}
+            sp = results[(setting, rb)]['splits']
+            archs = [arch_from_dict(a) for a in d['archs']]
+            entry = {}
+            for kind, k in res['kinds'].items():
+                pred = k['predictor'].predict_many(archs, any_family=True)
+                entry[kind] = {}
+                for split in SPLITS[1:]:
+                    idx = np.array([i for i in sp[split]
+                                    if _key(d['archs'][i]) not in train_keys], dtype=int)
+                    entry[kind][split] = split_metrics(pred[idx], d['y'][idx])
+            out[f'{setting}: {ra} -> {rb}'] = entry
+    return out
+
+
 def _fmt(v: Any, spec: str = '.2f') -> str:
     return '-' if v is None else format(v, spec)
 
 
 def markdown(results: Mapping[Tuple[str, str], Mapping[str, Any]],
              calibration: Optional[Mapping[str, Sequence[Mapping[str, Any]]]] = None,
-             title: str = 'Latency predictor') -> str:
-    """Markdown tables: per setting and run, each predictor's error per split; then the
-    calibration curves (``{'source -> target': rows of calibration_curve}``)."""
+             title: str = 'Latency predictor',
+             runs: Optional[Mapping[str, Any]] = None,
+             crossed: Optional[Mapping[str, Any]] = None) -> str:
+    """Markdown tables: per setting and run, each predictor's error per split; run-to-run
+    spread (:func:`run_to_run`) and fitted-on-one-run, judged-on-another (:func:`cross_run`);
+    then the calibration curves (``{'source -> target': rows of calibration_curve}``)."""
     lines = [f'# {title}', '', 'MAPE % / % of archs within +-10% (n archs); noise floor: '
              'median over archs of the spread of per-round medians.', '',
              '| setting | run | noise floor % | predictor | train | held-out (random) | '
@@ -207,6 +257,22 @@ def markdown(results: Mapping[Tuple[str, str], Mapping[str, Any]],
                              f"{m['mape']:.2f} / {m['within10']:.0f} ({m['n']})")
             lines.append(f"| {setting} | {run} | {_fmt(res['noise_floor_pct'], '.1f')} | "
                          f"{kind} | " + ' | '.join(cells) + ' |')
+    if runs:
+        lines += ['', '## Run to run', '', '| setting | runs | archs | |a - b| / mean, median % '
+                  '| 90th percentile % |', '|---|---|---:|---:|---:|']
+        for setting, r in runs.items():
+            lines.append(f"| {setting} | {' / '.join(r['runs'])} | {r['n']} | "
+                         f"{r['median_pct']:.1f} | {r['p90_pct']:.1f} |")
+    if crossed:
+        lines += ['', '## Fitted on one run, judged on another run\'s held-out archs', '',
+                  '| setting: fit run -> test run | predictor | held-out (random) | '
+                  'out-of-range | cross-family (PiT) |', '|---|---|---|---|---|']
+        for name, entry in crossed.items():
+            for kind, ms in entry.items():
+                cells = ['-' if not m['n'] else
+                         f"{m['mape']:.2f} / {m['within10']:.0f} ({m['n']})"
+                         for m in (ms[s] for s in SPLITS[1:])]
+                lines.append(f'| {name} | {kind} | ' + ' | '.join(cells) + ' |')
     for pair, rows in (calibration or {}).items():
         lines += ['', f'## Calibration {pair}', '',
                   '| samples | method | held-out MAPE % (mean / worst of draws) | '

@@ -7,7 +7,8 @@
 
 Options: ``--backends eager compile onnxruntime`` (default ``eager onnxruntime``),
 ``--batch 1 32``, ``--repeats 50``, ``--warmup 1.0``, ``--fresh-process``, ``--device cpu``,
-``--threads T``, ``--shape H W`` (default: the architecture's resolution),
+``--threads T`` (thread count and CPU affinity pinned, restored after; ``--affinity none``
+pins the threads only), ``--shape H W`` (default: the architecture's resolution),
 ``--table work_dirs/latency/table.jsonl`` (``--csv FILE`` also exports it).
 
 From a config the backbone is ``cfg.model.backbone`` built in the config's ``default_scope``;
@@ -28,7 +29,7 @@ from rich.table import Table
 from torch import nn
 
 from mmvitscale.cost.backends import (BACKENDS, BackendError, build_model, check_backend,
-                                      measure)
+                                      measure, pinned)
 from mmvitscale.cost.latency_table import append_rows, fingerprint, make_row, to_csv
 
 DEFAULT_ARCH = {'vit': 'deit-tiny', 'pit': 'pit-ti'}
@@ -47,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--warmup', type=float, default=1.0, help='warm-up seconds')
     parser.add_argument('--device', default='cpu', help='cpu or cuda[:i]')
     parser.add_argument('--threads', type=int, default=None, help='torch / ORT CPU threads')
+    parser.add_argument('--affinity', default='auto', choices=('auto', 'none'),
+                        help='with --threads: pin to the first THREADS CPUs (auto) or not')
     parser.add_argument('--shape', nargs=2, type=int, metavar=('H', 'W'), default=None,
                         help='input resolution (default: the architecture\'s)')
     parser.add_argument('--fresh-process', action='store_true',
@@ -133,8 +136,14 @@ def describe(model: nn.Module, cfg: Dict[str, Any]) -> Tuple[str, Dict[str, Any]
 
 def main(argv=None) -> List[Dict[str, Any]]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if not args.threads:
+        return run(args, None)
+    with pinned(args.threads, 'auto' if args.affinity == 'auto' else None) as pin:
+        return run(args, pin['cpus'])
+
+
+def run(args: argparse.Namespace, cpus: Optional[List[int]]) -> List[Dict[str, Any]]:
+    """Measure and report (inside :func:`pinned` when ``--threads`` is given)."""
     torch.manual_seed(0)
     console = Console()
     try:
@@ -164,7 +173,7 @@ def main(argv=None) -> List[Dict[str, Any]]:
             fp = fingerprint(args.device, backend, result['threads'])
             rows.append(make_row(fp, family, arch, shape, batch, result,
                                  setup_s=result['setup_s'],
-                                 fresh_process=bool(args.fresh_process),
+                                 fresh_process=bool(args.fresh_process), cpus=cpus,
                                  source=args.config or args.rule or args.arch))
             progress.advance(task)
     append_rows(args.table, rows)

@@ -18,8 +18,10 @@ Per (setting, run), the analytic baseline and the per-kernel predictor are fitte
 ``--train-frac`` of the core ViTs and judged on the held-out core ViTs, the out-of-range ViTs
 and the PiTs (cross-family). With several settings in a run, the kernel predictor of the first
 setting is calibrated to each other one with 5 / 10 / 20 measured archs (``--cal-sizes``) and
-compared with fitting from scratch. Writes ``<out-dir>/report.md``, ``summary.json``,
-``scatter.png``, ``calibration.png`` and one predictor JSON per (setting, run, kind).
+compared with fitting from scratch. With several runs of a setting, the run-to-run spread and
+each run's predictors judged on the other run's held-out archs are reported too. Writes
+``<out-dir>/report.md``, ``summary.json``, ``scatter.png``, ``calibration.png`` and one
+predictor JSON per (setting, run, kind).
 """
 import argparse
 import json
@@ -236,7 +238,13 @@ def main(argv=None) -> Dict[str, Any]:
                 console.print(f"calibration {pair}: {best['method']} with {best['k']} archs "
                               f"-> held-out MAPE {best['mape']:.2f}%")
     summary['calibration'] = calibration
-    atomic_write(osp.join(args.out_dir, 'report.md'), ev.markdown(results, calibration))
+    runs, crossed = ev.run_to_run(data), ev.cross_run(data, results)
+    summary.update(run_to_run=runs, cross_run=crossed)
+    for setting, r in runs.items():
+        console.print(f"{setting} run to run ({' / '.join(r['runs'])}): median "
+                      f"{r['median_pct']:.1f}%, p90 {r['p90_pct']:.1f}% over {r['n']} archs")
+    atomic_write(osp.join(args.out_dir, 'report.md'),
+                 ev.markdown(results, calibration, runs=runs, crossed=crossed))
     atomic_write(osp.join(args.out_dir, 'summary.json'),
                  json.dumps(summary, indent=1, default=float) + '\n')
     ev.plot_scatter(osp.join(args.out_dir, 'scatter.png'), results, data)
