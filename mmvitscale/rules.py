@@ -16,7 +16,6 @@ the video knobs, so one rule file serves classification, detection and video.
 from typing import Any, Dict, Mapping, Optional
 
 FRAME_KEYS = ('frames', 'frames_mult')
-FAMILIES = ('vit', 'pit')
 
 
 def _plain(obj: Any) -> Any:
@@ -49,24 +48,13 @@ def derive_image(family: str, arch: Any, scaling: Optional[Mapping], img_size: i
     Returns:
         ``dict(backbone=..., input_size=(h, w), arch=<resolved arch as a dict>)``.
     """
-    from .models import ScaledPiT, ScaledViT
-    if family not in FAMILIES:
-        raise ValueError(f'family must be one of {FAMILIES}, got {family!r}')
-    rule = image_rule(scaling)
-    shape = {k: v for k, v in rule.items() if k != 'attn_type'}  # not an architecture knob
+    from .families import family_names, get_family
+    fam = get_family(family, among=family_names('image'))
+    rule = image_rule(scaling)  # ``attn_type`` stays in it: backbones read it, shapes ignore it
     arch = _plain(arch)
-    if family == 'vit':
-        spec = ScaledViT.resolve_arch(arch, img_size, patch_size or 16, shape)
-        backbone = dict(type='mmvitscale.ScaledViT', arch=arch, img_size=img_size,
-                        patch_size=patch_size or 16, scaling=rule)
-    else:
-        if patch_size is not None:
-            raise ValueError('patch_size belongs in the PiT arch dict (patch_size, '
-                             f'patch_stride), got patch_size={patch_size!r}')
-        spec = ScaledPiT.resolve_arch(arch, img_size, shape)
-        backbone = dict(type='mmvitscale.ScaledPiT', arch=arch, img_size=img_size, scaling=rule)
-    backbone.update(backbone_kwargs)
-    return dict(backbone=backbone, input_size=tuple(spec.img_size), arch=_plain(spec.as_dict()))
+    spec = fam.resolve(arch, img_size, patch_size, rule)
+    backbone = fam.backbone_cfg(arch, img_size, patch_size, rule, **backbone_kwargs)
+    return dict(backbone=backbone, input_size=fam.input_size(spec), arch=_plain(spec.as_dict()))
 
 
 def derive_video(arch: Any, scaling: Optional[Mapping], img_size: int = 224,
@@ -253,3 +241,11 @@ def load_with_rule(config_path: str, rule_path: str):
         return Config.fromfile(tmp_path)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def __getattr__(name: str) -> Any:
+    """``FAMILIES``: the image families :func:`derive_image` accepts (from the registry)."""
+    if name == 'FAMILIES':
+        from .families import family_names
+        return family_names('image')
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

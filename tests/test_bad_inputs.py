@@ -274,7 +274,7 @@ CASES = [
                  r"^scaling.width_mult must be a positive number, got '2'$",
                  id='rule-width_mult-str'),
     pytest.param(call(derive_image, 'foo', VIT_ARCH, None), V,
-                 r"^family must be one of \('vit', 'pit'\), got 'foo'$", id='rule-family'),
+                 r"^family must be one of \('vit', 'pit', 'asvit'\), got 'foo'$", id='rule-family'),
     pytest.param(rule_file('scaling = dict(depth_mult=0)\n'), V,
                  r'^rule file .*/case/rule.py: scaling.depth_mult must be a positive number, '
                  r'got 0$', id='rule-file-depth_mult'),

@@ -120,7 +120,8 @@ def test_rescale_pipeline_and_detection_rules():
         type='SampleFrames', clip_len=32, frame_interval=1)
     with pytest.raises(ValueError, match='even patch size .* the rule gives patch_size=5'):
         derive_detection('deit-tiny', dict(patch_size=5), img_size=225, patch_size=15)
-    with pytest.raises(ValueError, match="family must be one of \\('vit', 'pit'\\), got 'cnn'"):
+    with pytest.raises(ValueError,
+                       match="family must be one of \\('vit', 'pit', 'asvit'\\), got 'cnn'"):
         derive_image('cnn', 'deit-tiny', {})
 
 

@@ -41,8 +41,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mmvitscale.cost.predictor import atomic_write
-from mmvitscale.search.scale_search import (ATTN_TYPES, COSTS, DEFAULT_GRIDS, SCORERS, UNITS,
-                                            BaseSpec, BudgetError, Candidate, SearchResult,
+from mmvitscale.families import get_family
+from mmvitscale.search.scale_search import (ATTN_TYPES, COSTS, DEFAULT_GRIDS, FAMILIES, SCORERS,
+                                            UNITS, BaseSpec, BudgetError, Candidate, SearchResult,
                                             check_grids, check_rule_path, run_search,
                                             write_rule_file)
 
@@ -53,7 +54,7 @@ FMNIST_PIT_ARCH = dict(base_dims=[16, 16, 16], depths=[1, 3, 2], heads=[2, 4, 8]
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--family', default='vit', choices=('vit', 'pit'))
+    p.add_argument('--family', default='vit', choices=FAMILIES)
     p.add_argument('--arch', default=None,
                    help='base preset or JSON dict (default: the fmnist ViT / PiT)')
     p.add_argument('--img-size', type=int, default=32, help='base resolution')
@@ -200,8 +201,9 @@ def measured_markdown(measured, budget_ms: float) -> str:
     if not measured:
         return ''
     m0 = measured[0]
-    lines = ['', f"## Predicted vs measured ({m0['backend']}, {m0['threads']} thread(s), "
-             f'budget {budget_ms:g} ms)', '',
+    clock = '' if m0.get('clock', 'wall') == 'wall' else f", {m0['clock']} clock"
+    lines = ['', f"## Predicted vs measured ({m0['backend']}, {m0['threads']} thread(s)"
+             f'{clock}, budget {budget_ms:g} ms)', '',
              '| rank | architecture | predicted ms | measured ms (p10-p90) | error % | '
              'noise % | meets budget |', '|---:|---|---:|---|---:|---:|:---:|']
     for i, m in enumerate(measured, 1):
@@ -271,12 +273,12 @@ def main(argv=None) -> SearchResult:
         setting = predictor_setting(args.predictor_obj)
         top = result.ranked[:args.measure_winners]
         console.print(f"measuring the {len(top)} best candidates on {setting['backend']}, "
-                      f"{setting['threads']} thread(s) ...")
+                      f"{setting['threads']} thread(s), {setting['clock']} clock ...")
         with Progress(*columns, console=console) as progress:
             task = progress.add_task('measure', total=len(top) * args.measure_rounds)
             measured = measure_candidates(
                 top, args.base, args.budget, setting['backend'], setting['threads'],
-                rounds=args.measure_rounds,
+                rounds=args.measure_rounds, clock=setting['clock'],
                 progress=lambda d, t: progress.update(task, completed=d))
         for i, m in enumerate(measured, 1):
             console.print(f"#{i} {_arch_text(m['arch'])}: predicted {m['predicted_ms']:.2f} ms, "
@@ -287,7 +289,8 @@ def main(argv=None) -> SearchResult:
     header = [f'Searched by tools/scale_search.py on '
               f'{datetime.datetime.now().isoformat(timespec="seconds")}',
               f'family={args.family} base arch={json.dumps(args.arch)} img_size={args.img_size}'
-              + (f' patch_size={args.patch_size}' if args.family == 'vit' else '')
+              + (f' patch_size={args.patch_size}' if get_family(args.family).patch_size_arg
+                 else '')
               + f' in_channels={args.in_channels}',
               f'{args.cost} budget {budget_text}, scorer {args.scorer}; '
               f'{len(result.ranked)} feasible of {result.num_enumerated} candidates'

@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..families import Family, register_family
 from ..registry import MODELS
 from ..scaling import (_per_stage, _pick, _scaled_int, check_rule, scaled_resolution,
                        scaled_width, to_2tuple)
@@ -476,3 +477,33 @@ class AsViT(ScalableBackbone):
 
 
 MODELS.register_module(module=AsViT)
+
+
+class AsViTFamily(Family):
+    """AsViT behind the family protocol: scaled by its topology search and growth
+    (:mod:`mmvitscale.search.topology`), not by the multiplier grid of the scaling search."""
+
+    name = 'asvit'
+    order = 3
+    backbone_type = 'mmvitscale.AsViT'
+    default_arch = 'asvit-seed'
+
+    def resolve(self, arch, img_size=224, patch_size=None, rule=None, **geometry) -> AsViTArch:
+        if patch_size is not None:
+            raise ValueError('patch_size belongs in the AsViT arch dict (tokenizer_kernel), '
+                             f'got patch_size={patch_size!r}')
+        shape = {k: v for k, v in (rule or {}).items() if k != 'attn_type'}
+        return AsViT.resolve_arch(arch, img_size, shape)
+
+    def token_grids(self, spec: AsViTArch):
+        return [(h // s, w // s) for (h, w), s in zip(spec.grids, spec.splits)]
+
+    def analytic_flops(self, spec: AsViTArch, in_channels: int = 3, attn_type: str = 'softmax',
+                       linear_kernel_size: int = 9) -> Optional[int]:
+        if attn_type != 'softmax' or spec.img_size[0] != spec.img_size[1]:
+            return None  # the closed form covers square inputs with softmax attention
+        from ..search.topology import asvit_flops
+        return int(asvit_flops(spec.as_dict(), in_channels, spec.img_size[0]))
+
+
+register_family(AsViTFamily())

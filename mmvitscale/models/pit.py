@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import register_checkpoint_hook
+from ..families import Family, register_family
 from ..registry import MODELS
-from ..scaling import PiTArch, make_pit_arch, scale_pit, to_2tuple
+from ..scaling import PIT_RULE_KEYS, PiTArch, make_pit_arch, scale_pit, to_2tuple
 from .base import ScalableBackbone, check_common_args, check_frozen_stages
 from .layers import TokenGrid, TransformerBlock, normalise_indices
 from .linear_attention import (check_kernel_size, drop_aux_keys, per_stage_attn_types,
@@ -231,3 +232,32 @@ class ScaledPiT(ScalableBackbone):
 
 
 MODELS.register_module(module=ScaledPiT)
+
+
+class PiTFamily(Family):
+    """ScaledPiT behind the family protocol (:mod:`mmvitscale.families`); FLOPs are counted
+    on the built model (no closed form)."""
+
+    name = 'pit'
+    order = 1
+    backbone_type = 'mmvitscale.ScaledPiT'
+    checkpoint_target = 'pit'
+    rule_keys = PIT_RULE_KEYS
+    default_arch = 'pit-ti'
+    search_grid = dict(depth_mult=(0.5, 1.0, 1.5), width_mult=(0.75, 1.0, 1.25),
+                       heads_mult=(1.0, 1.5), mlp_ratio_mult=(0.5, 1.0),
+                       resolution_mult=(0.75, 1.0, 1.25), patch_stride_mult=(1.0, 2.0))
+    proxy_kwargs = dict(out_type='avg_featmap')
+
+    def resolve(self, arch, img_size=224, patch_size=None, rule=None, **geometry) -> PiTArch:
+        if patch_size is not None:
+            raise ValueError('patch_size belongs in the PiT arch dict (patch_size, '
+                             f'patch_stride), got patch_size={patch_size!r}')
+        shape = {k: v for k, v in (rule or {}).items() if k != 'attn_type'}
+        return ScaledPiT.resolve_arch(arch, img_size, shape)
+
+    def token_grids(self, spec: PiTArch):
+        return [tuple(g) for g in spec.grids]
+
+
+register_family(PiTFamily())

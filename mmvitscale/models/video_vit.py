@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..families import Family, register_family
 from ..registry import MODELS
 from ..scaling import RULE_KEYS, ViTArch, _pick
 from .base import ScalableBackbone, check_common_args, check_frozen_stages
@@ -408,3 +409,32 @@ class ScaledVideoViT(ScalableBackbone):
 
 
 MODELS.register_module(module=ScaledVideoViT)
+
+
+class VideoViTFamily(Family):
+    """ScaledVideoViT behind the family protocol; ``geometry`` carries ``num_frames`` and
+    ``tubelet_size``; rules may also scale ``frames``."""
+
+    name = 'video'
+    order = 2
+    kind = 'video'
+    backbone_type = 'mmvitscale.ScaledVideoViT'
+    checkpoint_target = 'video'
+    rule_keys = RULE_KEYS | frozenset(('frames', 'frames_mult'))
+    default_arch = 'deit-tiny'
+    patch_size_arg = True
+
+    def resolve(self, arch, img_size=224, patch_size=None, rule=None, **geometry):
+        shape = {k: v for k, v in (rule or {}).items() if k != 'attn_type'}
+        return ScaledVideoViT.resolve_arch(arch, img_size, patch_size or 16,
+                                           geometry.get('num_frames', 8),
+                                           geometry.get('tubelet_size', 1), shape)
+
+    def token_grids(self, spec):
+        return [tuple(spec.spatial.grid)]
+
+    def input_size(self, spec):
+        return tuple(spec.spatial.img_size)
+
+
+register_family(VideoViTFamily())

@@ -5,8 +5,9 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import register_checkpoint_hook
+from ..families import Family, register_family
 from ..registry import MODELS
-from ..scaling import ViTArch, make_vit_arch, scale_vit, to_2tuple
+from ..scaling import RULE_KEYS, ViTArch, make_vit_arch, scale_vit, to_2tuple
 from .base import OUT_TYPES, ScalableBackbone, check_common_args, check_frozen_stages
 from .layers import TokenGrid, TransformerBlock, normalise_indices, resample_abs_pos_embed
 from .linear_attention import (check_attn_type, check_kernel_size, drop_aux_keys,
@@ -211,3 +212,33 @@ class ScaledViT(ScalableBackbone):
 
 
 MODELS.register_module(module=ScaledViT)
+
+
+class ViTFamily(Family):
+    """ScaledViT behind the family protocol (:mod:`mmvitscale.families`)."""
+
+    name = 'vit'
+    order = 0
+    backbone_type = 'mmvitscale.ScaledViT'
+    checkpoint_target = 'vit'
+    rule_keys = RULE_KEYS
+    default_arch = 'deit-tiny'
+    patch_size_arg = True
+    search_grid = dict(depth_mult=(0.5, 0.75, 1.0, 1.25, 1.5),
+                       width_mult=(0.5, 0.75, 1.0, 1.25, 1.5),
+                       heads_mult=(1.0, 2.0), mlp_ratio_mult=(0.5, 1.0),
+                       resolution_mult=(0.75, 1.0, 1.25, 1.5, 2.0), patch_size_mult=(1.0, 2.0))
+    proxy_kwargs = dict(out_type='avg_featmap', final_norm=False)
+
+    def resolve(self, arch, img_size=224, patch_size=None, rule=None, **geometry) -> ViTArch:
+        shape = {k: v for k, v in (rule or {}).items() if k != 'attn_type'}
+        return ScaledViT.resolve_arch(arch, img_size, patch_size or 16, shape)
+
+    def analytic_flops(self, spec: ViTArch, in_channels: int = 3, attn_type: str = 'softmax',
+                       linear_kernel_size: int = 9) -> int:
+        from ..cost.analytic import vit_flops
+        return int(vit_flops(spec, num_classes=0, in_channels=in_channels, attn_type=attn_type,
+                             linear_kernel_size=linear_kernel_size)['total'])
+
+
+register_family(ViTFamily())

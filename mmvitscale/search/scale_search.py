@@ -33,18 +33,14 @@ import os.path as osp
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-FAMILIES = ('vit', 'pit')
+from ..families import family_names, get_family
+
+FAMILIES = family_names('image', searchable=True)  # families with a multiplier grid
 SCORERS = ('proxies', 'flops')
 COSTS = ('flops', 'latency')
 UNITS = {'flops': 'GFLOPs', 'latency': 'ms'}
 DEFAULT_GRIDS: Dict[str, Dict[str, Tuple[float, ...]]] = {
-    'vit': dict(depth_mult=(0.5, 0.75, 1.0, 1.25, 1.5), width_mult=(0.5, 0.75, 1.0, 1.25, 1.5),
-                heads_mult=(1.0, 2.0), mlp_ratio_mult=(0.5, 1.0),
-                resolution_mult=(0.75, 1.0, 1.25, 1.5, 2.0), patch_size_mult=(1.0, 2.0)),
-    'pit': dict(depth_mult=(0.5, 1.0, 1.5), width_mult=(0.75, 1.0, 1.25), heads_mult=(1.0, 1.5),
-                mlp_ratio_mult=(0.5, 1.0), resolution_mult=(0.75, 1.0, 1.25),
-                patch_stride_mult=(1.0, 2.0)),
-}
+    name: dict(get_family(name).search_grid) for name in FAMILIES}
 ATTN_TYPES = ('softmax', 'linear_angular')  # as mmvitscale.models.linear_attention
 Progress = Optional[Callable[[int, int], None]]
 
@@ -91,8 +87,7 @@ class BaseSpec:
     linear_kernel_size: int = 9
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise ValueError(f'family must be one of {FAMILIES}, got {self.family!r}')
+        get_family(self.family, among=family_names('image', searchable=True))
         for name in ('img_size', 'patch_size', 'in_channels', 'linear_kernel_size'):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -102,11 +97,9 @@ class BaseSpec:
 
     def resolve(self, rule: Mapping[str, Any]):
         """The architecture of ``rule`` (its ``attn_type``, if any, does not shape it)."""
-        from ..models import ScaledPiT, ScaledViT
-        rule = {k: v for k, v in rule.items() if k != 'attn_type'}
-        if self.family == 'vit':
-            return ScaledViT.resolve_arch(self.arch, self.img_size, self.patch_size, rule)
-        return ScaledPiT.resolve_arch(self.arch, self.img_size, rule)
+        family = get_family(self.family)
+        return family.resolve(self.arch, self.img_size,
+                              self.patch_size if family.patch_size_arg else None, rule)
 
     def check_attn(self, rule: Mapping[str, Any], arch) -> None:
         """ValueError unless the rule's attention type (if any) is known and, for
@@ -114,16 +107,15 @@ class BaseSpec:
         from ..models.linear_attention import check_attn_type, check_kernel_size
         attn = check_attn_type(rule.get('attn_type', 'softmax'), 'scaling.attn_type')
         if attn == 'linear_angular':
-            for grid in (arch.grids if self.family == 'pit' else [arch.grid]):
+            for grid in get_family(self.family).token_grids(arch):
                 check_kernel_size(self.linear_kernel_size, grid)
 
     def backbone_cfg(self, rule: Mapping[str, Any], **kwargs) -> Dict[str, Any]:
         """Registry config of the scaled backbone (``kwargs`` override, e.g. ``out_type``)."""
-        cfg = dict(type='mmvitscale.ScaledViT' if self.family == 'vit' else
-                   'mmvitscale.ScaledPiT', arch=self.arch, img_size=self.img_size,
-                   in_channels=self.in_channels, scaling=dict(rule))
-        if self.family == 'vit':
-            cfg['patch_size'] = self.patch_size
+        family = get_family(self.family)
+        cfg = family.backbone_cfg(self.arch, self.img_size,
+                                  self.patch_size if family.patch_size_arg else None, rule,
+                                  in_channels=self.in_channels)
         if rule.get('attn_type', 'softmax') != 'softmax':
             cfg['linear_kernel_size'] = self.linear_kernel_size
         cfg.update(kwargs)
@@ -137,8 +129,7 @@ class BaseSpec:
 # ---------------------------------------------------------------------------- enumerate
 def check_grids(grids: Mapping[str, Sequence[float]], family: str) -> Dict[str, Tuple[float]]:
     """ValueError naming the key / value of a bad grid (unknown knob, empty, non-positive)."""
-    from ..scaling import PIT_RULE_KEYS, RULE_KEYS
-    known = RULE_KEYS if family == 'vit' else PIT_RULE_KEYS
+    known = get_family(family).rule_keys
     if not isinstance(grids, Mapping) or not grids:
         raise ValueError(f'grids must be a non-empty dict of knob -> values, got {grids!r}')
     out = {}
@@ -174,7 +165,9 @@ def enumerate_candidates(base: BaseSpec, grids: Optional[Mapping[str, Sequence[f
                          ) -> Tuple[List[Candidate], int]:
     """Distinct feasible candidates of the grid product (crossed with ``attn_types`` when
     given: every rule then carries ``attn_type``), and how many rules were infeasible."""
-    grids = check_grids(grids if grids is not None else DEFAULT_GRIDS[base.family], base.family)
+    if grids is None:
+        grids = get_family(base.family).search_grid
+    grids = check_grids(grids, base.family)
     types = check_attn_types(attn_types)
     keys = list(grids)
     seen, out, infeasible = set(), [], 0
@@ -212,16 +205,16 @@ def _plain(obj: Any) -> Any:
 def attach_costs(cands: List[Candidate], base: BaseSpec, predictor=None,
                  progress: Progress = None) -> None:
     """Fill ``flops`` (always) and ``latency_ms`` (with a predictor) of every candidate."""
-    from ..cost import get_complexity, vit_flops
-    from ..cost.predictor import arch_from_dict
+    from ..cost import get_complexity
+    family = get_family(base.family)
     for i, c in enumerate(cands):
-        if base.family == 'vit':
-            c.flops = int(vit_flops(arch_from_dict(c.arch), num_classes=0,
-                                    in_channels=base.in_channels, attn_type=c.attn_type,
-                                    linear_kernel_size=base.linear_kernel_size)['total'])
-        else:
+        flops = family.analytic_flops(base.resolve(c.rule), in_channels=base.in_channels,
+                                      attn_type=c.attn_type,
+                                      linear_kernel_size=base.linear_kernel_size)
+        if flops is None:  # no closed form for this family: count the built model
             model = base.build(c.rule)
-            c.flops = int(get_complexity(model, (base.in_channels, *c.arch['img_size']))['flops'])
+            flops = get_complexity(model, (base.in_channels, *c.arch['img_size']))['flops']
+        c.flops = int(flops)
         if predictor is not None:
             c.latency_ms = predictor.predict(c.arch, in_channels=base.in_channels)
         if progress is not None:
@@ -264,9 +257,7 @@ def proxy_metrics(base: BaseSpec, rule: Mapping[str, float], batch_size: int = 8
                   num_inits: int = 1, num_points: int = 6, seed: int = 0) -> Dict[str, float]:
     """Both As-ViT proxies of one candidate, on a backbone without a final LayerNorm."""
     from .proxies import score_proxies
-    kwargs = dict(out_type='avg_featmap')
-    if base.family == 'vit':
-        kwargs['final_norm'] = False
+    kwargs = dict(get_family(base.family).proxy_kwargs)
     arch = base.resolve(rule)
     return score_proxies(lambda: base.build(rule, **kwargs),
                          (base.in_channels, *arch.img_size), batch_size=batch_size,
@@ -431,19 +422,21 @@ def run_search(base: BaseSpec, budget: float, cost: str = 'flops', scorer: str =
 
 # ---------------------------------------------------------------------------- measured check
 def predictor_setting(predictor) -> Dict[str, Any]:
-    """``dict(backend, threads)`` the predictor was fitted for (its ``meta['fingerprint']``;
-    a calibrated predictor's own meta first, then its base's), default eager / 1 thread."""
+    """``dict(backend, threads, clock)`` the predictor was fitted for (its
+    ``meta['fingerprint']``; a calibrated predictor's own meta first, then its base's),
+    default eager / 1 thread / wall clock."""
     for meta in (getattr(predictor, 'meta', None), getattr(getattr(predictor, 'base', None),
                                                            'meta', None)):
         fp = (meta or {}).get('fingerprint') or {}
         if fp.get('backend'):
-            return dict(backend=fp['backend'], threads=int(fp.get('threads') or 1))
-    return dict(backend='eager', threads=1)
+            return dict(backend=fp['backend'], threads=int(fp.get('threads') or 1),
+                        clock=fp.get('clock') or 'wall')
+    return dict(backend='eager', threads=1, clock='wall')
 
 
 def measure_candidates(cands: Sequence[Candidate], base: BaseSpec, budget_ms: float,
                        backend: str = 'eager', threads: int = 1, rounds: int = 3,
-                       repeats: int = 5, warmup_s: float = 0.3,
+                       repeats: int = 5, warmup_s: float = 0.3, clock: str = 'wall',
                        progress: Optional[Callable[[int, int], None]] = None
                        ) -> List[Dict[str, Any]]:
     """Measure ``cands`` (e.g. the top of a latency-budget ranking) and compare with their
@@ -453,6 +446,7 @@ def measure_candidates(cands: Sequence[Candidate], base: BaseSpec, budget_ms: fl
     pinned, candidates interleaved round robin). Per candidate: ``predicted_ms``,
     ``measured_ms`` (median), ``p10_ms`` / ``p90_ms``, ``noise_pct``, ``error_pct``
     (predicted vs measured) and ``meets_budget`` (measured median <= ``budget_ms``).
+    ``clock`` as the predictor's measurements (``thread``: CPU time, one thread).
     """
     from ..cost.backends import make_runner, measure_interleaved, pinned
     if not cands:
@@ -463,7 +457,8 @@ def measure_candidates(cands: Sequence[Candidate], base: BaseSpec, budget_ms: fl
             run, sync, _ = make_runner(base.build(c.rule), (base.in_channels,
                                                             *c.arch['img_size']), backend)
             runners.append((run, sync))
-        results = measure_interleaved(runners, rounds, repeats, warmup_s, progress=progress)
+        results = measure_interleaved(runners, rounds, repeats, warmup_s, clock=clock,
+                                      progress=progress)
     out = []
     for c, r in zip(cands, results):
         pred = c.latency_ms
@@ -473,5 +468,5 @@ def measure_candidates(cands: Sequence[Candidate], base: BaseSpec, budget_ms: fl
                         error_pct=(None if pred is None else
                                    100.0 * (pred - r['median_ms']) / r['median_ms']),
                         meets_budget=bool(r['median_ms'] <= budget_ms), backend=backend,
-                        threads=threads, cpus=pin['cpus']))
+                        threads=threads, clock=clock, cpus=pin['cpus']))
     return out

@@ -1,0 +1,114 @@
+"""Backbone families: the one protocol rules, search, cost and tools use instead of switching on
+a family's name.
+
+Each family lives in its model file (``models/vit.py``, ``pit.py``, ``video_vit.py``,
+``asvit.py``), which defines the module and registers its :class:`Family` entry here. A new
+family is one new file: its module and a ``Family`` subclass passed to :func:`register_family`;
+nothing else in the package has to learn its name.
+
+What a family answers:
+
+* ``resolve(arch, img_size, patch_size, rule)``: the validated architecture spec of a preset
+  (or arch dict) under a scaling rule, at a resolution;
+* ``backbone_cfg(...)``: the registry config that builds that backbone (with ``scaling``);
+* ``token_grids(spec)``: the token grids its attention runs over (kernel-size checks);
+* ``analytic_flops(spec, ...)``: closed-form MACs of the backbone, or ``None`` when the family
+  has none (callers then count the built model with :func:`mmvitscale.cost.get_complexity`);
+* ``checkpoint_target``: the converter target its checkpoints load through;
+* task settings: ``kind`` (``'image'`` / ``'video'``), ``rule_keys``, ``search_grid`` (the
+  default multiplier grid of the scaling search; empty when it is not searched that way),
+  ``proxy_kwargs`` (backbone options for the training-free proxies) and ``default_arch``.
+"""
+from typing import (Any, ClassVar, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple,
+                    Type)
+
+__all__ = ['Family', 'FAMILIES', 'get_family', 'register_family', 'family_names']
+
+FAMILIES: Dict[str, 'Family'] = {}
+
+
+class Family:
+    """Protocol of a backbone family (subclass it next to the module; see module docstring)."""
+
+    name: ClassVar[str] = ''
+    order: ClassVar[int] = 100  # position in listings and error messages
+    kind: ClassVar[str] = 'image'
+    backbone_type: ClassVar[str] = ''
+    checkpoint_target: ClassVar[Optional[str]] = None
+    rule_keys: ClassVar[FrozenSet[str]] = frozenset()
+    default_arch: ClassVar[str] = ''
+    patch_size_arg: ClassVar[bool] = False  # patch size is a constructor argument (not in arch)
+    search_grid: ClassVar[Mapping[str, Tuple[float, ...]]] = {}
+    proxy_kwargs: ClassVar[Mapping[str, Any]] = {}
+
+    @property
+    def backbone_cls(self) -> Type:
+        """The backbone class (looked up in mmvitscale's registry)."""
+        from .registry import MODELS
+        return MODELS.get(self.backbone_type.split('.', 1)[-1])
+
+    def resolve(self, arch: Any, img_size: Any = 224, patch_size: Optional[int] = None,
+                rule: Optional[Mapping[str, Any]] = None, **geometry: Any) -> Any:
+        """Architecture spec of ``arch`` under ``rule`` (``attn_type`` is not a shape knob)."""
+        raise NotImplementedError
+
+    def backbone_cfg(self, arch: Any, img_size: Any = 224, patch_size: Optional[int] = None,
+                     rule: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> Dict[str, Any]:
+        """Registry config of the backbone under ``rule`` (``kwargs`` pass through)."""
+        cfg: Dict[str, Any] = dict(type=self.backbone_type, arch=arch, img_size=img_size,
+                                   scaling=dict(rule or {}))
+        if self.patch_size_arg:
+            cfg['patch_size'] = patch_size or 16
+        elif patch_size is not None:
+            raise ValueError(f'patch_size belongs in the {self.name} arch dict, got '
+                             f'patch_size={patch_size!r}')
+        cfg.update(kwargs)
+        return cfg
+
+    def token_grids(self, spec: Any) -> List[Tuple[int, int]]:
+        """Token grids (h, w) the attention of ``spec`` runs over."""
+        return [tuple(spec.grid)]
+
+    def input_size(self, spec: Any) -> Tuple[int, int]:
+        """Input (H, W) of ``spec``."""
+        return tuple(spec.img_size)
+
+    def analytic_flops(self, spec: Any, in_channels: int = 3, attn_type: str = 'softmax',
+                       linear_kernel_size: int = 9) -> Optional[int]:
+        """Closed-form backbone MACs (no head), or ``None`` when the family has none."""
+        return None
+
+    def __repr__(self) -> str:
+        return f'<Family {self.name}: {self.backbone_type}>'
+
+
+def register_family(family: Family) -> Family:
+    """Add a family instance to :data:`FAMILIES` (its ``name`` must be new)."""
+    if not family.name or family.name in FAMILIES:
+        raise KeyError(f'family name {family.name!r} is empty or already registered')
+    FAMILIES[family.name] = family
+    ordered = sorted(FAMILIES.items(), key=lambda item: item[1].order)
+    FAMILIES.clear()
+    FAMILIES.update(ordered)
+    return family
+
+
+def _load() -> None:
+    from . import models  # noqa: F401  (each model file registers its family)
+
+
+def family_names(kind: Optional[str] = None, searchable: bool = False) -> Tuple[str, ...]:
+    """Registered family names (of one ``kind``; with a scaling-search grid)."""
+    _load()
+    return tuple(n for n, f in FAMILIES.items()
+                 if (kind is None or f.kind == kind) and (f.search_grid or not searchable))
+
+
+def get_family(name: Any, field: str = 'family', among: Optional[Sequence[str]] = None
+               ) -> Family:
+    """The family called ``name``; ``ValueError`` naming ``field`` and the known names."""
+    _load()
+    known = tuple(among) if among is not None else tuple(FAMILIES)
+    if not isinstance(name, str) or name not in known:
+        raise ValueError(f'{field} must be one of {known}, got {name!r}')
+    return FAMILIES[name]
