@@ -436,6 +436,7 @@ def test_scale_search_measures_its_winners(tmp_path, capsys):
     assert len(measured) == 2 and measured[0]['rule'] == result.winner.rule
     for m in measured:
         assert m['backend'] == 'eager' and m['threads'] == 1 and m['repeats'] == 5
+        assert m['clock'] == 'wall'
         assert m['p10_ms'] <= m['measured_ms'] <= m['p90_ms']
         assert m['meets_budget'] == (m['measured_ms'] <= 1000)
         assert m['error_pct'] == pytest.approx(
