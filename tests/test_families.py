@@ -90,3 +90,20 @@ def test_a_new_family_needs_no_change_elsewhere():
     finally:
         FAMILIES.pop('test-wide-vit')
     assert not isinstance(FAMILIES.get('test-wide-vit'), Family)
+
+
+@pytest.mark.parametrize('name', list(SMALL))
+def test_shared_constructor_options_behave_alike(name):
+    """qkv_bias, drop_path_rate and frozen_stages mean the same in every family."""
+    fam = get_family(name)
+    arch, size, patch, geometry = SMALL[name]
+    cfg = fam.backbone_cfg(arch, size, patch, {}, **geometry)
+    model = MODELS.build(dict(cfg, qkv_bias=False))
+    qkv = [m for n, m in model.named_modules() if n.endswith('attn.qkv')]
+    assert qkv and all(m.bias is None for m in qkv)
+    with pytest.raises(ValueError, match=r'^drop_path_rate must be .*got 1.5$'):
+        MODELS.build(dict(cfg, drop_path_rate=1.5))
+    with pytest.raises(ValueError, match=r'^frozen_stages must be an int from -1 .*got 20$'):
+        MODELS.build(dict(cfg, frozen_stages=20))
+    with pytest.raises(TypeError, match=r"^qkv_bias must be a bool, got 'no'$"):
+        MODELS.build(dict(cfg, qkv_bias='no'))

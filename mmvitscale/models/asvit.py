@@ -50,7 +50,7 @@ from ..families import Family, register_family
 from ..registry import MODELS
 from ..scaling import (_per_stage, _pick, _scaled_int, check_rule, scaled_resolution,
                        scaled_width, to_2tuple)
-from .base import ScalableBackbone
+from .base import ScalableBackbone, check_common_args, check_frozen_stages
 from .layers import TokenGrid, TransformerBlock, normalise_indices
 from .linear_attention import (check_kernel_size, drop_aux_keys, per_stage_attn_types,
                                split_attn_rule)
@@ -284,7 +284,7 @@ class AsViTStage(nn.Module):
                  split: int, down_kernel: Optional[int], drop_path: Sequence[float],
                  drop: float = 0.0, attn_drop: float = 0.0, norm_eps: float = NORM_EPS,
                  index: int = 0, attn_type: str = 'softmax', linear_kernel_size: int = 9,
-                 aux_branch: bool = False) -> None:
+                 aux_branch: bool = False, qkv_bias: bool = True) -> None:
         super().__init__()
         self.split = split
         self.index = index
@@ -293,7 +293,7 @@ class AsViTStage(nn.Module):
         self.downsample = None if down_kernel is None else PatchMerging(
             in_dim, dim, down_kernel, norm_eps)
         self.blocks = nn.Sequential(*[
-            TransformerBlock(dim, heads, mlp_hidden, qkv_bias=True, drop=drop,
+            TransformerBlock(dim, heads, mlp_hidden, qkv_bias=qkv_bias, drop=drop,
                              attn_drop=attn_drop, drop_path=drop_path[i], norm_eps=norm_eps,
                              attn_type=attn_type, linear_kernel_size=linear_kernel_size,
                              aux_branch=aux_branch)
@@ -348,6 +348,7 @@ class AsViT(ScalableBackbone):
             per stage); a ``scaling`` rule may carry it too.
         linear_kernel_size, aux_branch, inference_only: as in ScaledPiT; the kernel must fit
             the window grid of every linear-angular stage (checked at build and forward time).
+        qkv_bias: bias of the qkv projections (True, the reference's).
     """
 
     arch_zoo: Dict[str, dict] = {
@@ -383,8 +384,13 @@ class AsViT(ScalableBackbone):
                  attn_type: Optional[Union[str, Sequence[str]]] = None,
                  linear_kernel_size: int = 9,
                  aux_branch: bool = False,
-                 inference_only: bool = False) -> None:
+                 inference_only: bool = False,
+                 qkv_bias: bool = True) -> None:
         super().__init__(init_cfg=init_cfg)
+        check_common_args(in_channels, drop_rate, attn_drop_rate, drop_path_rate, norm_eps,
+                          interpolate_mode, qkv_bias=qkv_bias, final_norm=final_norm,
+                          return_tuple=return_tuple, aux_branch=aux_branch,
+                          inference_only=inference_only)
         if out_type == 'cls_token':
             raise ValueError("out_type='cls_token': AsViT has no class token; use "
                              "out_type='avg_featmap'")
@@ -403,7 +409,7 @@ class AsViT(ScalableBackbone):
         self.out_indices = normalise_indices(out_indices, NUM_STAGES, 'stages')
         self.return_tuple = return_tuple
         self.interpolate_mode = interpolate_mode
-        self.frozen_stages = frozen_stages
+        self.frozen_stages = check_frozen_stages(frozen_stages, NUM_STAGES, 'stages')
         dims = spec.dims
         self.embed_dims = dims[-1]
         self.img_size = spec.img_size
@@ -419,7 +425,8 @@ class AsViT(ScalableBackbone):
                        spec.mlp_hidden(i), spec.splits[i],
                        spec.down_kernels[i - 1] if i else None, dpr[i].tolist(), drop_rate,
                        attn_drop_rate, norm_eps, index=i, attn_type=self.attn_types[i],
-                       linear_kernel_size=linear_kernel_size, aux_branch=self.aux_branch)
+                       linear_kernel_size=linear_kernel_size, aux_branch=self.aux_branch,
+                       qkv_bias=qkv_bias)
             for i in range(NUM_STAGES)
         ])
         self.norms = nn.ModuleDict({
