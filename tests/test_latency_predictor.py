@@ -466,3 +466,12 @@ def test_two_runs_run_to_run_and_cross_run():
     assert m['n'] == 10 and m['mape'] == pytest.approx(100 * 0.02 / 1.02, rel=1e-3)
     md = evaluation.markdown(results, runs=runs, crossed=crossed)
     assert '| eager/1t | A / B | 35 | 2.0 |' in md and '| eager/1t: A -> B | kernel |' in md
+
+
+def test_measure_interleaved_reports_cpu_share():
+    def busy():
+        sum(range(20000))
+
+    res = measure_interleaved([(busy, lambda: None)], rounds=2, repeats=2, warmup_s=0,
+                              clock='thread')
+    assert res[0]['clock'] == 'thread' and isinstance(res[0]['cpu_share'], float)

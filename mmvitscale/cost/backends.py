@@ -420,7 +420,9 @@ def measure_interleaved(runners: Sequence[Tuple[Callable[[], Any], Callable[[], 
     timed runs, each bracketed by ``sync``. ``clock='thread'`` times by this thread's CPU time
     (one thread only: other processes' time slices are not counted). Returns per runner
     :func:`summarise` of all its ``rounds * repeats`` timings plus ``rounds``,
-    ``round_medians_ms`` and ``noise_pct`` (:func:`noise_pct`, the run-to-run spread).
+    ``round_medians_ms``, ``noise_pct`` (:func:`noise_pct`, the run-to-run spread) and
+    ``cpu_share``: this thread's CPU time over the wall time of the timed runs (with one
+    thread, below 1 by the share of time other processes held the core).
     """
     for name, value, low in (('rounds', rounds, 1), ('repeats', repeats, 1),
                              ('min_warmup', min_warmup, 0), ('visit_warmup', visit_warmup, 0)):
@@ -438,6 +440,7 @@ def measure_interleaved(runners: Sequence[Tuple[Callable[[], Any], Callable[[], 
         sync()
     times: List[List[float]] = [[] for _ in runners]
     medians: List[List[float]] = [[] for _ in runners]
+    on_cpu = [[0.0, 0.0] for _ in runners]  # this thread's CPU time, wall time
     order = interleaved_order(len(runners), rounds)
     for done, (_, i) in enumerate(order, 1):
         run, sync = runners[i]
@@ -446,16 +449,20 @@ def measure_interleaved(runners: Sequence[Tuple[Callable[[], Any], Callable[[], 
         sync()
         visit = []
         for _ in range(repeats):
+            c0, w0 = time.thread_time(), time.perf_counter()
             t0 = now()
             run()
             sync()
             visit.append((now() - t0) * 1e3)
+            on_cpu[i][1] += time.perf_counter() - w0
+            on_cpu[i][0] += time.thread_time() - c0
         times[i] += visit
         medians[i].append(statistics.median(visit))
         if progress is not None:
             progress(done, len(order))
     return [dict(summarise(t), rounds=rounds, round_medians_ms=m, noise_pct=noise_pct(m),
-                 clock=clock) for t, m in zip(times, medians)]
+                 clock=clock, cpu_share=c / w if w > 0 else None)
+            for t, m, (c, w) in zip(times, medians, on_cpu)]
 
 
 def _plain(obj: Any) -> Any:

@@ -106,8 +106,10 @@ def latencies(rows: Sequence[Mapping[str, Any]], stat: str = 'median_ms'
         arch['img_size'] = list((r.get('input_shape') or [3, *arch['img_size']])[1:])
         item = g['items'].setdefault(_key(arch), dict(arch=arch, family=r.get('family'),
                                                       group=r.get('group'), values=[],
-                                                      noise=[]))
+                                                      noise=[], share=[]))
         item['values'].append(float(r[stat]))
+        if isinstance(r.get('cpu_share'), (int, float)):
+            item['share'].append(float(r['cpu_share']))
         if isinstance(r.get('noise_pct'), (int, float)):
             item['noise'].append(float(r['noise_pct']))
     out = {}
@@ -119,7 +121,9 @@ def latencies(rows: Sequence[Mapping[str, Any]], stat: str = 'median_ms'
                                 for i in items],
                         y=np.array([float(np.median(i['values'])) for i in items]),
                         noise=np.array([float(np.median(i['noise'])) if i['noise'] else np.nan
-                                        for i in items]))
+                                        for i in items]),
+                        cpu_share=np.array([float(np.median(i['share'])) if i['share'] else
+                                            np.nan for i in items]))
     return out
 
 
@@ -174,6 +178,8 @@ def evaluate(data: Mapping[str, Any], kinds: Sequence[str] = KINDS, train_frac: 
         train_range=_ranges([data['archs'][i] for i in idx['train']]),
         noise_floor_pct=(float(np.nanmedian(data['noise']))
                          if np.any(np.isfinite(data['noise'])) else None),
+        cpu_share=(float(np.nanmedian(data['cpu_share']))
+                   if np.any(np.isfinite(data.get('cpu_share', [np.nan]))) else None),
         latency_ms_range=[float(y.min()), float(y.max())])
     for kind in kinds:
         pred_model = make_predictor(kind, dict(fingerprint=data['fingerprint']))

@@ -67,7 +67,7 @@ def make_row(fp: Mapping[str, Any], family: str, arch: Mapping[str, Any],
                arch=json.loads(_canonical(arch)), input_shape=[int(s) for s in input_shape],
                batch_size=int(batch_size))
     for key in ('median_ms', 'p10_ms', 'p90_ms', 'mean_ms', 'repeats', 'rounds',
-                'round_medians_ms', 'noise_pct'):
+                'round_medians_ms', 'noise_pct', 'cpu_share'):
         if key in result:
             row[key] = result[key]
     row.update(extra)
@@ -181,8 +181,9 @@ DATASET_SCHEMA: Dict[str, str] = {
     'p90_ms': 'float >= median_ms',
     'repeats': 'int >= 1: timed runs behind the statistics',
 }
-DATASET_OPTIONAL = ('rounds', 'round_medians_ms', 'noise_pct', 'run_id', 'clock', 'cpus',
-                    'loadavg', 'timestamp', 'source', 'min_ms', 'max_ms', 'mean_ms', 'label')
+DATASET_OPTIONAL = ('rounds', 'round_medians_ms', 'noise_pct', 'cpu_share', 'run_id', 'clock',
+                    'cpus', 'loadavg', 'timestamp', 'source', 'min_ms', 'max_ms', 'mean_ms',
+                    'label', 'group', 'rule')
 
 
 def _num(v: Any) -> bool:

@@ -169,10 +169,12 @@ def measure_run(args: argparse.Namespace, console: Console) -> List[Dict[str, An
                                      min_ms=res['min_ms'], max_ms=res['max_ms'],
                                      source='fit_latency_predictor'))
             noise = float(np.median([r['noise_pct'] for r in results]))
+            share = float(np.median([r['cpu_share'] for r in results]))
             console.print(f'{backend}/{threads}t run {run_id}: {len(results)} archs, '
                           f'{min(r["median_ms"] for r in results):.1f}-'
                           f'{max(r["median_ms"] for r in results):.1f} ms, noise floor '
-                          f'{noise:.1f}%, load {" ".join(load_before)} -> '
+                          f'{noise:.1f}%, main thread on CPU {100 * share:.0f}% of the '
+                          f'timed wall time, load {" ".join(load_before)} -> '
                           f'{" ".join(load_after)}')
             progress.advance(task)
     return rows
@@ -202,7 +204,8 @@ def main(argv=None) -> Dict[str, Any]:
     for key in sorted(data, key=lambda k: (k[1], k[0])):
         res = ev.evaluate(data[key], train_frac=args.train_frac, seed=args.seed)
         results[key] = res
-        entry = dict(noise_floor_pct=res['noise_floor_pct'], train_range=res['train_range'],
+        entry = dict(noise_floor_pct=res['noise_floor_pct'], cpu_share=res['cpu_share'],
+                     train_range=res['train_range'],
                      latency_ms_range=res['latency_ms_range'], kinds={})
         for kind, k in res['kinds'].items():
             stem = f'{key[0].replace("/", "_")}_{key[1]}_{kind}'
