@@ -160,12 +160,18 @@ def splits(data: Mapping[str, Any], train_frac: float = 0.6, seed: int = 0
             'cross-family': np.array([i for i, f in enumerate(fams) if f == 'pit'], dtype=int)}
 
 
+TARGET_MAPE, TARGET_WITHIN10 = 5.0, 95.0  # issue 14's acceptance targets
+
+
 def split_metrics(pred: np.ndarray, y: np.ndarray) -> Dict[str, Any]:
-    """n, MAPE, % within +-10% and worst absolute percentage error."""
+    """n, MAPE, % within +-10%, worst absolute percentage error, and ``meets_target``:
+    MAPE < 5% and >= 95% within +-10%."""
     if not y.size:
-        return dict(n=0, mape=None, within10=None, max_ape=None)
-    return dict(n=int(y.size), mape=mape(pred, y), within10=within(pred, y),
-                max_ape=float(np.max(np.abs(pred - y) / y) * 100))
+        return dict(n=0, mape=None, within10=None, max_ape=None, meets_target=None)
+    m, w = mape(pred, y), within(pred, y)
+    return dict(n=int(y.size), mape=m, within10=w,
+                max_ape=float(np.max(np.abs(pred - y) / y) * 100),
+                meets_target=bool(m < TARGET_MAPE and w >= TARGET_WITHIN10))
 
 
 def evaluate(data: Mapping[str, Any], kinds: Sequence[str] = KINDS, train_frac: float = 0.6,
@@ -250,8 +256,9 @@ def markdown(results: Mapping[Tuple[str, str], Mapping[str, Any]],
     """Markdown tables: per setting and run, each predictor's error per split; run-to-run
     spread (:func:`run_to_run`) and fitted-on-one-run, judged-on-another (:func:`cross_run`);
     then the calibration curves (``{'source -> target': rows of calibration_curve}``)."""
-    lines = [f'# {title}', '', 'MAPE % / % of archs within +-10% (n archs); noise floor: '
-             'median over archs of the spread of per-round medians.', '',
+    lines = [f'# {title}', '', 'MAPE % / % of archs within +-10% (n archs), `*` where both '
+             f'targets (MAPE < {TARGET_MAPE:g}%, >= {TARGET_WITHIN10:g}% within +-10%) are met; '
+             'noise floor: median over archs of the spread of per-round medians.', '',
              '| setting | run | noise floor % | predictor | train | held-out (random) | '
              'out-of-range | cross-family (PiT) |', '|---|---|---:|---|---|---|---|---|']
     for (setting, run), res in results.items():
@@ -260,7 +267,8 @@ def markdown(results: Mapping[Tuple[str, str], Mapping[str, Any]],
             for s in SPLITS:
                 m = k['metrics'][s]
                 cells.append('-' if not m['n'] else
-                             f"{m['mape']:.2f} / {m['within10']:.0f} ({m['n']})")
+                             f"{m['mape']:.2f} / {m['within10']:.0f} ({m['n']})"
+                             + ('*' if m['meets_target'] and s != 'train' else ''))
             lines.append(f"| {setting} | {run} | {_fmt(res['noise_floor_pct'], '.1f')} | "
                          f"{kind} | " + ' | '.join(cells) + ' |')
     if runs:

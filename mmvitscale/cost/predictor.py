@@ -252,7 +252,10 @@ class LatencyPredictor:
         if list(data.get('features', [])) != list(cls.FEATURES):
             raise ValueError(f'{path}: features {data.get("features")} differ from this '
                              f'version\'s {list(cls.FEATURES)}; refit the predictor')
-        coef = np.asarray(data['coef'], dtype=np.float64)
+        try:
+            coef = np.asarray(data['coef'], dtype=np.float64)
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f'{path}: no numeric coefficients (coef)') from None
         if coef.shape != (len(cls.FEATURES), ) or not np.all(np.isfinite(coef)):
             raise ValueError(f'{path}: bad coefficients {data["coef"]!r}')
         out = cls(data.get('meta'))

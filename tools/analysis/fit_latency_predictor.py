@@ -215,8 +215,9 @@ def main(argv=None) -> Dict[str, Any]:
             m = k['metrics']
             console.print(f'{key[0]} run {key[1]} {kind:>8}: held-out MAPE '
                           + ', '.join(f"{s} {m[s]['mape']:.2f}% ({m[s]['within10']:.0f}% "
-                                      f"within 10%, n={m[s]['n']})" for s in ev.SPLITS[1:]
-                                      if m[s]['n']))
+                                      f"within 10%, n={m[s]['n']}, target "
+                                      f"{'met' if m[s]['meets_target'] else 'not met'})"
+                                      for s in ev.SPLITS[1:] if m[s]['n']))
         summary['runs'][f'{key[0]} {key[1]}'] = entry
     calibration: Dict[str, List[Dict[str, Any]]] = {}
     for run in dict.fromkeys(k[1] for k in data):
