@@ -20,6 +20,7 @@ from mmvitscale.cost.counter import FlopCounter
 from mmvitscale.cost.latency_table import (append_rows, fingerprint, fingerprint_id, make_row,
                                            read_rows, to_csv)
 from mmvitscale.models import ScaledPiT, ScaledViT
+from mmvitscale.rules import FAMILIES
 from mmvitscale.models import ops as model_ops
 
 ort = pytest.importorskip('onnxruntime')
@@ -353,7 +354,7 @@ def test_fingerprint_identifies_the_setting():
     (['--arch', 'deit-tiny', '--batch', '1', '0'], '--batch: must be >= 1, got 0'),
     (['--arch', 'deit-tiny', '--shape', '224', '0'], '--shape: must be >= 1, got 0'),
     (['--arch', 'deit-tiny', '--family', 'swin'],
-     "--family: unknown family 'swin' (choose from vit, pit)"),
+     f"--family: unknown family 'swin' (choose from {', '.join(FAMILIES)})"),
     (['--arch', 'deit-tiny', '--device', 'gpu0'], "--device: invalid device 'gpu0'"),
     ([], 'give CONFIG, or --rule RULE_FILE / --arch ARCH'),
 ])
@@ -406,3 +407,25 @@ def test_cli_reports_a_failed_backend_and_keeps_the_others(tmp_path, capsys, mon
     assert [(r['family'], r['fingerprint']['backend'], r['input_shape']) for r in rows] == [
         ('pit', 'eager', [3, 64, 64])]
     assert "compile batch 1: backend 'compile' failed: boom" in capsys.readouterr().out
+
+
+def test_cli_threads_are_pinned_and_restored(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake(model, shape, backend, **kwargs):
+        seen.update(threads=torch.get_num_threads(), omp=os.environ.get('OMP_NUM_THREADS'))
+        return dict(median_ms=1.0, p10_ms=1.0, p90_ms=1.0, mean_ms=1.0, min_ms=1.0,
+                    max_ms=1.0, repeats=1, warmup_runs=1, batch_size=1, backend=backend,
+                    device='cpu', threads=torch.get_num_threads(), setup_s=0.0)
+
+    monkeypatch.setattr(benchmark_latency, 'measure', fake)
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    before = torch.get_num_threads()
+    table = str(tmp_path / 'table.jsonl')
+    rows = benchmark_latency.main(['--arch', 'deit-tiny', '--shape', '32', '32', '--backends',
+                                   'eager', '--threads', '1', '--table', table])
+    assert seen == dict(threads=1, omp='1')
+    assert torch.get_num_threads() == before and 'OMP_NUM_THREADS' not in os.environ
+    assert rows[0]['fingerprint']['threads'] == 1
+    if hasattr(os, 'sched_getaffinity'):
+        assert rows[0]['cpus'] == sorted(os.sched_getaffinity(0))[:1]
