@@ -215,7 +215,7 @@ def run_trials_slurm(trials: Sequence[Trial], store: ResultStore, out_dir: str,
     pending = {t.key: t for t in unique if t.key not in store}
     say(f'{len(unique)} trials: {len(unique) - len(pending)} already in {store.path}, '
         f'{len(pending)} to run on Slurm')
-    progress = Progress(len(pending), say)
+    progress = Progress(list(pending.values()), say)
 
     def collect(keys) -> None:
         for key in list(keys):

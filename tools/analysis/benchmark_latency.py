@@ -32,8 +32,6 @@ from mmvitscale.cost.backends import (BACKENDS, BackendError, build_model, check
                                       measure, pinned)
 from mmvitscale.cost.latency_table import append_rows, fingerprint, make_row, to_csv
 
-DEFAULT_ARCH = {'vit': 'deit-tiny', 'pit': 'pit-ti'}
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -118,14 +116,17 @@ def model_spec(args: argparse.Namespace) -> Tuple[Dict[str, Any], Optional[str]]
     if args.rule is not None:
         from mmengine.config import Config
         scaling = Config.fromfile(args.rule).scaling
-    arch = args.arch or DEFAULT_ARCH[args.family]
+    from mmvitscale.families import get_family
+    arch = args.arch or get_family(args.family).default_arch
     return derive_image(args.family, arch, scaling)['backbone'], None
 
 
 def describe(model: nn.Module, cfg: Dict[str, Any]) -> Tuple[str, Dict[str, Any], List[int]]:
     """Family name, resolved arch dict and default input shape (C, H, W) of a built model."""
     kind = str(cfg.get('type', type(model).__name__)).split('.')[-1]
-    family = {'ScaledViT': 'vit', 'ScaledPiT': 'pit'}.get(kind, kind)
+    from mmvitscale.families import FAMILIES
+    family = next((f.name for f in FAMILIES.values() if f.backbone_type.endswith('.' + kind)),
+                  kind)
     spec = getattr(model, 'arch_spec', None)
     arch = spec.as_dict() if spec is not None and hasattr(spec, 'as_dict') else dict(cfg)
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
