@@ -13,7 +13,9 @@ from mmengine.registry import Registry
 MODELS = Registry('model', parent=MMENGINE_MODELS, locations=['mmvitscale.models'])
 HOOKS = Registry('hook', parent=MMENGINE_HOOKS, locations=['mmvitscale.engine'])
 RUNNERS = Registry('runner', parent=MMENGINE_RUNNERS, locations=['mmvitscale.engine'])
-# host datasets that name the file they fail on (mmvitscale.CocoDataset, ...VideoDataset)
-DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, locations=['mmvitscale.datasets.hosts'])
+# host datasets that name the file they fail on (mmvitscale.CocoDataset, ...VideoDataset);
+# mmvitscale.InMemoryFashionMNIST (items computed once, kept as tensors)
+DATASETS = Registry('dataset', parent=MMENGINE_DATASETS,
+                    locations=['mmvitscale.datasets.hosts', 'mmvitscale.datasets.memory'])
 
 __all__ = ['MODELS', 'HOOKS', 'RUNNERS', 'DATASETS']
