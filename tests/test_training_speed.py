@@ -63,6 +63,10 @@ def test_in_memory_other_pipeline_runs_per_item(data_root):
     ref = _build('FashionMNIST', root, pipe, indices=4)
     assert not ours.cached
     assert torch.equal(ours[3]['inputs'], ref[3]['inputs'])
+    a, b = ref.get_data_info(3), ours.get_data_info(3)  # the vectorised data list
+    assert sorted(a) == sorted(b) and np.array_equal(a['img'], b['img'])
+    assert b['gt_label'].dtype == a['gt_label'].dtype == np.int64
+    assert b['gt_label'].shape == a['gt_label'].shape == () and b['gt_label'] == a['gt_label']
 
 
 def test_resize_stack_checks_shape():

@@ -7,15 +7,16 @@ dataset_type = 'mmvitscale.InMemoryFashionMNIST'
 data_root = 'data/fashion_mnist'
 data_preprocessor = dict(num_classes=10, mean=[72.94], std=[90.02], to_rgb=False)
 
+# num_workers=0: items are ready tensors, so worker processes would only take cores from training
 train_dataloader = dict(
     batch_size=128,
-    num_workers=2,
+    num_workers=0,
     collate_fn=dict(type='default_collate'),  # one stacked uint8 batch, not a list
     dataset=dict(type=dataset_type, data_root=data_root, test_mode=False, download=False),
     sampler=dict(type='DefaultSampler', shuffle=True))
 val_dataloader = dict(
     batch_size=256,
-    num_workers=2,
+    num_workers=0,
     collate_fn=dict(type='default_collate'),
     dataset=dict(type=dataset_type, data_root=data_root, split='test', test_mode=True,
                  download=False),
