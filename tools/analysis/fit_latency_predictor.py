@@ -17,9 +17,11 @@ median, p10 / p90 and the round-to-round spread as the noise floor) and the rows
 Per (setting, run), the analytic baseline and the per-kernel predictor are fitted on a seeded
 ``--train-frac`` of the core ViTs and judged on the held-out core ViTs, the out-of-range ViTs
 and the PiTs (cross-family). With several settings in a run, the kernel predictor of the first
-setting is calibrated to each other one with 5 / 10 / 20 measured archs (``--cal-sizes``) and
-compared with fitting from scratch. With several runs of a setting, the run-to-run spread and
-each run's predictors judged on the other run's held-out archs are reported too. Writes
+setting is calibrated to each other one with 5 / 10 / 20 measured archs (``--cal-sizes``,
+drawn from the target's training and out-of-range archs; judged on its held-out core ViTs
+and PiTs) and compared with fitting from scratch. With several runs of a setting, the
+run-to-run spread and each run's predictors judged on the other run's held-out archs are
+reported too. Writes
 ``<out-dir>/report.md``, ``summary.json``, ``scatter.png``, ``calibration.png`` and one
 predictor JSON per (setting, run, kind).
 """
@@ -228,7 +230,7 @@ def main(argv=None) -> Dict[str, Any]:
         base = results[src]['kinds']['kernel']['predictor']
         for dst in keys[1:]:
             d, sp = data[dst], results[dst]['splits']
-            pool = sp['train']
+            pool = sorted(sp['train'] + sp['out-of-range'])  # up to 20 calibration samples
             test = sorted(set(range(len(d['archs']))) - set(pool))
             pair = f'{src[0]} -> {dst[0]} ({run})'
             calibration[pair] = calibration_curve(
