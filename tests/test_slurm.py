@@ -377,3 +377,12 @@ def test_study_on_slurm_resumes_and_matches_local(slurm_cluster, study, tmp_path
     assert untimed(reports[0]['arms']) == untimed(reports[1]['arms'])
     assert untimed(reports[0]['comparisons']) == untimed(reports[1]['comparisons'])
     assert reports[0]['headline'] == reports[1]['headline']
+
+
+def test_failed_slurm_study_is_one_line_error(study, tmp_path, monkeypatch):
+    """A Slurm failure (here: no sbatch on PATH) ends the tool with its message, no traceback."""
+    tool = load_tool()
+    monkeypatch.setenv('PATH', str(tmp_path))  # no Slurm client
+    with pytest.raises(SystemExit, match=r'^transfer.py: error: .*not found: --launcher slurm'):
+        tool.main(study + ['--out-dir', str(tmp_path / 'out'), '--launcher', 'slurm',
+                           '--partition', 'cpu'])

@@ -28,6 +28,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import mmvitscale  # noqa: F401  (stack shims + registries, before any host import)
 from mmvitscale.experiments import TASKS, TaskError, run_grid_study
+from mmvitscale.experiments.slurm import SlurmError
 from mmvitscale.experiments.slurm import add_launcher_args, launcher_from_args
 from mmvitscale.experiments.tasks import ROOT, SCALING_DIR
 
@@ -155,7 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             tolerance=args.tolerance, meta=meta, latency_backends=args.latency_backends,
             latency_rounds=args.latency_rounds, latency_repeats=args.latency_repeats,
             launcher=launcher)
-    except TaskError as err:
+    except (TaskError, SlurmError) as err:
         raise SystemExit(f'transfer.py: error: {err}') from err
     for line in summary['headline']:
         print(line, file=sys.__stdout__)

@@ -40,6 +40,11 @@ JOBS = 'jobs.jsonl'
 ROW = 'row.json'
 
 
+class SlurmError(RuntimeError):
+    """A study could not run on Slurm: missing client, failed sbatch / squeue, failed trials.
+    Study tools report it as one line (its message names the job or log to look at)."""
+
+
 class DryRunDone(SystemExit):
     """Raised after ``--dry-run`` printed the job script: nothing was submitted (exit 0)."""
 
@@ -74,8 +79,8 @@ def _trial_from(entry: Dict[str, Any]) -> Trial:
     opts = tuple(sorted((k, v) for k, v in entry['options'].items()))
     trial = Trial(entry['task'], entry['rule'], int(entry['seed']), opts)
     if trial.key != entry['key']:
-        raise RuntimeError(f'{trial}: key {trial.key} differs from the submitted '
-                           f'{entry["key"]} (was the rule file edited after submission?)')
+        raise SlurmError(f'{trial}: key {trial.key} differs from the submitted '
+                         f'{entry["key"]} (was the rule file edited after submission?)')
     return trial
 
 
@@ -125,8 +130,8 @@ def _slurm(cmd: List[str]) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     except FileNotFoundError as err:
-        raise RuntimeError(f'{cmd[0]} not found: --launcher slurm needs the Slurm client '
-                           'commands on PATH') from err
+        raise SlurmError(f'{cmd[0]} not found: --launcher slurm needs the Slurm client '
+                         'commands on PATH') from err
 
 
 def queued_indices(job_id: str) -> Set[int]:
@@ -135,7 +140,7 @@ def queued_indices(job_id: str) -> Set[int]:
     if out.returncode != 0:
         if 'Invalid job id' in out.stderr:
             return set()  # finished and already purged by slurmctld
-        raise RuntimeError(f'squeue -j {job_id} failed: {out.stderr.strip()}')
+        raise SlurmError(f'squeue -j {job_id} failed: {out.stderr.strip()}')
     found = set()
     for token in out.stdout.split():
         if token.isdigit():
@@ -183,8 +188,8 @@ def _submit(pending: List[Trial], out_dir: str, data_root: str, threads: int,
         f.write(script)
     out = _slurm(cmd)
     if out.returncode != 0:
-        raise RuntimeError(f'sbatch failed (rc {out.returncode}): {out.stderr.strip()}; '
-                           f'script {cmd[-1]}')
+        raise SlurmError(f'sbatch failed (rc {out.returncode}): {out.stderr.strip()}; '
+                         f'script {cmd[-1]}')
     job_id = out.stdout.strip().split(';')[0]
     record = dict(job_id=job_id, keys=[t.key for t in pending], log_dir=sub_dir,
                   submitted=time.strftime('%Y-%m-%dT%H:%M:%S'))
@@ -268,8 +273,8 @@ def run_trials_slurm(trials: Sequence[Trial], store: ResultStore, out_dir: str,
         if waiting:
             time.sleep(opts.poll_s)
     if failed:
-        raise RuntimeError(f'{len(failed)} trial(s) failed on Slurm (rerun the same command '
-                           'to resubmit only these):\n  ' + '\n  '.join(failed))
+        raise SlurmError(f'{len(failed)} trial(s) failed on Slurm (rerun the same command '
+                         'to resubmit only these):\n  ' + '\n  '.join(failed))
     return [store.get(t.key) for t in trials]
 
 
