@@ -33,6 +33,9 @@ import os.path as osp
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+# ranks: 0-based, best first, ties share their mean rank, non-finite values last (the one
+# implementation lives with the study statistics; re-exported here)
+from ..experiments.stats import ranks  # noqa: F401
 from ..families import family_names, get_family
 
 FAMILIES = family_names('image', searchable=True)  # families with a multiplier grid
@@ -248,9 +251,6 @@ def filter_budget(cands: Sequence[Candidate], budget: float, kind: str = 'flops'
 
 
 # ---------------------------------------------------------------------------- score
-# ranks: 0-based, best first, ties share their mean rank, non-finite values last (the one
-# implementation lives with the study statistics)
-from ..experiments.stats import ranks  # noqa: E402,F401
 
 
 def proxy_metrics(base: BaseSpec, rule: Mapping[str, float], batch_size: int = 8,
