@@ -48,3 +48,14 @@ def save_figure(fig: Any, path: str, dpi: int = 110) -> None:
             fig.savefig(tmp, dpi=dpi, format='png')
     finally:
         plt.close(fig)
+
+
+def json_ready(obj: Any) -> Any:
+    """Mappings (ConfigDict too) -> dicts with str keys, tuples -> lists, recursively: what a
+    JSON row or a subprocess payload can hold."""
+    from collections.abc import Mapping
+    if isinstance(obj, Mapping):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    return obj

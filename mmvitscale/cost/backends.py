@@ -41,6 +41,8 @@ from typing import (Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequ
 import torch
 from torch import nn
 
+from ..fileio import json_ready
+
 BACKENDS: Dict[str, Tuple[str, ...]] = {  # backend -> devices it runs on
     'eager': ('cpu', 'cuda'),
     'compile': ('cpu', 'cuda'),
@@ -249,7 +251,7 @@ def measure(model: ModelLike, input_shape: Sequence[int] = (3, 224, 224), backen
         if isinstance(model, nn.Module):
             raise TypeError('fresh_process=True needs the model as a registry config dict '
                             '(plain data), not an nn.Module')
-        payload = dict(model=_plain(model), scope=scope, input_shape=list(input_shape),
+        payload = dict(model=json_ready(model), scope=scope, input_shape=list(input_shape),
                        backend=backend, batch_size=batch_size, warmup_s=warmup_s,
                        repeats=repeats, device=device, min_warmup=min_warmup, opset=opset,
                        threads=torch.get_num_threads())
@@ -463,14 +465,6 @@ def measure_interleaved(runners: Sequence[Tuple[Callable[[], Any], Callable[[], 
     return [dict(summarise(t), rounds=rounds, round_medians_ms=m, noise_pct=noise_pct(m),
                  clock=clock, cpu_share=c / w if w > 0 else None)
             for t, m, (c, w) in zip(times, medians, on_cpu)]
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 def _measure_in_subprocess(payload: Dict[str, Any], timeout: Optional[float]) -> Dict[str, Any]:

@@ -11,8 +11,9 @@ import os
 import os.path as osp
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
+from ..fileio import json_ready
 from .tasks import ROOT, TaskError, configure, get_task, input_shape, trial_size, val_annotation
 
 OPTION_KEYS = ('epochs', 'train', 'val', 'batch', 'det_score_thr')
@@ -75,14 +76,6 @@ def make_trial(task: str, rule: str, seed: int, **options: Any) -> Trial:
     return Trial(task, osp.abspath(rule), seed, tuple(sorted(opts.items())))
 
 
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
 def trial_dir(out_dir: str, trial: Trial) -> str:
     return osp.join(out_dir, 'trials', trial.task, trial.label, f'seed{trial.seed}')
 
@@ -137,10 +130,10 @@ def run_trial(trial: Trial, out_dir: str, data_root: str,
         rule_file = trial.rule
     row = dict(
         key=trial.key, task=trial.task, rule=trial.label, rule_file=rule_file,
-        rule_sha=rule_digest(trial.rule), scaling=_plain(cfg.scaling), seed=trial.seed,
+        rule_sha=rule_digest(trial.rule), scaling=json_ready(cfg.scaling), seed=trial.seed,
         options=opts, metric_name=spec.metric, metric_unit=spec.metric_label,
         metric=metrics[spec.metric] * spec.metric_scale, metrics=metrics,
-        arch=_plain(cfg.scaled['arch']), input_shape=list(shape),
+        arch=json_ready(cfg.scaled['arch']), input_shape=list(shape),
         cost=dict(gflops=cost['flops'] / 1e9, params_m=cost['params'] / 1e6,
                   model_params_m=count_params(runner.model) / 1e6),
         timings=dict(train_s=train_s, eval_s=eval_s, total_s=time.perf_counter() - t_start,

@@ -37,6 +37,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 # implementation lives with the study statistics; re-exported here)
 from ..experiments.stats import ranks  # noqa: F401
 from ..families import family_names, get_family
+from ..rules import _plain
 
 FAMILIES = family_names('image', searchable=True)  # families with a multiplier grid
 SCORERS = ('proxies', 'flops')
@@ -194,14 +195,6 @@ def enumerate_candidates(base: BaseSpec, grids: Optional[Mapping[str, Sequence[f
         raise ValueError(f'none of the {infeasible} rules of the grid gives a feasible '
                          'architecture')
     return out, infeasible
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 # ---------------------------------------------------------------------------- cost
