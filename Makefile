@@ -1,17 +1,21 @@
 # One entry point for the environment, the main job and the tests.
 #   make demo   build .venv if needed, then run the main job (the scaling-transfer report)
+#   make demo-all  the main job with the det and video targets too (about 45 minutes)
 #   make test   build .venv if needed, then run the whole test suite
 #   make env    build / verify .venv only
 #   make table  cost table of ViT presets and scaled variants (params, FLOPs, CPU latency)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: env demo test lint table
+.PHONY: env demo demo-all test lint table
 env:
 	@VENV=$(abspath $(VENV)) bash tools/setup_env.sh
 
 demo: env
 	$(PY) tools/transfer.py --workers 2
+
+demo-all: env
+	$(PY) tools/transfer.py --workers 2 --tasks cls cls_pit det video
 
 table: env
 	$(PY) tools/analysis/scaling_table.py

@@ -79,10 +79,10 @@ def _offline(epochs: int, train: int, val: int, batch: Optional[int]) -> Dict[st
 
 
 for _spec in (
-        TaskSpec('cls', 'configs/cls/scaled_vit_fmnist.py', 'cls', 'accuracy/top1', 1.0,
-                 'top-1 %', 'images', 10.0, 'fashion_mnist', _offline(3, 6000, 2000, 32)),
-        TaskSpec('cls_pit', 'configs/cls/scaled_pit_fmnist.py', 'cls', 'accuracy/top1', 1.0,
-                 'top-1 %', 'images', 10.0, 'fashion_mnist', _offline(3, 6000, 2000, 32)),
+        TaskSpec('cls', 'configs/cls/scaled_vit-p7_fmnist.py', 'cls', 'accuracy/top1', 1.0,
+                 'top-1 %', 'images', 10.0, 'fashion_mnist', _offline(2, 60000, 10000, 128)),
+        TaskSpec('cls_pit', 'configs/cls/scaled_pit-p4_fmnist.py', 'cls', 'accuracy/top1', 1.0,
+                 'top-1 %', 'images', 10.0, 'fashion_mnist', _offline(1, 40000, 10000, 128)),
         TaskSpec('det', 'configs/det/scaled_vit_retina_fmnist.py', 'det', 'coco/bbox_mAP',
                  100.0, 'bbox mAP x100', 'canvases', None, 'fmnist_det',
                  _offline(4, 1000, 300, None)),
