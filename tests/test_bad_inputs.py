@@ -339,6 +339,11 @@ CASES = [
     pytest.param(scale_search('--img-size', '30'), S,
                  r'--grid / --arch: img_size=30 is not a multiple of patch_size=4',
                  id='scale_search-img-size-vs-patch'),
+    pytest.param(scale_search('--backbone-kwargs', '{"img_size": 32}'), S,
+                 r"--backbone-kwargs \{\"img_size\": 32\}: must not set \['img_size'\]",
+                 id='scale_search-backbone-kwargs-clash'),
+    pytest.param(scale_search('--backbone-kwargs', 'with_cls_token=False'), S,
+                 r'--backbone-kwargs: not a JSON dict', id='scale_search-backbone-kwargs-json'),
     pytest.param(call(write_rule_file, '/', dict(depth=2)), V, r'^rule file: / is a folder',
                  id='write_rule_file-folder'),
     pytest.param(latency_table('[]', '[]'), W, r't.jsonl:1: skipping a line that is not a latency '

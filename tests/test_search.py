@@ -278,3 +278,36 @@ def test_pit_flops_search(tmp_path):
     rule = write_rule_file(str(tmp_path / 'pit_rule.py'), res.winner.rule)
     cfg = load_with_rule(osp.join(ROOT, 'configs/cls/scaled_pit_fmnist.py'), rule)
     assert cfg.model.backbone.scaling == res.winner.rule
+
+
+def test_backbone_kwargs_cost_candidates_as_the_task_builds_them():
+    """A task config without a class token: candidates are built and counted that way, so
+    the search's FLOPs equal the study's count of the task's backbone."""
+    from mmvitscale.cost import get_complexity
+    from mmvitscale.experiments.tasks import get_task, input_shape
+    from mmvitscale.registry import MODELS
+    from mmvitscale.rules import load_with_rule
+    from mmvitscale.search.scale_search import attach_costs
+    arch = dict(embed_dims=64, num_layers=4, num_heads=2, mlp_ratio=2.0)
+    kwargs = dict(with_cls_token=False, out_type='avg_featmap')
+    plain = BaseSpec('vit', arch, 28, 7, 1)
+    pooled = BaseSpec('vit', arch, 28, 7, 1, backbone_kwargs=kwargs)
+    rule = dict(depth_mult=1.5, width_mult=1.25, mlp_ratio_mult=0.5, resolution_mult=0.75)
+    counted = {}
+    for name, base in (('plain', plain), ('pooled', pooled)):
+        cands, _ = enumerate_candidates(base, dict(depth_mult=(1.0, 1.5), width_mult=(1.0, 1.25),
+                                                   mlp_ratio_mult=(1.0, 0.5),
+                                                   resolution_mult=(1.0, 0.75)))
+        attach_costs(cands, base)
+        counted[name] = {json.dumps(c.rule, sort_keys=True): c.flops for c in cands}
+    key = json.dumps(rule, sort_keys=True)
+    assert counted['pooled'][key] < counted['plain'][key]  # 9 tokens, not 10
+    assert pooled.backbone_cfg(rule)['with_cls_token'] is False
+    cfg = load_with_rule(get_task('cls').config_path, osp.join(
+        ROOT, 'configs/_base_/scaling/search_deeper_lowres.py'))
+    study = get_complexity(MODELS.build(cfg.model.backbone), input_shape(get_task('cls'), cfg))
+    assert counted['pooled'][key] == study['flops']
+    with pytest.raises(ValueError, match=r"backbone_kwargs must not set \['img_size'\]"):
+        BaseSpec('vit', arch, 28, 7, 1, backbone_kwargs=dict(img_size=32))
+    with pytest.raises(ValueError, match='backbone_kwargs must be a dict'):
+        BaseSpec('vit', arch, 28, 7, 1, backbone_kwargs=[('with_cls_token', False)])

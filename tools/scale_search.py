@@ -60,6 +60,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--img-size', type=int, default=32, help='base resolution')
     p.add_argument('--patch-size', type=int, default=4, help='ViT base patch size')
     p.add_argument('--in-channels', type=int, default=1, help='input channels')
+    p.add_argument('--backbone-kwargs', default='{}',
+                   help="the task config's other backbone arguments as a JSON dict, e.g. "
+                   '\'{"with_cls_token": false, "out_type": "avg_featmap"}\' (candidates are '
+                   'built and costed with them)')
     p.add_argument('--cost', default='flops', choices=COSTS)
     p.add_argument('--budget', type=float, required=True, help='GFLOPs, or ms for latency')
     p.add_argument('--predictor', default=None, help='LatencyPredictor JSON (--cost latency)')
@@ -159,9 +163,19 @@ def validate(args: argparse.Namespace) -> None:
     if not grids:
         raise ValueError('--only-grid: give at least one --grid KEY=V1,V2')
     try:
-        args.grids = check_grids(grids, args.family)
+        kwargs = json.loads(args.backbone_kwargs)
+    except ValueError as err:
+        raise ValueError(f'--backbone-kwargs: not a JSON dict: {err}') from None
+    try:
         args.base = BaseSpec(args.family, args.arch, args.img_size, args.patch_size,
-                             args.in_channels, args.linear_kernel_size)
+                             args.in_channels, args.linear_kernel_size, kwargs)
+    except ValueError as err:
+        if 'backbone_kwargs' in str(err):
+            raise ValueError(f'--backbone-kwargs {args.backbone_kwargs}: '
+                             f'{str(err).replace("backbone_kwargs ", "")}') from None
+        raise ValueError(f'--arch: {err}') from None
+    try:
+        args.grids = check_grids(grids, args.family)
         args.base.resolve({})
     except ValueError as err:
         raise ValueError(f'--grid / --arch: {err}') from None
@@ -291,7 +305,9 @@ def main(argv=None) -> SearchResult:
               f'family={args.family} base arch={json.dumps(args.arch)} img_size={args.img_size}'
               + (f' patch_size={args.patch_size}' if get_family(args.family).patch_size_arg
                  else '')
-              + f' in_channels={args.in_channels}',
+              + f' in_channels={args.in_channels}'
+              + (f' backbone_kwargs={args.backbone_kwargs}' if args.base.backbone_kwargs
+                 else ''),
               f'{args.cost} budget {budget_text}, scorer {args.scorer}; '
               f'{len(result.ranked)} feasible of {result.num_enumerated} candidates'
               + (f'; attention types searched: {", ".join(args.attn_types)} (linear_angular '

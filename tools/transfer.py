@@ -39,7 +39,7 @@ DEFAULT_TASKS = ['cls', 'cls_pit']
 # At 0.97-1.01x the baseline's FLOPs on the source: one hand-written rule and the scaling
 # search's two best candidates by As-ViT's proxies (the command is in each file)
 DEFAULT_RULES = [osp.join(SCALING_DIR, f'{n}.py')
-                 for n in ('deeper_narrower_mild', 'search_proxy_top1', 'search_wider_lowres')]
+                 for n in ('deeper_narrower_mild', 'search_proxy_top1', 'search_deeper_lowres')]
 DEFAULT_BASELINE = osp.join(SCALING_DIR, 'deit_tiny_shape.py')
 QUICK = dict(epochs=1, train=256, val=128, batch=32)
 

@@ -81,7 +81,9 @@ class Candidate:
 @dataclass
 class BaseSpec:
     """The base architecture a search scales: family, arch (preset or dict) and input;
-    ``linear_kernel_size`` is the backbone's for linear-angular candidates."""
+    ``linear_kernel_size`` is the backbone's for linear-angular candidates;
+    ``backbone_kwargs`` are the task config's other backbone arguments (e.g.
+    ``with_cls_token=False``), so candidates are built and costed as the task builds them."""
 
     family: str = 'vit'
     arch: Any = 'deit-tiny'
@@ -89,6 +91,7 @@ class BaseSpec:
     patch_size: int = 16
     in_channels: int = 3
     linear_kernel_size: int = 9
+    backbone_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         get_family(self.family, among=family_names('image', searchable=True))
@@ -98,6 +101,12 @@ class BaseSpec:
                 raise ValueError(f'{name} must be a positive integer, got {value!r}')
         if self.linear_kernel_size % 2 == 0:
             raise ValueError(f'linear_kernel_size must be odd, got {self.linear_kernel_size}')
+        if not isinstance(self.backbone_kwargs, Mapping):
+            raise ValueError(f'backbone_kwargs must be a dict, got {self.backbone_kwargs!r}')
+        clash = sorted({'arch', 'img_size', 'patch_size', 'in_channels', 'scaling', 'type'}
+                       & set(self.backbone_kwargs))
+        if clash:
+            raise ValueError(f'backbone_kwargs must not set {clash}: they are the search\'s')
 
     def resolve(self, rule: Mapping[str, Any]):
         """The architecture of ``rule`` (its ``attn_type``, if any, does not shape it)."""
@@ -122,6 +131,7 @@ class BaseSpec:
                                   in_channels=self.in_channels)
         if rule.get('attn_type', 'softmax') != 'softmax':
             cfg['linear_kernel_size'] = self.linear_kernel_size
+        cfg.update(self.backbone_kwargs)
         cfg.update(kwargs)
         return cfg
 
@@ -204,10 +214,10 @@ def attach_costs(cands: List[Candidate], base: BaseSpec, predictor=None,
     from ..cost import get_complexity
     family = get_family(base.family)
     for i, c in enumerate(cands):
-        flops = family.analytic_flops(base.resolve(c.rule), in_channels=base.in_channels,
-                                      attn_type=c.attn_type,
-                                      linear_kernel_size=base.linear_kernel_size)
-        if flops is None:  # no closed form for this family: count the built model
+        flops = None if base.backbone_kwargs else family.analytic_flops(
+            base.resolve(c.rule), in_channels=base.in_channels, attn_type=c.attn_type,
+            linear_kernel_size=base.linear_kernel_size)
+        if flops is None:  # no closed form (family, or backbone kwargs): count the model
             model = base.build(c.rule)
             flops = get_complexity(model, (base.in_channels, *c.arch['img_size']))['flops']
         c.flops = int(flops)
