@@ -439,3 +439,29 @@ def test_transfer_tool_end_to_end_cls_to_det(tiny, tmp_path, monkeypatch):
     png = (out / 'transfer.png').read_bytes()
     assert png.startswith(b'\x89PNG') and len(png) > 10_000
     assert not [p for p in os.listdir(out) if p.endswith('.tmp')]
+
+
+def test_latency_of_a_task_is_timed_together_when_a_rule_is_added(tmp_path):
+    """Arms compared by latency are always timed in the same alternating rounds: adding a
+    rule to a finished study re-times every arm of the task; a plain rerun times nothing."""
+    from mmvitscale.experiments.latency import measure_arms
+    from mmvitscale.experiments.tasks import SCALING_DIR
+    store = ResultStore(str(tmp_path / 'trials.jsonl'))
+    rules = [osp.join(SCALING_DIR, f'{n}.py') for n in
+             ('deit_tiny_shape', 'deeper_narrower_mild', 'search_deeper_lowres')]
+    said = []
+    measure_arms(['cls'], rules[:2], store, rounds=1, repeats=1, warmup_s=0.0, say=said.append)
+    assert said == ['cls: eager latency of 2 arm(s), 1 rounds x 1 runs']
+    said.clear()
+    rows = measure_arms(['cls'], rules, store, rounds=1, repeats=1, warmup_s=0.0,
+                        say=said.append)
+    assert said == ['cls: eager latency of 3 arm(s) (1 new, all timed together), 1 rounds x 1 '
+                    'runs']
+    assert [r['rule'] for r in rows] == ['deit_tiny_shape', 'deeper_narrower_mild',
+                                         'search_deeper_lowres']
+    with open(store.path) as f:
+        assert len(f.readlines()) == 5  # 2 first, then all 3 again (the later lines win)
+    said.clear()
+    again = measure_arms(['cls'], rules, ResultStore(store.path), rounds=1, repeats=1,
+                         warmup_s=0.0, say=said.append)
+    assert said == [] and again == rows

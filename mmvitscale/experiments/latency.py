@@ -43,7 +43,12 @@ def measure_arms(tasks: Sequence[str], rules: Sequence[str], store: ResultStore,
                  backends: Sequence[str] = ('eager',), rounds: int = 3, repeats: int = 20,
                  warmup_s: float = 0.2, threads: int = 1,
                  say: Optional[Say] = None) -> List[Dict[str, Any]]:
-    """Latency rows of every (task, rule, backend) not yet in ``store``; returns all of them."""
+    """Latency rows of every (task, rule, backend); returns all of them.
+
+    Rows already in ``store`` are reused only when every arm of the (task, backend) has one:
+    when any is missing (a rule added to a finished study), all arms are timed again together,
+    so the arms compared are always timed in the same alternating rounds.
+    """
     import torch
 
     from ..cost.backends import build_model, measure
@@ -57,9 +62,11 @@ def measure_arms(tasks: Sequence[str], rules: Sequence[str], store: ResultStore,
         spec = get_task(task)
         for backend in backends:
             keys = {r: latency_key(task, r, backend, rounds, repeats, threads) for r in rules}
-            todo = [r for r in rules if keys[r] not in store]
+            new = [r for r in rules if keys[r] not in store]
+            todo = list(rules) if new else []
             if todo:
-                say(f'{task}: {backend} latency of {len(todo)} arm(s), {rounds} rounds x '
+                again = f' ({len(new)} new, all timed together)' if len(new) < len(todo) else ''
+                say(f'{task}: {backend} latency of {len(todo)} arm(s){again}, {rounds} rounds x '
                     f'{repeats} runs')
                 models = {}
                 for r in todo:
