@@ -27,7 +27,7 @@ def baseline_seconds(path: str, rule: str) -> Optional[float]:
     if not osp.isfile(path):
         return None
     times = [r['timings']['train_s'] for r in ResultStore(path).rows()
-             if r.get('task') == 'cls' and r.get('rule') == rule]
+             if r.get('task') == 'cls' and r.get('rule') == rule and 'timings' in r]
     return statistics.median(times) if times else None
 
 

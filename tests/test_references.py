@@ -71,5 +71,7 @@ def test_benchmark_budget_from_the_study_store(tmp_path):
                                          ('cls', 'other', 10.0),
                                          ('cls_pit', 'deit_tiny_shape', 5.0)]):
         store.append(dict(key=f'k{i}', task=task, rule=rule, timings=dict(train_s=s)))
+    store.append(dict(key='lat', kind='latency', task='cls', rule='deit_tiny_shape',
+                      median_ms=2.0))
     assert bench.baseline_seconds(store.path, 'deit_tiny_shape') == 84.0
     assert bench.baseline_seconds(str(tmp_path / 'missing.jsonl'), 'deit_tiny_shape') is None
