@@ -465,3 +465,60 @@ def test_latency_of_a_task_is_timed_together_when_a_rule_is_added(tmp_path):
     again = measure_arms(['cls'], rules, ResultStore(store.path), rounds=1, repeats=1,
                          warmup_s=0.0, say=said.append)
     assert said == [] and again == rows
+
+
+def _comp(task, rule, diff, lo, hi, verdict, seeds):
+    return dict(task=task, rule=rule, diff_mean=diff, ci95=[lo, hi], verdict=verdict,
+                seeds=seeds)
+
+
+def test_agreement_of_two_runs_counts_verdicts_and_opposites(tmp_path):
+    from mmvitscale.experiments.report import agreement, agreement_markdown
+    a = dict(baseline='base', comparisons=[
+        _comp('cls', 'r1', -0.08, -0.53, 0.37, 'inconclusive', [0, 1, 2]),
+        _comp('cls', 'r2', 0.5, 0.1, 0.9, 'better', [0, 1, 2]),
+        _comp('det', 'r1', 0.2, -0.1, 0.5, 'inconclusive', [0, 1, 2]),
+        _comp('video', 'r1', 1.0, 0.5, 1.5, 'better', [0, 1, 2])])
+    b = dict(baseline='base', comparisons=[
+        _comp('cls', 'r1', -0.39, -0.77, -0.01, 'worse', [3, 4, 5]),
+        _comp('cls', 'r2', 0.4, 0.2, 0.6, 'better', [3, 4, 5]),
+        _comp('det', 'r1', -0.3, -0.5, -0.1, 'worse', [3, 4, 5])])
+    res = agreement(a, b)
+    assert (res['agreed'], res['total'], res['opposed'], res['same_sign']) == (1, 3, 0, 2)
+    assert [(r['task'], r['rule'], r['agree']) for r in res['rows']] == [
+        ('cls', 'r1', False), ('cls', 'r2', True), ('det', 'r1', False)]
+    b['comparisons'][1] = _comp('cls', 'r2', -0.4, -0.6, -0.2, 'worse', [3, 4, 5])
+    assert agreement(a, b)['opposed'] == 1
+    text = agreement_markdown(res, ['A', 'B'])
+    assert text.startswith('Verdicts agree in 1 of 3 comparisons with base; opposite verdicts '
+                           '(better vs worse): 0; same sign of the mean difference: 2 of 3.')
+    assert ('| cls | r1 | inconclusive: -0.08 (-0.53 to +0.37; seeds 0, 1, 2) | worse: -0.39 '
+            '(-0.77 to -0.01; seeds 3, 4, 5) | no |') in text
+    with pytest.raises(ValueError, match="different baselines: 'base' and 'other'"):
+        agreement(a, dict(b, baseline='other'))
+    with pytest.raises(ValueError, match='no \\(task, rule\\) comparison in common'):
+        agreement(a, dict(baseline='base', comparisons=[]))
+
+
+def test_study_agreement_tool(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        'study_agreement', osp.join(ROOT, 'tools', 'analysis', 'study_agreement.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    a = dict(baseline='base', comparisons=[_comp('cls', 'r1', 0.5, 0.1, 0.9, 'better', [0])])
+    b = dict(baseline='base', comparisons=[_comp('cls', 'r1', 0.1, -0.3, 0.5, 'inconclusive',
+                                                 [1])])
+    (tmp_path / 'a.json').write_text(json.dumps(a))
+    (tmp_path / 'b.json').write_text(json.dumps(b))
+    out = tmp_path / 'agree.md'
+    res = tool.main([str(tmp_path / 'a.json'), str(tmp_path / 'b.json'), '--out', str(out)])
+    assert res['agreed'] == 0 and out.read_text().startswith('Verdicts agree in 0 of 1')
+    assert json.loads((tmp_path / 'agree.json').read_text())['total'] == 1
+    (tmp_path / 'c.json').write_text('{"arms": []}')
+    with pytest.raises(SystemExit):
+        tool.main([str(tmp_path / 'a.json'), str(tmp_path / 'c.json')])
+    err = capsys.readouterr().err
+    assert f'second {tmp_path / "c.json"}: not a study report (no "comparisons")' in err
+    with pytest.raises(SystemExit):
+        tool.main([str(tmp_path / 'a.json'), str(tmp_path / 'b.json'), '--out', 'x.txt'])
+    assert '--out must end in .md, got x.txt' in capsys.readouterr().err

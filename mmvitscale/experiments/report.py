@@ -358,3 +358,53 @@ def write_report(summary: Mapping[str, Any], out_dir: str, name: str,
     write_markdown(paths['md'], to_markdown(summary, title))
     plot(summary, paths['png'])
     return paths
+
+
+# ---------------------------------------------------------------------------- reproducibility
+def agreement(first: Mapping[str, Any], second: Mapping[str, Any]) -> Dict[str, Any]:
+    """Verdicts of two runs of one study (e.g. disjoint seed sets) side by side.
+
+    Rows cover the (task, rule) comparisons both summaries hold. ``agree``: same verdict word;
+    ``same_sign``: the mean differences point the same way; ``opposed``: one run says
+    ``better`` where the other says ``worse`` (the failure that matters most). Raises
+    ``ValueError`` when the two have different baselines or no comparison in common.
+    """
+    if first.get('baseline') != second.get('baseline'):
+        raise ValueError(f"the two studies have different baselines: {first.get('baseline')!r} "
+                         f"and {second.get('baseline')!r}")
+    rows = []
+    for a in first['comparisons']:
+        b = _comparison(second, a['task'], a['rule'])
+        if b is None:
+            continue
+        rows.append(dict(
+            task=a['task'], rule=a['rule'], seeds=[a['seeds'], b['seeds']],
+            diff_mean=[a['diff_mean'], b['diff_mean']], ci95=[a['ci95'], b['ci95']],
+            verdict=[a['verdict'], b['verdict']], agree=a['verdict'] == b['verdict'],
+            same_sign=(a['diff_mean'] > 0) == (b['diff_mean'] > 0),
+            opposed={a['verdict'], b['verdict']} == {'better', 'worse'}))
+    if not rows:
+        raise ValueError('the two studies have no (task, rule) comparison in common')
+    return dict(baseline=first['baseline'], rows=rows,
+                agreed=sum(r['agree'] for r in rows), total=len(rows),
+                opposed=sum(r['opposed'] for r in rows),
+                same_sign=sum(r['same_sign'] for r in rows))
+
+
+def agreement_markdown(result: Mapping[str, Any], names: Sequence[str] = ('run 1', 'run 2')
+                       ) -> str:
+    """The agreement table in Markdown, with the count in words first."""
+    lines = [f"Verdicts agree in {result['agreed']} of {result['total']} comparisons with "
+             f"{result['baseline']}; opposite verdicts (better vs worse): {result['opposed']}; "
+             f"same sign of the mean difference: {result['same_sign']} of {result['total']}.",
+             '', f'| task | rule | {names[0]} | {names[1]} | agree |', '|---|---|---|---|---|']
+    for r in result['rows']:
+        cells = []
+        for i in range(2):
+            lo, hi = r['ci95'][i]
+            span = (f'{_fmt(lo)} to {_fmt(hi)}' if lo is not None else 'no interval')
+            seeds = ', '.join(str(s) for s in r['seeds'][i])
+            cells.append(f"{r['verdict'][i]}: {_fmt(r['diff_mean'][i])} ({span}; seeds {seeds})")
+        lines.append(f"| {r['task']} | {r['rule']} | {cells[0]} | {cells[1]} | "
+                     f"{'yes' if r['agree'] else 'no'} |")
+    return '\n'.join(lines) + '\n'
