@@ -522,3 +522,50 @@ def test_study_agreement_tool(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tool.main([str(tmp_path / 'a.json'), str(tmp_path / 'b.json'), '--out', 'x.txt'])
     assert '--out must end in .md, got x.txt' in capsys.readouterr().err
+
+
+_SLOW_TRIAL = '''
+import os, time
+def slow(trial, out_dir, data_root, threads):
+    open(os.path.join(out_dir, f'pid{os.getpid()}'), 'w').close()
+    time.sleep(120)
+'''
+
+_STUDY = '''
+import sys
+sys.path.insert(0, sys.argv[1])
+from slow_trial import slow
+from mmvitscale.experiments.pool import run_trials
+from mmvitscale.experiments.store import ResultStore
+from mmvitscale.experiments.trial import Trial
+if __name__ == '__main__':
+    rules = [sys.argv[1] + f'/rule{i}.py' for i in range(2)]
+    for r in rules:
+        open(r, 'w').write('scaling = dict()')
+    trials = [Trial('cls', r, i) for i, r in enumerate(rules)]
+    run_trials(trials, ResultStore(sys.argv[1] + '/t.jsonl'), sys.argv[1], sys.argv[1],
+               workers=2, fn=slow, say=lambda m: None)
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='PR_SET_PDEATHSIG is Linux')
+def test_killed_study_leaves_no_worker_running(tmp_path):
+    (tmp_path / 'slow_trial.py').write_text(_SLOW_TRIAL)
+    (tmp_path / 'study.py').write_text(_STUDY)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / 'study.py'), str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while len(list(tmp_path.glob('pid*'))) < 2:
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, 'the workers did not start in 120 s'
+        time.sleep(0.05)
+    pids = [int(p.name[3:]) for p in tmp_path.glob('pid*')]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    alive = pids
+    while alive and time.time() < deadline:
+        alive = [p for p in pids if osp.exists(f'/proc/{p}') and
+                 open(f'/proc/{p}/stat').read().split()[2] != 'Z']
+        time.sleep(0.1)
+    assert not alive, f'workers {alive} outlived the killed study'

@@ -6,6 +6,7 @@ result depends on its seed only, so 1 worker and N workers give the same rows (t
 aside). Progress and an ETA are printed as trials finish.
 """
 import multiprocessing
+import os
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -29,7 +30,25 @@ def _clock(seconds: float) -> str:
     return f'{int(seconds // 60)}m{int(seconds % 60):02d}s'
 
 
-def _init_worker(threads: int) -> None:
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this worker when the study process dies (a killed study
+    must not leave workers training on, taking the cores of the rerun)."""
+    if not sys.platform.startswith('linux'):
+        return
+    try:
+        import ctypes
+        import signal
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - no prctl: workers may outlive us
+        return
+    if os.getppid() == 1:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def _init_worker(threads: int, worker: bool = False) -> None:
+    if worker:
+        _die_with_parent()
     import torch
     torch.set_num_threads(threads)
     try:
@@ -109,7 +128,7 @@ def run_trials(trials: Sequence[Trial], store: ResultStore, out_dir: str, data_r
     else:
         ctx = multiprocessing.get_context('spawn')  # no torch / mmengine state forked
         with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
-                                 initializer=_init_worker, initargs=(threads,)) as pool:
+                                 initializer=_init_worker, initargs=(threads, True)) as pool:
             running = {pool.submit(fn, t, out_dir, data_root, threads): t for t in pending}
             try:
                 while running:
