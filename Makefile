@@ -1,6 +1,6 @@
 # One entry point for the environment, the main job and the tests.
 #   make demo   build .venv if needed, then run the main job (the scaling-transfer report)
-#   make demo-all  the main job with the det and video targets too (about 45 minutes)
+#   make demo-all  the main job with the det and video targets too (not timed yet)
 #   make test   build .venv if needed, then run the whole test suite
 #   make env    build / verify .venv only
 #   make table  cost table of ViT presets and scaled variants (params, FLOPs, CPU latency)
