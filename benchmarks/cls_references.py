@@ -31,10 +31,6 @@ def baseline_seconds(path: str, rule: str) -> Optional[float]:
     return statistics.median(times) if times else None
 
 
-def _run(job: Dict[str, Any]) -> Dict[str, Any]:
-    return train_reference(**job)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--kinds', nargs='+', choices=KINDS, default=list(KINDS))
@@ -52,6 +48,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = p.parse_args(argv)
     if args.seconds is not None and not args.seconds > 0:
         p.error(f'--seconds must be > 0, got {args.seconds}')
+    if args.workers < 1:
+        p.error(f'--workers must be >= 1, got {args.workers}')
     if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
         p.error(f'--seeds must be distinct and >= 0, got {args.seeds}')
     seconds = args.seconds or baseline_seconds(args.trials, args.baseline_rule) or 85.0
@@ -60,8 +58,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             for k in args.kinds for s in args.seeds]
     print(f'{len(jobs)} runs of {seconds:.0f} s on {args.workers} worker(s); load: {load}',
           flush=True)
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        rows = list(pool.map(_run, jobs))
+    if args.workers == 1:
+        rows = [train_reference(**job) for job in jobs]
+    else:
+        with ProcessPoolExecutor(max_workers=args.workers) as pool:
+            rows = [f.result() for f in [pool.submit(train_reference, **job) for job in jobs]]
     summary = {}
     for kind in args.kinds:
         acc = [r['top1'] for r in rows if r['kind'] == kind]

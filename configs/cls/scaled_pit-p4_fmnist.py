@@ -3,7 +3,7 @@
 # patches (7 x 7 tokens, pooled to 4 x 4 and 2 x 2), widths 32/64/128. The same rule files
 # apply (depth, heads and head dims per stage scale together). Change the first base to apply
 # another rule.
-_base_ = ['../_base_/scaling/deit_tiny_shape.py', '../_base_/cls_fashion_mnist.py']
+_base_ = ['../_base_/scaling/deit_tiny_shape.py', '../_base_/cls_fashion_mnist_study.py']
 from mmvitscale.rules import derive_image  # noqa: E402  (after _base_: stays a text config)
 
 scaled = derive_image('pit', dict(base_dims=(16, 16, 16), depths=(1, 2, 1), heads=(2, 4, 8),
@@ -21,14 +21,6 @@ model = dict(
               loss=dict(type='CrossEntropyLoss')))
 
 pipeline = [dict(type='Resize', scale=scaled['input_size']), dict(type='PackInputs')]
-train_dataloader = dict(batch_size=128, dataset=dict(pipeline=pipeline))
+train_dataloader = dict(dataset=dict(pipeline=pipeline))
 val_dataloader = dict(dataset=dict(pipeline=pipeline))
 test_dataloader = dict(dataset=dict(pipeline=pipeline))
-
-optim_wrapper = dict(optimizer=dict(type='AdamW', lr=3e-3, weight_decay=0.05),
-                     clip_grad=dict(max_norm=5.0))
-param_scheduler = [
-    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=47),
-    dict(type='CosineAnnealingLR', by_epoch=True, begin=0, T_max=2, eta_min=0.0,
-         convert_to_iter_based=True)]
-train_cfg = dict(by_epoch=True, max_epochs=2, val_interval=1)

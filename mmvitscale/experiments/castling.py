@@ -18,7 +18,6 @@ from mmengine.config import Config
 from ..fileio import json_ready
 from . import seeded
 from .console import clock, loadavg_text
-from .report import write_json, write_markdown
 from .seeded import load_config, rel_path
 from .store import machine_fingerprint
 from .tasks import configure, ensure_data, get_task
@@ -230,21 +229,15 @@ def to_markdown(summary: Mapping[str, Any]) -> str:
                   'masks. Converted model vs a fresh `inference_only=True` backbone with the '
                   f"same weights: max |output diff| {aux['max_logit_diff_vs_inference_only']:.2e}"
                   ' (worst seed).']
-    if len(seeds) < 3:
-        lines += ['', f'{len(seeds)} seed(s): intervals from fewer than 3 seeds are wide (or '
-                  'absent); run `--seeds 0 1 2` or more before reading a verdict.']
+    lines += seeded.few_seeds_note(seeds)
     return '\n'.join(lines) + '\n'
 
 
 def write_report(summary: Mapping[str, Any], out_dir: str) -> Dict[str, str]:
-    paths = {ext: osp.join(out_dir, f'{NAME}.{ext}') for ext in ('json', 'md', 'png')}
-    write_json(paths['json'], summary)
-    write_markdown(paths['md'], to_markdown(summary))
     m = summary['meta']
-    seeded.plot_arms(summary, paths['png'],
-                     f"Fashion-MNIST, {m['epochs']} ep x {m['train']} imgs, seeds "
-                     f"{summary['seeds']}")
-    return paths
+    return seeded.write_seeded_report(summary, out_dir, NAME, to_markdown(summary),
+                                      f"Fashion-MNIST, {m['epochs']} ep x {m['train']} imgs, seeds "
+                                      f"{summary['seeds']}")
 
 
 def run_study(opts: Any, stages: Any) -> Dict[str, Any]:

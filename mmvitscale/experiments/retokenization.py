@@ -19,7 +19,6 @@ from mmengine.hooks import Hook
 
 from . import seeded
 from .console import loadavg_text
-from .report import write_json, write_markdown
 from .seeded import load_config, rel_path
 from .store import machine_fingerprint
 from .tasks import configure, ensure_data, get_task
@@ -176,21 +175,15 @@ def to_markdown(summary: Mapping[str, Any]) -> str:
                          f"| {p['metrics']['train_cpu_s']:.1f} | {p['metrics']['top1']:.2f} | "
                          f"{p['load_before']} / {p['load_after']} |")
     lines += ['', f"Target {summary['target']['text'][len('target '):]}."]
-    if len(seeds) < 3:
-        lines += ['', f'{len(seeds)} seed(s): intervals from fewer than 3 seeds are wide (or '
-                  'absent); run `--seeds 0 1 2` or more before reading a verdict.']
+    lines += seeded.few_seeds_note(seeds)
     return '\n'.join(lines) + '\n'
 
 
 def write_report(summary: Mapping[str, Any], out_dir: str) -> Dict[str, str]:
-    paths = {ext: osp.join(out_dir, f'{NAME}.{ext}') for ext in ('json', 'md', 'png')}
-    write_json(paths['json'], summary)
-    write_markdown(paths['md'], to_markdown(summary))
     m = summary['meta']
-    seeded.plot_arms(summary, paths['png'],
-                     f"re-tokenization, {m['epochs']} ep x {m['train_images']} imgs, seeds "
-                     f"{summary['seeds']}")
-    return paths
+    return seeded.write_seeded_report(summary, out_dir, NAME, to_markdown(summary),
+                                      f"re-tokenization, {m['epochs']} ep x "
+                                      f"{m['train_images']} imgs, seeds {summary['seeds']}")
 
 
 def run_study(opts: Any, say: Any, command: Optional[str] = None) -> Dict[str, Any]:

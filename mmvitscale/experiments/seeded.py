@@ -314,3 +314,23 @@ def plot_arms(summary: Mapping[str, Any], path: str, title: str = '') -> None:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
+
+
+def few_seeds_note(seeds: Sequence[int]) -> List[str]:
+    """Markdown lines warning that fewer than 3 seeds give wide (or no) intervals."""
+    if len(seeds) >= 3:
+        return []
+    return ['', f'{len(seeds)} seed(s): intervals from fewer than 3 seeds are wide (or absent); '
+            'run `--seeds 0 1 2` or more before reading a verdict.']
+
+
+def write_seeded_report(summary: Mapping[str, Any], out_dir: str, name: str, markdown: str,
+                        plot_title: str) -> Dict[str, str]:
+    """``<name>.json``, ``.md`` (``markdown``) and ``.png`` (arms with error bars) under
+    ``out_dir``, each written atomically."""
+    from .report import write_json, write_markdown
+    paths = {ext: osp.join(out_dir, f'{name}.{ext}') for ext in ('json', 'md', 'png')}
+    write_json(paths['json'], summary)
+    write_markdown(paths['md'], markdown)
+    plot_arms(summary, paths['png'], plot_title)
+    return paths
