@@ -12,6 +12,21 @@ pytest_plugins = ['pytester']
 IN_CI = os.environ.get('CI', '').lower() in ('1', 'true', 'yes')
 
 
+@pytest.fixture(scope='session')
+def fmnist_data_root(tmp_path_factory):
+    """A study data root holding Fashion-MNIST laid out for mmpretrain (``fashion_mnist/``),
+    prepared once per session from the Debian package; skipped (a failure under ``CI=true``,
+    see below) when the package is absent."""
+    from mmvitscale import datasets
+    try:
+        datasets.source_dir()
+    except datasets.FashionMNISTNotFoundError as err:
+        pytest.skip(str(err))
+    root = tmp_path_factory.mktemp('fmnist') / 'data'
+    datasets.prepare_classification(str(root / 'fashion_mnist'))
+    return root
+
+
 @pytest.fixture
 def tiny_arch():
     return dict(TINY)

@@ -271,20 +271,9 @@ def test_summary_says_no_rule_beats_the_baseline():
 
 
 # ---------------------------------------------------------------------------- end to end
-def _need_fmnist():
-    from mmvitscale import datasets
-    try:
-        datasets.source_dir()
-    except datasets.FashionMNISTNotFoundError as err:
-        if os.environ.get('CI', '').lower() == 'true':
-            pytest.fail(f'CI: {err}')
-        pytest.skip(str(err))
-
-
 @pytest.fixture(scope='module')
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, fmnist_data_root):
     """Data root with Fashion-MNIST laid out and tiny det data; two small rule files."""
-    _need_fmnist()
     from mmvitscale import datasets
     root = tmp_path_factory.mktemp('exp')
     data = root / 'data'

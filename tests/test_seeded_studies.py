@@ -3,7 +3,6 @@ tools/analysis/castling_accuracy.py and tools/analysis/retokenization_study.py (
 differences, intervals, verdicts, the results store on rerun)."""
 import importlib.util
 import json
-import os
 import os.path as osp
 
 import numpy as np
@@ -143,20 +142,6 @@ def test_tools_validate_seeds_before_any_work(tool, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------- tools: end to end
-@pytest.fixture(scope='module')
-def fmnist_root(tmp_path_factory):
-    from mmvitscale import datasets
-    try:
-        datasets.source_dir()
-    except datasets.FashionMNISTNotFoundError as err:
-        if os.environ.get('CI', '').lower() == 'true':
-            pytest.fail(f'CI: {err}')
-        pytest.skip(str(err))
-    root = tmp_path_factory.mktemp('seeded') / 'data'
-    datasets.prepare_classification(str(root / 'fashion_mnist'))
-    return root
-
-
 def _check_arms_and_comparisons(data, arms, pairs):
     by = {a['arm']: a for a in data['arms']}
     assert list(by) == arms
@@ -179,12 +164,12 @@ def _check_arms_and_comparisons(data, arms, pairs):
 
 
 @pytest.mark.slow
-def test_castling_tool_two_seeds_end_to_end_and_rerun_keeps_trials(fmnist_root, tmp_path,
+def test_castling_tool_two_seeds_end_to_end_and_rerun_keeps_trials(fmnist_data_root, tmp_path,
                                                                    monkeypatch):
     tool = _load_tool('castling_accuracy')
     out = tmp_path / 'castling'
     argv = ['--seeds', '0', '1', '--epochs', '1', '--train', '64', '--val', '64', '--batch',
-            '32', '--runs', 'softmax', 'linear_aux', '--data-root', str(fmnist_root),
+            '32', '--runs', 'softmax', 'linear_aux', '--data-root', str(fmnist_data_root),
             '--out-dir', str(out)]
     summary = tool.main(argv)
     data = json.loads((out / 'castling_accuracy.json').read_text())
@@ -217,10 +202,10 @@ def test_castling_tool_two_seeds_end_to_end_and_rerun_keeps_trials(fmnist_root, 
 
 
 @pytest.mark.slow
-def test_retokenization_tool_two_seeds_end_to_end(fmnist_root, tmp_path):
+def test_retokenization_tool_two_seeds_end_to_end(fmnist_data_root, tmp_path):
     tool = _load_tool('retokenization_study')
     out = tmp_path / 'retok'
-    data_arg = str(fmnist_root / 'fashion_mnist')  # the old meaning of --data-root still works
+    data_arg = str(fmnist_data_root / 'fashion_mnist')  # the old meaning of --data-root still works
     summary = tool.main(['--seeds', '0', '1', '--epochs', '2', '--train-images', '64',
                          '--val-images', '64', '--batch-size', '32', '--data-root', data_arg,
                          '--out-dir', str(out)])
