@@ -9,9 +9,7 @@ from mmvitscale.rules import derive_image  # noqa: E402  (after _base_: stays a 
 scaled = derive_image('pit', dict(base_dims=(16, 16, 16), depths=(1, 2, 1), heads=(2, 4, 8),
                                   mlp_ratio=2.0, patch_size=4, patch_stride=4),
                       _base_.scaling, img_size=28, in_channels=1,
-                      # PyTorch's default Linear init after the DeiT one (as the ViT task)
-                      init_cfg=dict(type='Kaiming', layer='Linear', a=5 ** 0.5, mode='fan_in',
-                                    nonlinearity='leaky_relu', distribution='uniform'))
+                      init_cfg=_base_.torch_linear_init)
 model = dict(
     type='ImageClassifier',
     backbone=scaled['backbone'],
