@@ -12,10 +12,10 @@ import argparse
 import json
 import os.path as osp
 import statistics
-import subprocess
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Dict, Optional, Sequence
 
+from mmvitscale.experiments.console import loadavg_text
 from mmvitscale.experiments.references import KINDS, train_reference
 from mmvitscale.experiments.stats import t_interval
 from mmvitscale.experiments.store import ResultStore
@@ -53,11 +53,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
         p.error(f'--seeds must be distinct and >= 0, got {args.seeds}')
     seconds = args.seconds or baseline_seconds(args.trials, args.baseline_rule) or 85.0
-    load = subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()
+    load = loadavg_text()
     jobs = [dict(kind=k, seconds=seconds, seed=s, train=args.train, val=args.val, threads=1)
             for k in args.kinds for s in args.seeds]
-    print(f'{len(jobs)} runs of {seconds:.0f} s on {args.workers} worker(s); load: {load}',
-          flush=True)
+    print(f'{len(jobs)} runs of {seconds:.0f} s on {args.workers} worker(s); load average: '
+          f'{load}', flush=True)
     if args.workers == 1:
         rows = [train_reference(**job) for job in jobs]
     else:
@@ -72,8 +72,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         print(f'{kind}: top-1 {ci.mean:.2f}% (95% interval {ci.low:.2f} to {ci.high:.2f}, '
               f'{len(acc)} seeds), {summary[kind]["epochs"]} epochs in ~{seconds:.0f} s')
     result = dict(seconds=seconds, train=args.train, val=args.val, load_start=load,
-                  load_end=subprocess.run(['uptime'], capture_output=True,
-                                          text=True).stdout.strip(),
+                  load_end=loadavg_text(),
                   summary=summary, runs=rows)
     atomic_write(args.out, json.dumps(result, indent=2) + '\n')
     print(f'wrote {args.out}')
