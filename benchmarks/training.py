@@ -5,6 +5,8 @@ warm-up, in one process; each Runner iteration is followed by one raw step. Prin
 of each and the ratio runner/raw; writes JSON (atomically) to ``--out``.
 
     python benchmarks/training.py --threads 1 --out work_dirs/benchmarks/training.json
+
+The raw step clips gradients as the config does (the recipe, not framework overhead).
 """
 import argparse
 import json
@@ -24,7 +26,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--task', default='cls', help='a registered classification task')
     p.add_argument('--rule', default=None,
                    help='rule file (default: configs/_base_/scaling/deit_tiny_shape.py)')
-    p.add_argument('--batch', type=int, default=32)
+    p.add_argument('--batch', type=int, default=None,
+                   help="batch size (default: the task's trial batch, 128 for cls)")
     p.add_argument('--iters', type=int, default=40, help='timed iterations per round')
     p.add_argument('--warmup', type=int, default=5, help='untimed iterations first')
     p.add_argument('--rounds', type=int, default=3, help='Runner runs (fresh Runner each)')
@@ -55,7 +58,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     print(f"raw {result['raw_img_s']:.0f} img/s, Runner {result['runner_img_s']:.0f} img/s, "
           f"ratio runner/raw {result['ratio']:.3f}, of median iterations "
           f"{result['ratio_median_iter']:.3f} (median of {args.rounds} rounds; "
-          f"{args.threads} thread(s), batch {args.batch}, load "
+          f"{args.threads} thread(s), batch {result['batch']}, load "
           f"{result['loadavg_start'][0]:.2f} -> {result['loadavg_end'][0]:.2f})")
     atomic_write(args.out, json.dumps(result, indent=2) + '\n')
     print(f'wrote {args.out}')

@@ -51,9 +51,26 @@ def test_in_memory_items_equal_mmpretrain_pipeline(data_root, split, test_mode):
         assert (b['inputs'].int() - a['inputs'].int()).abs().max() <= 1
         assert torch.equal(b['data_samples'].gt_label, a['data_samples'].gt_label)
         assert b['data_samples'].metainfo == a['data_samples'].metainfo
+        assert sorted(b['data_samples'].all_keys()) == sorted(a['data_samples'].all_keys())
     labels_ref = torch.cat([ref[i]['data_samples'].gt_label for i in range(len(ref))])
     labels = torch.cat([ours[i]['data_samples'].gt_label for i in range(len(ours))])
     assert torch.equal(labels, labels_ref)
+
+
+def test_in_memory_items_are_independent(data_root):
+    """Items share their metainfo values with a prototype, never their fields or labels."""
+    root = osp.join(data_root, 'fashion_mnist')
+    ours = _build('mmvitscale.InMemoryFashionMNIST', root, PIPELINE, indices=8)
+    a, b = ours[1]['data_samples'], ours[2]['data_samples']
+    a.set_pred_score(torch.rand(10))
+    a.set_metainfo(dict(flip=True))
+    a.gt_label += 5
+    fresh = ours[2]['data_samples']
+    for s in (b, fresh):
+        assert 'pred_score' not in s and 'flip' not in s.metainfo_keys()
+    assert torch.equal(fresh.gt_label, ours[2]['data_samples'].gt_label)
+    assert ours[1]['data_samples'].gt_label.item() == a.gt_label.item() - 5
+    assert 'pred_score' not in ours[1]['data_samples']
 
 
 def test_in_memory_other_pipeline_runs_per_item(data_root):

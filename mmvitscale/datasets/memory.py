@@ -41,6 +41,12 @@ def _batchable(transforms: List[Any]) -> Optional[Tuple[List[Any], Any]]:
     return resizes, pack
 
 
+def _immutable(value: Any) -> bool:
+    if isinstance(value, tuple):
+        return all(_immutable(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str, np.number))
+
+
 def resize_stack(images: np.ndarray, resizes: List[Any]) -> Tuple[np.ndarray, Dict[str, Any]]:
     """Apply mmcv ``Resize`` transforms to ``images`` ``[N, H, W]`` (uint8), 512 at a time.
 
@@ -121,18 +127,37 @@ if _FashionMNIST is not None:
             self._inputs = torch.from_numpy(resized).unsqueeze(1)  # [N, 1, H, W]
             self._labels = torch.as_tensor(
                 np.array([int(info['gt_label']) for info in infos], dtype=np.int64))
-            self._meta = {k: extra[k] for k in pack.meta_keys if k in extra}
-            self._meta_keys = tuple(pack.meta_keys)
+            meta = {k: extra[k] for k in pack.meta_keys if k in extra}
+            if not all(_immutable(v) for v in meta.values()):
+                return  # shared metainfo must not be mutable: the parent's per-item path
+            if 'sample_idx' in pack.meta_keys:
+                meta['sample_idx'] = 0
+            self._proto = DataSample(metainfo=meta)
+            self._proto.set_gt_label(self._labels[:1].clone())
+            self._with_idx = 'sample_idx' in pack.meta_keys
             self.cached = True
+
+        def _sample(self, idx: int) -> Any:
+            """A ``DataSample`` equal to ``DataSample(metainfo=meta).set_gt_label(label)``.
+
+            Built from a prototype's fields (immutable metainfo values: shapes and scale
+            factors as tuples, the index) with the item's own field sets and label, skipping
+            the per-item deepcopy of the metainfo that made up most of a batch's loading time.
+            """
+            proto = self._proto
+            sample = DataSample.__new__(DataSample)
+            fields = sample.__dict__
+            fields.update(proto.__dict__)
+            fields['_metainfo_fields'] = set(proto._metainfo_fields)
+            fields['_data_fields'] = set(proto._data_fields)
+            fields['gt_label'] = self._labels[idx:idx + 1].clone()
+            if self._with_idx:
+                fields['sample_idx'] = idx
+            return sample
 
         def prepare_data(self, idx: int) -> Any:
             if not self.cached:
                 return super().prepare_data(idx)
-            meta = dict(self._meta)
-            if 'sample_idx' in self._meta_keys:
-                meta['sample_idx'] = idx
-            sample = DataSample(metainfo=meta)
-            sample.set_gt_label(self._labels[idx:idx + 1].clone())
-            return dict(inputs=self._inputs[idx], data_samples=sample)
+            return dict(inputs=self._inputs[idx], data_samples=self._sample(idx))
 else:  # pragma: no cover
     InMemoryFashionMNIST = None

@@ -43,11 +43,14 @@ def _build_cfg(task: str, rule: str, batch: int, n_iters: int, work_dir: str,
 
 
 def make_raw_step(model: Any, batch: int, optim_cfg: Dict[str, Any], input_shape: tuple,
-                  num_classes: int) -> Callable[[], None]:
+                  num_classes: int, clip_grad: Optional[Dict[str, Any]] = None
+                  ) -> Callable[[], None]:
     """One raw training step of ``model`` on pre-made tensors, as a function.
 
-    A step is the classifier's forward, its head's loss module, backward and an AdamW step
-    with the config's learning rate and weight decay (no data loading, no hooks).
+    A step is the classifier's forward, its head's loss module, backward, gradient-norm
+    clipping when the config clips (``clip_grad=dict(max_norm=...)``: part of the recipe, not
+    of the framework) and an AdamW step with the config's learning rate and weight decay (no
+    data loading, no hooks).
     """
     import torch
     model.train()
@@ -63,6 +66,8 @@ def make_raw_step(model: Any, batch: int, optim_cfg: Dict[str, Any], input_shape
         score = model.head(model.extract_feat(x))
         loss = loss_module(score, y, avg_factor=score.size(0))
         loss.backward()
+        if clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), **clip_grad)
         opt.step()
 
     return step
@@ -129,12 +134,14 @@ def runner_round(task: str, rule: str, batch: int, warmup: int, iters: int,
                 dataset=str(cfg.train_dataloader.dataset.get('type')))
 
 
-def benchmark_training(task: str = 'cls', rule: Optional[str] = None, batch: int = 32,
+def benchmark_training(task: str = 'cls', rule: Optional[str] = None,
+                       batch: Optional[int] = None,
                        iters: int = 40, warmup: int = 5, rounds: int = 3, threads: int = 1,
                        data_root: Optional[str] = None, seed: int = 0, data: str = 'config',
                        progress: Progress = _quiet) -> Dict[str, Any]:
     """Runner vs raw img/s of ``task`` under ``rule``, interleaved over ``rounds``.
 
+    ``batch`` defaults to the task's trial batch.
     Each Runner iteration is followed by one raw step on a separate copy of the model, so
     load from other processes falls on both alike. Returns per-round img/s of each (mean
     over rounds), ``ratio`` (median of the per-round runner/raw img/s ratios),
@@ -149,6 +156,9 @@ def benchmark_training(task: str = 'cls', rule: Optional[str] = None, batch: int
     from mmengine.registry import MODELS
 
     from .tasks import SCALING_DIR, input_shape
+    spec = get_task(task)
+    if batch is None:  # the batch a trial of the task trains with
+        batch = trial_size(spec)['batch'] or 32
     for name, value in dict(batch=batch, iters=iters, rounds=rounds, threads=threads).items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f'{name} must be an integer >= 1, got {value!r}')
@@ -159,7 +169,6 @@ def benchmark_training(task: str = 'cls', rule: Optional[str] = None, batch: int
     rule = rule or os.path.join(SCALING_DIR, 'deit_tiny_shape.py')
     if not os.path.isfile(rule):
         raise ValueError(f'rule file not found: {rule}')
-    spec = get_task(task)
     if spec.kind != 'cls':
         raise ValueError(f'task must be a classification task, got {task!r} ({spec.kind})')
     torch.set_num_threads(threads)
@@ -176,7 +185,9 @@ def benchmark_training(task: str = 'cls', rule: Optional[str] = None, batch: int
         shape = input_shape(spec, cfg)
         optim = dict(cfg.optim_wrapper.optimizer)
         num_classes = cfg.model.head.num_classes
-        raw_step = make_raw_step(model, batch, optim, shape, num_classes)
+        clip_grad = cfg.optim_wrapper.get('clip_grad')
+        clip_grad = dict(clip_grad) if clip_grad else None
+        raw_step = make_raw_step(model, batch, optim, shape, num_classes, clip_grad)
         rows: List[Dict[str, Any]] = []
         for r in range(rounds):
             torch.set_num_threads(threads)
@@ -197,6 +208,7 @@ def benchmark_training(task: str = 'cls', rule: Optional[str] = None, batch: int
     return dict(
         task=task, rule=os.path.basename(rule), data=data, batch=batch, iters=iters, warmup=warmup,
         rounds=rounds, threads=threads, torch_threads=torch.get_num_threads(),
+        raw_clip_grad=clip_grad,
         torch_version=torch.__version__,
         raw_img_s=sum(raw_ips) / rounds, runner_img_s=sum(run_ips) / rounds,
         ratio=statistics.median(ratios),
