@@ -279,6 +279,44 @@ def _per_stage(rule: Mapping, knob: str, base: Tuple[int, ...]) -> Tuple[int, ..
 PIT_LIST_KNOBS = ('depth', 'heads', 'width')
 
 
+def _scaled_depths(rule: Mapping, base: Tuple[int, ...]) -> Tuple[int, ...]:
+    """Per-stage depths under a rule: a list or int as given; ``depth_mult`` scales the total.
+
+    The total ``round(sum(base) * depth_mult)`` is spread over the stages in proportion to
+    their base depths (largest remainder; ties go to the deeper, then the later stage), so a
+    multiplier deepens the network as on ViT even where rounding each stage alone would not
+    (``[1, 2, 1] * 1.25`` is ``[1, 3, 1]``, not ``[1, 2, 1]``).
+    """
+    if 'depth_mult' not in rule:
+        return _per_stage(rule, 'depth', base)
+    mult = rule['depth_mult']
+    total = int(round(sum(base) * mult))
+    shares = [b * total / sum(base) for b in base]
+    depths = [int(x) for x in shares]
+    order = sorted(range(len(base)), key=lambda i: (-(shares[i] - depths[i]), -base[i], -i))
+    for i in order[:total - sum(depths)]:
+        depths[i] += 1
+    for b, d in zip(base, depths):
+        if d < 1:
+            raise ValueError(f'scaling.depth_mult={mult!r} turns depth {b} into 0; it must '
+                             f'stay >= 1 (depths {list(base)} -> {depths})')
+    return tuple(depths)
+
+
+def _scaled_stride(rule: Mapping, base: 'PiTArch') -> int:
+    """The patch stride: its own knob when the rule gives one, else the patch's multiplier.
+
+    ``patch_size_mult`` alone scales the stride by the same factor, so patches stay as
+    overlapping as the base's and the token grid shrinks as on ViT.
+    """
+    if 'patch_stride' in rule or 'patch_stride_mult' in rule:
+        return _scaled_int(rule, 'patch_stride', base.patch_stride)
+    if 'patch_size_mult' in rule:
+        return _scaled_int(dict(patch_stride_mult=rule['patch_size_mult']), 'patch_stride',
+                           base.patch_stride)
+    return base.patch_stride
+
+
 def validate_pit_rule(rule: Optional[Mapping]) -> Dict[str, Any]:
     """Check a PiT scaling rule (``depth``, ``heads``, ``width`` may be per-stage lists)."""
     return check_rule(rule, PIT_RULE_KEYS, PIT_LIST_KNOBS)
@@ -288,17 +326,19 @@ def scale_pit(base: PiTArch, rule: Optional[Mapping] = None) -> PiTArch:
     """Apply a scaling rule to a PiT preset.
 
     Same keys as :func:`scale_vit` plus ``patch_stride``; ``depth``, ``heads`` and ``width``
-    (the per-head dims, PiT's ``base_dims``) also take one value per stage. Multipliers apply to
-    every stage and round to the nearest integer (>= 1); stage width is ``base_dim * heads``,
-    so it is always divisible by the head count. A resolution multiplier rounds to a multiple
-    of the patch stride.
+    (the per-head dims, PiT's ``base_dims``) also take one value per stage. ``heads_mult`` and
+    ``width_mult`` apply to every stage and round to the nearest integer (>= 1); stage width
+    is ``base_dim * heads``, so it is always divisible by the head count. ``depth_mult``
+    scales the total depth and spreads it over the stages (:func:`_scaled_depths`);
+    ``patch_size_mult`` without a stride knob scales the stride too (:func:`_scaled_stride`).
+    A resolution multiplier rounds to a multiple of the patch stride.
     """
     rule = validate_pit_rule(rule)
-    depths = _per_stage(rule, 'depth', base.depths)
+    depths = _scaled_depths(rule, base.depths)
     heads = _per_stage(rule, 'heads', base.heads)
     base_dims = _per_stage(rule, 'width', base.base_dims)
     patch = _scaled_int(rule, 'patch_size', base.patch_size)
-    stride = _scaled_int(rule, 'patch_stride', base.patch_stride)
+    stride = _scaled_stride(rule, base)
     ratio_abs, ratio_mult = _pick(rule, 'mlp_ratio')
     mlp_ratio = ratio_abs if ratio_abs is not None else base.mlp_ratio * (ratio_mult or 1.0)
     img_size = scaled_resolution(rule, base.img_size, stride)

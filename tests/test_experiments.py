@@ -189,6 +189,38 @@ def test_progress_eta_expects_each_task_to_take_what_its_trials_took():
     assert lines[-1].endswith('done')
 
 
+def test_trial_key_follows_the_task_config_not_its_comments(tmp_path):
+    """A changed task config (or base) trains again; a comment or another rule path does not."""
+    from mmvitscale.experiments.tasks import TASKS, get_task, register_task
+    from mmvitscale.experiments.trial import make_trial
+    base = get_task('cls')
+    config = tmp_path / 'task.py'
+    with open(base.config_path) as f:  # the cls config, its bases by absolute path
+        text = f.read().replace("'../_base_/", f"'{ROOT}/configs/_base_/")
+    config.write_text(text)
+    rule = osp.join(ROOT, 'configs', '_base_', 'scaling', 'deit_tiny_shape.py')
+    copy = tmp_path / 'deit_tiny_shape.py'
+    copy.write_bytes(open(rule, 'rb').read())
+    spec = register_task(base.__class__(**{**base.__dict__, 'name': 'cls_keytest',
+                                           'config': str(config)}))
+    try:
+        keys = [make_trial('cls_keytest', rule, 0).key, make_trial('cls_keytest', str(copy), 0).key]
+        # the same config by another path: the same digest
+        sha = make_trial('cls_keytest', rule, 0).config_sha
+        assert sha == make_trial('cls', rule, 0).config_sha
+        st = os.stat(config)
+
+        def rewrite(new_text, bump):
+            config.write_text(new_text)
+            os.utime(config, ns=(st.st_atime_ns, st.st_mtime_ns + bump))
+            return make_trial('cls_keytest', rule, 0).key
+        keys.append(rewrite(text + '# a comment\n', 10 ** 9))
+        keys.append(rewrite(text + 'optim_wrapper = dict(clip_grad=None)\n', 2 * 10 ** 9))
+        assert keys[0] == keys[1] == keys[2] != keys[3]
+    finally:
+        TASKS.pop(spec.name)
+
+
 # ---------------------------------------------------------------------------- summary
 def _row(task, rule, seed, metric, gflops=1.0):
     return dict(key=f'{task}{rule}{seed}', task=task, rule=rule, seed=seed, metric=metric,

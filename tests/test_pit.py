@@ -97,6 +97,32 @@ def test_scaling_rules():
     assert spec.depths == (1, 2, 3) and spec.embed_dims == (48, 96, 192)
 
 
+@pytest.mark.parametrize('rule, depths', [
+    (dict(depth_mult=1.25), (1, 3, 1)),   # rounding each stage would leave [1, 2, 1]
+    (dict(depth_mult=0.75), (1, 1, 1)),   # ... and here too
+    (dict(depth_mult=1.5), (1, 3, 2)),    # total 6; the tie goes to the later stage
+    (dict(depth_mult=2.0), (2, 4, 2)),
+    (dict(depth=[3, 1, 2]), (3, 1, 2)),
+])
+def test_depth_mult_scales_the_total_depth(rule, depths):
+    from mmvitscale.scaling import make_pit_arch, scale_pit
+    base = make_pit_arch([16, 16, 16], [1, 2, 1], [2, 4, 8], 2.0, 28, 4, 4)
+    assert scale_pit(base, rule).depths == depths
+    assert sum(depths) == round(sum(base.depths) * rule.get('depth_mult', 1.5))
+
+
+def test_patch_size_mult_scales_the_stride_unless_the_rule_sets_it():
+    from mmvitscale.scaling import make_pit_arch, scale_pit
+    base = make_pit_arch([16, 16, 16], [1, 2, 1], [2, 4, 8], 2.0, 28, 4, 4)
+    arch = scale_pit(base, dict(patch_size_mult=2.0, resolution_mult=1.5))
+    assert (arch.patch_size, arch.patch_stride, arch.img_size) == (8, 8, (40, 40))
+    assert arch.grids[0] == (5, 5)  # fewer, larger tokens, as on ViT
+    arch = scale_pit(base, dict(patch_size_mult=2.0, patch_stride_mult=1.0))
+    assert (arch.patch_size, arch.patch_stride, arch.grids[0]) == (8, 4, (6, 6))
+    ti = ScaledPiT.resolve_arch('pit-ti', scaling=dict(patch_size_mult=0.5))  # 16/8 overlap kept
+    assert (ti.patch_size, ti.patch_stride) == (8, 4)
+
+
 @pytest.mark.parametrize('rule, message', [
     (dict(depth=[1, 2]), 'scaling.depth must be 3 positive integers (one per stage), got [1, 2]'),
     (dict(depth_mult=0.1), 'scaling.depth_mult=0.1 turns depth 2 into 0'),

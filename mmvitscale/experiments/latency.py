@@ -15,13 +15,15 @@ from typing import Any, Dict, List, Optional, Sequence
 from .pool import Say, _default_say
 from .store import ResultStore, machine_fingerprint
 from .tasks import get_task, input_shape
-from .trial import rule_digest, rule_label
+from .trial import config_digest, rule_digest, rule_label
 
 
 def latency_key(task: str, rule: str, backend: str, rounds: int, repeats: int,
                 threads: int) -> str:
+    config_sha = config_digest(get_task(task).config_path, rule)
     ident = dict(kind='latency', task=task, rule=rule_label(rule), rule_sha=rule_digest(rule),
-                 backend=backend, rounds=rounds, repeats=repeats, threads=threads)
+                 config_sha=config_sha, backend=backend, rounds=rounds, repeats=repeats,
+                 threads=threads)
     blob = json.dumps(ident, sort_keys=True, separators=(',', ':'))
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

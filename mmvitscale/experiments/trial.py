@@ -1,8 +1,9 @@
 """A trial is (task, rule, seed) plus its options; :func:`run_trial` trains and measures one.
 
 The trial key is a hash of everything that decides the result (task, the rule's name and
-content, seed, options), so a study that reruns finds its finished trials in the store even
-when the rule file was given by another path.
+content, the task config as resolved under the rule, seed, options), so a study that reruns
+finds its finished trials in the store even when the rule file was given by another path, and
+trains again when the task config, one of its bases, or the way a rule resolves changed.
 """
 import contextlib
 import hashlib
@@ -30,6 +31,25 @@ def rule_digest(rule: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()[:12]
 
 
+_CONFIG_DIGESTS: Dict[Tuple[str, int, str], str] = {}
+
+
+def config_digest(config_path: str, rule: str) -> str:
+    """First 12 hex digits of the sha256 of ``config_path`` loaded under ``rule`` (the config
+    as a dict, so comments do not count; the resolved architecture is part of it).
+
+    Cached per (config file and its modification time, rule content) within a process:
+    loading takes a third of a second.
+    """
+    from ..rules import load_with_rule
+    cache_key = (osp.abspath(config_path), os.stat(config_path).st_mtime_ns, rule_digest(rule))
+    if cache_key not in _CONFIG_DIGESTS:
+        cfg = load_with_rule(config_path, rule)
+        blob = json.dumps(json_ready(cfg.to_dict()), sort_keys=True, separators=(',', ':'))
+        _CONFIG_DIGESTS[cache_key] = hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return _CONFIG_DIGESTS[cache_key]
+
+
 @dataclass(frozen=True)
 class Trial:
     """One training run: ``task`` (a registered name), ``rule`` (a rule file), ``seed``, and
@@ -49,9 +69,14 @@ class Trial:
         return dict(self.options)
 
     @property
+    def config_sha(self) -> str:
+        """Digest of the task config under the rule (:func:`config_digest`)."""
+        return config_digest(get_task(self.task).config_path, self.rule)
+
+    @property
     def key(self) -> str:
         ident = dict(task=self.task, rule=self.label, rule_sha=rule_digest(self.rule),
-                     seed=self.seed, options=self.opts)
+                     config_sha=self.config_sha, seed=self.seed, options=self.opts)
         blob = json.dumps(ident, sort_keys=True, separators=(',', ':'))
         return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -130,7 +155,8 @@ def run_trial(trial: Trial, out_dir: str, data_root: str,
         rule_file = trial.rule
     row = dict(
         key=trial.key, task=trial.task, rule=trial.label, rule_file=rule_file,
-        rule_sha=rule_digest(trial.rule), scaling=json_ready(cfg.scaling), seed=trial.seed,
+        rule_sha=rule_digest(trial.rule), config_sha=trial.config_sha,
+        scaling=json_ready(cfg.scaling), seed=trial.seed,
         options=opts, metric_name=spec.metric, metric_unit=spec.metric_label,
         metric=metrics[spec.metric] * spec.metric_scale, metrics=metrics,
         arch=json_ready(cfg.scaled['arch']), input_shape=list(shape),
