@@ -323,6 +323,38 @@ def test_video_label_is_motion_not_appearance(video_root):
     assert np.array_equal(raw_a.mean(0), raw_b.mean(0))  # exactly equal before encoding
 
 
+def test_video_harder_variant_keeps_the_pair_and_the_label(tmp_path, video_root):
+    """Distractors, a travel cap and noise: the label is still the bright item's direction,
+    a pair is still one clip reversed, and the default files are unchanged (same manifest)."""
+    images = load_split('train')[0]
+    base = dict(size=64, item_size=28, min_travel=16, frames=16)
+    hard = dict(base, max_travel=18, distractors=2)
+    for seed in range(6):
+        (a, lab_a), (b, lab_b) = sample_pair(np.random.default_rng(seed), images, hard)
+        assert (lab_a - lab_b) % 8 == 4 and np.array_equal(a[::-1], b)
+        # the target's pixels above 127 (distractors are at half brightness) move as labelled
+        ys0, xs0 = np.nonzero(a[0] > 127)
+        ys1, xs1 = np.nonzero(a[-1] > 127)
+        move = np.array([xs1.mean() - xs0.mean(), ys1.mean() - ys0.mean()])
+        assert np.array_equal(np.sign(np.round(move / 6)), STEPS[lab_a]), (lab_a, move)
+        assert 16 - 1e-6 <= np.abs(move).max() <= 18 + 1e-6
+        # the same draws without distractors: the target alone, covered by the hard clip
+        (t, lab_t), (u, _) = sample_pair(np.random.default_rng(seed), images,
+                                         dict(base, max_travel=18))
+        alone = t if lab_t == min(lab_a, lab_b) else u
+        hard_fwd = a if lab_a == min(lab_a, lab_b) else b
+        assert (hard_fwd >= alone).all() and (hard_fwd > alone).sum() > 100
+    (n, _), _ = sample_pair(np.random.default_rng(2), images, dict(base, noise=20.0))
+    (c, _), _ = sample_pair(np.random.default_rng(2), images, base)
+    black, mid = c == 0, (c > 80) & (c < 175)  # on black the noise is clipped at 0
+    assert 7.0 < n[black].mean() < 9.0 and 0.46 < (n[black] > 0).mean() < 0.52  # sd * phi(0)
+    assert 18.0 < (n[mid].astype(float) - c[mid]).std() < 22.0
+    manifest = generate_video(str(tmp_path / 'hard'), **dict(VID, distractors=1, noise=5.0))
+    assert manifest['params']['distractors'] == 1 and manifest['params']['noise'] == 5.0
+    with open(osp.join(video_root, MANIFEST)) as f:
+        assert 'distractors' not in json.load(f)['params']  # defaults: earlier manifests
+
+
 def test_video_is_deterministic_and_validated(tmp_path, video_root):
     again = str(tmp_path / 'again')
     assert not generate_video(again, **VID)['reused']
@@ -351,6 +383,11 @@ def test_video_is_deterministic_and_validated(tmp_path, video_root):
     (make_video, ['--size', '40'], '--size 40 leaves 12 px of travel for --item-size 28, less '
                                    'than --min-travel 16'),
     (make_video, ['--frames', '1'], '--frames must be at least 2'),
+    (make_video, ['--max-travel', '10'], '--max-travel must be an integer >= --min-travel 16, '
+                                         'got 10'),
+    (make_video, ['--distractors', '-1'], '--distractors must be a non-negative integer, got -1'),
+    (make_video, ['--noise', '300'],
+     '--noise must be a number in [0, 256) (gray levels), got 300.0'),
 ])
 def test_cli_rejects_bad_input_before_work(tool, argv, message, tmp_path, capsys):
     out = tmp_path / 'out'

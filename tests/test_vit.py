@@ -169,3 +169,33 @@ def test_fast_path_keeps_forward_mode_tangents():
         finite = (model(x + eps * v)[0] - model(x - eps * v)[0]) / (2 * eps)
     torch.testing.assert_close(tangent, finite, rtol=1e-2, atol=1e-3)
     assert tangent.abs().max() > 1e-3
+
+
+@pytest.mark.parametrize('channels, size, kernel, stride', [
+    (1, (28, 28), 7, 7), (3, (32, 30), 8, 8), (3, (33, 37), (4, 5), (4, 5)), (2, (17, 17), 4, 2)])
+def test_patchify_equals_the_conv_and_its_gradients(channels, size, kernel, stride):
+    """Non-overlapping patch convs run as one linear layer: same tokens, grid and gradients;
+    an overlapping or hooked conv runs as the conv."""
+    from mmvitscale.models.ops import patchify
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(channels, 16, kernel, stride)
+    x = torch.randn(3, channels, *size, requires_grad=True)
+    ref = conv(x)
+    g = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, [x, conv.weight, conv.bias], g)
+    tokens, grid = patchify(x, conv)
+    assert grid == tuple(ref.shape[2:]) and tokens.shape == (3, grid[0] * grid[1], 16)
+    torch.testing.assert_close(tokens, ref.flatten(2).transpose(1, 2), rtol=0, atol=1e-5)
+    grads = torch.autograd.grad(tokens, [x, conv.weight, conv.bias],
+                                g.flatten(2).transpose(1, 2))
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        torch.testing.assert_close(patchify(x, conv)[0], tokens, rtol=0, atol=1e-5)
+    ran_conv = any('convolution' in e.name for e in prof.events())
+    assert ran_conv == (conv.stride != conv.kernel_size)
+    seen = []
+    handle = conv.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    patchify(x, conv)
+    handle.remove()
+    assert seen == [ref.shape]

@@ -6,9 +6,13 @@ appearance. Clips come in pairs that share item, path and speed but run in oppos
 Any model that ignores frame order - averaging frames, or averaging per-frame features or
 scores, as TSN-style consensus does - sees the same input for both clips of a pair, so it can tell
 the axis of motion but not its sign: it is capped at 50 % accuracy, while a model of temporal order
-can reach 100 %. Written as ``mp4v`` MPEG-4 files (lossy, so decoded frame averages of a pair are
-nearly, not exactly, equal). Layout for mmaction2's ``VideoDataset``
-(``ann_file='OUT/train_list_videos.txt'``, ``data_prefix=dict(video='OUT/videos_train')``)::
+can reach 100 %. Harder variants (all off by default, which leaves the files as they were):
+``max_travel`` caps the path (subtler motion), ``distractors`` adds items at half brightness
+that move in random directions of their own (the label is the bright item's), ``noise`` adds
+Gaussian pixel noise (sd in gray levels) to every frame. Written as ``mp4v`` MPEG-4 files
+(lossy, so decoded frame averages of a pair are nearly, not exactly, equal). Layout for
+mmaction2's ``VideoDataset`` (``ann_file='OUT/train_list_videos.txt'``,
+``data_prefix=dict(video='OUT/videos_train')``)::
 
     OUT/videos_train/000000.mp4 ...   OUT/videos_val/000000.mp4 ...
     OUT/train_list_videos.txt   OUT/val_list_videos.txt   (lines ``000000.mp4 LABEL``)
@@ -63,12 +67,23 @@ def check_video_params(params: Dict[str, Any], flag: Callable[[str], str] = str)
         raise ValueError(f"{flag('size')} {p['size']} leaves {p['size'] - p['item_size']} px of "
                          f"travel for {flag('item_size')} {p['item_size']}, less than "
                          f"{flag('min_travel')} {p['min_travel']}")
+    cap = p.get('max_travel')
+    if cap is not None:
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < p['min_travel']:
+            raise ValueError(f"{flag('max_travel')} must be an integer >= {flag('min_travel')} "
+                             f"{p['min_travel']}, got {cap!r}")
+    n = p.get('distractors', 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"{flag('distractors')} must be a non-negative integer, got {n!r}")
+    noise = p.get('noise', 0.0)
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < 256:
+        raise ValueError(f"{flag('noise')} must be a number in [0, 256) (gray levels), "
+                         f'got {noise!r}')
 
 
 def trajectory(axis: int, travel: int, origin: Tuple[int, int], frames: int) -> List[tuple]:
-    """Top-left corners, frame by frame, of an item moving ``travel`` px in direction ``axis``.
-
-    ``axis`` is a label in 0..3; the opposite direction ``axis + 4`` is this list reversed.
+    """Top-left corners, frame by frame, of an item moving ``travel`` px in direction ``axis``
+    (a label, 0..7; for ``axis`` < 4 the opposite direction ``axis + 4`` is this list reversed).
     """
     dx, dy = STEPS[axis]
     x0, y0 = origin
@@ -85,23 +100,41 @@ def render_clip(item: np.ndarray, corners: List[tuple], size: int) -> np.ndarray
     return clip
 
 
-def sample_pair(rng: np.random.Generator, images: np.ndarray,
-                p: Dict[str, Any]) -> List[Tuple[np.ndarray, int]]:
-    """Two ``(clip, label)`` with the same item and path in opposite directions, random order."""
-    axis = int(rng.integers(0, 4))
+def _sample_path(rng: np.random.Generator, images: np.ndarray, p: Dict[str, Any],
+                 axis: int) -> Tuple[np.ndarray, List[tuple]]:
+    """A random item and the corners of its path in direction ``axis`` inside the canvas."""
     item = images[int(rng.integers(0, len(images)))]
     if item.shape[0] != p['item_size']:
         item = cv2.resize(item, (p['item_size'],) * 2, interpolation=cv2.INTER_AREA
                           if p['item_size'] < item.shape[0] else cv2.INTER_LINEAR)
     room = p['size'] - p['item_size']
-    travel = int(rng.integers(p['min_travel'], room + 1))
+    longest = room if p.get('max_travel') is None else min(room, p['max_travel'])
+    travel = int(rng.integers(p['min_travel'], longest + 1))
     origin = []
     for step in STEPS[axis]:
         low = travel if step < 0 else 0  # the path must stay inside the canvas
         high = room - travel if step > 0 else room
         origin.append(int(rng.integers(low, high + 1)))
-    corners = trajectory(axis, travel, tuple(origin), p['frames'])
+    return item, trajectory(axis, travel, tuple(origin), p['frames'])
+
+
+def sample_pair(rng: np.random.Generator, images: np.ndarray,
+                p: Dict[str, Any]) -> List[Tuple[np.ndarray, int]]:
+    """Two ``(clip, label)`` with the same item and path in opposite directions, random order.
+
+    Distractors (half brightness, own random directions) and noise are drawn for the forward
+    clip, so the backward clip is still the forward one's frames in reverse order.
+    """
+    axis = int(rng.integers(0, 4))
+    item, corners = _sample_path(rng, images, p, axis)
     forward = render_clip(item, corners, p['size'])
+    for _ in range(p.get('distractors', 0)):
+        other, path = _sample_path(rng, images, p, int(rng.integers(0, 8)))
+        dim = render_clip((other // 2).astype(np.uint8), path, p['size'])
+        np.maximum(forward, dim, out=forward)
+    if p.get('noise', 0.0):
+        noisy = forward + rng.normal(0.0, p['noise'], forward.shape)
+        forward = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
     pair = [(forward, axis), (forward[::-1].copy(), axis + 4)]
     return pair[::-1] if rng.integers(0, 2) else pair
 
@@ -177,11 +210,20 @@ def validate_video(root: str, p: Dict[str, Any]) -> Dict[str, Any]:
 
 def generate_video(out_dir: str, num_train: int = 2000, num_val: int = 500, frames: int = 16,
                    size: int = 64, item_size: int = 28, min_travel: int = 16, fps: int = 8,
-                   seed: int = 0, overwrite: bool = False, source: Optional[str] = None,
+                   seed: int = 0, max_travel: Optional[int] = None, distractors: int = 0,
+                   noise: float = 0.0, overwrite: bool = False, source: Optional[str] = None,
                    show_progress: bool = True) -> dict:
-    """Generate (or verify and keep) the motion dataset at ``out_dir``; return its manifest."""
+    """Generate (or verify and keep) the motion dataset at ``out_dir``; return its manifest.
+
+    ``max_travel`` (px, default: the canvas allows), ``distractors`` and ``noise`` make it
+    harder (module docstring); at their defaults the files are those of earlier versions.
+    """
     p = dict(num_train=num_train, num_val=num_val, frames=frames, size=size,
              item_size=item_size, min_travel=min_travel, fps=fps, seed=seed)
+    for name, value, default in (('max_travel', max_travel, None),
+                                 ('distractors', distractors, 0), ('noise', noise, 0.0)):
+        if value != default or isinstance(value, bool):  # defaults keep earlier manifests
+            p[name] = value
     check_video_params(p)
 
     def build(tmp: str) -> None:

@@ -14,6 +14,7 @@ from .base import ScalableBackbone, check_common_args, check_frozen_stages
 from .layers import TokenGrid, TransformerBlock, normalise_indices
 from .linear_attention import (check_kernel_size, drop_aux_keys, per_stage_attn_types,
                                split_attn_rule)
+from .ops import patchify
 
 
 def _preset(base_dims, depths, heads, patch_size=16, patch_stride=8) -> dict:
@@ -217,7 +218,8 @@ class ScaledPiT(ScalableBackbone):
 
     def forward(self, x: Tensor) -> Union[Tuple[Tensor, ...], Tensor]:
         self.check_input(x)
-        x = self.patch_embed.conv(x)
+        tokens, (h, w) = patchify(x, self.patch_embed.conv)
+        x = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
         x = self.pos_drop(x + resample_pos_embed_2d(self.pos_embed, x.shape[-2:],
                                                     self.interpolate_mode))
         cls_token = self.cls_token.expand(x.shape[0], -1, -1)

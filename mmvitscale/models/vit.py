@@ -12,6 +12,7 @@ from .base import OUT_TYPES, ScalableBackbone, check_common_args, check_frozen_s
 from .layers import TokenGrid, TransformerBlock, normalise_indices, resample_abs_pos_embed
 from .linear_attention import (check_attn_type, check_kernel_size, drop_aux_keys,
                                split_attn_rule)
+from .ops import patchify
 
 __all__ = ['OUT_TYPES', 'ScaledViT']
 
@@ -181,7 +182,7 @@ class ScaledViT(ScalableBackbone):
     def embed(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
         """Images (B, C, H, W) -> tokens (B, prefix + h*w, D) and the token grid (h, w)."""
         grid = self.check_input(x)
-        x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)
+        x, _ = patchify(x, self.patch_embed.proj)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return self.pos_drop(x + self.pos_embed_for(grid)), grid

@@ -14,7 +14,8 @@ import mmvitscale  # noqa: F401  (stack shims first)
 from mmvitscale.datasets.generators import cli_flag, run_cli
 from mmvitscale.datasets.video import check_video_params, generate_video
 
-PARAMS = ('num_train', 'num_val', 'frames', 'size', 'item_size', 'min_travel', 'fps', 'seed')
+PARAMS = ('num_train', 'num_val', 'frames', 'size', 'item_size', 'min_travel', 'fps', 'seed',
+          'max_travel', 'distractors', 'noise')
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -28,6 +29,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--item-size', type=int, default=28, help='item side (px)')
     parser.add_argument('--min-travel', type=int, default=16,
                         help='shortest path per axis (px); the longest is size - item-size')
+    parser.add_argument('--max-travel', type=int, default=None,
+                        help='longest path per axis (px; default size - item-size)')
+    parser.add_argument('--distractors', type=int, default=0,
+                        help='half-bright items moving in random directions of their own')
+    parser.add_argument('--noise', type=float, default=0.0,
+                        help='sd of Gaussian pixel noise per frame (gray levels)')
     parser.add_argument('--fps', type=int, default=8, help='frame rate stored in the files')
     parser.add_argument('--seed', type=int, default=0, help='random seed')
     parser.add_argument('--source', default=None, help='folder with the Fashion-MNIST idx files')
