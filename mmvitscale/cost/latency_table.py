@@ -18,7 +18,6 @@ import datetime
 import hashlib
 import io
 import json
-import os
 import os.path as osp
 import platform
 import warnings
@@ -26,7 +25,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
 
-from ..fileio import atomic_write
+from ..fileio import append_jsonl, atomic_write, read_jsonl, to_jsonl
 from .latency import device_name
 
 
@@ -81,33 +80,10 @@ def append_rows(path: str, rows: Iterable[Mapping[str, Any]]) -> int:
 
     The lock is ``fcntl.flock`` on ``path + '.lock'``; all lines go out in one ``write`` and are
     fsynced before the lock is released. A torn last line left by a crashed writer is closed
-    with a newline first, so it stays one bad (skipped) line instead of corrupting ours.
+    with a newline first, so it stays one bad (skipped) line instead of corrupting ours
+    (:func:`~mmvitscale.fileio.append_jsonl`).
     """
-    import fcntl
-    lines = [json.dumps(dict(r), sort_keys=True) for r in rows]
-    if not lines:
-        return 0
-    data = ('\n'.join(lines) + '\n').encode()
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    lock_fd = os.open(path + '.lock', os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b'\n':
-                data = b'\n' + data
-            view = memoryview(data)
-            while view:  # os.write may write less than asked
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    finally:
-        fcntl.flock(lock_fd, fcntl.LOCK_UN)
-        os.close(lock_fd)
-    return len(lines)
+    return append_jsonl(path, rows, lock=True)
 
 
 def _matches(row: Mapping[str, Any], fp: Union[None, str, Mapping[str, Any]]) -> bool:
@@ -142,24 +118,11 @@ def read_rows(path: str, fingerprint: Union[None, str, Mapping[str, Any]] = None
     but not a row (no ``fingerprint`` / ``fingerprint_id`` / ``arch``, e.g. ``[]`` or
     ``{"foo": 1}``), is skipped with a warning naming the file and line.
     """
-    if not osp.exists(path):
-        return []
-    with open(path, 'rb') as f:
-        data = f.read()
-    lines = data.split(b'\n')
     rows = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            if i != len(lines) - 1:  # the last piece has no newline: torn, expected
-                warnings.warn(f'{path}:{i + 1}: skipping an unparsable line')
-            continue
+    for lineno, row in read_jsonl(path, on_bad='warn', skip_torn_tail=True):
         problem = row_problem(row)
         if problem is not None:
-            warnings.warn(f'{path}:{i + 1}: skipping a line that is not a latency row '
+            warnings.warn(f'{path}:{lineno}: skipping a line that is not a latency row '
                           f'({problem})')
             continue
         if _matches(row, fingerprint):
@@ -239,18 +202,11 @@ def read_dataset(path: str) -> List[Dict[str, Any]]:
     if not osp.isfile(path):
         raise ValueError(f'latency dataset not found: {path}')
     rows = []
-    with open(path, encoding='utf-8') as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as err:
-                raise ValueError(f'{path}:{i}: not JSON ({err})') from None
-            problem = dataset_problem(row)
-            if problem is not None:
-                raise ValueError(f'{path}:{i}: not a latency dataset row: {problem}')
-            rows.append(row)
+    for lineno, row in read_jsonl(path):  # JsonlError (a ValueError): "<path>:<line>: not JSON"
+        problem = dataset_problem(row)
+        if problem is not None:
+            raise ValueError(f'{path}:{lineno}: not a latency dataset row: {problem}')
+        rows.append(row)
     return rows
 
 
@@ -261,7 +217,7 @@ def write_dataset(path: str, rows: Iterable[Mapping[str, Any]]) -> int:
         problem = dataset_problem(row)
         if problem is not None:
             raise ValueError(f'write_dataset: row {i} is not a latency dataset row: {problem}')
-    atomic_write(path, ''.join(json.dumps(r, sort_keys=True) + '\n' for r in rows))
+    atomic_write(path, to_jsonl(rows))
     return len(rows)
 
 

@@ -13,6 +13,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 import torch
 
+from ..fileio import JsonlError, append_jsonl, read_jsonl, repair_jsonl
+
 
 class StoreError(ValueError):
     """A results store that cannot be read (a corrupt line before the last)."""
@@ -47,49 +49,21 @@ class ResultStore:
         self.key_fn = key_fn or (lambda row: row['key'])
         self.stamp = stamp
         os.makedirs(osp.dirname(self.path), exist_ok=True)
-        self.repaired_bytes = self._repair()
+        self.repaired_bytes = repair_jsonl(self.path)  # cut a torn last line
         self._rows: Dict[str, Dict[str, Any]] = {}
         for row in self._read():
             self._rows[self.key_fn(row)] = row
 
-    def _repair(self) -> int:
-        """Cut a torn last line (no newline, or not valid JSON); return the bytes removed."""
-        if not osp.isfile(self.path):
-            return 0
-        with open(self.path, 'rb+') as f:
-            data = f.read()
-            if not data:
-                return 0
-            keep = len(data)
-            if not data.endswith(b'\n'):
-                keep = data.rfind(b'\n') + 1
-            else:
-                last_start = data.rfind(b'\n', 0, len(data) - 1) + 1
-                try:
-                    json.loads(data[last_start:].decode('utf-8'))
-                except ValueError:
-                    keep = last_start
-            if keep < len(data):
-                f.truncate(keep)
-                f.flush()
-                os.fsync(f.fileno())
-            return len(data) - keep
-
     def _read(self) -> Iterator[Dict[str, Any]]:
-        if not osp.isfile(self.path):
-            return
-        with open(self.path, encoding='utf-8') as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as err:
-                    raise StoreError(f'{self.path}:{lineno}: not a JSON line ({err}); '
-                                     'only a torn last line is repaired') from err
-                if not isinstance(row, dict) or 'key' not in row:
-                    raise StoreError(f'{self.path}:{lineno}: a row needs a "key"')
-                yield row
+        try:
+            lines = read_jsonl(self.path)
+        except JsonlError as err:
+            raise StoreError(f'{err.path}:{err.lineno}: not a JSON line ({err.err}); '
+                             'only a torn last line is repaired') from err
+        for lineno, row in lines:
+            if not isinstance(row, dict) or 'key' not in row:
+                raise StoreError(f'{self.path}:{lineno}: a row needs a "key"')
+            yield row
 
     def __contains__(self, key: str) -> bool:
         return key in self._rows
@@ -111,13 +85,5 @@ class ResultStore:
         row = dict(row)
         if self.stamp:
             row.setdefault('written_at', time.strftime('%Y-%m-%dT%H:%M:%S'))
-        line = (json.dumps(row, sort_keys=True, allow_nan=True) + '\n').encode('utf-8')
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._rows[self.key_fn(row)] = json.loads(line)
+        append_jsonl(self.path, [row])
+        self._rows[self.key_fn(row)] = json.loads(json.dumps(row))  # as read back
