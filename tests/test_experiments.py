@@ -221,6 +221,28 @@ def test_trial_key_follows_the_task_config_not_its_comments(tmp_path):
         TASKS.pop(spec.name)
 
 
+def test_offline_task_refuses_data_made_for_another_variant(tmp_path):
+    """A task's data_params (a harder video) must match the data found in its folder."""
+    from dataclasses import replace
+
+    from mmvitscale.datasets import generate_video
+    from mmvitscale.experiments.tasks import TaskError, ensure_data, get_task, trial_size
+    spec = replace(get_task('video'), name='video_hard', data_dir='hard',
+                   data_params=dict(distractors=1, noise=4.0))
+    size = trial_size(spec, train=8, val=4)
+    generate_video(str(tmp_path / 'hard'), num_train=8, num_val=4, distractors=1, noise=4.0,
+                   show_progress=False)
+    assert ensure_data(spec, str(tmp_path), size) == dict(train=8, val=4)
+    generate_video(str(tmp_path / 'plain' / 'hard'), num_train=8, num_val=4,
+                   show_progress=False)
+    with pytest.raises(TaskError) as err:
+        ensure_data(spec, str(tmp_path / 'plain'), size)
+    assert str(err.value) == (
+        f"video_hard data at {tmp_path / 'plain' / 'hard'} was made with "
+        "{'distractors': None, 'noise': None}, the task needs {'distractors': 1, 'noise': 4.0}: "
+        'remove that folder (it is made again) or pass another --data-root')
+
+
 # ---------------------------------------------------------------------------- summary
 def _row(task, rule, seed, metric, gflops=1.0):
     return dict(key=f'{task}{rule}{seed}', task=task, rule=rule, seed=seed, metric=metric,

@@ -30,6 +30,8 @@ class TaskSpec:
     ``config`` is relative to the repository root or absolute; ``data_dir`` is the folder
     under the study's data root that an offline task trains on (``None``: the config's data).
     ``metric_scale`` turns the evaluator's value into the reported unit (percent points).
+    ``data_params`` are the generator's arguments an offline det / video task needs (a harder
+    variant); data found in ``data_dir`` that was made otherwise is refused.
     """
 
     name: str
@@ -42,6 +44,7 @@ class TaskSpec:
     chance: Optional[float] = None
     data_dir: Optional[str] = None
     defaults: Mapping[str, Optional[int]] = field(default_factory=dict)
+    data_params: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def offline(self) -> bool:
@@ -131,6 +134,11 @@ def ensure_data(spec: TaskSpec, data_root: str, size: Mapping[str, Any]) -> Dict
     if osp.isfile(manifest_path):  # keep whatever valid dataset is there (verified below)
         with open(manifest_path, encoding='utf-8') as f:
             params = json.load(f).get('params', {})
+    made = {k: params.get(k) for k in spec.data_params}
+    if params and made != dict(spec.data_params):
+        raise TaskError(f'{spec.name} data at {out} was made with {made}, the task needs '
+                        f'{dict(spec.data_params)}: remove that folder (it is made again) or '
+                        'pass another --data-root')
     try:
         if spec.kind == 'cls':
             manifest = datasets.prepare_classification(out)
@@ -138,7 +146,7 @@ def ensure_data(spec: TaskSpec, data_root: str, size: Mapping[str, Any]) -> Dict
         else:
             gen = datasets.generate_det if spec.kind == 'det' else datasets.generate_video
             if not params:
-                params = dict(num_train=max(2000, size['train'] or 0),
+                params = dict(spec.data_params, num_train=max(2000, size['train'] or 0),
                               num_val=max(500, size['val'] or 0))
             manifest = gen(out, **params, show_progress=False)
             key = 'images' if spec.kind == 'det' else 'clips'
