@@ -167,3 +167,77 @@ def test_cli_writes_report(tmp_path, capsys):
     md = (out / 'r.md').read_text()
     assert '| cpu/eager/1t | cpu/onnxruntime/1t | 5 | -1.000 |' in md
     assert 'same winner everywhere: w32' in md
+
+
+# ---------------------------------------------------------------------------- package API
+def _rule(name):
+    return osp.join(ROOT, 'configs', '_base_', 'scaling', f'{name}.py')
+
+
+def test_plan_archs_seeded_and_deduplicated():
+    from mmvitscale.search.device_measure import MeasureSpec, plan_archs
+    files = [_rule('deit_tiny_shape'), _rule('deeper_narrower'), _rule('deit_tiny_shape')]
+    spec = MeasureSpec(rules=files, num_random=3, seed=1)
+    assert spec.rules == tuple(files)
+    archs = plan_archs(spec)
+    assert archs == plan_archs(MeasureSpec(rules=files, num_random=3, seed=1))
+    labels = [label for label, _ in archs]
+    assert labels[:2] == ['deit_tiny_shape', 'deeper_narrower']  # the repeated file is skipped
+    assert archs[0][1] == {} and len(archs) == 5
+    assert all(label.startswith(f'rand{i}(') for i, label in enumerate(labels[2:]))
+    other = plan_archs(MeasureSpec(rules=files, num_random=3, seed=2))
+    assert other[:2] == archs[:2] and other[2:] != archs[2:]
+    assert len(MeasureSpec().rules) >= 3  # default: every configs/_base_/scaling/*.py
+
+
+def test_package_checks_name_the_argument(tmp_path):
+    from mmvitscale.search.device_measure import MeasureSpec, check_measure_spec
+    from mmvitscale.search.device_transfer import InputError, check_report_inputs
+    files = [_rule('deit_tiny_shape'), _rule('deeper_narrower'), _rule('wider_shallower')]
+    check_measure_spec(MeasureSpec(rules=files, num_random=0, backends=['eager', 'compile']))
+    cases = [(dict(rules=['no_rule.py']), ('rules', ), 'rules: rule file not found: no_rule.py'),
+             (dict(threads=0), ('threads', ), 'threads: must be >= 1, got 0'),
+             (dict(warmup=-0.5), ('warmup', ), 'warmup: must be >= 0, got -0.5'),
+             (dict(rules=files[:1], num_random=1), ('rules', 'num_random'),
+              'rules / num_random: 1 rule file(s) + 1 random rule(s) give fewer than 3 '
+              'architectures'),
+             (dict(backends=['eager', 'tpu']), ('backends', ), "backends: unknown backend 'tpu'"),
+             (dict(backends=['eager', 'compile'], compile_max_archs=2), ('compile_max_archs', ),
+              'compile_max_archs: must be >= 3'),
+             (dict(backends=['eager']), ('backends', ),
+              'backends: need latency rows of at least 2 (device, backend) fingerprints')]
+    for kwargs, names, message in cases:
+        spec = MeasureSpec(**{**dict(rules=files, num_random=0), **kwargs})
+        with pytest.raises(InputError) as err:
+            check_measure_spec(spec)
+        assert isinstance(err.value, ValueError) and err.value.names == names
+        assert str(err.value).startswith(message)
+    # restricting the report to given fingerprints leaves the 2-settings check to the report
+    check_measure_spec(MeasureSpec(rules=files, num_random=0, backends=['eager']),
+                       fingerprints=['abc'])
+    assert check_report_inputs([]) == [0.5]
+    assert check_report_inputs([], budget_ms=[40]) == []
+    assert check_report_inputs([], budget_quantiles=[0.25, 1]) == [0.25, 1.0]
+    with pytest.raises(InputError, match=r'^budget_ms: must be > 0, got -1$'):
+        check_report_inputs([], budget_ms=[-1])
+    with pytest.raises(InputError) as err:
+        check_report_inputs([str(tmp_path / 'nope.jsonl')])
+    assert err.value.format(str.upper) == f'TABLES: file not found: {tmp_path / "nope.jsonl"}'
+
+
+def test_measure_archs_tiny(tmp_path, tiny_arch):
+    from mmvitscale.cost.latency_table import read_rows
+    from mmvitscale.search.device_measure import MeasureSpec, measure_archs, plan_archs
+    spec = MeasureSpec(rules=[_rule('deit_tiny_shape')], num_random=0, arch=tiny_arch,
+                       img_size=32, patch_size=16, backends=['eager'], rounds=1, repeats=2,
+                       warmup=0.0)
+    archs = plan_archs(spec)
+    assert [label for label, _ in archs] == ['deit_tiny_shape']
+    table, seen = str(tmp_path / 'm.jsonl'), []
+    info = measure_archs(spec, table, archs, on_result=lambda *a: seen.append(a[:2]))
+    assert seen == [('deit_tiny_shape', 'eager')]
+    assert info['archs'] == ['deit_tiny_shape'] and info['failures'] == []
+    (row, ) = read_rows(table)
+    assert row['label'] == 'deit_tiny_shape' and row['source'] == 'device_transfer'
+    assert row['median_ms'] > 0 and row['arch']['embed_dims'] == 32
+    assert row['fingerprint']['backend'] == 'eager'

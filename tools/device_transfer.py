@@ -26,7 +26,6 @@ and appends the rows, labelled by rule, to ``--table``; the report then reads ``
 any TABLEs given. All inputs are checked before any measurement.
 """
 import argparse
-import glob
 import os.path as osp
 import sys
 import time
@@ -35,14 +34,18 @@ from typing import Any, Dict, List, Optional, Tuple
 import mmvitscale  # noqa: F401  (shims before mmengine / host packages)
 from rich.console import Console
 
-from mmvitscale.search.device_transfer import (REDUCE, STATS, LatencyMatrix, TransferError,
-                                               check_matrix, collect, load_scores, sample_rules,
-                                               transfer_report, write_report)
+from mmvitscale.search.device_measure import MeasureSpec, check_measure_spec, measure_archs
+from mmvitscale.search.device_transfer import (REDUCE, STATS, InputError, LatencyMatrix,
+                                               TransferError, check_report_inputs, load_scores,
+                                               read_matrix, transfer_report, write_report)
 
-RULES_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs', '_base_',
-                     'scaling')
-SHORT = dict(depth_mult='d', width_mult='w', heads_mult='h', mlp_ratio_mult='m',
-             resolution_mult='r', patch_size_mult='p')
+# package argument names whose flag is not ``--`` + the name with dashes
+FLAGS = dict(tables='TABLE', budget_quantiles='--budget-quantile')
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a package argument name."""
+    return FLAGS.get(name, '--' + name.replace('_', '-'))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,169 +92,43 @@ def _all_tables(args: argparse.Namespace) -> List[str]:
     return list(args.tables) + ([args.table] if args.measure else [])
 
 
-def validate(args: argparse.Namespace) -> Optional[LatencyMatrix]:
-    """ValueError naming the flag and value of the first bad input, before any measurement.
+def measure_spec(args: argparse.Namespace) -> MeasureSpec:
+    return MeasureSpec(rules=args.rules, num_random=args.num_random, seed=args.seed,
+                       arch=args.arch, img_size=args.img_size, patch_size=args.patch_size,
+                       backends=args.backends, compile_max_archs=args.compile_max_archs,
+                       threads=args.threads, rounds=args.rounds, repeats=args.repeats,
+                       warmup=args.warmup)
 
-    Without ``--measure`` the tables are read and checked (>= 2 fingerprints, >= 3 shared
-    architectures) and the :class:`LatencyMatrix` returned.
+
+def validate(args: argparse.Namespace
+             ) -> Tuple[Optional[LatencyMatrix], Optional[MeasureSpec]]:
+    """Check every input before any measurement (ValueError naming the flag and value).
+
+    Fills in ``args.budget_quantile`` and, with ``--measure``, ``args.table``. Returns the
+    checked :class:`LatencyMatrix` of the tables without ``--measure``, else the checked
+    :class:`MeasureSpec`.
     """
-    from mmvitscale.cost.backends import BACKENDS, check_backend
-    from mmvitscale.cost.latency_table import fingerprint, fingerprint_id, read_rows
-    from mmvitscale.rules import _check_rule_file
     if not args.tables and not args.measure:
         raise ValueError('give one or more latency TABLEs, or --measure')
-    for path in args.tables:
-        if not osp.isfile(path):
-            raise ValueError(f'TABLE: file not found: {path}')
-    if args.scores is not None and not osp.isfile(args.scores):
-        raise ValueError(f'--scores: file not found: {args.scores}')
-    if args.budget_quantile is None:
-        args.budget_quantile = [] if args.budget_ms else [0.5]
-    for q in args.budget_quantile:
-        if not 0 <= q <= 1:
-            raise ValueError(f'--budget-quantile: must be in [0, 1], got {q:g}')
-    for b in args.budget_ms:
-        if not b > 0:
-            raise ValueError(f'--budget-ms: must be > 0, got {b:g}')
-    if not args.measure:
-        matrix = collect([r for t in args.tables for r in read_rows(t)], args.stat,
-                         args.reduce, args.fingerprints)
-        check_matrix(matrix)
-        _check_scatter(args, matrix)
-        return matrix
-    args.table = args.table or osp.join(args.out_dir, 'table.jsonl')
-    if args.rules is None:
-        args.rules = sorted(glob.glob(osp.join(RULES_DIR, '*.py')))
-    for path in args.rules:
-        try:
-            _check_rule_file(path)
-        except ValueError as err:
-            raise ValueError(f'--rules: {err}') from None
-    for flag in ('threads', 'rounds', 'repeats', 'img_size', 'patch_size'):
-        if getattr(args, flag) < 1:
-            raise ValueError(f'--{flag.replace("_", "-")}: must be >= 1, '
-                             f'got {getattr(args, flag)}')
-    if args.num_random < 0 or args.warmup < 0:
-        flag, value = (('--num-random', args.num_random) if args.num_random < 0 else
-                       ('--warmup', args.warmup))
-        raise ValueError(f'{flag}: must be >= 0, got {value:g}')
-    if len(args.rules) + args.num_random < 3:
-        raise ValueError(f'--rules / --num-random: {len(args.rules)} rule file(s) + '
-                         f'{args.num_random} random rule(s) give fewer than 3 architectures')
-    for backend in args.backends:
-        if backend not in BACKENDS:
-            raise ValueError(f'--backends: unknown backend {backend!r} '
-                             f'(choose from {", ".join(BACKENDS)})')
-        try:
-            check_backend(backend, 'cpu')
-        except ValueError as err:
-            raise ValueError(f'--backends {backend}: {err}') from None
-    if 'compile' in args.backends and args.compile_max_archs < 3:
-        raise ValueError(f'--compile-max-archs: must be >= 3 (archs shared by all settings), '
-                         f'got {args.compile_max_archs}')
-    fids = {fingerprint_id(fingerprint('cpu', b, args.threads)) for b in args.backends}
-    fids |= {r.get('fingerprint_id') for t in args.tables for r in read_rows(t)} - {None}
-    if len(fids) < 2 and args.fingerprints is None:
-        raise ValueError(f'--backends: need latency rows of at least 2 (device, backend) '
-                         f'fingerprints; {" ".join(args.backends)} plus the TABLEs give '
-                         f'{len(fids)}')
-    return None
-
-
-def _check_scatter(args: argparse.Namespace, matrix: LatencyMatrix) -> None:
-    names = [matrix.names[f] for f in matrix.settings]
-    for name in args.scatter or []:
-        if name not in names:
-            raise ValueError(f'--scatter: unknown setting {name!r} (settings: '
-                             f'{", ".join(names)})')
-    if args.scatter and args.scatter[0] == args.scatter[1]:
-        raise ValueError(f'--scatter: needs two different settings, got {args.scatter[0]!r} '
-                         'twice')
-
-
-def rule_label(name: str, rule: Dict[str, float]) -> str:
-    """``name`` or, for a random rule, ``rand<i>(d0.75,w1.25)``."""
-    return f"{name}({','.join(f'{SHORT.get(k, k)}{v:g}' for k, v in rule.items()) or 'base'})"
-
-
-def plan(args: argparse.Namespace) -> List[Tuple[str, Dict[str, float]]]:
-    """(label, rule) of every architecture to measure: rule files, then random rules."""
-    from mmengine.config import Config
-
-    from mmvitscale.models import ScaledViT
-    from mmvitscale.rules import image_rule
-
-    def resolve(rule):
-        return ScaledViT.resolve_arch(args.arch, args.img_size, args.patch_size, rule)
-
-    out, seen = [], set()
-    for path in args.rules:
-        rule = image_rule(Config.fromfile(path).scaling)
-        arch = resolve(rule)
-        if arch in seen:
-            continue
-        seen.add(arch)
-        out.append((osp.splitext(osp.basename(path))[0], rule))
-    randoms = sample_rules(resolve, args.num_random, args.seed, exclude=seen)
-    out += [(rule_label(f'rand{i}', r), r) for i, r in enumerate(randoms)]
-    return out
-
-
-def measure_all(args: argparse.Namespace, console: Console) -> Dict[str, Any]:
-    """Measure every planned arch on every backend; append the rows to ``args.table``.
-
-    Protocol (:func:`mmvitscale.cost.backends.measure_interleaved`): threads and CPU affinity
-    pinned, per backend all archs prepared, then visited round robin ``--rounds`` times with
-    ``--repeats`` timed runs per visit; each row carries its ``noise_pct`` (spread of the
-    per-round medians), the report's noise floor.
-    """
-    from mmvitscale.cost.backends import (BackendError, build_model, make_runner,
-                                          measure_interleaved, pinned)
-    from mmvitscale.cost.latency_table import append_rows, fingerprint, make_row
-    archs = plan(args)
-    info: Dict[str, Any] = dict(archs=[a[0] for a in archs], failures=[], setup_s={})
-    t0 = time.perf_counter()
-    for backend in args.backends:
-        use = archs[:args.compile_max_archs] if backend.startswith('compile') else archs
-        with pinned(args.threads) as pin:
-            prepared, runners = [], []
-            for label, rule in use:
-                cfg = dict(type='mmvitscale.ScaledViT', arch=args.arch, img_size=args.img_size,
-                           patch_size=args.patch_size, scaling=rule)
-                model = build_model(cfg)
-                arch = model.arch_spec.as_dict()
-                shape = (3, *arch['img_size'])
-                s0 = time.perf_counter()
-                try:
-                    run, sync, _ = make_runner(model, shape, backend)
-                except BackendError as err:
-                    info['failures'].append(f'{label} {backend}: {err}')
-                    console.print(f'[red]failed:[/red] {label} {backend}: {err}')
-                    continue
-                info['setup_s'].setdefault(backend, []).append(time.perf_counter() - s0)
-                prepared.append((label, rule, arch, shape))
-                runners.append((run, sync))
-            if not runners:
-                continue
-            results = measure_interleaved(runners, args.rounds, args.repeats, args.warmup)
-        fp = fingerprint('cpu', backend, args.threads)
-        rows = [make_row(fp, 'vit', arch, shape, 1, res, min_ms=res['min_ms'], label=label,
-                         rule=rule, cpus=pin['cpus'], source='device_transfer')
-                for (label, rule, arch, shape), res in zip(prepared, results)]
-        for (label, *_), res in zip(prepared, results):
-            console.print(f'{label:<32} {backend:<12} median {res["median_ms"]:8.2f} ms  '
-                          f'p10-p90 {res["p10_ms"]:.2f}-{res["p90_ms"]:.2f} ms  '
-                          f'noise {res["noise_pct"]:4.1f}%')
-        append_rows(args.table, rows)
-    info['measure_wall_s'] = time.perf_counter() - t0
-    return info
+    try:
+        args.budget_quantile = check_report_inputs(args.tables, args.scores,
+                                                   args.budget_quantile, args.budget_ms)
+        if not args.measure:
+            return read_matrix(args.tables, args.stat, args.reduce, args.fingerprints,
+                               args.scatter), None
+        args.table = args.table or osp.join(args.out_dir, 'table.jsonl')
+        spec = measure_spec(args)
+        check_measure_spec(spec, args.tables, args.fingerprints)
+    except InputError as err:
+        raise ValueError(err.format(flag)) from None
+    return None, spec
 
 
 def main(argv=None) -> Dict[str, Any]:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        matrix = validate(args)
+        matrix, spec = validate(args)
     except ValueError as err:
         parser.error(str(err))
     console = Console(soft_wrap=True)
@@ -260,13 +137,22 @@ def main(argv=None) -> Dict[str, Any]:
         load_before = f.read().split()[:3]
     run: Dict[str, Any] = {}
     if args.measure:
-        run = measure_all(args, console)
-        from mmvitscale.cost.latency_table import read_rows
+        def on_result(label: str, backend: str, res: Dict[str, Any]) -> None:
+            console.print(f'{label:<32} {backend:<12} median {res["median_ms"]:8.2f} ms  '
+                          f'p10-p90 {res["p10_ms"]:.2f}-{res["p90_ms"]:.2f} ms  '
+                          f'noise {res["noise_pct"]:4.1f}%')
+
+        def on_failure(label: str, backend: str, err: Exception) -> None:
+            console.print(f'[red]failed:[/red] {label} {backend}: {err}')
+
+        assert spec is not None
+        run = measure_archs(spec, args.table, on_result=on_result, on_failure=on_failure)
         try:
-            matrix = collect([r for t in _all_tables(args) for r in read_rows(t)], args.stat,
-                             args.reduce, args.fingerprints)
-            check_matrix(matrix)
-            _check_scatter(args, matrix)
+            matrix = read_matrix(_all_tables(args), args.stat, args.reduce, args.fingerprints,
+                                 args.scatter)
+        except InputError as err:
+            console.print(f'[red]error:[/red] {err.format(flag)}')
+            sys.exit(2)
         except ValueError as err:
             console.print(f'[red]error:[/red] {err}')
             sys.exit(2)

@@ -14,25 +14,50 @@ architectures this module computes
 and writes it as Markdown, JSON and a PNG (tau heatmap + a latency scatter), atomically
 (:func:`write_report`). Winners are chosen among the architectures measured on *all* selected
 settings so they compete on the same candidates.
+
+Inputs are checked before any work (:func:`check_report_inputs`, :func:`read_matrix`,
+:func:`check_scatter`); a bad one raises :class:`InputError` naming the argument. Measuring
+scaled architectures into a table is :mod:`mmvitscale.search.device_measure`.
 """
 import json
 import os.path as osp
-import random
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence,
+                    Tuple, Union)
 
 import numpy as np
 
 from ..fileio import atomic_write, save_figure
 STATS = ('median_ms', 'p10_ms', 'min_ms', 'mean_ms')
 REDUCE = ('min', 'median')
-RANDOM_GRID: Dict[str, Tuple[float, ...]] = dict(
-    depth_mult=(0.5, 0.75, 1.0, 1.25), width_mult=(0.75, 1.0, 1.25),
-    mlp_ratio_mult=(0.5, 1.0), resolution_mult=(0.75, 1.0, 1.25), patch_size_mult=(1.0, 2.0))
 
 
 class TransferError(ValueError):
     """Inputs that cannot give a device-transfer report (too few settings / architectures)."""
+
+
+class InputError(ValueError):
+    """A bad input value, raised before any work; it names the argument(s) at fault.
+
+    ``names`` are the parameter names (e.g. ``('budget_quantiles', )``), ``item`` the element
+    of a list argument at fault (or None) and ``detail`` what is wrong. ``str(err)`` is
+    ``'<name>[ / <name>...][ <item>]: <detail>'``; a command-line shell rebuilds it with its
+    own flag names through :meth:`format`.
+    """
+
+    def __init__(self, names: Union[str, Sequence[str]], detail: str,
+                 item: Optional[str] = None) -> None:
+        self.names: Tuple[str, ...] = (names, ) if isinstance(names, str) else tuple(names)
+        self.detail = detail
+        self.item = item
+        super().__init__(self.format())
+
+    def format(self, rename: Callable[[str], str] = str) -> str:
+        """The message with every name passed through ``rename`` (e.g. to a ``--flag``)."""
+        head = ' / '.join(rename(n) for n in self.names)
+        if self.item is not None:
+            head += f' {self.item}'
+        return f'{head}: {self.detail}'
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -239,6 +264,69 @@ def check_matrix(m: LatencyMatrix, min_shared: int = 3) -> None:
         raise TransferError(f'only {n} architecture(s) measured on all {len(m.settings)} '
                             f'fingerprints, need at least {min_shared} (archs per '
                             f'fingerprint: {per})')
+
+
+def check_scatter(m: LatencyMatrix, scatter: Optional[Sequence[str]] = None) -> None:
+    """InputError (``scatter``) unless ``scatter`` is None or two different settings of ``m``."""
+    names = [m.names[f] for f in m.settings]
+    for name in scatter or []:
+        if name not in names:
+            raise InputError('scatter', f'unknown setting {name!r} (settings: '
+                             f'{", ".join(names)})')
+    if scatter and scatter[0] == scatter[1]:
+        raise InputError('scatter', f'needs two different settings, got {scatter[0]!r} twice')
+
+
+def check_report_inputs(tables: Sequence[str], scores: Optional[str] = None,
+                        budget_quantiles: Optional[Sequence[float]] = None,
+                        budget_ms: Sequence[float] = ()) -> List[float]:
+    """Check the report's files and budgets without reading the tables; return the quantiles.
+
+    Args:
+        tables: latency-table paths; each must be a file.
+        scores: optional score JSON path (:func:`load_scores`); must be a file.
+        budget_quantiles: quantile budgets in [0, 1]; None means ``[0.5]``, or ``[]`` when
+            ``budget_ms`` gives budgets.
+        budget_ms: absolute budgets in ms, each > 0.
+
+    Returns:
+        The budget quantiles to report (``budget_quantiles`` with its default applied).
+
+    Raises:
+        InputError: naming the first bad argument (``tables``, ``scores``,
+            ``budget_quantiles`` or ``budget_ms``) and its value.
+    """
+    for path in tables:
+        if not osp.isfile(path):
+            raise InputError('tables', f'file not found: {path}')
+    if scores is not None and not osp.isfile(scores):
+        raise InputError('scores', f'file not found: {scores}')
+    if budget_quantiles is None:
+        budget_quantiles = [] if budget_ms else [0.5]
+    for q in budget_quantiles:
+        if not 0 <= q <= 1:
+            raise InputError('budget_quantiles', f'must be in [0, 1], got {q:g}')
+    for b in budget_ms:
+        if not b > 0:
+            raise InputError('budget_ms', f'must be > 0, got {b:g}')
+    return [float(q) for q in budget_quantiles]
+
+
+def read_matrix(tables: Sequence[str], stat: str = 'median_ms', reduce: str = 'min',
+                fingerprints: Optional[Sequence[str]] = None,
+                scatter: Optional[Sequence[str]] = None) -> LatencyMatrix:
+    """The checked :class:`LatencyMatrix` of the rows of ``tables`` (see :func:`collect`).
+
+    Raises:
+        TransferError: fewer than 2 settings or 3 shared architectures (:func:`check_matrix`),
+            or an unknown ``fingerprints`` entry.
+        InputError: ``scatter`` does not name two different settings (:func:`check_scatter`).
+    """
+    from ..cost.latency_table import read_rows
+    m = collect([r for t in tables for r in read_rows(t)], stat, reduce, fingerprints)
+    check_matrix(m)
+    check_scatter(m, scatter)
+    return m
 
 
 # ---------------------------------------------------------------------------- scores
@@ -530,28 +618,3 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, (np.floating, np.integer)):
         return obj.item()
     raise TypeError(f'not JSON serialisable: {type(obj).__name__}')
-
-
-# ---------------------------------------------------------------------------- measure mode
-def sample_rules(resolve, n: int, seed: int = 0, exclude: Iterable[Any] = (),
-                 grid: Mapping[str, Sequence[float]] = RANDOM_GRID) -> List[Dict[str, float]]:
-    """``n`` seeded random rules whose resolved archs are feasible, distinct and not excluded.
-
-    ``resolve(rule)`` returns a hashable arch or raises ``ValueError`` (infeasible).
-    """
-    rng = random.Random(seed)
-    seen, out, tries = set(exclude), [], 0
-    while len(out) < n:
-        tries += 1
-        if tries > 200 * max(n, 1):
-            raise ValueError(f'could only sample {len(out)} of {n} distinct architectures')
-        rule = {k: rng.choice(tuple(v)) for k, v in grid.items()}
-        rule = {k: v for k, v in rule.items() if v != 1.0}
-        try:
-            arch = resolve(rule)
-        except ValueError:
-            continue
-        if arch not in seen:
-            seen.add(arch)
-            out.append(rule)
-    return out
