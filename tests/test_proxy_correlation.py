@@ -1,10 +1,13 @@
-"""tools/proxy_correlation.py: sampling, Kendall / rank combination, resume log, end to end."""
+"""tools/proxy_correlation.py and mmvitscale.experiments.proxy_correlation: sampling, Kendall /
+rank combination, resume log, end to end."""
 import json
 import math
 import os.path as osp
 import sys
 
 import pytest
+
+from mmvitscale.experiments import proxy_correlation as study
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
@@ -13,35 +16,36 @@ import proxy_correlation as pc  # noqa: E402
 
 
 def test_sample_rules_distinct_seeded_and_base_first():
-    a = pc.sample_rules(12, seed=3)
-    assert a == pc.sample_rules(12, seed=3)
-    assert a != pc.sample_rules(12, seed=4)
+    a = study.sample_rules(12, seed=3)
+    assert a == study.sample_rules(12, seed=3)
+    assert a != study.sample_rules(12, seed=4)
     assert len(a) == 12
-    archs = [json.dumps(pc.arch_of(r), sort_keys=True) for r in a]
+    archs = [json.dumps(study.arch_of(r), sort_keys=True) for r in a]
     assert len(set(archs)) == 12
-    assert pc.arch_of(a[0]) == dict(depth=6, width=64, heads=2, mlp_ratio=4.0, patch_size=4,
-                                    img_size=[32, 32])
-    assert all(r['patch_size'] in (4, 8) and pc.arch_of(r)['img_size'] == [32, 32] for r in a)
-    everything = pc.sample_rules(10**6)
+    assert study.arch_of(a[0]) == dict(depth=6, width=64, heads=2, mlp_ratio=4.0,
+                                       patch_size=4, img_size=[32, 32])
+    assert all(r['patch_size'] in (4, 8) and study.arch_of(r)['img_size'] == [32, 32]
+               for r in a)
+    everything = study.sample_rules(10**6)
     assert 1 < len(everything) <= 3 * 4 * 3 * 2 * 2
 
 
 def test_kendall_and_rank_combination_on_synthetic_data():
     acc = [50.0, 60.0, 70.0, 80.0, 90.0]
-    assert pc.kendall([1, 2, 3, 4, 5], acc)['tau'] == pytest.approx(1.0)
-    assert pc.kendall([5, 4, 3, 2, 1], acc)['tau'] == pytest.approx(-1.0)
-    assert math.isnan(pc.kendall([1, 1, 1, 1, 1], acc)['tau'])
-    assert math.isnan(pc.kendall([1.0], [2.0])['tau'])
+    assert study.kendall([1, 2, 3, 4, 5], acc)['tau'] == pytest.approx(1.0)
+    assert study.kendall([5, 4, 3, 2, 1], acc)['tau'] == pytest.approx(-1.0)
+    assert math.isnan(study.kendall([1, 1, 1, 1, 1], acc)['tau'])
+    assert math.isnan(study.kendall([1.0], [2.0])['tau'])
 
     # kappa falls and length rises with accuracy: both proxies and their rank sum agree
     kappa = [500.0, 400.0, 300.0, 200.0, 100.0]
     length = [1.0, 2.0, 3.0, 4.0, 5.0]
-    sc = pc.proxy_scores(kappa, length)
+    sc = study.proxy_scores(kappa, length)
     assert sc['rank_ntk'] == [4, 3, 2, 1, 0] and sc['rank_length'] == [4, 3, 2, 1, 0]
     assert sc['combined'] == [-8, -6, -4, -2, 0]
     recs = [dict(accuracy=a, ntk_condition=k, length_distortion=L, params_m=1.0 + i)
             for i, (a, k, L) in enumerate(zip(acc, kappa, length))]
-    corr = pc.correlations(recs)
+    corr = study.correlations(recs)
     assert corr['ntk_condition']['tau'] == pytest.approx(-1.0)
     assert corr['length_distortion']['tau'] == pytest.approx(1.0)
     assert corr['combined']['tau'] == pytest.approx(1.0)
@@ -51,7 +55,7 @@ def test_kendall_and_rank_combination_on_synthetic_data():
     kappa[0] = float('inf')
     recs = [dict(accuracy=a, ntk_condition=k, length_distortion=L)
             for a, k, L in zip(acc, kappa, [3.0, 1.0, 5.0, 2.0, 4.0])]
-    corr = pc.correlations(recs)
+    corr = study.correlations(recs)
     assert corr['ntk_condition']['tau'] == pytest.approx(-1.0)
     assert corr['length_distortion']['tau'] == pytest.approx(0.2)
     assert 0.2 < corr['combined']['tau'] < 1.0
@@ -62,20 +66,20 @@ def test_resume_log_skips_finished_archs(tmp_path, capsys):
     calls = []
 
     def fake_train(rule, args, work_dir):
-        calls.append(pc.rule_key(rule))
-        arch = pc.arch_of(rule)
+        calls.append(study.rule_key(rule))
+        arch = study.arch_of(rule)
         return dict(accuracy=10.0 + arch['depth'] + arch['width'] / 100, params_m=0.1,
                     train_s=0.0, eval_s=0.0)
 
     def fake_proxy(rule, args):
-        arch = pc.arch_of(rule)
+        arch = study.arch_of(rule)
         return dict(ntk_condition=100.0 / arch['depth'], length_distortion=float(arch['width']),
                     proxy_s=0.0)
 
     argv = ['--num-archs', '4', '--out-dir', str(tmp_path)]
     first = pc.main(argv, train_fn=fake_train, proxy_fn=fake_proxy)
     assert len(calls) == 4 and first['meta']['resumed'] == 0
-    log = tmp_path / pc.LOG_NAME
+    log = tmp_path / study.LOG_NAME
     assert len(log.read_text().splitlines()) == 4
 
     # a killed run: one torn line at the end is ignored, not fatal
@@ -108,9 +112,47 @@ def test_resume_log_skips_finished_archs(tmp_path, capsys):
     assert 'resumed: 4 architecture(s)' in out and 'arch 1/4' in out
 
 
-def test_bad_arguments():
+def test_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
         pc.parse_args(['--num-archs', '0'])
+    assert '--num-archs must be >= 1, got 0' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        pc.parse_args(['--workers', '-1'])
+    assert '--workers must be >= 0' in capsys.readouterr().err
+    # the package names the field; nothing runs before the check
+    from mmvitscale.search.device_transfer import InputError
+    with pytest.raises(InputError) as err:
+        study.check_spec(study.CorrelationSpec(proxy_points=0))
+    assert err.value.names == ('proxy_points', ) and err.value.detail == 'must be >= 1, got 0'
+
+    def boom(*args):
+        raise AssertionError('work started before the inputs were checked')
+
+    with pytest.raises(SystemExit):
+        pc.main(['--epochs', '0', '--out-dir', str(tmp_path / 'out')], train_fn=boom,
+                proxy_fn=boom)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_rule_sampling_shares_one_distinct_filter():
+    from mmvitscale.search import device_measure, rule_sampling
+
+    def resolve(rule):  # depth 0.5 is infeasible; width alone decides the arch
+        if rule.get('depth_mult') == 0.5:
+            raise ValueError('infeasible')
+        return rule.get('width_mult', 1.0)
+
+    grid = dict(depth_mult=(0.5, 1.0), width_mult=(0.5, 1.0, 2.0))
+    perm = rule_sampling.sample_grid_rules(resolve, 10, grid, seed=1)
+    assert sorted(r['width_mult'] for r in perm) == [0.5, 1.0, 2.0]  # fewer: space exhausted
+    assert all(r['depth_mult'] == 1.0 for r in perm)  # every key kept, infeasible skipped
+    first = dict(depth_mult=1.0, width_mult=2.0)
+    assert rule_sampling.sample_grid_rules(resolve, 2, grid, seed=1, first=first)[0] == first
+    drawn = device_measure.sample_rules(resolve, 2, seed=1, exclude=[1.0], grid=grid)
+    assert len(drawn) == 2 and {r['width_mult'] for r in drawn} == {0.5, 2.0}
+    assert all('depth_mult' not in r for r in drawn)  # multipliers of 1 left out
+    with pytest.raises(ValueError, match='could only sample 2 of 3'):
+        device_measure.sample_rules(resolve, 3, seed=1, exclude=[1.0], grid=grid)
 
 
 @pytest.mark.slow

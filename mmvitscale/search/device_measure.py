@@ -9,13 +9,13 @@ winners out, numpy only) because this side builds models and needs torch and the
 """
 import glob
 import os.path as osp
-import random
 import time
 from dataclasses import dataclass
 from typing import (Any, Callable, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence,
                     Tuple, Union)
 
 from .device_transfer import InputError
+from .rule_sampling import sample_random_rules
 
 RANDOM_GRID: Dict[str, Tuple[float, ...]] = dict(
     depth_mult=(0.5, 0.75, 1.0, 1.25), width_mult=(0.75, 1.0, 1.25),
@@ -129,26 +129,13 @@ def check_measure_spec(spec: MeasureSpec, tables: Sequence[str] = (),
 def sample_rules(resolve: Callable[[Rule], Hashable], n: int, seed: int = 0,
                  exclude: Iterable[Hashable] = (),
                  grid: Mapping[str, Sequence[float]] = RANDOM_GRID) -> List[Rule]:
-    """``n`` seeded random rules whose resolved archs are feasible, distinct and not excluded.
+    """``n`` seeded random rules whose resolved archs are feasible, distinct and not excluded
+    (:func:`.rule_sampling.sample_random_rules`: knobs drawn with replacement, multipliers of 1
+    left out; fewer than ``n`` after ``200 n`` draws raise ``ValueError``).
 
     ``resolve(rule)`` returns a hashable arch or raises ``ValueError`` (infeasible).
     """
-    rng = random.Random(seed)
-    seen, out, tries = set(exclude), [], 0
-    while len(out) < n:
-        tries += 1
-        if tries > 200 * max(n, 1):
-            raise ValueError(f'could only sample {len(out)} of {n} distinct architectures')
-        rule = {k: rng.choice(tuple(v)) for k, v in grid.items()}
-        rule = {k: v for k, v in rule.items() if v != 1.0}
-        try:
-            arch = resolve(rule)
-        except ValueError:
-            continue
-        if arch not in seen:
-            seen.add(arch)
-            out.append(rule)
-    return out
+    return sample_random_rules(resolve, n, grid, seed, exclude)
 
 
 def rule_label(name: str, rule: Mapping[str, float]) -> str:
