@@ -1,20 +1,28 @@
-"""Weight-sharing supernet scorer: slicing rules, exactness of extraction, tiny end-to-end."""
+"""Weight-sharing supernet scorer: slicing rules, exactness of extraction, the study's pieces
+(subnet choice, input checks, Kendall tau, report), tiny end-to-end."""
+import importlib.util
 import json
+import math
 import os.path as osp
 import random
-import sys
 
 import pytest
+import scipy.stats as sps
 import torch
 import torch.nn.functional as F
 
+from mmvitscale.experiments import supernet_study as study
+from mmvitscale.experiments.stats import kendall_tau
 from mmvitscale.models.layers import eager_linear
 from mmvitscale.models.vit import ScaledViT
+from mmvitscale.search.device_transfer import InputError
 from mmvitscale.search.supernet import (SlicedViT, SubnetArch, ViTClassifier, build_subnet,
-                                        check_subnet, extract_subnet, sandwich_archs, score_subnets,
-                                        search_space, smallest_subnet, train_supernet)
+                                        check_subnet, extract_subnet, pick_subnets, sandwich_archs,
+                                        score_subnets, search_space, smallest_subnet,
+                                        train_supernet)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TOOL = osp.join(ROOT, 'tools', 'supernet_scorer.py')
 SUPER = SubnetArch(embed_dims=32, num_layers=3, num_heads=4, mlp_ratio=2.0, img_size=16,
                    patch_size=4)  # head dim 8
 
@@ -134,6 +142,108 @@ def test_sandwich_and_tiny_end_to_end_scores_three_subnets():
     assert all(0.0 <= s['accuracy'] <= 1.0 for s in scores)
 
 
+def _tool():
+    spec = importlib.util.spec_from_file_location('supernet_scorer_tool', TOOL)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_pick_subnets_largest_smallest_then_distinct_random():
+    space = search_space(SUPER, [1, 2, 3], [16, 24, 32], [1.0, 2.0], [8, 16])
+    small = smallest_subnet(space)
+    picked = pick_subnets(space, SUPER, 6, seed=3)
+    assert picked[:2] == [SUPER, small] and len(picked) == 6
+    assert len(set(picked)) == 6 and all(a in space for a in picked)
+    assert picked == pick_subnets(space, SUPER, 6, seed=3)  # deterministic in the seed
+    assert pick_subnets(space, SUPER, 2) == [SUPER, small]
+    assert len(pick_subnets(space, SUPER, 10 ** 6)) == len(space)  # capped by the space
+    assert pick_subnets([SUPER], SUPER, 5) == [SUPER]  # largest == smallest: once
+
+
+def test_rank_agreement_is_stats_kendall_tau_and_matches_scipy():
+    acc = [0.61, 0.52, 0.66, 0.58, 0.49, 0.63]
+    scratch = [0.40, 0.31, 0.45, 0.30, 0.28, 0.47]
+    res = study.rank_agreement([dict(accuracy=a, scratch_accuracy=b)
+                                for a, b in zip(acc, scratch)])
+    ref = sps.kendalltau(acc, scratch)
+    assert res == kendall_tau(acc, scratch)
+    assert res.tau == pytest.approx(ref.statistic) and res.p_value == pytest.approx(ref.pvalue)
+    assert res.n == 6 and res.method == 'exact'
+    flat = study.rank_agreement([dict(accuracy=a, scratch_accuracy=0.1) for a in acc])
+    assert math.isnan(flat.tau) and math.isnan(flat.p_value)  # a constant side
+
+
+def _report(kendall):
+    scores = [dict(arch=SUPER.as_dict(), label=SUPER.label, accuracy=0.5, seconds=0.1,
+                   params=1234, scratch_accuracy=0.25, scratch_seconds=1.0),
+              dict(arch=SUPER.as_dict(), label='small', accuracy=0.4, seconds=0.1, params=99,
+                   scratch_accuracy=0.2, scratch_seconds=1.0)]
+    config = dict(num_random=2, super_images=10, super_epochs=1, val_images=5,
+                  scratch_images=4, scratch_epochs=1, threads=1)
+    return study.build_report(SUPER, 7, config, dict(steps=1, final_loss=2.0, seconds=3.0),
+                              scores, kendall, 9.0, '0.00 0.00 0.00', 'cmd')
+
+
+def test_report_keys_markdown_and_files(tmp_path):
+    res = study.rank_agreement(_report(None)['subnets'])
+    report = _report(res)
+    for key in ('supernet', 'search_space_size', 'config', 'supernet_train', 'subnets',
+                'kendall_tau', 'kendall_p', 'wall_seconds', 'load_start', 'load_end', 'torch',
+                'python', 'command'):
+        assert key in report, key
+    assert report['kendall_tau'] == res.tau and report['kendall_p'] == res.p_value
+    assert report['kendall'] == dict(tau=res.tau, p_value=res.p_value, n=2, method='exact')
+    md = study.to_markdown(report)
+    assert f"{res.tau:.3f}** (p = {res.p_value:.3g}, K = 2" in md
+    assert '| `small` | 99 | 0.4000 | 0.2000 |' in md
+    paths = study.write_report(report, str(tmp_path / 'a'))
+    assert sorted(paths) == ['json', 'md', 'png'] and all(osp.exists(p) for p in paths.values())
+    assert json.loads(open(paths['json']).read())['kendall']['n'] == 2
+    scored_only = _report(None)  # --skip-scratch: no tau, no figure
+    assert scored_only['kendall_tau'] is None and scored_only['kendall'] is None
+    assert 'Kendall' not in study.to_markdown(scored_only)
+    assert sorted(study.write_report(scored_only, str(tmp_path / 'b'))) == ['json', 'md']
+
+
+@pytest.mark.parametrize('change, names, detail', [
+    (dict(subnets=1), ('subnets', ), r'must be >= 2 .*got 1'),
+    (dict(super_images=0), ('super_images', ), 'must be >= 1, got 0'),
+    (dict(lr=0.0), ('lr', ), 'must be > 0, got 0.0'),
+    (dict(num_random=-1), ('num_random', ), 'must be >= 0, got -1'),
+    (dict(embed_dims=30), ('embed_dims', 'num_heads'), 'must divide .*got 30 / 4'),
+    (dict(img_size=30), ('img_size', 'patch_size'), 'must divide, got 30 / 4'),
+    (dict(depths=()), ('depths', ), 'at least one value'),
+    (dict(widths=(40, )), ('depths', 'widths', 'mlp_ratios', 'resolutions'), 'no subnet'),
+])
+def test_check_spec_names_the_field_and_value(change, names, detail, tmp_path):
+    spec = study.SupernetStudySpec(**{**dict(data_root=str(tmp_path)), **change})
+    with pytest.raises(InputError, match=detail) as err:
+        study.check_spec(spec)
+    assert err.value.names == names
+
+
+def test_check_spec_refuses_a_folder_without_the_data(tmp_path):
+    with pytest.raises(InputError, match='Fashion-MNIST not found') as err:
+        study.check_spec(study.SupernetStudySpec(data_root=str(tmp_path)))
+    assert err.value.names == ('data_root', )
+
+
+def test_tool_refuses_bad_flags_before_any_work(tmp_path, capsys):
+    tool, out = _tool(), tmp_path / 'out'
+    for argv, message in ((['--subnets', '1'], '--subnets: must be >= 2'),
+                          (['--widths', '40', '--embed-dims', '32'],
+                           '--depths / --widths / --mlp-ratios / --resolutions: hold no subnet'),
+                          (['--num-heads', '5'], '--embed-dims / --num-heads: must divide'),
+                          (['--threads', '0'], '--threads: must be >= 1, got 0'),
+                          (['--data-root', str(tmp_path)], '--data-root: Fashion-MNIST not')):
+        with pytest.raises(SystemExit) as exc:
+            tool.main(argv + ['--work-dir', str(out)])
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err.strip().splitlines()[-1], argv
+    assert not out.exists()
+
+
 @pytest.mark.slow
 def test_tool_tiny_run(tmp_path):
     from mmvitscale import datasets
@@ -144,12 +254,7 @@ def test_tool_tiny_run(tmp_path):
         pytest.skip(str(err))
     tmp_path = tmp_path / 'out'
     tmp_path.mkdir()
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    try:
-        import supernet_scorer
-    finally:
-        sys.path.pop(0)
-    report = supernet_scorer.main([
+    report = _tool().main([
         '--data-root', data, '--work-dir', str(tmp_path), '--embed-dims', '32', '--num-heads',
         '4', '--num-layers', '2', '--depths', '1,2', '--widths', '16,32', '--super-images',
         '128', '--super-epochs', '1', '--subnets', '3', '--scratch-images', '64',
@@ -163,3 +268,12 @@ def test_tool_tiny_run(tmp_path):
     assert (tmp_path / 'supernet_scores.md').exists()
     assert (tmp_path / 'supernet_vs_scratch.png').exists()
     assert (tmp_path / 'supernet.pth').exists()
+    # Kendall tau and its p-value as scipy computes them on the same numbers
+    acc = [s['accuracy'] for s in saved['subnets']]
+    scratch = [s['scratch_accuracy'] for s in saved['subnets']]
+    ref = sps.kendalltau(acc, scratch)
+    for got, want in ((saved['kendall_tau'], ref.statistic), (saved['kendall_p'], ref.pvalue),
+                      (saved['kendall']['tau'], ref.statistic),
+                      (saved['kendall']['p_value'], ref.pvalue)):
+        assert got == pytest.approx(want, nan_ok=True)
+    assert saved['kendall']['n'] == 3

@@ -143,11 +143,20 @@ def patchify(x: Tensor, conv: nn.Conv2d) -> Tuple[Tensor, Tuple[int, int]]:
             or conv.groups != 1 or x.shape[2] < k[0] or x.shape[3] < k[1] or _hooked(conv)):
         out = conv(x)
         return out.flatten(2).transpose(1, 2), (out.shape[2], out.shape[3])
+    return patch_linear(x, conv.weight, conv.bias)
+
+
+def patch_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]
+                 ) -> Tuple[Tensor, Tuple[int, int]]:
+    """Tokens ``(B, h*w, D)`` and grid of a non-overlapping patch conv given by its ``weight``
+    ``(D, C, kh, kw)`` and ``bias``, as one linear layer over the flattened patches (the
+    functional form of :func:`patchify`; border rows / columns beyond whole patches dropped)."""
+    D, _, kh, kw = weight.shape
     B, C, H, W = x.shape
-    h, w = H // k[0], W // k[1]
-    patches = x[:, :, :h * k[0], :w * k[1]].reshape(B, C, h, k[0], w, k[1])
-    patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(B, h * w, C * k[0] * k[1])
-    weight = conv.weight.reshape(conv.out_channels, -1)
+    h, w = H // kh, W // kw
+    patches = x[:, :, :h * kh, :w * kw].reshape(B, C, h, kh, w, kw)
+    patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(B, h * w, C * kh * kw)
+    weight = weight.reshape(D, -1)
     if _fast_path(patches, weight, False, None):
-        return _onednn_linear(patches, weight, conv.bias, False, None), (h, w)
-    return F.linear(patches, weight, conv.bias), (h, w)
+        return _onednn_linear(patches, weight, bias, False, None), (h, w)
+    return F.linear(patches, weight, bias), (h, w)

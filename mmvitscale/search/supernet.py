@@ -49,12 +49,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..models.layers import resample_abs_pos_embed
+from ..models.ops import patch_linear
 from ..models.vit import ScaledViT
 
 __all__ = [
     'SubnetArch', 'ViTClassifier', 'SlicedViT', 'check_subnet', 'slice_tensor', 'extract_subnet',
     'build_subnet', 'search_space', 'sample_subnet', 'smallest_subnet', 'sandwich_archs',
-    'prepare_images', 'train_supernet', 'train_model', 'score_subnets', 'evaluate'
+    'pick_subnets', 'prepare_images', 'train_supernet', 'train_model', 'score_subnets', 'evaluate'
 ]
 
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530
@@ -229,12 +230,13 @@ class SlicedViT(ViTClassifier):
         bb = self.backbone
         D, nh, hd = sub.embed_dims, sub.num_heads, self.arch.head_dim
         eps = bb.blocks[0].norm1.eps
-        ps = sub.patch_size
         if x.shape[-1] != sub.img_size or x.shape[-2] != sub.img_size:
             raise ValueError(f'input {tuple(x.shape[-2:])} does not match img_size='
                              f'{sub.img_size}')
-        x = F.conv2d(x, p['backbone.patch_embed.proj.weight'], p['backbone.patch_embed.proj.bias'],
-                     stride=ps).flatten(2).transpose(1, 2)
+        # the patch conv as ScaledViT runs it (models.ops.patchify): bit-equal tokens to the
+        # extracted subnet's
+        x, _ = patch_linear(x, p['backbone.patch_embed.proj.weight'],
+                            p['backbone.patch_embed.proj.bias'])
         x = torch.cat([p['backbone.cls_token'].expand(x.shape[0], -1, -1), x], dim=1)
         x = x + p['backbone.pos_embed']
         B, N, _ = x.shape
@@ -298,6 +300,22 @@ def sandwich_archs(super_arch: SubnetArch, space: Sequence[SubnetArch], num_rand
     """Largest, smallest and ``num_random`` random subnets (one sandwich step)."""
     return [super_arch, smallest_subnet(space)] + [sample_subnet(space, rng)
                                                    for _ in range(num_random)]
+
+
+def pick_subnets(space: Sequence[SubnetArch], super_arch: SubnetArch, k: int,
+                 seed: int = 0) -> List[SubnetArch]:
+    """The subnets a study scores: the largest (``super_arch``), the smallest of ``space`` and
+    ``k - 2`` distinct others drawn at random from the rest of ``space`` (fewer when the space
+    holds fewer); deterministic in ``seed`` (``random.Random(seed + 1)``).
+
+    The largest and the smallest are always returned, once each (only the largest when they
+    are the same subnet), so ``k < 2`` still gives both.
+    """
+    small = smallest_subnet(space)
+    head = [super_arch] if small == super_arch else [super_arch, small]
+    rest = [a for a in space if a not in head]
+    rng = random.Random(seed + 1)
+    return head + rng.sample(rest, min(max(0, k - 2), len(rest)))
 
 
 # ---------------------------------------------------------------------- data / loops
