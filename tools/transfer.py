@@ -62,7 +62,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help=f'smoke run: every task at {QUICK} unless set per task')
     parser.add_argument('--out-dir', default='work_dirs/transfer', help='report folder')
     parser.add_argument('--data-root', default=osp.join(ROOT, 'data'),
-                        help='folder holding fashion_mnist/, fmnist_det/, fmnist_video/')
+                        help='folder holding fashion_mnist/, fmnist_det/, fmnist_video_hard/')
     parser.add_argument('--epochs', type=int, default=None,
                         help='training epochs for every task (overrides --TASK-epochs)')
     for name in OFFLINE:

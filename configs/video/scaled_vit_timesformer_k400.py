@@ -22,5 +22,5 @@ data_check = dict(  # the checked paths are the dataloaders' (DataCheckedRunner)
     hint='Kinetics-400 goes under data/kinetics400/ (videos_train/, videos_val/ and the '
     'kinetics400_{train,val}_list_videos.txt lists in mmaction2 format).\n'
     'No Kinetics? Run the offline variant on moving Fashion-MNIST items:\n'
-    '  python tools/data/make_video.py --out data/fmnist_video\n'
+    '  python tools/data/make_video.py --out data/fmnist_video_hard --distractors 2 --noise 24\n'
     '  python tools/train.py configs/video/scaled_vit_fmnist_video.py')
