@@ -93,15 +93,6 @@ def _fast_path(x: Tensor, weight: Tensor, gelu: bool, residual: Optional[Tensor]
             and not torch.jit.is_tracing() and _no_transforms_active())
 
 
-def _onednn_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], gelu: bool,
-                   residual: Optional[Tensor]) -> Tensor:
-    if residual is not None:
-        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, weight, bias, 'add')
-    if gelu:
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'gelu', [], 'none')
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
-
-
 def fused_linear(x: Tensor, layer: nn.Linear, gelu: bool = False,
                  residual: Optional[Tensor] = None) -> Tensor:
     """``layer(x)``, then exact GELU when ``gelu``, plus ``residual`` when given.
@@ -113,8 +104,20 @@ def fused_linear(x: Tensor, layer: nn.Linear, gelu: bool = False,
     forward-mode AD, GPU, other dtypes, TorchScript tracing, inside :func:`eager_linear`) the
     eager ops run.
     """
-    if _fast_path(x, layer.weight, gelu, residual):
-        return _onednn_linear(x, layer.weight, layer.bias, gelu, residual)
+    # the condition and the oneDNN calls are spelled out here: routed through helpers,
+    # torch.compile put the oneDNN op into its graph, whose lowering then failed (asserting
+    # the weight be a graph constant)
+    if (_ONEDNN_LINEAR and not torch.is_grad_enabled() and x.device.type == 'cpu'
+            and x.dtype == torch.float32 and layer.weight.dtype == torch.float32
+            and not (gelu and residual is not None) and not _EAGER_LINEAR.get()
+            and not torch.jit.is_tracing() and _no_transforms_active()):
+        if residual is not None:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.weight,
+                                                             layer.bias, 'add')
+        if gelu:
+            return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, 'gelu', [],
+                                                      'none')
+        return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, 'none', [], '')
     x = layer(x)
     if gelu:
         x = F.gelu(x)
@@ -136,11 +139,13 @@ def patchify(x: Tensor, conv: nn.Conv2d) -> Tuple[Tensor, Tuple[int, int]]:
     values to float rounding (border rows / columns that the conv drops are dropped), and on
     CPU a backward several times cheaper than the convolution's (5.3 -> 1.0 ms for the cls
     study's 7-px patches at batch 128). Any other conv (overlapping PiT / re-tokenized
-    strides) runs as the conv, and so does a conv with forward hooks (they see its call).
+    strides) runs as the conv, and so does a conv with forward hooks (they see its call) or
+    under ``torch.compile`` (inductor's oneDNN lowering wants the weight as a graph constant).
     """
     k = conv.kernel_size
     if (x.dim() != 4 or conv.stride != k or conv.padding != (0, 0) or conv.dilation != (1, 1)
-            or conv.groups != 1 or x.shape[2] < k[0] or x.shape[3] < k[1] or _hooked(conv)):
+            or conv.groups != 1 or x.shape[2] < k[0] or x.shape[3] < k[1] or _hooked(conv)
+            or torch.compiler.is_compiling()):  # inductor lowers the conv itself
         out = conv(x)
         return out.flatten(2).transpose(1, 2), (out.shape[2], out.shape[3])
     return patch_linear(x, conv.weight, conv.bias)
@@ -157,6 +162,6 @@ def patch_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]
     patches = x[:, :, :h * kh, :w * kw].reshape(B, C, h, kh, w, kw)
     patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(B, h * w, C * kh * kw)
     weight = weight.reshape(D, -1)
-    if _fast_path(patches, weight, False, None):
-        return _onednn_linear(patches, weight, bias, False, None), (h, w)
+    if _fast_path(patches, weight, False, None) and not torch.compiler.is_compiling():
+        return torch.ops.mkldnn._linear_pointwise(patches, weight, bias, 'none', [], ''), (h, w)
     return F.linear(patches, weight, bias), (h, w)
