@@ -192,7 +192,8 @@ def test_plan_archs_seeded_and_deduplicated():
 
 def test_package_checks_name_the_argument(tmp_path):
     from mmvitscale.search.device_measure import MeasureSpec, check_measure_spec
-    from mmvitscale.search.device_transfer import InputError, check_report_inputs
+    from mmvitscale.errors import InputError
+    from mmvitscale.search.device_transfer import check_report_inputs
     files = [_rule('deit_tiny_shape'), _rule('deeper_narrower'), _rule('wider_shallower')]
     check_measure_spec(MeasureSpec(rules=files, num_random=0, backends=['eager', 'compile']))
     cases = [(dict(rules=['no_rule.py']), ('rules', ), 'rules: rule file not found: no_rule.py'),

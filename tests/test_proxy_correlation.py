@@ -120,7 +120,7 @@ def test_bad_arguments(tmp_path, capsys):
         pc.parse_args(['--workers', '-1'])
     assert '--workers must be >= 0' in capsys.readouterr().err
     # the package names the field; nothing runs before the check
-    from mmvitscale.search.device_transfer import InputError
+    from mmvitscale.errors import InputError
     with pytest.raises(InputError) as err:
         study.check_spec(study.CorrelationSpec(proxy_points=0))
     assert err.value.names == ('proxy_points', ) and err.value.detail == 'must be >= 1, got 0'

@@ -15,7 +15,7 @@ from mmvitscale.experiments import supernet_study as study
 from mmvitscale.experiments.stats import kendall_tau
 from mmvitscale.models.layers import eager_linear
 from mmvitscale.models.vit import ScaledViT
-from mmvitscale.search.device_transfer import InputError
+from mmvitscale.errors import InputError
 from mmvitscale.search.supernet import (SlicedViT, SubnetArch, ViTClassifier, build_subnet,
                                         check_subnet, extract_subnet, pick_subnets, sandwich_archs,
                                         score_subnets, search_space, smallest_subnet,

@@ -34,10 +34,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import mmvitscale  # noqa: F401  (shims before mmengine / host packages)
 from rich.console import Console
 
+from mmvitscale.errors import InputError
 from mmvitscale.search.device_measure import MeasureSpec, check_measure_spec, measure_archs
-from mmvitscale.search.device_transfer import (REDUCE, STATS, InputError, LatencyMatrix,
-                                               TransferError, check_report_inputs, load_scores,
-                                               read_matrix, transfer_report, write_report)
+from mmvitscale.search.device_transfer import (REDUCE, STATS, LatencyMatrix, TransferError,
+                                               check_report_inputs, load_scores, read_matrix,
+                                               transfer_report, write_report)
 
 # package argument names whose flag is not ``--`` + the name with dashes
 FLAGS = dict(tables='TABLE', budget_quantiles='--budget-quantile')

@@ -33,7 +33,7 @@ from mmvitscale.experiments.proxy_correlation import (LOG_NAME, REPORT_STEM, Cor
                                                       measure_archs, proxy_arch, sample_rules,
                                                       study_meta, train_arch, write_report)
 from mmvitscale.experiments.tasks import ROOT
-from mmvitscale.search.device_transfer import InputError
+from mmvitscale.errors import InputError
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -32,7 +32,7 @@ from mmvitscale.experiments.supernet_study import (CHECKPOINT_NAME, SupernetStud
                                                    rank_agreement, save_supernet, score_shared,
                                                    train_from_scratch, train_shared_supernet,
                                                    write_report)
-from mmvitscale.search.device_transfer import InputError
+from mmvitscale.errors import InputError
 from mmvitscale.search.supernet import pick_subnets
 
 DEFAULT_DATA = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'data',

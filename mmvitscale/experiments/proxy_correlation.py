@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from ..fileio import atomic_write, save_figure
-from ..search.device_transfer import InputError
+from ..errors import InputError
 from ..search.rule_sampling import sample_grid_rules
 from ..search.scale_search import BaseSpec, write_rule_file
 from . import stats

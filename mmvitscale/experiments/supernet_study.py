@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..fileio import atomic_path, atomic_write, save_figure
-from ..search.device_transfer import InputError
+from ..errors import InputError
 from ..search.supernet import (SlicedViT, SubnetArch, ViTClassifier, evaluate, prepare_images,
                                resize, score_subnets, search_space, train_model, train_supernet)
 from . import stats

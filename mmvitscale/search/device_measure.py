@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import (Any, Callable, Dict, Hashable, Iterable, List, Mapping, Optional, Sequence,
                     Tuple, Union)
 
-from .device_transfer import InputError
+from ..errors import InputError
 from .rule_sampling import sample_random_rules
 
 RANDOM_GRID: Dict[str, Tuple[float, ...]] = dict(

@@ -22,11 +22,11 @@ scaled architectures into a table is :mod:`mmvitscale.search.device_measure`.
 import json
 import os.path as osp
 from dataclasses import dataclass, field
-from typing import (Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence,
-                    Tuple, Union)
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..errors import InputError
 from ..fileio import atomic_write, save_figure
 STATS = ('median_ms', 'p10_ms', 'min_ms', 'mean_ms')
 REDUCE = ('min', 'median')
@@ -34,30 +34,6 @@ REDUCE = ('min', 'median')
 
 class TransferError(ValueError):
     """Inputs that cannot give a device-transfer report (too few settings / architectures)."""
-
-
-class InputError(ValueError):
-    """A bad input value, raised before any work; it names the argument(s) at fault.
-
-    ``names`` are the parameter names (e.g. ``('budget_quantiles', )``), ``item`` the element
-    of a list argument at fault (or None) and ``detail`` what is wrong. ``str(err)`` is
-    ``'<name>[ / <name>...][ <item>]: <detail>'``; a command-line shell rebuilds it with its
-    own flag names through :meth:`format`.
-    """
-
-    def __init__(self, names: Union[str, Sequence[str]], detail: str,
-                 item: Optional[str] = None) -> None:
-        self.names: Tuple[str, ...] = (names, ) if isinstance(names, str) else tuple(names)
-        self.detail = detail
-        self.item = item
-        super().__init__(self.format())
-
-    def format(self, rename: Callable[[str], str] = str) -> str:
-        """The message with every name passed through ``rename`` (e.g. to a ``--flag``)."""
-        head = ' / '.join(rename(n) for n in self.names)
-        if self.item is not None:
-            head += f' {self.item}'
-        return f'{head}: {self.detail}'
 
 
 # ---------------------------------------------------------------------------- statistics
