@@ -87,10 +87,14 @@ def _no_transforms_active() -> bool:
 
 
 def _fast_path(x: Tensor, weight: Tensor, gelu: bool, residual: Optional[Tensor]) -> bool:
+    """Whether oneDNN's fused linear may run (see :func:`fused_linear`). Never while
+    torch.compile traces: inductor's oneDNN lowering asserts on a weight that is not a graph
+    constant, and it fuses the plain ops itself."""
     return (_ONEDNN_LINEAR and not torch.is_grad_enabled() and x.device.type == 'cpu'
             and x.dtype == torch.float32 and weight.dtype == torch.float32
             and not (gelu and residual is not None) and not _EAGER_LINEAR.get()
-            and not torch.jit.is_tracing() and _no_transforms_active())
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+            and _no_transforms_active())
 
 
 def fused_linear(x: Tensor, layer: nn.Linear, gelu: bool = False,
@@ -104,13 +108,7 @@ def fused_linear(x: Tensor, layer: nn.Linear, gelu: bool = False,
     forward-mode AD, GPU, other dtypes, TorchScript tracing, inside :func:`eager_linear`) the
     eager ops run.
     """
-    # the condition and the oneDNN calls are spelled out here: routed through helpers,
-    # torch.compile put the oneDNN op into its graph, whose lowering then failed (asserting
-    # the weight be a graph constant)
-    if (_ONEDNN_LINEAR and not torch.is_grad_enabled() and x.device.type == 'cpu'
-            and x.dtype == torch.float32 and layer.weight.dtype == torch.float32
-            and not (gelu and residual is not None) and not _EAGER_LINEAR.get()
-            and not torch.jit.is_tracing() and _no_transforms_active()):
+    if _fast_path(x, layer.weight, gelu, residual):
         if residual is not None:
             return torch.ops.mkldnn._linear_pointwise.binary(x, residual, layer.weight,
                                                              layer.bias, 'add')
@@ -162,6 +160,6 @@ def patch_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor]
     patches = x[:, :, :h * kh, :w * kw].reshape(B, C, h, kh, w, kw)
     patches = patches.permute(0, 2, 4, 1, 3, 5).reshape(B, h * w, C * kh * kw)
     weight = weight.reshape(D, -1)
-    if _fast_path(patches, weight, False, None) and not torch.compiler.is_compiling():
+    if _fast_path(patches, weight, False, None):
         return torch.ops.mkldnn._linear_pointwise(patches, weight, bias, 'none', [], ''), (h, w)
     return F.linear(patches, weight, bias), (h, w)
