@@ -312,8 +312,12 @@ def _scaled_stride(rule: Mapping, base: 'PiTArch') -> int:
     if 'patch_stride' in rule or 'patch_stride_mult' in rule:
         return _scaled_int(rule, 'patch_stride', base.patch_stride)
     if 'patch_size_mult' in rule:
-        return _scaled_int(dict(patch_stride_mult=rule['patch_size_mult']), 'patch_stride',
-                           base.patch_stride)
+        mult = rule['patch_size_mult']
+        stride = int(round(base.patch_stride * mult))
+        if stride < 1:
+            raise ValueError(f'scaling.patch_size_mult={mult!r} turns patch_stride '
+                             f'{base.patch_stride} into {stride}; it must stay >= 1')
+        return stride
     return base.patch_stride
 
 

@@ -140,3 +140,12 @@ def test_non_multiple_widths_use_grouped_pooling():
     assert model.arch_spec.embed_dims == (16, 24, 32)
     assert model.transformers[1].pool.conv.groups == 8
     assert model(torch.randn(1, 3, 64, 64))[0].shape == (1, 32)
+
+
+def test_patch_size_mult_names_itself_when_the_stride_vanishes():
+    from mmvitscale.scaling import make_pit_arch, scale_pit
+    base = make_pit_arch([16, 16, 16], [1, 2, 1], [2, 4, 8], 2.0, 32, 16, 8)
+    with pytest.raises(ValueError) as err:
+        scale_pit(base, dict(patch_size_mult=0.06))
+    assert str(err.value) == ('scaling.patch_size_mult=0.06 turns patch_stride 8 into 0; it '
+                              'must stay >= 1')
