@@ -145,6 +145,73 @@ def test_verdict_words_follow_the_interval():
     assert edge['verdict'] == 'inconclusive'
 
 
+@pytest.mark.parametrize('m', [1, 2, 3, 6])
+def test_compare_gives_the_95_and_the_bonferroni_interval_as_scipy_does(m):
+    from mmvitscale.experiments.stats import compare
+    d = np.array([0.75, 0.25, 0.6, 0.4])
+    c = compare(d, family_size=m)
+    assert c['diff_mean'] == pytest.approx(d.mean())
+    assert c['ci95'] == pytest.approx(list(sps.t.interval(0.95, 3, loc=d.mean(),
+                                                          scale=sps.sem(d))))
+    level = 1 - 0.05 / m
+    assert c['family_confidence'] == pytest.approx(level) and c['family_size'] == m
+    assert c['ci_family'] == pytest.approx(list(sps.t.interval(level, 3, loc=d.mean(),
+                                                               scale=sps.sem(d))))
+    p = sps.ttest_1samp(d, 0.0).pvalue
+    assert c['p_value'] == pytest.approx(p) and c['p_adjusted'] == pytest.approx(min(1, m * p))
+    assert c['verdict_half_width'] == pytest.approx((c['ci_family'][1] - c['ci_family'][0]) / 2)
+    # the verdict follows the family-wise interval: +0.50 (p 0.020) is "better" alone, not
+    # among 3 or 6 rules compared with the same baseline
+    assert c['verdict'] == ('better' if m < 3 else 'inconclusive')
+    from mmvitscale.experiments.stats import percent
+    family = f' (Bonferroni, {m} comparisons)' if m > 1 else ''
+    assert f'{percent(level)}{family} interval {c["ci_family"][0]:+.2f}' in c['text']
+    none = compare(d, family_size=m, correction='none')
+    assert none['ci_family'] == none['ci95'] and none['verdict'] == 'better'
+    assert none['p_adjusted'] == pytest.approx(p)
+
+
+def test_family_confidence_refuses_bad_arguments_by_name():
+    from mmvitscale.experiments.stats import compare, family_confidence, percent
+    assert family_confidence(0.95, 4) == pytest.approx(0.9875)
+    assert family_confidence(0.95, 4, 'none') == 0.95 and family_confidence(0.9, 1) == 0.9
+    assert (percent(0.95), percent(1 - 0.05 / 3), percent(0.9875)) == ('95%', '98.3%', '98.8%')
+    with pytest.raises(ValueError, match=r"correction must be one of \('bonferroni', 'none'\), "
+                       r"got 'holm'"):
+        compare([1.0, 2.0, 3.0], family_size=3, correction='holm')
+    with pytest.raises(ValueError, match='family_size must be an integer >= 1, got 0'):
+        family_confidence(0.95, 0)
+    with pytest.raises(ValueError, match=r'confidence must be in \(0, 1\), got 1.5'):
+        family_confidence(1.5, 2)
+
+
+def test_summary_verdicts_follow_the_family_wise_interval():
+    seeds = [0, 1, 2, 3]
+    gain = dict(b=[0.0] * 4, mid=[0.75, 0.25, 0.6, 0.4], big=[2.1, 1.9, 2.0, 2.2],
+                flat=[0.3, -0.2, 0.1, -0.1])
+    rows = [_row('src', r, s, 50 + g[s]) for r, g in gain.items() for s in seeds]
+    fw = summarize(rows, ['src'], list(gain), 'b', seeds)
+    plain = summarize(rows, ['src'], list(gain), 'b', seeds, correction='none')
+    comp = {c['rule']: c for c in fw['comparisons']}
+    assert fw['correction'] == 'bonferroni' and plain['correction'] == 'none'
+    assert {c['family_size'] for c in fw['comparisons']} == {3}
+    assert (comp['mid']['verdict'], comp['big']['verdict']) == ('inconclusive', 'better')
+    assert [c['verdict'] for c in plain['comparisons']] == ['better', 'better', 'inconclusive']
+    assert comp['mid']['ci95'] == plain['comparisons'][0]['ci95']  # the 95% one is unchanged
+    assert fw['winner'] == plain['winner'] == 'big'
+    md = to_markdown(fw, 'T')
+    assert '| 98.3% interval (bonferroni, 3 rules): the verdict\'s |' in md
+    assert 'corrected (Bonferroni) for the number of rules' in md
+    lo, hi = comp['big']['ci_family']
+    assert (f'big beats the baseline on src: +2.05 points, 95% interval '
+            f"{comp['big']['ci95'][0]:+.2f} to {comp['big']['ci95'][1]:+.2f}; 98.3% interval "
+            f'over the 3 rules (Bonferroni, what the verdict follows) {lo:+.2f} to {hi:+.2f}.'
+            ) in fw['headline']
+    assert "verdict's interval (= 95%)" in to_markdown(plain)
+    with pytest.raises(ValueError, match="correction must be one of .* got 'sidak'"):
+        summarize(rows, ['src'], list(gain), 'b', seeds, correction='sidak')
+
+
 # ---------------------------------------------------------------------------- store
 def test_store_appends_repairs_a_torn_line_and_refuses_a_corrupt_middle(tmp_path):
     path = tmp_path / 'sub' / 'trials.jsonl'
@@ -565,6 +632,48 @@ def test_study_agreement_tool(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tool.main([str(tmp_path / 'a.json'), str(tmp_path / 'b.json'), '--out', 'x.txt'])
     assert '--out must end in .md, got x.txt' in capsys.readouterr().err
+
+
+def test_expected_agreement_resamples_a_pooled_report(tmp_path, capsys):
+    from mmvitscale.experiments.report import expected_agreement
+    seeds = list(range(8))
+    noise = [0.1, -0.2, 0.05, 0.3, -0.1, 0.0, 0.2, -0.15]
+    arms = [dict(task='cls', rule='base', seeds=seeds, metrics=[50.0 + n for n in noise]),
+            dict(task='cls', rule='big', seeds=seeds, metrics=[53.0 + n * 1.1 for n in noise]),
+            dict(task='cls', rule='same', seeds=seeds, metrics=[50.0 + n * 0.9 for n in noise])]
+    comps = [dict(task='cls', rule=r, baseline='base') for r in ('big', 'same')]
+    pooled = dict(seeds=seeds, arms=arms, comparisons=comps, confidence=0.95, baseline='base')
+    res = expected_agreement(pooled, 3, draws=50)
+    # +3 points on a 0.03-point paired spread: better in every draw; a 10% scaled copy of the
+    # baseline's noise (mean -0.02) is inconclusive or, now and then, detected either way
+    assert res['comparisons'] == 2 and res['draws'] == 50 and res['seeds_per_run'] == 3
+    assert 1.0 <= res['mean_agreed'] <= 2.0 and 1.0 <= res['mean_detected'] <= 2.0
+    assert res == expected_agreement(pooled, 3, draws=50)  # seeded
+    big = dict(pooled, comparisons=comps[:1])
+    one = expected_agreement(big, 4, draws=20, correction='none')
+    assert (one['mean_agreed'], one['p_all_agree'], one['p_any_opposed'],
+            one['mean_detected']) == (1.0, 1.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match=r'seeds_per_run must be an integer in \[2, 4\] for a '
+                       r'report with 8 seeds, got 5'):
+        expected_agreement(pooled, 5)
+    spec = importlib.util.spec_from_file_location(
+        'study_agreement', osp.join(ROOT, 'tools', 'analysis', 'study_agreement.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    (tmp_path / 'pooled.json').write_text(json.dumps(pooled))
+    out = tool.main([str(tmp_path / 'pooled.json'), '--seeds-per-run', '3', '4',
+                     '--draws', '20', '--out', str(tmp_path / 'e.md')])
+    assert [(r['seeds_per_run'], r['correction']) for r in out['rows']] == [
+        (3, 'bonferroni'), (3, 'none'), (4, 'bonferroni'), (4, 'none')]
+    assert '| 4 | none | ' in (tmp_path / 'e.md').read_text()
+    with pytest.raises(SystemExit):
+        tool.main([str(tmp_path / 'pooled.json'), '--seeds-per-run', '5'])
+    assert ('--seeds-per-run 5: seeds_per_run must be an integer in [2, 4]'
+            in capsys.readouterr().err)
+    with pytest.raises(SystemExit):
+        tool.main([str(tmp_path / 'pooled.json'), str(tmp_path / 'pooled.json'),
+                   '--seeds-per-run', '3'])
+    assert 'give either SECOND' in capsys.readouterr().err
 
 
 _SLOW_TRIAL = '''

@@ -67,6 +67,7 @@ def machine_summary(rows: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
 def summarize(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], rules: Sequence[str],
               baseline: str, seeds: Sequence[int], source: Optional[str] = None,
               tolerance: float = 0.15, confidence: float = 0.95,
+              correction: str = 'bonferroni',
               meta: Optional[Mapping[str, Any]] = None,
               latency: Sequence[Mapping[str, Any]] = (),
               not_applicable: Optional[Mapping[str, Mapping[str, str]]] = None
@@ -80,6 +81,10 @@ def summarize(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], rules: Se
             is Kendall tau between the arms' means on ``source`` and on each other task.
         tolerance: equal cost = backbone FLOPs within this fraction of the baseline's; the
             latency budget is the baseline's latency plus this fraction.
+        correction: ``'bonferroni'``: on each task, the verdicts follow intervals that hold
+            together for all the rules compared with the baseline there (the study picks a
+            winner among them; :func:`mmvitscale.experiments.stats.compare`); ``'none'``:
+            each verdict follows its own ``confidence`` interval.
         latency: latency rows (:func:`mmvitscale.experiments.latency.measure_arms`); the
             first backend decides ``within_latency_budget``.
         not_applicable: ``{task: {rule: reason}}``: arms that cannot be built (a rule that
@@ -108,7 +113,9 @@ def summarize(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], rules: Se
     arms: List[Dict[str, Any]] = []
     comparisons: List[Dict[str, Any]] = []
     means: Dict[str, Dict[str, float]] = {}
+    stats.family_confidence(confidence, 1, correction)  # bad arguments fail before any work
     for task in tasks:
+        family = sum(1 for r in rules if r != baseline and r not in skip.get(task, {}))
         base_rows = arms_rows[(task, baseline)]
         base_vals = [base_rows[s]['metric'] for s in seeds]
         base_flops = base_rows[seeds[0]]['cost']['gflops']
@@ -133,14 +140,10 @@ def summarize(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], rules: Se
                 latency=lat.get((task, rule), {})))
             if rule == baseline:
                 continue
-            diff = stats.paired_interval(vals, base_vals, confidence)
-            v = stats.verdict(diff, unit='points')
-            test = stats.paired_t_test(vals, base_vals)
+            diffs = stats.paired_differences(vals, base_vals)
             comparisons.append(dict(
-                task=task, rule=rule, baseline=baseline, seeds=list(seeds),
-                diffs=stats.paired_differences(vals, base_vals), diff_mean=diff.mean,
-                ci95=[diff.low, diff.high], half_width=diff.half_width,
-                verdict=v['verdict'], text=v['text'], p_value=test['p_value'],
+                task=task, rule=rule, baseline=baseline, seeds=list(seeds), diffs=diffs,
+                **stats.compare(diffs, confidence, family, correction, unit='points'),
                 flops_ratio=ratio, equal_cost=bool(abs(ratio - 1) <= tolerance),
                 **_latency_view(lat, task, rule, baseline, backends, tolerance)))
     rank_agreement = []
@@ -154,7 +157,8 @@ def summarize(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], rules: Se
                                    method=k.method))
     summary = dict(meta=dict(meta or {}), tasks=list(tasks), rules=list(rules),
                    baseline=baseline, seeds=list(seeds), source=source,
-                   confidence=confidence, tolerance=tolerance, latency_backends=backends,
+                   confidence=confidence, correction=correction, tolerance=tolerance,
+                   latency_backends=backends,
                    machine=machine_summary(rows), arms=arms, comparisons=comparisons,
                    not_applicable=[dict(task=t, rule=r, reason=why) for t in tasks
                                    for r, why in skip.get(t, {}).items()],
@@ -186,8 +190,23 @@ def _comparison(summary: Mapping[str, Any], task: str,
 
 def _span(c: Mapping[str, Any]) -> str:
     lo, hi = c['ci95']
-    return (f"{_fmt(c['diff_mean'])} points, 95% interval {_fmt(lo)} to {_fmt(hi)}"
-            if lo is not None else f"{_fmt(c['diff_mean'])} points, no interval (one seed)")
+    if lo is None:
+        return f"{_fmt(c['diff_mean'])} points, no interval (one seed)"
+    text = f"{_fmt(c['diff_mean'])} points, 95% interval {_fmt(lo)} to {_fmt(hi)}"
+    return text + _family_span(c)
+
+
+def _family_span(c: Mapping[str, Any]) -> str:
+    """``'; 98.3% interval over the 3 rules (Bonferroni) -0.11 to +1.15'``, or ``''`` when
+    the verdict follows the 95% interval itself."""
+    conf = c.get('family_confidence')
+    if (conf is None or c.get('correction', 'none') == 'none' or c.get('family_size', 1) < 2
+            or c['ci_family'][0] is None):
+        return ''
+    lo, hi = c['ci_family']
+    return (f"; {stats.percent(conf)} interval over the {c['family_size']} rules "
+            f"({c['correction'].capitalize()}, what the verdict follows) {_fmt(lo)} to "
+            f"{_fmt(hi)}")
 
 
 def headline(summary: Mapping[str, Any]) -> Dict[str, Any]:
@@ -223,8 +242,9 @@ def headline(summary: Mapping[str, Any]) -> Dict[str, Any]:
                 lines.append(f"{pick['rule']} does not apply to {task}: {why}.")
                 continue
             words = TARGET_WORDS[c['verdict']]
-            extra = (f" (+-{c['half_width']:.2f} points)"
-                     if c['verdict'] == 'inconclusive' and c['half_width'] is not None else '')
+            hw = c.get('verdict_half_width', c['half_width'])
+            extra = (f' (+-{hw:.2f} points)'
+                     if c['verdict'] == 'inconclusive' and hw is not None else '')
             lines.append(f"{pick['rule']} {words} {task}: {_span(c)}{extra}.")
     backends = summary.get('latency_backends') or []
     if backends:
@@ -261,7 +281,12 @@ def to_markdown(summary: Mapping[str, Any], title: str = 'Study') -> str:
         + f" over {m['trials']} trials ({m['trial_seconds'] / 60:.1f} trial-minutes).",
         f"Intervals: {summary['confidence']:.0%} Student t over seeds; differences are paired "
         'per seed. A verdict is "better" / "worse" only when the interval of the difference '
-        f"excludes 0. Equal cost: backbone FLOPs within {summary['tolerance']:.0%} of the "
+        'excludes 0' + (
+            '; on each task that interval is corrected (Bonferroni) for the number of rules '
+            'compared with the baseline, so the verdicts of all rules hold together at 95% '
+            '(the study names a winner among them)'
+            if summary.get('correction', 'none') != 'none' else '') + '.'
+        f" Equal cost: backbone FLOPs within {summary['tolerance']:.0%} of the "
         'baseline. Latency: backbone, batch 1, CPU, median of the round medians (the arms of a '
         'task alternate in rounds); the round spread is the noise floor.', '',
         '## Headline', '']
@@ -288,17 +313,25 @@ def to_markdown(summary: Mapping[str, Any], title: str = 'Study') -> str:
                          + ', '.join(f'{v:.2f}' for v in a['metrics']) + ' |')
         comps = [c for c in summary['comparisons'] if c['task'] == task]
         if comps:
-            lines += ['', '| rule vs baseline | difference | 95% interval | paired t p '
-                      '| equal FLOPs | verdict |', '|---|---|---|---|---|---|']
+            fam = comps[0].get('family_confidence') or summary['confidence']
+            fam_head = (f"{stats.percent(fam)} interval ({comps[0]['correction']}, "
+                        f"{comps[0]['family_size']} rules): the verdict's"
+                        if _family_span(comps[0]) else "verdict's interval (= 95%)")
+            lines += ['', f'| rule vs baseline | difference | 95% interval | {fam_head} | '
+                      'paired t p | equal FLOPs | verdict |', '|---|---|---|---|---|---|---|']
             for c in comps:
                 lo, hi = c['ci95']
+                flo, fhi = c.get('ci_family', c['ci95'])
                 lines.append(f"| {c['rule']} | {_fmt(c['diff_mean'])} | {_fmt(lo)} to "
-                             f"{_fmt(hi)} | {_fmt(c['p_value'], 3, sign=False)} | "
+                             f"{_fmt(hi)} | {_fmt(flo)} to {_fmt(fhi)} | "
+                             f"{_fmt(c['p_value'], 3, sign=False)} | "
                              f"{'yes' if c['equal_cost'] else 'no'} | {c['verdict']} |")
-            hws = [c['half_width'] for c in comps if c['half_width'] is not None]
+            hws = [c.get('verdict_half_width', c['half_width']) for c in comps]
+            hws = [h for h in hws if h is not None]
             if hws:
-                lines += ['', 'Power: ' + stats.power_text(max(hws), 'points',
-                                                           len(summary['seeds'])) + '.']
+                lines += ['', 'Power: ' + stats.power_text(
+                    max(hws), 'points', len(summary['seeds']),
+                    stats.percent(fam) + ' interval, the verdicts\' half-width') + '.']
     if summary.get('not_applicable'):
         lines += ['', '## Arms not run', '']
         lines += [f"- {n['rule']} on {n['task']}: {n['reason']}" for n in summary['not_applicable']]
@@ -312,6 +345,16 @@ def to_markdown(summary: Mapping[str, Any], title: str = 'Study') -> str:
             lines.append(f"| {r['source']} | {r['target']} | {r['n']} | "
                          f"{_fmt(r['kendall_tau'], 3)} | {_fmt(r['p_value'], 3, sign=False)} |")
     return '\n'.join(lines) + '\n'
+
+
+def family_bar(ax: Any, c: Mapping[str, Any], y: float) -> None:
+    """Draw comparison ``c``'s family-wise (verdict) interval as a thin bar at ``y`` when it
+    differs from the 95% one."""
+    lo, hi = c.get('ci_family', c['ci95'])
+    if lo is None or [lo, hi] == list(c['ci95']):
+        return
+    ax.errorbar(c['diff_mean'], y + 0.15, xerr=[[c['diff_mean'] - lo], [hi - c['diff_mean']]],
+                fmt='none', capsize=2, lw=0.8, color='0.55')
 
 
 def plot(summary: Mapping[str, Any], path: str) -> None:
@@ -340,9 +383,12 @@ def plot(summary: Mapping[str, Any], path: str) -> None:
             err = [[c['diff_mean'] - lo], [hi - c['diff_mean']]] if lo is not None else None
             color = dict(better='tab:green', worse='tab:red').get(c['verdict'], '0.3')
             row[1].errorbar(c['diff_mean'], y, xerr=err, fmt='s', capsize=4, color=color)
+            family_bar(row[1], c, y)
         row[1].axvline(0, color='k', lw=0.8)
         row[1].set_yticks(list(range(len(comps))), [c['rule'] for c in comps], fontsize=8)
-        row[1].set_xlabel(f'{task}: difference to {summary["baseline"]} (points, 95% interval)')
+        row[1].set_xlabel(f'{task}: difference to {summary["baseline"]} (points, 95% interval'
+                          + ('; thin: the verdict\'s family-wise interval)'
+                             if any(c.get('family_size', 1) > 1 for c in comps) else ')'))
         row[1].grid(alpha=0.3)
         row[1].margins(y=0.3)
         row[1].set_title('; '.join(f"{c['rule']}: {c['verdict']}" for c in comps), fontsize=8)
@@ -380,6 +426,7 @@ def agreement(first: Mapping[str, Any], second: Mapping[str, Any]) -> Dict[str, 
         rows.append(dict(
             task=a['task'], rule=a['rule'], seeds=[a['seeds'], b['seeds']],
             diff_mean=[a['diff_mean'], b['diff_mean']], ci95=[a['ci95'], b['ci95']],
+            ci_family=[a.get('ci_family', a['ci95']), b.get('ci_family', b['ci95'])],
             verdict=[a['verdict'], b['verdict']], agree=a['verdict'] == b['verdict'],
             same_sign=(a['diff_mean'] > 0) == (b['diff_mean'] > 0),
             opposed={a['verdict'], b['verdict']} == {'better', 'worse'}))
@@ -403,8 +450,59 @@ def agreement_markdown(result: Mapping[str, Any], names: Sequence[str] = ('run 1
         for i in range(2):
             lo, hi = r['ci95'][i]
             span = (f'{_fmt(lo)} to {_fmt(hi)}' if lo is not None else 'no interval')
+            flo, fhi = r.get('ci_family', r['ci95'])[i]
+            if flo is not None and [flo, fhi] != [lo, hi]:
+                span += f'; verdict interval {_fmt(flo)} to {_fmt(fhi)}'
             seeds = ', '.join(str(s) for s in r['seeds'][i])
             cells.append(f"{r['verdict'][i]}: {_fmt(r['diff_mean'][i])} ({span}; seeds {seeds})")
         lines.append(f"| {r['task']} | {r['rule']} | {cells[0]} | {cells[1]} | "
                      f"{'yes' if r['agree'] else 'no'} |")
     return '\n'.join(lines) + '\n'
+
+
+def expected_agreement(pooled: Mapping[str, Any], seeds_per_run: int, draws: int = 2000,
+                       correction: str = 'bonferroni', seed: int = 0) -> Dict[str, Any]:
+    """How often two disjoint ``seeds_per_run``-seed runs would agree, by resampling a pooled
+    study (one report with at least ``2 * seeds_per_run`` seeds).
+
+    Each draw splits the pooled seeds into two disjoint random sets and recomputes every
+    comparison's verdict on each (:func:`mmvitscale.experiments.stats.compare`, the family
+    per task as in :func:`summarize`). Returns the mean number of agreeing verdicts, the
+    fraction of draws where all agree or some are opposite (better vs worse), and the mean
+    number of non-inconclusive verdicts per run (what the design can still detect). The
+    draws share seeds, so they are not independent runs: an estimate for choosing defaults,
+    not a test.
+    """
+    import numpy as np
+    seeds = list(pooled['seeds'])
+    if isinstance(seeds_per_run, bool) or not isinstance(seeds_per_run, int) \
+            or seeds_per_run < 2 or 2 * seeds_per_run > len(seeds):
+        raise ValueError(f'seeds_per_run must be an integer in [2, {len(seeds) // 2}] for a '
+                         f'report with {len(seeds)} seeds, got {seeds_per_run!r}')
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f'draws must be a positive integer, got {draws!r}')
+    stats.family_confidence(0.95, 1, correction)
+    values = {(a['task'], a['rule']): dict(zip(a['seeds'], a['metrics'])) for a in pooled['arms']}
+    comps = [(c['task'], c['rule'], c['baseline']) for c in pooled['comparisons']]
+    family = {t: sum(1 for c in comps if c[0] == t) for t, _, _ in comps}
+    confidence = pooled.get('confidence', 0.95)
+    rng = np.random.default_rng(seed)
+    agreed, all_agree, opposed, detected = [], 0, 0, []
+    for _ in range(draws):
+        order = rng.permutation(len(seeds))
+        runs = [[seeds[i] for i in order[:seeds_per_run]],
+                [seeds[i] for i in order[seeds_per_run:2 * seeds_per_run]]]
+        words = []
+        for run in runs:
+            words.append([stats.compare(
+                [values[(t, r)][s] - values[(t, b)][s] for s in run], confidence, family[t],
+                correction)['verdict'] for t, r, b in comps])
+        same = sum(x == y for x, y in zip(*words))
+        agreed.append(same)
+        all_agree += same == len(comps)
+        opposed += any({x, y} == {'better', 'worse'} for x, y in zip(*words))
+        detected += [sum(w != 'inconclusive' for w in ws) for ws in words]
+    return dict(seeds=seeds, seeds_per_run=seeds_per_run, draws=draws, correction=correction,
+                comparisons=len(comps), mean_agreed=float(np.mean(agreed)),
+                p_all_agree=all_agree / draws, p_any_opposed=opposed / draws,
+                mean_detected=float(np.mean(detected)))

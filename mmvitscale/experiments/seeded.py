@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..fileio import save_figure
 from . import stats
-from .report import json_safe, machine_summary
+from .report import family_bar, json_safe, machine_summary
 from .store import ResultStore
 from .tasks import ROOT
 
@@ -156,13 +156,21 @@ def comparison_sentence(c: Mapping[str, Any]) -> str:
         n = len(c['seeds'])
         return (f"{head}: {_fmt(c['diff_mean'], d)}{unit_text} from {n} seed"
                 f"{'s' if n != 1 else ''}: no interval can be computed (no verdict)")
-    return (f"{head}: {_fmt(c['diff_mean'], d)}{unit_text}, {c['confidence']:.0%} interval "
-            f"{_fmt(lo, d)} to {_fmt(hi, d)}{'' if unit != '%' else '%'}: {c['verdict']}")
+    pct = '' if unit != '%' else '%'
+    text = (f"{head}: {_fmt(c['diff_mean'], d)}{unit_text}, {c['confidence']:.0%} interval "
+            f"{_fmt(lo, d)} to {_fmt(hi, d)}{pct}")
+    if c.get('family_size', 1) > 1 and c.get('correction', 'none') != 'none':
+        flo, fhi = c['ci_family']
+        text += (f"; {stats.percent(c['family_confidence'])} over the {c['family_size']} "
+                 f"comparisons ({c['correction'].capitalize()}) {_fmt(flo, d)} to "
+                 f"{_fmt(fhi, d)}{pct}")
+    return f"{text}: {c['verdict']}"
 
 
 def summarize_arms(rows: Sequence[Mapping[str, Any]], arms: Sequence[str], seeds: Sequence[int],
                    comparisons: Sequence[Tuple[str, str]], metrics: Sequence[Metric],
                    labels: Optional[Mapping[str, str]] = None, confidence: float = 0.95,
+                   correction: str = 'bonferroni',
                    meta: Optional[Mapping[str, Any]] = None,
                    trial_rows: Optional[Sequence[Mapping[str, Any]]] = None) -> Dict[str, Any]:
     """Arms and paired comparisons of a seeded study, as strict-JSON-ready data.
@@ -177,9 +185,13 @@ def summarize_arms(rows: Sequence[Mapping[str, Any]], arms: Sequence[str], seeds
         labels: display names of the arms (default: the arm names).
         trial_rows: the rows of the trials that ran, for the machine summary (default: ``rows``;
             differs when some rows are derived, e.g. a model converted after training).
+        correction: ``'bonferroni'``: per metric, the verdicts follow intervals that hold
+            together for all ``comparisons`` (:func:`mmvitscale.experiments.stats.compare`);
+            ``'none'``: each its own ``confidence`` interval.
     """
     if not metrics:
         raise ValueError('summarize_arms needs at least one metric')
+    stats.family_confidence(confidence, 1, correction)  # bad arguments fail before any work
     labels = dict(labels or {})
     by: Dict[str, Dict[int, Mapping[str, Any]]] = {}
     for r in rows:
@@ -212,17 +224,13 @@ def summarize_arms(rows: Sequence[Mapping[str, Any]], arms: Sequence[str], seeds
             vals = {s: float(by[arm][s]['metrics'][m.key]) for s in seeds}
             base_vals = {s: float(by[base][s]['metrics'][m.key]) for s in seeds}
             diffs = _pair(vals, base_vals, seeds, m)
-            iv = stats.t_interval(diffs, confidence)
-            word = stats.verdict(iv, unit=m.unit, digits=m.digits)
-            test = stats.paired_t_test(diffs, [0.0] * len(diffs))
             c = dict(arm=arm, baseline=base, label=labels.get(arm, arm),
                      baseline_label=labels.get(base, base), metric=m.key,
                      metric_label=None if i == 0 else (m.compare_label or m.label),
-                     unit=m.unit, kind=m.kind,
-                     digits=m.digits, seeds=list(seeds), diffs=diffs, diff_mean=iv.mean,
-                     ci95=[iv.low, iv.high], half_width=iv.half_width,
-                     verdict=word['verdict'], p_value=test['p_value'],
-                     confidence=confidence)
+                     unit=m.unit, kind=m.kind, digits=m.digits, seeds=list(seeds),
+                     diffs=diffs, confidence=confidence,
+                     **stats.compare(diffs, confidence, len(comparisons), correction,
+                                     unit=m.unit, digits=m.digits))
             c = json_safe(c)
             c['sentence'] = comparison_sentence(c)
             out_comps.append(c)
@@ -267,10 +275,13 @@ def arms_markdown(summary: Mapping[str, Any], extra: Sequence[Tuple[str, str, in
         lines.append(f"| {a['label']} | " + ' | '.join(cells) + ' |')
     lines += ['', f"## Comparisons (paired per seed, seeds {seeds})", '']
     lines += [f"- {c['sentence']}" for c in summary['comparisons']]
-    hws = [c['half_width'] for c in summary['comparisons']
-           if c['half_width'] is not None and c['unit'] == 'points']
-    lines += ['', 'Power: ' + stats.power_text(max(hws) if hws else math.nan, 'points',
-                                               len(seeds)) + '.']
+    points = [c for c in summary['comparisons'] if c['unit'] == 'points']
+    hws = [c.get('verdict_half_width', c['half_width']) for c in points]
+    hws = [h for h in hws if h is not None]
+    level = stats.percent(points[0].get('family_confidence', 0.95)) if points else '95%'
+    lines += ['', 'Power: ' + stats.power_text(
+        max(hws) if hws else math.nan, 'points', len(seeds),
+        f"{level} interval half-width, what the verdicts follow") + '.']
     return lines
 
 
@@ -301,12 +312,15 @@ def plot_arms(summary: Mapping[str, Any], path: str, title: str = '') -> None:
             err = [[c['diff_mean'] - lo], [hi - c['diff_mean']]] if lo is not None else None
             color = dict(better='tab:green', worse='tab:red').get(c['verdict'], '0.3')
             right.errorbar(c['diff_mean'], y, xerr=err, fmt='s', capsize=4, color=color)
+            family_bar(right, c, y)
             right.scatter(c['diffs'], [y] * len(c['diffs']), s=10, color='0.5', zorder=3)
         right.axvline(0, color='k', lw=0.8)
         right.set_yticks(range(len(comps)),
                          [f"{c['label']} vs {c['baseline_label']}" for c in comps], fontsize=8)
         what = 'saved, %' if m['kind'] == 'saving' else f"difference, {m['unit']}"
-        right.set_xlabel(f"{m['compare_label']} ({what}, 95% interval)")
+        right.set_xlabel(f"{m['compare_label']} ({what}, 95% interval"
+                         + ('; thin: the verdict\'s family-wise interval)'
+                            if any(c.get('family_size', 1) > 1 for c in comps) else ')'))
         right.grid(alpha=0.3)
         right.margins(y=0.3)
         right.set_title('; '.join(f"{c['label']}: {c['verdict']}" for c in comps), fontsize=8)

@@ -7,8 +7,13 @@ the study tools call these. Conventions (``docs/studies.md``):
 * two arms sharing their seeds are compared by the t interval of the per-seed differences
   (the paired design: the difference per seed cancels data-order noise);
 * the verdict word follows that interval: ``better`` / ``worse`` only when it excludes 0,
-  otherwise ``inconclusive`` with the interval's half-width (the study's power).
+  otherwise ``inconclusive`` with the interval's half-width (the study's power);
+* when several rules are compared with one baseline (a family of ``m`` comparisons, from
+  which a study names a winner), the verdict follows the Bonferroni interval at confidence
+  ``1 - (1 - 0.95) / m``, so that all ``m`` verdict intervals hold together with probability
+  >= 95% (:func:`compare`); the plain 95% interval is reported beside it.
 """
+import functools
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence
@@ -16,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 VERDICTS = ('better', 'worse', 'inconclusive')
+CORRECTIONS = ('bonferroni', 'none')
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,10 @@ def _values(values: Sequence[float], name: str) -> np.ndarray:
     return arr
 
 
+@functools.lru_cache(maxsize=1024)
 def t_quantile(confidence: float, dof: int) -> float:
-    """Two-sided Student-t critical value: ``t`` with ``P(|T_dof| <= t) = confidence``."""
+    """Two-sided Student-t critical value: ``t`` with ``P(|T_dof| <= t) = confidence``
+    (cached: resampling studies ask for the same few values many times)."""
     from scipy.stats import t as student_t
     if not 0 < confidence < 1:
         raise ValueError(f'confidence must be in (0, 1), got {confidence}')
@@ -99,19 +107,44 @@ def paired_t_test(treatment: Sequence[float], baseline: Sequence[float]) -> Dict
                 df=int(d.size - 1))
 
 
-def verdict(diff: Interval, unit: str = 'points', digits: int = 2) -> Dict[str, Any]:
+def percent(confidence: float) -> str:
+    """``0.95 -> '95%'``, ``0.98333 -> '98.3%'`` (a confidence level as people write it)."""
+    text = f'{100 * confidence:.1f}'
+    return (text[:-2] if text.endswith('.0') else text) + '%'
+
+
+def family_confidence(confidence: float, family_size: int,
+                      correction: str = 'bonferroni') -> float:
+    """Per-interval confidence that makes ``family_size`` intervals hold together with
+    probability >= ``confidence`` (Bonferroni: ``1 - (1 - confidence) / m``); ``'none'``:
+    ``confidence`` itself."""
+    if correction not in CORRECTIONS:
+        raise ValueError(f'correction must be one of {CORRECTIONS}, got {correction!r}')
+    if not 0 < confidence < 1:
+        raise ValueError(f'confidence must be in (0, 1), got {confidence}')
+    if int(family_size) != family_size or family_size < 1:
+        raise ValueError(f'family_size must be an integer >= 1, got {family_size!r}')
+    if correction == 'none' or family_size == 1:
+        return confidence
+    return 1 - (1 - confidence) / family_size
+
+
+def verdict(diff: Interval, unit: str = 'points', digits: int = 2,
+            family: str = '') -> Dict[str, Any]:
     """The verdict word an interval of a difference allows, and a sentence saying it.
 
     ``better`` when the interval lies above 0, ``worse`` when below, ``inconclusive`` when it
     holds 0 or cannot be computed (one seed); the text gives the mean difference and interval,
-    or the half-width (the smallest difference this design could detect).
+    or the half-width (the smallest difference this design could detect). ``family`` names
+    the correction behind the interval's level (e.g. ``'Bonferroni, 3 comparisons'``).
     """
     f = f'{{:+.{digits}f}}'
     if diff.n < 2 or not math.isfinite(diff.low):
         return dict(verdict='inconclusive', half_width=math.nan,
                     text=f'inconclusive: {f.format(diff.mean)} {unit} from {diff.n} seed; '
                          'no interval (run k >= 3 seeds)')
-    span = (f'{f.format(diff.mean)} {unit}, {diff.confidence:.0%} interval '
+    level = percent(diff.confidence) + (f' ({family})' if family else '')
+    span = (f'{f.format(diff.mean)} {unit}, {level} interval '
             f'{f.format(diff.low)} to {f.format(diff.high)}')
     if diff.low > 0:
         word = 'better'
@@ -123,13 +156,41 @@ def verdict(diff: Interval, unit: str = 'points', digits: int = 2) -> Dict[str, 
     return dict(verdict=word, half_width=diff.half_width, text=f'{word}: {span}')
 
 
-def power_text(half_width: float, unit: str = 'points', n: Optional[int] = None) -> str:
+def compare(diffs: Sequence[float], confidence: float = 0.95, family_size: int = 1,
+            correction: str = 'bonferroni', unit: str = 'points',
+            digits: int = 2) -> Dict[str, Any]:
+    """One paired comparison from its per-seed differences: what every study reports.
+
+    Returns ``diff_mean``; ``ci95`` / ``half_width``: the plain ``confidence`` interval;
+    ``ci_family`` / ``verdict_half_width`` / ``family_confidence``: the interval the verdict
+    follows, corrected for the ``family_size`` comparisons made with the same baseline
+    (:func:`family_confidence`); ``verdict`` and its sentence ``text``; the paired t test's
+    ``p_value`` and ``p_adjusted`` (Bonferroni: ``min(1, m p)``). Interval bounds are ``nan``
+    with fewer than 2 seeds.
+    """
+    conf_f = family_confidence(confidence, family_size, correction)
+    iv = t_interval(diffs, confidence)
+    fam = t_interval(diffs, conf_f) if conf_f != confidence else iv
+    note = (f'{correction.capitalize()}, {family_size} comparisons'
+            if conf_f != confidence else '')
+    word = verdict(fam, unit=unit, digits=digits, family=note)
+    p = paired_t_test(diffs, [0.0] * len(diffs))['p_value']
+    m = family_size if correction == 'bonferroni' else 1
+    return dict(diff_mean=iv.mean, ci95=[iv.low, iv.high], half_width=iv.half_width,
+                ci_family=[fam.low, fam.high], verdict_half_width=fam.half_width,
+                family_confidence=conf_f, family_size=int(family_size), correction=correction,
+                verdict=word['verdict'], text=word['text'], p_value=p,
+                p_adjusted=min(1.0, p * m) if math.isfinite(p) else p)
+
+
+def power_text(half_width: float, unit: str = 'points', n: Optional[int] = None,
+               interval: str = '95% interval half-width') -> str:
     """A sentence stating the smallest difference a design can detect."""
     if not math.isfinite(half_width):
         return 'no interval with fewer than 2 seeds: this design cannot detect any difference'
     seeds = f' with {n} seeds' if n else ''
     return (f'differences smaller than about {half_width:.2f} {unit} are not detectable'
-            f'{seeds} (95% interval half-width)')
+            f'{seeds} ({interval})')
 
 
 # ---------------------------------------------------------------------------- ranks

@@ -8,6 +8,7 @@ import os
 import os.path as osp
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+from . import stats
 from .latency import available_backends, measure_arms
 from .pool import Say, _default_say, run_trials
 from .report import summarize, write_report
@@ -87,7 +88,7 @@ def run_grid_study(tasks: Sequence[str], rules: Sequence[str], baseline: str,
                    title: str, sizes: Optional[Mapping[str, Mapping[str, Any]]] = None,
                    det_score_thr: Optional[float] = None, source: Optional[str] = None,
                    workers: int = 1, threads: int = 1, tolerance: float = 0.15,
-                   meta: Optional[Mapping[str, Any]] = None,
+                   correction: str = 'bonferroni', meta: Optional[Mapping[str, Any]] = None,
                    latency_backends: Sequence[str] = ('eager',), latency_rounds: int = 3,
                    latency_repeats: int = 20, say: Optional[Say] = None,
                    launcher: Optional[Callable[..., List[Dict[str, Any]]]] = None
@@ -99,8 +100,11 @@ def run_grid_study(tasks: Sequence[str], rules: Sequence[str], baseline: str,
     skips it). ``launcher`` runs the trials instead of the local pool, with the signature of
     :func:`~mmvitscale.experiments.pool.run_trials` (e.g. Slurm jobs:
     :func:`mmvitscale.experiments.slurm.launcher_from_args`). Returns the summary
-    (:func:`mmvitscale.experiments.report.summarize`).
+    (:func:`mmvitscale.experiments.report.summarize`; ``correction`` as there).
     """
+    if correction not in stats.CORRECTIONS:
+        raise TaskError(f'correction must be one of {list(stats.CORRECTIONS)}, '
+                        f'got {correction!r}')
     if osp.abspath(baseline) not in [osp.abspath(r) for r in rules]:
         rules = [baseline] + list(rules)
     skip = applicability(tasks, rules)
@@ -126,7 +130,8 @@ def run_grid_study(tasks: Sequence[str], rules: Sequence[str], baseline: str,
                 available_backends(latency_backends), rounds=latency_rounds,
                 repeats=latency_repeats, threads=threads, say=say)
     summary = summarize(rows, list(tasks), [rule_label(r) for r in rules], rule_label(baseline),
-                        list(seeds), source=source, tolerance=tolerance, meta=meta,
+                        list(seeds), source=source, tolerance=tolerance,
+                        correction=correction, meta=meta,
                         latency=latency, not_applicable=skip)
     write_report(summary, out_dir, name, title)
     return summary
