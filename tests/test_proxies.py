@@ -120,6 +120,33 @@ def test_fast_path_matches_loop_reference(builder):
     assert fast == pytest.approx(loop, rel=1e-4)
 
 
+@pytest.mark.parametrize('builder', [tiny_vit, tiny_pit], ids=['vit', 'pit'])
+def test_length_distortion_methods_agree_and_auto_switches_on_input_size(builder, monkeypatch):
+    kw = dict(num_points=5, num_inits=2, seed=3)
+    jvp_value = length_distortion(builder, (3, 16, 16), method='jvp', **kw)
+    points = length_distortion(builder, (3, 16, 16), method='points', **kw)
+    assert math.isfinite(points) and points > 0
+    assert points == pytest.approx(jvp_value, rel=1e-4)  # forward mode vs double backward
+    assert points == pytest.approx(P._length_distortion_loop(builder, (3, 16, 16), **kw),
+                                   rel=1e-6)
+    used = []
+    real = P._derivatives_per_point
+    monkeypatch.setattr(P, '_derivatives_per_point',
+                        lambda *a: used.append('points') or real(*a))
+    length_distortion(builder, (3, 16, 16), **kw)  # 768 elements: one jvp
+    assert used == []
+    monkeypatch.setattr(P, 'LD_JVP_MAX_NUMEL', 3 * 16 * 16 - 1)
+    assert length_distortion(builder, (3, 16, 16), **kw) == points
+    assert used == ['points'] * 2  # once per init
+    model = builder()
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    length_distortion(model, (3, 16, 16), method='points', num_points=2, num_inits=1)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+    with pytest.raises(ValueError, match=r"method must be one of \('auto', 'jvp', 'points'\), "
+                       r"got 'loop'"):
+        length_distortion(builder, (3, 16, 16), method='loop')
+
+
 def test_ntk_parameter_groups_and_param_sets():
     x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     whole = ntk_condition(tiny_vit, x, num_inits=1)

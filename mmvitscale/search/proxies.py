@@ -18,8 +18,10 @@ Circle defaults and As-ViT's code (``lib/procedures/teg.py``): this module uses 
 points coincide. ``radius=1.0, endpoint=True`` reproduces the reference. Length distortion is
 not scale-free (LayerNorms are removed), so the radius changes values and can change rankings;
 see README, "As-ViT proxies against the reference". Per-sample gradients come
-from one ``vmap(grad(...))`` over the batch and the circle derivatives from one forward-mode
-``jvp``, instead of the reference loops of backward passes (``_ntk_condition_loop`` /
+from module hooks in one batched backward (or one ``vmap(grad(...))`` over the batch) and the
+circle derivatives from one forward-mode ``jvp`` over all points for small inputs, or per point
+by the double-backward trick for large ones (forward-mode through big attention maps is slower
+on CPU), instead of the reference loops (``_ntk_condition_loop`` /
 ``_length_distortion_loop``, kept for benchmarks and tests).
 
 Works on any backbone returning a tensor or a tuple of tensors (the last one is used): a 4-D
@@ -49,6 +51,12 @@ logger = logging.getLogger(__name__)
 
 ModelOrBuilder = Union[nn.Module, Callable[[], nn.Module]]
 PARAM_SETS = ('weight', 'all')
+LD_METHODS = ('auto', 'jvp', 'points')
+# 'auto' length distortion: one batched jvp up to this many input elements per point, then
+# per point by double backward (1 thread, 10 points, seconds jvp / per point: As-ViT seed
+# topology 64 px 0.22 / 0.34, 128 px 1.04 / 0.96, 224 px 13.3 / 6.0; small ViT 64 px
+# 0.35 / 0.43; small PiT 64 px 1.74 / 0.91, the one case this threshold gets wrong)
+LD_JVP_MAX_NUMEL = 3 * 96 * 96
 
 __all__ = ['ntk_condition', 'length_distortion', 'score_proxies', 'pool_features']
 
@@ -492,10 +500,32 @@ def _ntk_condition_loop(model_or_builder: ModelOrBuilder, inputs: Union[Tensor, 
 
 
 # ---------------------------------------------------------------------------- expressivity
+def _derivatives_per_point(model: nn.Module, points: Tensor, tangents: Tensor) -> Tensor:
+    """``J f(x_k) v_k`` per point, each by the double-backward trick: ``u -> J^T u`` is
+    linear, so the gradient of ``<J^T u, v>`` w.r.t. ``u`` is ``J v`` (reverse mode only)."""
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        rows = []
+        for x, v in zip(points, tangents):
+            x = x.unsqueeze(0).requires_grad_(True)
+            y = pool_features(model(x))
+            u = torch.zeros_like(y, requires_grad=True)
+            (g, ) = torch.autograd.grad(y, x, grad_outputs=u, create_graph=True)
+            (d, ) = torch.autograd.grad(g, u, grad_outputs=v.unsqueeze(0))
+            rows.append(d)
+        return torch.cat(rows)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
 @_autograd_on
 def length_distortion(model_or_builder: ModelOrBuilder, input_shape: Sequence[int],
                       num_points: int = 10, num_inits: int = 5, seed: int = 0,
-                      radius: Optional[float] = None, endpoint: bool = False) -> float:
+                      radius: Optional[float] = None, endpoint: bool = False,
+                      method: str = 'auto') -> float:
     """Mean length distortion of a random input circle over ``num_inits`` initialisations.
 
     Each init ``i`` (model seeded as in :func:`ntk_condition`) draws two orthonormal
@@ -509,26 +539,37 @@ def length_distortion(model_or_builder: ModelOrBuilder, input_shape: Sequence[in
         radius: circle radius; ``1.0`` is As-ViT's code (see the module docstring).
         endpoint: ``t_k = linspace(0, 2 pi, num_points)`` as As-ViT's code (first and last
             points coincide) instead of ``num_points`` distinct angles.
+        method: ``'jvp'``: all points in one forward-mode ``jvp``; ``'points'``: one point at a
+            time by double backward; ``'auto'``: ``'jvp'`` up to :data:`LD_JVP_MAX_NUMEL`
+            input elements per point, else ``'points'`` (same value to float rounding).
 
     Returns:
         The distortion (higher is better); ``nan`` / ``inf`` for a broken model (logged).
     """
     _check_count('num_inits', num_inits)
     _check_count('num_points', num_points)
+    if method not in LD_METHODS:
+        raise ValueError(f'method must be one of {LD_METHODS}, got {method!r}')
+    if method == 'auto':
+        method = 'jvp' if math.prod(input_shape) <= LD_JVP_MAX_NUMEL else 'points'
     values = []
     for i in range(num_inits):
         model = _strip_layernorms(_model_for_init(model_or_builder, seed + i))
         dtype, device = _model_dtype_device(model)
         points, tangents = _circle(input_shape, num_points, radius, seed + i, endpoint)
-        state = {n: t.detach() for n, t in model.named_parameters()}
-        state.update(model.named_buffers())
+        points, tangents = points.to(device, dtype), tangents.to(device, dtype)
+        if method == 'points':
+            with _math_attention():  # the fused attention kernels have no double backward
+                deriv = _derivatives_per_point(model, points, tangents)
+        else:
+            state = {n: t.detach() for n, t in model.named_parameters()}
+            state.update(model.named_buffers())
 
-        def features(x: Tensor) -> Tensor:
-            return pool_features(functional_call(model, state, (x, )))
+            def features(x: Tensor) -> Tensor:
+                return pool_features(functional_call(model, state, (x, )))
 
-        with _math_attention():  # grad mode is on (see _autograd_on)
-            _, deriv = jvp(features, (points.to(device, dtype), ),
-                           (tangents.to(device, dtype), ))
+            with _math_attention():  # grad mode is on (see _autograd_on)
+                _, deriv = jvp(features, (points, ), (tangents, ))
         values.append(deriv.double().flatten(1).norm(dim=1).sum().item())
     return _average(values, 'length_distortion')
 
