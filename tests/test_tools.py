@@ -89,3 +89,22 @@ def test_backbone_benchmark_quick_run_writes_report(tmp_path):
         assert row['max_abs_diff'] < 1e-4  # same weights, same numbers as timm
         assert row['throughput_ratio'] > 0 and row['macs_per_image'] > 0
     assert '| deit-tiny |' in (tmp_path / 'backbones.md').read_text()
+
+
+def test_sdpa_kernel_benchmark_times_both_backends_and_refuses_bad_shapes(tmp_path, capsys):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'sdpa_kernels', osp.join(ROOT, 'benchmarks', 'sdpa_kernels.py'))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / 'k.json'
+    result = bench.main(['--shapes', '2,2,16,8', '--repeats', '1', '--out', str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    (row, ) = result['kernels']
+    assert row['shape'] == [2, 2, 16, 8] and set(row) == {'shape', 'default', 'math'}
+    assert all(row[b][k] > 0 for b in ('default', 'math') for k in ('forward_s', 'backward_s'))
+    with pytest.raises(SystemExit):
+        bench.main(['--shapes', '2,2,16', '--out', str(tmp_path / 'x.json')])
+    assert "a shape is batch,heads,tokens,head_dim (positive integers), got '2,2,16'" in \
+        capsys.readouterr().err
+    assert not (tmp_path / 'x.json').exists()
