@@ -475,3 +475,17 @@ def test_measure_interleaved_reports_cpu_share():
     res = measure_interleaved([(busy, lambda: None)], rounds=2, repeats=2, warmup_s=0,
                               clock='thread')
     assert res[0]['clock'] == 'thread' and isinstance(res[0]['cpu_share'], float)
+
+
+@pytest.mark.parametrize('name, runs', [('cpu_amd_epyc_2core.jsonl', {'A', 'B'}),
+                                        ('cpu_amd_epyc_2core_quiet.jsonl', {'C', 'D'})])
+def test_shipped_latency_datasets_validate_and_cover_every_setting(name, runs):
+    rows = read_dataset(osp.join(ROOT, 'data', 'latency', name))
+    assert len(rows) == 368 and {r['run_id'] for r in rows} == runs
+    settings = {(r['fingerprint']['backend'], r['fingerprint']['threads'], r['run_id'])
+                for r in rows}
+    assert len(settings) == 2 * 2 * len(runs)  # eager / onnxruntime x 1 / 2 threads x runs
+    for s in settings:  # 30 core + 8 beyond + 8 PiT architectures in each
+        assert sum((r['fingerprint']['backend'], r['fingerprint']['threads'], r['run_id']) == s
+                   for r in rows) == 46
+    assert all(r['p10_ms'] <= r['median_ms'] <= r['p90_ms'] for r in rows)
