@@ -15,16 +15,9 @@ the video knobs, so one rule file serves classification, detection and video.
 """
 from typing import Any, Dict, Mapping, Optional
 
+from .fileio import json_ready as _plain  # ConfigDict / tuples -> plain dicts and lists
+
 FRAME_KEYS = ('frames', 'frames_mult')
-
-
-def _plain(obj: Any) -> Any:
-    """ConfigDict / tuples -> plain dicts and lists (stable, printable config values)."""
-    if isinstance(obj, Mapping):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 def image_rule(scaling: Optional[Mapping]) -> Dict[str, Any]:
