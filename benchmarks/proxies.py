@@ -158,8 +158,10 @@ def to_markdown(result: Dict) -> str:
         f"inputs {m['input_shape']}, NTK batch {m['batch']}, {m['num_points']} circle points, "
         f"{m['num_inits']} inits per proxy; medians over {m['rounds']} alternating rounds; "
         f"all values agree within {RTOL:g} relative: {'yes' if m['all_agree'] else 'NO'}. "
-        'fast = NTK by module hooks (else vmap(grad)) / jvp, loop = one backward per sample '
-        '/ one jvp per point.', '',
+        'fast = NTK by module hooks (else vmap(grad)) / length distortion by one batched jvp '
+        '(inputs up to 3x96x96) or per point by double backward (larger: then it is the '
+        'loop\'s algorithm), loop = one backward per sample / one double-backward jvp per '
+        'point.', '',
         '| model | params | proxy | fast | loop | rel. diff | fast s (wall / cpu) '
         '| loop s (wall / cpu) | speed-up wall | speed-up cpu |',
         '|---|---|---|---|---|---|---|---|---|---|'

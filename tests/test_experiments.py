@@ -181,6 +181,9 @@ def test_family_confidence_refuses_bad_arguments_by_name():
         compare([1.0, 2.0, 3.0], family_size=3, correction='holm')
     with pytest.raises(ValueError, match='family_size must be an integer >= 1, got 0'):
         family_confidence(0.95, 0)
+    for bad in (None, True, 2.0):
+        with pytest.raises(ValueError, match=f'family_size must be an integer >= 1, got {bad}'):
+            family_confidence(0.95, bad)
     with pytest.raises(ValueError, match=r'confidence must be in \(0, 1\), got 1.5'):
         family_confidence(1.5, 2)
 
@@ -358,6 +361,11 @@ def test_summary_skips_arms_that_do_not_apply_to_a_task():
     skip = {'pit': {'good': 'turns depth 1 into 0'}}
     summary = summarize(rows, ['src', 'pit'], ['b', 'good', 'other'], 'b', seeds,
                         not_applicable=skip)
+    # the family on each task is the rules compared there: 2 on src, 1 on pit (95% itself)
+    assert {(c['task'], c['family_size']) for c in summary['comparisons']} == {('src', 2),
+                                                                               ('pit', 1)}
+    pit = next(c for c in summary['comparisons'] if c['task'] == 'pit')
+    assert pit['ci_family'] == pit['ci95'] and pit['family_confidence'] == 0.95
     assert summary['winner'] == 'good'
     assert 'good does not apply to pit: turns depth 1 into 0.' in summary['headline']
     assert [a['rule'] for a in summary['arms'] if a['task'] == 'pit'] == ['b', 'other']
@@ -674,6 +682,19 @@ def test_expected_agreement_resamples_a_pooled_report(tmp_path, capsys):
         tool.main([str(tmp_path / 'pooled.json'), str(tmp_path / 'pooled.json'),
                    '--seeds-per-run', '3'])
     assert 'give either SECOND' in capsys.readouterr().err
+    few = dict(pooled, seeds=seeds[:3])
+    (tmp_path / 'few.json').write_text(json.dumps(few))
+    with pytest.raises(SystemExit):
+        tool.main([str(tmp_path / 'few.json'), '--seeds-per-run', '2'])
+    assert 'needs a report with at least 4 seeds, got 3' in capsys.readouterr().err
+    seeded_like = dict(pooled, arms=[dict(arm='a', seeds=seeds, metrics=[1.0] * 8)])
+    (tmp_path / 'seeded.json').write_text(json.dumps(seeded_like))
+    with pytest.raises(SystemExit):
+        tool.main([str(tmp_path / 'seeded.json'), '--seeds-per-run', '2'])
+    assert 'needs a transfer-study report' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tool.main([str(tmp_path / 'pooled.json'), '--seeds-per-run', '2', '--draws', '0'])
+    assert '--draws 0: draws must be a positive integer, got 0' in capsys.readouterr().err
 
 
 _SLOW_TRIAL = '''

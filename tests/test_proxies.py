@@ -138,10 +138,21 @@ def test_length_distortion_methods_agree_and_auto_switches_on_input_size(builder
     monkeypatch.setattr(P, 'LD_JVP_MAX_NUMEL', 3 * 16 * 16 - 1)
     assert length_distortion(builder, (3, 16, 16), **kw) == points
     assert used == ['points'] * 2  # once per init
-    model = builder()
+    # the per-point helper freezes the parameters it differentiates through and restores
+    # exactly those, also when the forward raises
+    model = builder().eval()
+    frozen = next(iter(model.parameters()))
+    frozen.requires_grad_(False)
     before = {n: p.requires_grad for n, p in model.named_parameters()}
-    length_distortion(model, (3, 16, 16), method='points', num_points=2, num_inits=1)
+    pts = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with P._math_attention():
+        d = P._derivatives_per_point(model, pts, torch.ones_like(pts))
+    assert d.shape[0] == 2 and torch.isfinite(d).all()
     assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+    with pytest.raises(ValueError, match='in_channels=3'):
+        P._derivatives_per_point(model, torch.ones(1, 5, 16, 16), torch.ones(1, 5, 16, 16))
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+    assert before[next(iter(before))] is False and sum(before.values()) == len(before) - 1
     with pytest.raises(ValueError, match=r"method must be one of \('auto', 'jvp', 'points'\), "
                        r"got 'loop'"):
         length_distortion(builder, (3, 16, 16), method='loop')

@@ -35,7 +35,7 @@ from mmvitscale.experiments.slurm import add_launcher_args, launcher_from_args
 from mmvitscale.experiments.tasks import ROOT, SCALING_DIR
 
 OFFLINE = [name for name, spec in TASKS.items() if spec.offline]
-# The default study: the source and the PiT variant, 4 seeds (about 19 minutes on 2 cores).
+# The default study: the source and the PiT variant, 4 seeds (about 18 minutes on 2 cores).
 # det and video (``--tasks cls cls_pit det video``, ``make demo-all``) are opt-in: at their
 # schedules video is saturated and det on the steep start of its curve (README).
 DEFAULT_TASKS = ['cls', 'cls_pit']
@@ -58,8 +58,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--tasks', nargs='+', choices=sorted(TASKS), default=DEFAULT_TASKS,
                         help='tasks; the first is the source the rules are ranked on')
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2, 3],
-                        help='seeds of every arm (two runs with 3 disjoint seeds agreed on 3 '
-                        'of 6 verdicts, with 5 on 5 of 6: README)')
+                        help='seeds of every arm (default 4: about 18 min with --workers 2 on 2 '
+                        'cores; how often two runs agree by seed count: README, '
+                        'Reproducibility)')
     parser.add_argument('--quick', action='store_true',
                         help=f'smoke run: every task at {QUICK} unless set per task')
     parser.add_argument('--out-dir', default='work_dirs/transfer', help='report folder')

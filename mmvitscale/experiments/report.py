@@ -283,8 +283,8 @@ def to_markdown(summary: Mapping[str, Any], title: str = 'Study') -> str:
         'per seed. A verdict is "better" / "worse" only when the interval of the difference '
         'excludes 0' + (
             '; on each task that interval is corrected (Bonferroni) for the number of rules '
-            'compared with the baseline, so the verdicts of all rules hold together at 95% '
-            '(the study names a winner among them)'
+            'compared with the baseline, so the verdicts of all rules hold together at '
+            + stats.percent(summary['confidence']) + ' (the study names a winner among them)'
             if summary.get('correction', 'none') != 'none' else '') + '.'
         f" Equal cost: backbone FLOPs within {summary['tolerance']:.0%} of the "
         'baseline. Latency: backbone, batch 1, CPU, median of the round medians (the arms of a '
@@ -388,7 +388,7 @@ def plot(summary: Mapping[str, Any], path: str) -> None:
         row[1].set_yticks(list(range(len(comps))), [c['rule'] for c in comps], fontsize=8)
         row[1].set_xlabel(f'{task}: difference to {summary["baseline"]} (points, 95% interval'
                           + ('; thin: the verdict\'s family-wise interval)'
-                             if any(c.get('family_size', 1) > 1 for c in comps) else ')'))
+                             if any(_family_span(c) for c in comps) else ')'))
         row[1].grid(alpha=0.3)
         row[1].margins(y=0.3)
         row[1].set_title('; '.join(f"{c['rule']}: {c['verdict']}" for c in comps), fontsize=8)

@@ -320,7 +320,9 @@ def plot_arms(summary: Mapping[str, Any], path: str, title: str = '') -> None:
         what = 'saved, %' if m['kind'] == 'saving' else f"difference, {m['unit']}"
         right.set_xlabel(f"{m['compare_label']} ({what}, 95% interval"
                          + ('; thin: the verdict\'s family-wise interval)'
-                            if any(c.get('family_size', 1) > 1 for c in comps) else ')'))
+                            if any(c.get('family_size', 1) > 1
+                                   and c.get('correction', 'none') != 'none' for c in comps)
+                            else ')'))
         right.grid(alpha=0.3)
         right.margins(y=0.3)
         right.set_title('; '.join(f"{c['label']}: {c['verdict']}" for c in comps), fontsize=8)

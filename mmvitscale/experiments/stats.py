@@ -8,8 +8,9 @@ the study tools call these. Conventions (``docs/studies.md``):
   (the paired design: the difference per seed cancels data-order noise);
 * the verdict word follows that interval: ``better`` / ``worse`` only when it excludes 0,
   otherwise ``inconclusive`` with the interval's half-width (the study's power);
-* when several rules are compared with one baseline (a family of ``m`` comparisons, from
-  which a study names a winner), the verdict follows the Bonferroni interval at confidence
+* when a study makes a family of ``m`` comparisons (the transfer study: the rules against the
+  baseline on one task, from which it names a winner; the seeded studies: all comparisons on
+  one metric), the verdict follows the Bonferroni interval at confidence
   ``1 - (1 - 0.95) / m``, so that all ``m`` verdict intervals hold together with probability
   >= 95% (:func:`compare`); the plain 95% interval is reported beside it.
 """
@@ -122,7 +123,7 @@ def family_confidence(confidence: float, family_size: int,
         raise ValueError(f'correction must be one of {CORRECTIONS}, got {correction!r}')
     if not 0 < confidence < 1:
         raise ValueError(f'confidence must be in (0, 1), got {confidence}')
-    if int(family_size) != family_size or family_size < 1:
+    if isinstance(family_size, bool) or not isinstance(family_size, int) or family_size < 1:
         raise ValueError(f'family_size must be an integer >= 1, got {family_size!r}')
     if correction == 'none' or family_size == 1:
         return confidence
@@ -163,7 +164,7 @@ def compare(diffs: Sequence[float], confidence: float = 0.95, family_size: int =
 
     Returns ``diff_mean``; ``ci95`` / ``half_width``: the plain ``confidence`` interval;
     ``ci_family`` / ``verdict_half_width`` / ``family_confidence``: the interval the verdict
-    follows, corrected for the ``family_size`` comparisons made with the same baseline
+    follows, corrected for the ``family_size`` comparisons of its family
     (:func:`family_confidence`); ``verdict`` and its sentence ``text``; the paired t test's
     ``p_value`` and ``p_adjusted`` (Bonferroni: ``min(1, m p)``). Interval bounds are ``nan``
     with fewer than 2 seeds.

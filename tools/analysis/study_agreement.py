@@ -72,14 +72,23 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 def _resampled(p: argparse.ArgumentParser, pooled: Dict[str, Any],
                args: argparse.Namespace) -> Tuple[Dict[str, Any], str]:
+    if any(not {'task', 'rule', 'seeds', 'metrics'} <= set(a) for a in pooled.get('arms', [])):
+        p.error(f'first {args.first}: --seeds-per-run needs a transfer-study report (arms with '
+                'task, rule, seeds and metrics)')
+    if len(pooled.get('seeds', [])) < 4:
+        p.error(f"first {args.first}: --seeds-per-run needs a report with at least 4 seeds, got "
+                f"{len(pooled.get('seeds', []))}")
     rows = []
     for k in args.seeds_per_run:
         for correction in args.correction:
             try:
                 rows.append(expected_agreement(pooled, k, args.draws, correction))
             except ValueError as err:
-                p.error(f'--seeds-per-run {k}: {err}' if 'seeds_per_run' in str(err)
-                        else f'--draws {args.draws}: {err}')
+                if 'seeds_per_run' in str(err):
+                    p.error(f'--seeds-per-run {k}: {err}')
+                if str(err).startswith('draws'):
+                    p.error(f'--draws {args.draws}: {err}')
+                p.error(f'first {args.first}: {err}')
     n = rows[0]['comparisons']
     lines = [f"Two disjoint runs drawn from the {len(pooled['seeds'])} seeds of "
              f'{osp.relpath(args.first)} ({args.draws} random splits per row; the splits share '
