@@ -196,13 +196,19 @@ def _span(c: Mapping[str, Any]) -> str:
     return text + _family_span(c)
 
 
+def corrected(c: Mapping[str, Any]) -> bool:
+    """Whether comparison ``c``'s verdict follows a family-wise interval other than its 95%
+    one (a correction over >= 2 comparisons, and an interval at all)."""
+    return (c.get('family_confidence') is not None and c.get('correction', 'none') != 'none'
+            and c.get('family_size', 1) >= 2 and c['ci_family'][0] is not None)
+
+
 def _family_span(c: Mapping[str, Any]) -> str:
     """``'; 98.3% interval over the 3 rules (Bonferroni) -0.11 to +1.15'``, or ``''`` when
     the verdict follows the 95% interval itself."""
-    conf = c.get('family_confidence')
-    if (conf is None or c.get('correction', 'none') == 'none' or c.get('family_size', 1) < 2
-            or c['ci_family'][0] is None):
+    if not corrected(c):
         return ''
+    conf = c['family_confidence']
     lo, hi = c['ci_family']
     return (f"; {stats.percent(conf)} interval over the {c['family_size']} rules "
             f"({c['correction'].capitalize()}, what the verdict follows) {_fmt(lo)} to "
@@ -316,7 +322,7 @@ def to_markdown(summary: Mapping[str, Any], title: str = 'Study') -> str:
             fam = comps[0].get('family_confidence') or summary['confidence']
             fam_head = (f"{stats.percent(fam)} interval ({comps[0]['correction']}, "
                         f"{comps[0]['family_size']} rules): the verdict's"
-                        if _family_span(comps[0]) else "verdict's interval (= 95%)")
+                        if corrected(comps[0]) else "verdict's interval (= 95%)")
             lines += ['', f'| rule vs baseline | difference | 95% interval | {fam_head} | '
                       'paired t p | equal FLOPs | verdict |', '|---|---|---|---|---|---|---|']
             for c in comps:
@@ -388,7 +394,7 @@ def plot(summary: Mapping[str, Any], path: str) -> None:
         row[1].set_yticks(list(range(len(comps))), [c['rule'] for c in comps], fontsize=8)
         row[1].set_xlabel(f'{task}: difference to {summary["baseline"]} (points, 95% interval'
                           + ('; thin: the verdict\'s family-wise interval)'
-                             if any(_family_span(c) for c in comps) else ')'))
+                             if any(corrected(c) for c in comps) else ')'))
         row[1].grid(alpha=0.3)
         row[1].margins(y=0.3)
         row[1].set_title('; '.join(f"{c['rule']}: {c['verdict']}" for c in comps), fontsize=8)
@@ -495,8 +501,9 @@ def expected_agreement(pooled: Mapping[str, Any], seeds_per_run: int, draws: int
         words = []
         for run in runs:
             words.append([stats.compare(
-                [values[(t, r)][s] - values[(t, b)][s] for s in run], confidence, family[t],
-                correction)['verdict'] for t, r, b in comps])
+                stats.paired_differences([values[(t, r)][s] for s in run],
+                                         [values[(t, b)][s] for s in run]),
+                confidence, family[t], correction)['verdict'] for t, r, b in comps])
         same = sum(x == y for x, y in zip(*words))
         agreed.append(same)
         all_agree += same == len(comps)

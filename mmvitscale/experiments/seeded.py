@@ -23,7 +23,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..fileio import save_figure
 from . import stats
-from .report import family_bar, json_safe, machine_summary
+from .report import corrected, family_bar, json_safe, machine_summary
 from .store import ResultStore
 from .tasks import ROOT
 
@@ -159,7 +159,7 @@ def comparison_sentence(c: Mapping[str, Any]) -> str:
     pct = '' if unit != '%' else '%'
     text = (f"{head}: {_fmt(c['diff_mean'], d)}{unit_text}, {c['confidence']:.0%} interval "
             f"{_fmt(lo, d)} to {_fmt(hi, d)}{pct}")
-    if c.get('family_size', 1) > 1 and c.get('correction', 'none') != 'none':
+    if corrected(c):
         flo, fhi = c['ci_family']
         text += (f"; {stats.percent(c['family_confidence'])} over the {c['family_size']} "
                  f"comparisons ({c['correction'].capitalize()}) {_fmt(flo, d)} to "
@@ -320,9 +320,7 @@ def plot_arms(summary: Mapping[str, Any], path: str, title: str = '') -> None:
         what = 'saved, %' if m['kind'] == 'saving' else f"difference, {m['unit']}"
         right.set_xlabel(f"{m['compare_label']} ({what}, 95% interval"
                          + ('; thin: the verdict\'s family-wise interval)'
-                            if any(c.get('family_size', 1) > 1
-                                   and c.get('correction', 'none') != 'none' for c in comps)
-                            else ')'))
+                            if any(corrected(c) for c in comps) else ')'))
         right.grid(alpha=0.3)
         right.margins(y=0.3)
         right.set_title('; '.join(f"{c['label']}: {c['verdict']}" for c in comps), fontsize=8)

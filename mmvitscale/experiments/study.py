@@ -102,9 +102,10 @@ def run_grid_study(tasks: Sequence[str], rules: Sequence[str], baseline: str,
     :func:`mmvitscale.experiments.slurm.launcher_from_args`). Returns the summary
     (:func:`mmvitscale.experiments.report.summarize`; ``correction`` as there).
     """
-    if correction not in stats.CORRECTIONS:
-        raise TaskError(f'correction must be one of {list(stats.CORRECTIONS)}, '
-                        f'got {correction!r}')
+    try:  # before any training: the check summarize makes at the end
+        stats.family_confidence(0.95, 1, correction)
+    except ValueError as err:
+        raise TaskError(str(err)) from err
     if osp.abspath(baseline) not in [osp.abspath(r) for r in rules]:
         rules = [baseline] + list(rules)
     skip = applicability(tasks, rules)
