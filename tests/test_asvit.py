@@ -6,6 +6,7 @@ from mmengine.config import Config
 
 from mmvitscale.cost import get_complexity
 from mmvitscale.models.asvit import AsViT, conv_out
+from mmvitscale.models.layers import Attention
 from mmvitscale.registry import MODELS
 from mmvitscale.search.topology import (SPACE, asvit_flops, asvit_params, choices_to_arch,
                                         grow_family, reinforce_search)
@@ -97,8 +98,13 @@ def test_errors_name_field_and_value():
     with pytest.raises(ValueError, match=r'splits\[0\]=4 does not divide stage 1 resolution '
                                          r'10x10'):
         AsViT(ARCH, img_size=40)
-    with pytest.raises(ValueError, match='stage 4 width=128 .* not divisible by heads=3'):
-        AsViT(dict(ARCH, heads=(1, 1, 1, 3)), img_size=64)
+    with pytest.raises(ValueError, match=r'stage 4 width=128 \(from width=16\) is below '
+                                         r'heads=256: each head needs at least one channel'):
+        AsViT(dict(ARCH, heads=(1, 1, 1, 256)), img_size=64)
+    with pytest.raises(ValueError, match=r"^arch: attn_type='linear_angular' in stage 1 needs "
+                                         r'its width=10 \(from width=10\) divisible by heads=4$'):
+        AsViT(dict(ARCH, width=10, heads=32), img_size=64, attn_type='linear_angular',
+              linear_kernel_size=3)
     with pytest.raises(ValueError, match='down_kernels must be 3 positive integers'):
         AsViT(dict(ARCH, down_kernels=(2, 2)), img_size=64)
     with pytest.raises(ValueError, match="unknown scaling key 'patch_size'"):
@@ -107,6 +113,21 @@ def test_errors_name_field_and_value():
         AsViT(dict(width=16, depths=(1, 1, 1, 1)))
     with pytest.raises(ValueError, match='stage 1: split=4 does not divide the 10x10'):
         build()(torch.randn(1, 3, 40, 40))
+
+
+def test_attention_inner_width_matches_manual_heads():
+    torch.manual_seed(0)
+    attn = Attention(10, 4, head_dim=2).eval()
+    x = torch.randn(2, 7, 10)
+    q, k, v = (attn.qkv(x).reshape(2, 7, 3, 4, 2).permute(2, 0, 3, 1, 4))
+    probs = (q @ k.transpose(-2, -1) / 2**0.5).softmax(-1)
+    want = attn.proj((probs @ v).transpose(1, 2).reshape(2, 7, 8))
+    torch.testing.assert_close(attn(x), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r'^head_dim must be a positive integer, got 0 '
+                                         r'\(dim=3, num_heads=4\)$'):
+        Attention(3, 4, head_dim=0)
+    with pytest.raises(ValueError, match=r'^dim=10 is not divisible by num_heads=4$'):
+        Attention(10, 4)
 
 
 def test_scaling_rule():
@@ -126,6 +147,14 @@ def test_registry_closed_form_costs_and_freezing():
     arch = dict(ARCH, width=24, tokenizer_kernel=5, splits=(2, 1, 2, 1))
     assert asvit_flops(arch, img_size=96) == get_complexity(AsViT(arch, img_size=96),
                                                             (3, 96, 96))['flops']
+    # widths not divisible by heads: dim // heads channels per head, as the reference
+    odd = dict(arch, width=10, heads=32)
+    net = AsViT(odd, img_size=96)
+    attn = net.stages[0].blocks[0].attn
+    assert (attn.head_dim, attn.inner_dim) == (2, 8) and tuple(attn.qkv.weight.shape) == (24, 10)
+    assert tuple(attn.proj.weight.shape) == (10, 8)
+    assert asvit_params(odd, img_size=96) == sum(p.numel() for p in net.parameters())
+    assert asvit_flops(odd, img_size=96) == get_complexity(net, (3, 96, 96))['flops']
     model.train()
     assert not any(p.requires_grad for p in model.stages[1].parameters())
     assert all(p.requires_grad for p in model.stages[2].parameters())

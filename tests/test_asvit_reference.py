@@ -38,11 +38,14 @@ from mmvitscale.search.topology import SPACE, arch_to_genotype, genotype_to_arch
 
 FIXTURE = osp.join(osp.dirname(osp.abspath(__file__)), 'data', 'asvit_reference.json')
 REF_COMMIT = 'e326ccaf63e05f241f8f48a0e045b63d221be62a'
-# the published seed topology, then odd tokenizer / merge kernels (asymmetric padding), every
-# window split and head count of the space
-GENOTYPES = ('8,2,3|4,1,2|4,1,4|4,1,6|32', '5,8,2|3,4,5|2,2,3|3,1,4|16',
-             '7,4,6|2,2,2|3,1,5|4,1,3|64')
-PROXY_GENOTYPES = GENOTYPES[:2]
+# (genotype, stage-1 width): the published seed topology, then odd tokenizer / merge kernels
+# (asymmetric padding), every window split and head count of the space, then the seed at width
+# 10 as the reference's growth builds it (widths 10/20/40/80 not divisible by heads 4/8/16/32:
+# heads of dim // heads = 2 channels)
+CASES = (('8,2,3|4,1,2|4,1,4|4,1,6|32', 32), ('5,8,2|3,4,5|2,2,3|3,1,4|16', 32),
+         ('7,4,6|2,2,2|3,1,5|4,1,3|64', 32), ('8,2,3|4,1,2|4,1,4|4,1,6|32', 10))
+GENOTYPES = tuple(g for g, _ in CASES)
+PROXY_CASES = (0, 1, 3)  # indices of CASES whose proxies the fixture holds
 IMG, PROXY_IMG, BATCH, NTK_BATCH, HEAD = 224, 64, 2, 4, 8
 
 
@@ -94,9 +97,10 @@ def ref_to_ours(name: str) -> Optional[str]:
 
 
 def build_ours(genotype: str, img_size: int = IMG, final_norm: bool = False,
-               out_indices=(0, 1, 2, 3), **kw) -> AsViT:
-    return AsViT(genotype_to_arch(genotype), img_size=img_size, out_indices=out_indices,
-                 out_type='featmap', final_norm=final_norm, **kw).eval()
+               out_indices=(0, 1, 2, 3), width: int = 32, **kw) -> AsViT:
+    return AsViT(genotype_to_arch(genotype, width=width), img_size=img_size,
+                 out_indices=out_indices, out_type='featmap', final_norm=final_norm,
+                 **kw).eval()
 
 
 def circle_basis(shape, seed: int) -> Tensor:
@@ -110,10 +114,11 @@ def summary(x: Tensor) -> Dict[str, list]:
     return dict(head=x[:, :HEAD].tolist(), norm=x.norm(dim=1).tolist(), sum=x.sum(1).tolist())
 
 
-def ours_outputs(genotype: str, weight_seed: int, x: Tensor) -> Dict[str, object]:
-    maps = fill_weights(build_ours(genotype).double(), weight_seed)
-    normed = fill_weights(build_ours(genotype, final_norm=True, out_indices=-1).double(),
-                          weight_seed)
+def ours_outputs(genotype: str, weight_seed: int, x: Tensor,
+                 width: int = 32) -> Dict[str, object]:
+    maps = fill_weights(build_ours(genotype, width=width).double(), weight_seed)
+    normed = fill_weights(build_ours(genotype, final_norm=True, out_indices=-1,
+                                     width=width).double(), weight_seed)
     with torch.no_grad():
         stages = [m.mean(dim=(2, 3)) for m in maps(x)]
         pooled_norm = normed(x)[0].mean(dim=(2, 3))
@@ -136,26 +141,28 @@ def load_fixture() -> dict:
 def test_fixture_is_the_documented_one():
     data = load_fixture()
     assert data['reference_commit'] == REF_COMMIT
-    assert [c['genotype'] for c in data['cases']] == list(GENOTYPES)
+    assert [(c['genotype'], c.get('width', 32)) for c in data['cases']] == list(CASES)
+    assert [i for i, c in enumerate(data['cases']) if 'ntk_condition' in c] == list(PROXY_CASES)
     assert all(arch_to_genotype(genotype_to_arch(g)) == g for g in GENOTYPES)
 
 
-@pytest.mark.parametrize('index', range(len(GENOTYPES)))
+@pytest.mark.parametrize('index', range(len(CASES)))
 def test_outputs_equal_reference_golden(index):
     case = load_fixture()['cases'][index]
     x = torch.randn(BATCH, 3, IMG, IMG, dtype=torch.float64,
                     generator=torch.Generator().manual_seed(case['input_seed']))
-    out = ours_outputs(case['genotype'], case['weight_seed'], x)
+    out = ours_outputs(case['genotype'], case['weight_seed'], x, case.get('width', 32))
     for i, (got, exp) in enumerate(zip(out['stages'], case['stages'])):
         assert_summary(got, exp, f'{case["genotype"]} stage {i + 1}', 1e-9)
     assert_summary(out['pooled'], case['pooled'], 'forward_features()[1]', 1e-9)
     assert_summary(out['pooled_norm'], case['pooled_norm'], 'forward_features()[0]', 1e-9)
 
 
-@pytest.mark.parametrize('index', range(len(PROXY_GENOTYPES)))
+@pytest.mark.parametrize('index', PROXY_CASES)
 def test_proxies_equal_reference_golden(index):
     case = load_fixture()['cases'][index]
-    model = fill_weights(build_ours(case['genotype'], PROXY_IMG, out_indices=-1),
+    model = fill_weights(build_ours(case['genotype'], PROXY_IMG, out_indices=-1,
+                                    width=case.get('width', 32)),
                          case['weight_seed']).double()
     x = torch.randn(NTK_BATCH, 3, PROXY_IMG, PROXY_IMG, dtype=torch.float64,
                     generator=torch.Generator().manual_seed(case['input_seed']))
@@ -244,11 +251,12 @@ def load_reference(repo: str):
     return Transformer, CellStructure
 
 
-def build_reference(repo: str, genotype: str, img_size: int = IMG, ape: bool = False):
+def build_reference(repo: str, genotype: str, img_size: int = IMG, ape: bool = False,
+                    width: int = 32):
     Transformer, CellStructure = load_reference(repo)
     g = CellStructure(genotype)
     return Transformer(img_size=img_size, patch_sizes=g.patch_sizes, stride=4, in_chans=3,
-                       num_classes=1000, embed_dim=32, depths=[1, 1, 1, 1], num_heads=g.heads,
+                       num_classes=1000, embed_dim=width, depths=[1, 1, 1, 1], num_heads=g.heads,
                        window_sizes=g.window_sizes, mlp_ratios=g.mlp_ratios, drop_rate=0.,
                        attn_drop_rate=0., drop_path_rate=0., ape=ape).eval()
 
@@ -323,22 +331,26 @@ def reference_curve_complexity(ref: nn.Module, basis: Tensor, shape, num_points:
 
 
 def reference_case(repo: str, genotype: str, proxies: bool, weight_seed: int = 0,
-                   input_seed: int = 1, curve_seed: int = 2) -> dict:
+                   input_seed: int = 1, curve_seed: int = 2, width: int = 32) -> dict:
     """The fixture entry of one topology, computed with the reference."""
     x = torch.randn(BATCH, 3, IMG, IMG, dtype=torch.float64,
                     generator=torch.Generator().manual_seed(input_seed))
-    ours = fill_weights(build_ours(genotype, final_norm=True, out_indices=-1), weight_seed)
-    ref = build_reference(repo, genotype)
+    ours = fill_weights(build_ours(genotype, final_norm=True, out_indices=-1, width=width),
+                        weight_seed)
+    ref = build_reference(repo, genotype, width=width)
     copy_into_reference(ours, ref)
     out = reference_outputs(copy.deepcopy(ref).double(), x)
     case = dict(genotype=genotype, weight_seed=weight_seed, input_seed=input_seed,
                 curve_seed=curve_seed, stages=[summary(s) for s in out['stages']],
                 pooled=summary(out['pooled']), pooled_norm=summary(out['pooled_norm']))
+    if width != 32:
+        case['width'] = width
     if proxies:  # float64 (only the algorithms differ, not the rounding), PROXY_IMG px: the
         # reference's loops (a backward per output coordinate) take many minutes at 224 px
         shape = (3, PROXY_IMG, PROXY_IMG)
-        ours = fill_weights(build_ours(genotype, PROXY_IMG, out_indices=-1), weight_seed)
-        ref = build_reference(repo, genotype, PROXY_IMG)
+        ours = fill_weights(build_ours(genotype, PROXY_IMG, out_indices=-1, width=width),
+                            weight_seed)
+        ref = build_reference(repo, genotype, PROXY_IMG, width=width)
         copy_into_reference(ours, ref)
         inputs = torch.randn(NTK_BATCH, *shape, dtype=torch.float64,
                              generator=torch.Generator().manual_seed(input_seed))
@@ -355,6 +367,11 @@ def live(test):
     """Opt-in tests: collected only with ``ASVIT_REF`` set (not skipped, which fails under
     CI=true: the reference is not a dependency, the golden tests above stand in for it)."""
     return test if REF_REPO else None
+
+
+# stage-1 widths of the live cases: divisible by every head count, and growth-like widths that
+# are not (head dims 1-3)
+LIVE_WIDTHS = (32, 9, 10, 13)
 
 
 def _random_genotypes(n: int, seed: int) -> List[str]:
@@ -375,13 +392,14 @@ def _random_genotypes(n: int, seed: int) -> List[str]:
 @pytest.mark.parametrize('ape', [False, True])
 def test_live_outputs_equal_reference(img_size, ape):
     for i, genotype in enumerate(_random_genotypes(4, img_size + ape)):
+        width = LIVE_WIDTHS[i]
         ours = fill_weights(build_ours(genotype, img_size, final_norm=True, out_indices=-1,
-                                       pos_embed='learned' if ape else 'none'), i)
-        ref = build_reference(REF_REPO, genotype, img_size, ape=ape)
+                                       pos_embed='learned' if ape else 'none', width=width), i)
+        ref = build_reference(REF_REPO, genotype, img_size, ape=ape, width=width)
         copy_into_reference(ours, ref)
         x = torch.randn(BATCH, 3, img_size, img_size, dtype=torch.float64)
         plain = fill_weights(build_ours(genotype, img_size, pos_embed='learned' if ape
-                                        else 'none').double(), i)
+                                        else 'none', width=width).double(), i)
         with torch.no_grad():
             stages = [m.mean(dim=(2, 3)) for m in plain(x)]
             normed = ours.double()(x)[0].mean(dim=(2, 3))
@@ -394,8 +412,9 @@ def test_live_outputs_equal_reference(img_size, ape):
 @live
 def test_live_proxies_equal_reference():
     for i, genotype in enumerate(_random_genotypes(2, 7)):
-        model = fill_weights(build_ours(genotype, 64, out_indices=-1), i).double()
-        ref = build_reference(REF_REPO, genotype, 64)
+        model = fill_weights(build_ours(genotype, 64, out_indices=-1, width=LIVE_WIDTHS[i + 1]),
+                             i).double()
+        ref = build_reference(REF_REPO, genotype, 64, width=LIVE_WIDTHS[i + 1])
         copy_into_reference(model, ref)
         ref.double()
         x = torch.randn(6, 3, 64, 64, dtype=torch.float64)
@@ -414,7 +433,8 @@ def main(argv=None) -> None:
     parser.add_argument('--out', default=FIXTURE)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    cases = [reference_case(args.asvit_repo, g, g in PROXY_GENOTYPES) for g in GENOTYPES]
+    cases = [reference_case(args.asvit_repo, g, i in PROXY_CASES, width=w)
+             for i, (g, w) in enumerate(CASES)]
     data = dict(reference='github.com/VITA-Group/AsViT lib/models/cell_infers/transformer.py',
                 reference_commit=REF_COMMIT, torch=torch.__version__, img_size=IMG,
                 batch=BATCH, proxy_img_size=PROXY_IMG, ntk_batch=NTK_BATCH, cases=cases)

@@ -5,7 +5,9 @@ Topology (what :mod:`mmvitscale.search.topology` searches), one arch dict:
 * ``width``: stage-1 embed dims; stage ``i`` has ``min(width * 2**i, max(width, 1024))``.
 * ``depths``: blocks per stage (4).
 * ``heads``: final-stage heads ``h`` (stages get ``h/8, h/4, h/2, h``, at least 1) or a
-  per-stage list.
+  per-stage list. Each head has ``dim // heads`` channels, as in the reference, so a stage
+  width need not be divisible by its heads (attention's inner width is then
+  ``heads * (dim // heads)``; linear-angular attention needs it divisible).
 * ``mlp_ratios``: MLP ratio per stage (hidden = ``round(dim * ratio)``).
 * ``tokenizer_kernel``: kernel ``k`` of the stride-4 patch conv; the input is zero-padded by
   ``(k - 4) // 2`` before and ``(k - 3) // 2`` after each side, so the map is ``input / 4``
@@ -114,6 +116,14 @@ class AsViTArch:
     def mlp_hidden(self, stage: int) -> int:
         return int(round(self.dims[stage] * self.mlp_ratios[stage]))
 
+    def head_dim(self, stage: int) -> int:
+        """Channels per head, ``dim // heads`` (the reference's, for any width)."""
+        return self.dims[stage] // self.heads[stage]
+
+    def inner_dim(self, stage: int) -> int:
+        """Attention's qkv / proj inner width, ``heads * head_dim``."""
+        return self.heads[stage] * self.head_dim(stage)
+
     def as_dict(self) -> Dict[str, Any]:
         """Plain arch dict (lists), loadable by :class:`AsViT` (``img_size`` excluded)."""
         d = asdict(self)
@@ -165,9 +175,9 @@ def make_asvit_arch(width: int, depths: Sequence[int], heads: Union[int, Sequenc
     down_kernels = _ints(source, 'down_kernels', down_kernels, NUM_STAGES - 1)
     splits = _ints(source, 'splits', splits, NUM_STAGES)
     for i, (dim, h) in enumerate(zip(stage_dims(width), heads)):
-        if dim % h:
-            raise ValueError(f'{source}: stage {i + 1} width={dim} (from width={width}) is not '
-                             f'divisible by heads={h}')
+        if dim < h:
+            raise ValueError(f'{source}: stage {i + 1} width={dim} (from width={width}) is '
+                             f'below heads={h}: each head needs at least one channel')
     for i, ((gh, gw), s) in enumerate(
             zip(stage_grids(img_size, tokenizer_kernel, down_kernels), splits)):
         if gh < 1 or gw < 1 or gh % s or gw % s:
@@ -296,7 +306,8 @@ class AsViTStage(nn.Module):
             TransformerBlock(dim, heads, mlp_hidden, qkv_bias=qkv_bias, drop=drop,
                              attn_drop=attn_drop, drop_path=drop_path[i], norm_eps=norm_eps,
                              attn_type=attn_type, linear_kernel_size=linear_kernel_size,
-                             aux_branch=aux_branch)
+                             aux_branch=aux_branch,
+                             head_dim=dim // heads if attn_type == 'softmax' else None)
             for i in range(depth)
         ])
 
@@ -405,6 +416,10 @@ class AsViT(ScalableBackbone):
         for i, (t, grid) in enumerate(zip(self.attn_types, spec.grids)):
             if t == 'linear_angular':
                 check_window_kernel(linear_kernel_size, grid, spec.splits[i], i)
+                if spec.dims[i] % spec.heads[i]:
+                    raise ValueError(f"arch: attn_type='linear_angular' in stage {i + 1} needs "
+                                     f'its width={spec.dims[i]} (from width={spec.width}) '
+                                     f'divisible by heads={spec.heads[i]}')
         self.num_stages = NUM_STAGES
         self.out_indices = normalise_indices(out_indices, NUM_STAGES, 'stages')
         self.return_tuple = return_tuple

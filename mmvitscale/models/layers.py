@@ -12,18 +12,30 @@ from .ops import DropPath, TokenGrid, eager_linear, fused_linear  # noqa: F401 (
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with one fused qkv projection and fused SDPA."""
+    """Multi-head self-attention with one fused qkv projection and fused SDPA.
+
+    ``head_dim=None`` needs ``dim`` divisible by ``num_heads``. A given ``head_dim`` sets the
+    attention's inner width ``num_heads * head_dim`` (qkv: ``dim -> 3 * inner``, proj:
+    ``inner -> dim``), as As-ViT's ``dim // num_heads`` heads for any ``dim``.
+    """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+                 attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 head_dim: Optional[int] = None) -> None:
         super().__init__()
-        if dim % num_heads:
-            raise ValueError(f'dim={dim} is not divisible by num_heads={num_heads}')
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(f'dim={dim} is not divisible by num_heads={num_heads}')
+            head_dim = dim // num_heads
+        elif head_dim < 1:
+            raise ValueError(f'head_dim must be a positive integer, got {head_dim!r} '
+                             f'(dim={dim}, num_heads={num_heads})')
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.head_dim = head_dim
+        self.inner_dim = inner = num_heads * head_dim
+        self.qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(inner, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None,
@@ -37,7 +49,7 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)
         x = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(B, N, C)
+        x = x.transpose(1, 2).reshape(B, N, self.inner_dim)
         return self.proj_drop(fused_linear(x, self.proj, residual=residual))
 
 
@@ -62,18 +74,23 @@ class TransformerBlock(nn.Module):
     ``attn_type='linear_angular'`` uses :class:`~mmvitscale.models.linear_attention.
     LinearAngularAttention` (same ``attn.qkv`` / ``attn.proj`` names) with
     ``linear_kernel_size`` and ``aux_branch``; both are ignored for ``'softmax'``.
+    ``head_dim``: as :class:`Attention` (softmax only; linear-angular needs ``dim`` divisible).
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_hidden: int, qkv_bias: bool = True,
                  drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
                  norm_eps: float = 1e-6, attn_type: str = 'softmax',
-                 linear_kernel_size: int = 9, aux_branch: bool = False) -> None:
+                 linear_kernel_size: int = 9, aux_branch: bool = False,
+                 head_dim: Optional[int] = None) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         if attn_type == 'softmax':
-            self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+            self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, head_dim)
         else:
             check_attn_type(attn_type)
+            if head_dim is not None and head_dim * num_heads != dim:
+                raise ValueError(f"attn_type='{attn_type}' needs dim={dim} divisible by "
+                                 f'num_heads={num_heads} (head_dim={head_dim} given)')
             self.attn = LinearAngularAttention(dim, num_heads, qkv_bias, attn_drop, drop,
                                                linear_kernel_size, aux_branch)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()

@@ -116,8 +116,8 @@ def asvit_params(arch: Mapping[str, Any], in_channels: int = 3, img_size: int = 
         if i:  # patch merging: LayerNorm over k*k*C, Linear without bias
             patch = spec.down_kernels[i - 1]**2 * dims[i - 1]
             total += 2 * patch + patch * d
-        h = spec.mlp_hidden(i)
-        block = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * h + h) + (h * d + d)
+        h, a = spec.mlp_hidden(i), spec.inner_dim(i)
+        block = 4 * d + (3 * d * a + 3 * a) + (a * d + d) + (d * h + h) + (h * d + d)
         total += spec.depths[i] * block
     return total + 2 * dims[-1]
 
@@ -136,9 +136,9 @@ def asvit_flops(arch: Mapping[str, Any], in_channels: int = 3, img_size: int = 2
         if i:  # patch merging: LayerNorm and Linear over k*k*C patch vectors
             patch = spec.down_kernels[i - 1]**2 * dims[i - 1]
             total += H * W * (5 * patch + patch * d)
-        N, h = H * W, spec.mlp_hidden(i)
+        N, h, a = H * W, spec.mlp_hidden(i), spec.inner_dim(i)
         window = N // spec.splits[i]**2
-        block = 10 * N * d + 4 * N * d * d + 2 * N * d * h + 2 * N * window * d
+        block = 10 * N * d + 4 * N * d * a + 2 * N * d * h + 2 * N * window * a
         total += spec.depths[i] * block
     return total + 5 * N * dims[-1]
 
