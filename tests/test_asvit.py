@@ -8,8 +8,8 @@ from mmvitscale.cost import get_complexity
 from mmvitscale.models.asvit import AsViT, conv_out
 from mmvitscale.models.layers import Attention
 from mmvitscale.registry import MODELS
-from mmvitscale.search.topology import (SPACE, asvit_flops, asvit_params, choices_to_arch,
-                                        grow_family, reinforce_search)
+from mmvitscale.search.topology import (SPACE, _pick, asvit_flops, asvit_params, choices_to_arch,
+                                        genotype_to_arch, grow_family, reinforce_search)
 
 ARCH = dict(width=16, depths=(1, 2, 1, 1), heads=16, mlp_ratios=(2, 3, 4, 2),
             tokenizer_kernel=7, down_kernels=(3, 4, 2), splits=(4, 2, 2, 1))
@@ -246,9 +246,10 @@ def test_growth_family_monotone_within_budget_and_resumable(tmp_path):
     assert 2e6 / 8 < params[0] <= 2e6 / 4 and 2e6 / 4 < params[1] <= 2e6 / 2
     widths = [m['arch']['width'] for m in members]
     assert widths == sorted(widths) and widths[0] < widths[-1]
-    # the scorer favours stage-2/3 blocks (ld) and penalises stage-1/4 ones (ntk)
+    # the scorer favours stage-3 blocks (most distortion, no NTK cost) and the narrowest width
     large = members[2]['arch']['depths']
-    assert large[3] == 1 and large[0] < min(large[1], large[2])
+    assert large[2] > 1 and large[0] == large[3] == 1
+    assert [t['arch']['width'] for t in res.trajectory[:4]] == [16, 17, 18, 19]
     for size, member in zip(('small', 'base', 'large'), members):
         cfg = Config.fromfile(res.files[size])
         model = AsViT(cfg.arch.to_dict(), img_size=cfg.img_size)
@@ -270,8 +271,72 @@ def test_growth_errors(tmp_path):
         grow_family(seed, budget_params=2e5, log_path=str(tmp_path / 'g.jsonl'),
                     score_fn=grow_score, progress=False, resume=False)
     with pytest.raises(ValueError, match='gives only 2 networks .* too few for 3 distinct'):
-        grow_family(seed, budget_params=2.25e5, log_path=str(tmp_path / 'g.jsonl'),
+        grow_family(seed, budget_params=2.6e5, log_path=str(tmp_path / 'g.jsonl'),
                     score_fn=grow_score, progress=False, resume=False)
+    for kw, msg in ((dict(width_scale=0), r'^width_scale must be an integer >= 1, got 0$'),
+                    (dict(head_classes=True), r'^head_classes must be an integer >= 0, got True$'),
+                    (dict(stop_at=3e6), r'^stop_at must be in \(0, budget_params=2e\+06\], '
+                                        r'got 3000000.0$')):
+        with pytest.raises(ValueError, match=msg):
+            grow_family(seed, budget_params=2e6, log_path=str(tmp_path / 'e.jsonl'),
+                        score_fn=grow_score, progress=False, **kw)
+    with pytest.raises(ValueError, match=r'^head_classes=1000 counts parameters; it needs '
+                                         r'budget_params, not budget_flops$'):
+        grow_family(seed, budget_flops=2e6, log_path=str(tmp_path / 'e.jsonl'),
+                    score_fn=grow_score, progress=False, head_classes=1000)
+    assert not (tmp_path / 'e.jsonl').exists()
+
+
+def test_growth_pick_dense_ranks_and_ties():
+    def cands(pairs):
+        return [dict(ntk=n, ld=d) for n, d in pairs]
+
+    # dense ranks: ntk (0, 1, 1, 2) + ld (2, 1, 0, 2) = (2, 2, 1, 4): candidate 2
+    assert _pick(cands([(1, 1), (2, 2), (2, 3), (3, 1)])) == (2, 1)
+    # tie of the two best sums (1 and 1): ntk's relative range (10 - 1) / 10 beats the
+    # distortion's (3 - 2) / 3, so the lower NTK of the two wins
+    assert _pick(cands([(10, 3), (1, 2)])) == (1, 1)
+    # the distortion's range is larger: the higher distortion wins (the reference's argmin
+    # would take candidate 0's lower one)
+    assert _pick(cands([(1.1, 1), (1.0, 30)]))[0] == 1
+    assert _pick(cands([(1.0, 1), (1.1, 30)]))[0] == 1
+
+
+def test_growth_reference_settings_scale_members_and_stop(tmp_path):
+    seed = genotype_to_arch('8,2,3|4,1,2|4,1,4|4,1,6|32')
+    seen = []
+
+    def score(arch):
+        seen.append(arch['width'])
+        return grow_score(arch)
+
+    log = tmp_path / 'ref.jsonl'
+    res = grow_family(seed, budget_params=4e6, log_path=str(log), score_fn=score,
+                      init_width=8, width_scale=4, head_classes=10, stop_at=3e6,
+                      out_dir=str(tmp_path), progress=False, sizes=('small', 'large'))
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert records[0]['width_scale'] == 4 and records[0]['stop_at'] == 3e6
+    step1 = [r for r in records if r.get('type') == 'candidate' and r['step'] == 1]
+    # width 8 x (1.05, 1.10, 1.15, 1.20) -> 8, 9, 9, 10: the repeated 9 is tried once
+    assert sorted({(r['ratio'], r['arch']['width']) for r in step1}) == [
+        (0.05, 8), (0.1, 9), (0.2, 10)]
+    # 4 stages x 3 widths, less the one whose member is over the budget (a 4th-stage block at
+    # member width 40: 4.86M parameters)
+    assert sorted((r['stage'], r['arch']['width']) for r in step1) == [
+        (s, w) for s in range(4) for w in (8, 9, 10) if (s, w) != (3, 10)]
+    assert all(r['cost'] <= 4e6 for r in step1)
+    assert min(seen) == 8 and all(w < 40 for w in seen)  # scored narrow
+    for t in res.trajectory:
+        assert t['arch']['width'] == 4 * t['scored']['width']
+        assert t['arch']['depths'] == t['scored']['depths']
+        net = AsViT(t['arch'], img_size=224)
+        dim = net.arch_spec.dims[-1]
+        assert t['cost'] == sum(p.numel() for p in net.parameters()) + dim * dim + dim \
+            + dim * 10 + 10
+    costs = [t['cost'] for t in res.trajectory]
+    assert costs[-1] >= 3e6 > costs[-2]  # stopped at the first member over stop_at
+    cfg = Config.fromfile(res.files['large'])
+    assert cfg.arch.to_dict()['width'] == res.family['large']['arch']['width']
 
 
 def test_growth_flops_budget(tmp_path):
@@ -284,3 +349,33 @@ def test_growth_flops_budget(tmp_path):
     assert small['cost'] <= 1.5e6 < large['cost'] <= 3e6
     assert large['cost'] == get_complexity(AsViT(large['arch'], img_size=32),
                                            (3, 32, 32))['flops']
+
+
+def _search_topology_tool():
+    import importlib.util
+    import os.path as osp
+    path = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools',
+                    'search_topology.py')
+    spec = importlib.util.spec_from_file_location('search_topology_tool', path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_grow_cli_scales_members_and_needs_a_budget(tmp_path, capsys):
+    tool = _search_topology_tool()
+    seed = json.dumps(genotype_to_arch('8,8,3|2,4,2|2,2,4|2,1,2|16'))
+    assert tool.main(['grow', '--seed-topology', seed, '--work-dir', str(tmp_path)]) == 2
+    assert 'grow needs --budget-params, --budget-flops or --reference-growth' in \
+        capsys.readouterr().err
+    assert not (tmp_path / 'growth.jsonl').exists()
+    argv = ['grow', '--seed-topology', seed, '--work-dir', str(tmp_path), '--proxy-size', '32',
+            '--proxy-batch', '2', '--init-width', '8', '--width-scale', '2', '--budget-params',
+            '6e5', '--stop-at', '2.5e5', '--sizes', 'small,large', '--no-progress']
+    assert tool.main(argv) == 0
+    records = [json.loads(line) for line in (tmp_path / 'growth.jsonl').read_text().splitlines()]
+    chosen = [r for r in records if r.get('type') == 'chosen']
+    assert chosen and all(r['member']['width'] == 2 * r['arch']['width'] for r in chosen)
+    assert len(chosen) == 1 and 2.5e5 <= chosen[0]['cost'] <= 6e5  # start: 241040
+    large = Config.fromfile(str(tmp_path / 'asvit_large.py'))
+    assert large.arch.to_dict()['width'] == chosen[-1]['member']['width']

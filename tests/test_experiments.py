@@ -109,8 +109,14 @@ def test_ranks_match_scipy_and_put_non_finite_last():
     assert ranks(v, higher_is_better=False, method='ordinal') == [3.0, 0.0, 2.0, 1.0, 4.0]
     assert ranks([1.0, float('inf'), float('nan'), 0.5], higher_is_better=True) == \
         [0.0, 2.5, 2.5, 1.0]
-    with pytest.raises(ValueError, match="method must be 'average' or 'ordinal'"):
-        ranks([1.0], method='dense')
+    w = [3.0, 1.0, 2.0, 1.0, 5.0, 2.0, 7.0]
+    for higher in (False, True):
+        assert ranks(w, higher_is_better=higher, method='dense') == list(
+            sps.rankdata([-x if higher else x for x in w], method='dense') - 1)
+    assert ranks([2.0, float('nan'), 1.0, 2.0], method='dense') == [0.0, 2.0, 1.0, 0.0]
+    with pytest.raises(ValueError, match="method must be 'average', 'ordinal' or 'dense', "
+                                         "got 'min'"):
+        ranks([1.0], method='min')
 
 
 def test_search_and_tools_use_the_one_kendall_and_ranks():

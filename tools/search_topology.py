@@ -12,7 +12,9 @@ writes ``asvit_<size>.py`` per member. Both log every candidate to a JSON Lines 
 over). Defaults are CPU-sized (proxies on 32 px, batch 8, one init, circle radius
 sqrt(numel) with distinct angles); ``--reference-proxies`` sets As-ViT's search settings
 (224 px, batch 16, 5 inits, 10 points on a radius-1 circle, ``linspace(0, 2 pi, 10)``), as
-``--steps 500 --reference-proxies`` is its search.
+``--steps 500 --reference-proxies`` is its search, and ``grow --reference-proxies
+--reference-growth`` its growth (scored at width 8 and up, members 4x wider, stop at 80M
+parameters with a 1000-class head, none above 110M).
 """
 import argparse
 import ast
@@ -24,8 +26,8 @@ import time
 import mmvitscale  # noqa: F401  (shims before mmengine / host packages)
 from mmengine.logging import MMLogger
 
-from mmvitscale.search.topology import (REFERENCE_PROXY_SETTINGS, grow_family, proxy_score_fn,
-                                        reinforce_search)
+from mmvitscale.search.topology import (GROWTH_REFERENCE, REFERENCE_PROXY_SETTINGS, grow_family,
+                                        proxy_score_fn, reinforce_search)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,12 +59,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = sub.choices['grow']
     g.add_argument('--seed-topology', required=True,
                    help='arch file (arch = dict(...)) from `search`, or a JSON dict')
-    budget = g.add_mutually_exclusive_group(required=True)
+    budget = g.add_mutually_exclusive_group()
     budget.add_argument('--budget-params', type=float, help='parameters, e.g. 2e6')
     budget.add_argument('--budget-flops', type=float, help='MACs at --img-size, e.g. 1e9')
     g.add_argument('--img-size', type=int, default=224, help='resolution for FLOPs / files')
     g.add_argument('--init-width', type=int, default=16,
-                   help='starting stage-1 width (0: the seed topology\'s)')
+                   help='starting stage-1 width of the scored networks (0: the seed '
+                        'topology\'s)')
+    g.add_argument('--width-scale', type=int, default=1,
+                   help='members are this many times wider than the networks scored')
+    g.add_argument('--head-classes', type=int, default=0,
+                   help='count a classification head of this many classes in --budget-params')
+    g.add_argument('--stop-at', type=float, default=None,
+                   help='stop once a member costs at least this much')
+    g.add_argument('--reference-growth', action='store_true',
+                   help='As-ViT\'s growth: width 8, members 4x wider with a 1000-class head, '
+                        'stop at 80M parameters, budget 110M (overrides the options above)')
     g.add_argument('--sizes', default='small,base,large')
     g.add_argument('--max-steps', type=int, default=1000)
     return p.parse_args(argv)
@@ -108,15 +120,26 @@ def main(argv=None) -> int:
         logger.info(f'{res.num_scored} candidates scored now, {len(res.records)} in the log '
                     f'{log_path}; wrote {out} in {time.perf_counter() - t0:.1f} s')
         return 0
+    if args.reference_growth:
+        growth = dict(GROWTH_REFERENCE, budget_flops=None)
+    elif args.budget_params is None and args.budget_flops is None:
+        print('error: grow needs --budget-params, --budget-flops or --reference-growth',
+              file=sys.stderr)
+        return 2
+    else:
+        growth = dict(budget_params=args.budget_params, budget_flops=args.budget_flops,
+                      init_width=args.init_width or None, width_scale=args.width_scale,
+                      head_classes=args.head_classes, stop_at=args.stop_at)
+    logger.info(f'growth settings: {growth}')
     try:
         topology = load_topology(args.seed_topology)
-        res = grow_family(topology, args.budget_params, args.budget_flops, args.seed,
-                          osp.join(args.work_dir, 'growth.jsonl'),
+        res = grow_family(topology, seed=args.seed,
+                          log_path=osp.join(args.work_dir, 'growth.jsonl'),
                           sizes=[s for s in args.sizes.split(',') if s], score_fn=score_fn,
-                          init_width=args.init_width or None, img_size=args.img_size,
-                          in_channels=args.in_channels, out_dir=args.work_dir,
-                          resume=not args.no_resume, max_steps=args.max_steps,
-                          progress=not args.no_progress, score_settings=settings)
+                          img_size=args.img_size, in_channels=args.in_channels,
+                          out_dir=args.work_dir, resume=not args.no_resume,
+                          max_steps=args.max_steps, progress=not args.no_progress,
+                          score_settings=settings, **growth)
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

@@ -11,14 +11,17 @@ finite). Advantage = reward - baseline, the baseline a moving average (momentum 
 at 0); the policy gradient ``-advantage * log p(sample)`` goes to Adam (lr 0.08). The seed
 topology is the policy's most likely choice per decision.
 
-**Growth** (:func:`grow_family`): from the seed topology at depth ``[1, 1, 1, 1]`` and a tiny
-width, each step tries one more block in each of the 4 stages times a width factor
-``1 + {0.05, 0.10, 0.15, 0.20}`` (16 candidates; width kept as a real number and rounded to a
-multiple of ``lcm(stage-1 heads, 8)`` when built), drops those over the budget, ranks the rest
-by NTK condition (ascending) and length distortion (descending) and keeps the one with the
-smallest sum of ranks. It stops when no candidate fits; family members are the largest steps
-under fractions of the budget (default 1/4, 1/2, 1 for small / base / large), moved so that
-the members are distinct steps (a short trajectory puts them on its last steps).
+**Growth** (:func:`grow_family`, As-ViT's ``search/grow.py``): from the seed topology at
+depth ``[1, 1, 1, 1]`` and a tiny width, each step tries one more block in each of the 4
+stages times a width ``round(width * (1 + r))``, ``r`` in ``{0.05, 0.10, 0.15, 0.20}`` (up to
+16 candidates; equal widths once), drops those whose member (``width_scale`` times wider)
+is over the budget, ranks the rest by NTK condition (ascending) and length distortion
+(descending), dense ranks as the reference, and keeps the one with the smallest sum of ranks
+(ties: :func:`_pick`). It stops when no candidate fits or a member reaches ``stop_at``; family
+members are the largest steps under fractions of the budget (default 1/4, 1/2, 1 for small /
+base / large), moved so that the members are distinct steps (a short trajectory puts them on
+its last steps). Widths need not be divisible by the heads (heads of ``dim // heads``
+channels, as the reference).
 
 **Logs and resume**: both write JSON Lines, a header then one record per candidate (and per
 growth step); every record is flushed and fsynced. Sampling at step ``t`` uses a generator
@@ -54,6 +57,11 @@ SPACE: Tuple[Tuple[str, Tuple[int, ...]], ...] = (
     ('mlp_ratio_4', (2, 3, 4, 5, 6)),
 )
 GROWTH_RATIOS = (0.05, 0.10, 0.15, 0.20)
+# As-ViT's search/grow.py: scored at stage-1 width 8 (HIDDEN_DIM) and up, members 4x wider
+# (SCALE_WIDTH) with its 1000-class head, stop once a member has >= 80M parameters, none above
+# 110M (PARAM_LIM)
+GROWTH_REFERENCE: Dict[str, Any] = dict(init_width=8, width_scale=4, head_classes=1000,
+                                        budget_params=110e6, stop_at=80e6)
 # As-ViT's search/reinforce.py + lib/procedures/teg.py: 224 px, batch 16, 5 repeats, 10 points
 REFERENCE_PROXY_SETTINGS: Dict[str, Any] = dict(img_size=224, batch_size=16, num_inits=5,
                                                 num_points=10, radius=1.0, endpoint=True)
@@ -64,9 +72,10 @@ REWARD_WINDOW = 20
 NETWORK_VERSION = 'asvit-2'
 ScoreFn = Callable[[Dict[str, Any]], Mapping[str, float]]
 
-__all__ = ['SPACE', 'REFERENCE_PROXY_SETTINGS', 'choices_to_arch', 'genotype_to_arch',
-           'arch_to_genotype', 'proxy_score_fn', 'reinforce_search', 'grow_family',
-           'asvit_params', 'asvit_flops', 'write_arch_file', 'SearchOutcome', 'GrowthOutcome']
+__all__ = ['SPACE', 'REFERENCE_PROXY_SETTINGS', 'GROWTH_REFERENCE', 'choices_to_arch',
+           'genotype_to_arch', 'arch_to_genotype', 'proxy_score_fn', 'reinforce_search',
+           'grow_family', 'asvit_params', 'asvit_flops', 'write_arch_file', 'SearchOutcome',
+           'GrowthOutcome']
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -411,22 +420,50 @@ def _heads_of(arch: Mapping[str, Any]) -> Tuple[int, ...]:
     return stage_heads(heads) if isinstance(heads, int) else tuple(heads)
 
 
-def _round_width(width: float, heads: Tuple[int, ...]) -> int:
-    step = heads[0] * 8 // math.gcd(heads[0], 8)
-    return max(1, int(round(width / step))) * step
-
-
 def _ranks(values: Sequence[float], descending: bool) -> List[int]:
-    """0 = best; non-finite values rank last; ties keep enumeration order."""
+    """0 = best, ties share a rank and the next value takes the next rank (As-ViT's ranking
+    in ``grow_step``); non-finite values rank last."""
     from ..experiments.stats import ranks
-    return [int(r) for r in ranks(values, higher_is_better=descending, method='ordinal')]
+    return [int(r) for r in ranks(values, higher_is_better=descending, method='dense')]
+
+
+def _relative_range(values: Sequence[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite or max(finite) == 0:
+        return 0.0
+    return (max(finite) - min(finite)) / abs(max(finite))
+
+
+def _pick(cands: Sequence[Mapping[str, Any]]) -> Tuple[int, int]:
+    """Index of the best candidate and its rank sum: smallest sum of the NTK rank (ascending)
+    and the length-distortion rank (descending). When the two best sums tie, the criterion with
+    the larger relative range ``(max - min) / max`` decides between those two (lower NTK or
+    higher distortion; As-ViT's code takes the lower value for either, which for the distortion
+    picks the less expressive network), then enumeration order."""
+    ntk = [c['ntk'] for c in cands]
+    ld = [c['ld'] for c in cands]
+    sums = [a + b for a, b in zip(_ranks(ntk, False), _ranks(ld, True))]
+    order = sorted(range(len(cands)), key=lambda i: sums[i])
+    best = order[0]
+    if len(order) > 1 and sums[order[1]] == sums[best]:
+        a, b = order[0], order[1]
+        if _relative_range(ntk) >= _relative_range(ld):
+            best = b if ntk[b] < ntk[a] else a
+        else:
+            best = b if ld[b] > ld[a] else a
+    return best, sums[best]
+
+
+def _head_params(dim: int, num_classes: int) -> int:
+    """As-ViT's classification head: Linear(dim, dim) -> Tanh -> Linear(dim, num_classes)."""
+    return dim * dim + dim + dim * num_classes + num_classes if num_classes else 0
 
 
 @dataclass
 class GrowthOutcome:
     """Result of :func:`grow_family`."""
 
-    trajectory: List[Dict[str, Any]]  # {'step', 'arch', 'cost'}, cost strictly increasing
+    trajectory: List[Dict[str, Any]]  # {'step', 'arch', 'cost', 'scored'}, cost increasing
     family: Dict[str, Dict[str, Any]]  # size -> trajectory entry
     files: Dict[str, str] = field(default_factory=dict)
     cost_kind: str = 'params'
@@ -443,20 +480,36 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
                 in_channels: int = 3, size_fractions: Optional[Sequence[float]] = None,
                 out_dir: Optional[str] = None, resume: bool = True, max_steps: int = 1000,
                 progress: bool = True,
-                score_settings: Optional[Mapping[str, Any]] = None) -> GrowthOutcome:
+                score_settings: Optional[Mapping[str, Any]] = None, width_scale: int = 1,
+                head_classes: int = 0, stop_at: Optional[float] = None) -> GrowthOutcome:
     """Grow a family of AsViTs from a seed topology under a parameter or FLOPs budget.
+
+    Each step tries one more block in each stage times each width ``round(width * (1 + r))``
+    for ``r`` in ``ratios`` (equal widths once), scores every candidate at that width, costs it
+    at ``width_scale`` times that width, drops those over the budget and keeps the best by
+    :func:`_pick`. ``GROWTH_REFERENCE`` holds As-ViT's settings (``search/grow.py``: width 8,
+    networks costed and built 4x wider than scored, parameters with its 1000-class head, stop
+    at 80M, never above 110M).
 
     Args:
         seed_topology: arch dict (e.g. :attr:`SearchOutcome.topology`); its kernels, splits,
             heads and MLP ratios are kept, depth restarts at ``[1, 1, 1, 1]``.
-        budget_params / budget_flops: exactly one; parameters of the backbone, or FLOPs
-            (:func:`asvit_flops`, get_complexity's convention) at ``img_size``.
-        score_fn: as in :func:`reinforce_search`, called on each candidate arch;
+        budget_params / budget_flops: exactly one; parameters (with ``head_classes``' head),
+            or FLOPs (:func:`asvit_flops`, get_complexity's convention) at ``img_size``, of
+            the network at ``width_scale`` times the scored width.
+        score_fn: as in :func:`reinforce_search`, called on each scored (narrow) arch;
             ``None`` uses :func:`proxy_score_fn` seeded with ``seed``.
-        init_width: starting stage-1 width (default: the seed topology's).
+        init_width: starting stage-1 width of the scored network (default: the seed
+            topology's).
         size_fractions: budget fraction of each member (default ``2**-(n-1-k)``: 1/4, 1/2, 1).
-        out_dir: write ``asvit_<size>.py`` (``arch = dict(...)``, ``img_size``) per member.
+        out_dir: write ``asvit_<size>.py`` (``arch = dict(...)``, ``img_size``) per member,
+            the arch at ``width_scale`` times the scored width.
         score_settings: as in :func:`reinforce_search`.
+        width_scale: members are this many times wider than the networks scored (As-ViT: 4).
+        head_classes: count a classification head of this many classes in ``budget_params``
+            (As-ViT: 1000); 0 counts the backbone only.
+        stop_at: stop after the first step whose member costs at least this much (As-ViT:
+            80M parameters); ``None`` grows until no candidate fits the budget.
     """
     if (budget_params is None) == (budget_flops is None):
         raise ValueError('give exactly one of budget_params and budget_flops, got '
@@ -465,6 +518,15 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
     budget = float(budget_params if budget_params is not None else budget_flops)
     if not budget > 0:
         raise ValueError(f'budget_{kind} must be positive, got {budget!r}')
+    for name, value in (('width_scale', width_scale), ('head_classes', head_classes)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (name == 'width_scale'):
+            raise ValueError(f'{name} must be an integer >= {int(name == "width_scale")}, '
+                             f'got {value!r}')
+    if head_classes and kind != 'params':
+        raise ValueError(f'head_classes={head_classes} counts parameters; it needs '
+                         'budget_params, not budget_flops')
+    if stop_at is not None and not 0 < stop_at <= budget:
+        raise ValueError(f'stop_at must be in (0, budget_{kind}={budget:g}], got {stop_at!r}')
     sizes = list(sizes)
     if not sizes:
         raise ValueError('sizes must name at least one family member')
@@ -476,11 +538,10 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
                          f'got {fractions!r}')
     if score_fn is None:
         score_fn = proxy_score_fn(seed=seed, in_channels=in_channels)
-    heads = _heads_of(seed_topology)
-    width_f = float(init_width if init_width is not None else seed_topology['width'])
+    width = int(init_width if init_width is not None else seed_topology['width'])
 
-    def build_arch(width: float, depths: Sequence[int]) -> Dict[str, Any]:
-        arch = dict(seed_topology, width=_round_width(width, heads), depths=list(depths))
+    def build_arch(w: int, depths: Sequence[int]) -> Dict[str, Any]:
+        arch = dict(seed_topology, width=w, depths=list(depths))
         spec = make_asvit_arch(arch['width'], arch['depths'], arch['heads'],
                                arch.get('mlp_ratios', 4.0), arch.get('tokenizer_kernel', 4),
                                arch.get('down_kernels', (2, 2, 2)),
@@ -493,7 +554,9 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
         key = json.dumps(arch, sort_keys=True)
         if key not in costs:
             if kind == 'params':
-                costs[key] = float(asvit_params(arch, in_channels, img_size))
+                dim = AsViT.resolve_arch(arch, img_size).dims[-1]
+                costs[key] = float(asvit_params(arch, in_channels, img_size)
+                                   + _head_params(dim, head_classes))
             else:
                 costs[key] = float(asvit_flops(arch, in_channels, img_size))
         return costs[key]
@@ -501,33 +564,42 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
     header = dict(type='header', kind='growth', network=NETWORK_VERSION,
                   score_settings=dict(score_settings or {}), seed=seed, budget_kind=kind,
                   budget=budget,
-                  seed_topology=dict(seed_topology), init_width=width_f, ratios=list(ratios),
-                  img_size=img_size, in_channels=in_channels)
+                  seed_topology=dict(seed_topology), init_width=width, ratios=list(ratios),
+                  img_size=img_size, in_channels=in_channels, width_scale=width_scale,
+                  head_classes=head_classes, stop_at=stop_at, version=2)
     log = _JsonLog(log_path, header, resume)
     logged = {(r['step'], r['stage'], r['ratio']): r for r in log.records
               if r.get('type') == 'candidate'}
     logger, scored = _logger(), 0
     depths = [1, 1, 1, 1]
-    start = build_arch(width_f, depths)
-    if cost_of(start) > budget:
+    start = build_arch(width, depths)
+    member = build_arch(width * width_scale, depths)
+    if cost_of(member) > budget:
         raise ValueError(f'budget_{kind}={budget:g} is below the starting network\'s '
-                         f'{cost_of(start):g} (width {start["width"]}, depth [1, 1, 1, 1])')
-    trajectory = [dict(step=0, arch=start, cost=cost_of(start))]
+                         f'{cost_of(member):g} (width {member["width"]}, depth [1, 1, 1, 1])')
+    trajectory = [dict(step=0, arch=member, cost=cost_of(member), scored=start)]
     bar = None
     if progress:
         from mmengine.utils import ProgressBar
         bar = ProgressBar()
     for step in range(1, max_steps + 1):
+        if stop_at is not None and trajectory[-1]['cost'] >= stop_at:
+            break
+        widths: List[Tuple[float, int]] = []
+        for ratio in ratios:
+            w = int(round(width * (1 + ratio)))
+            if not widths or widths[-1][1] != w:
+                widths.append((ratio, w))
         cands = []
         for stage in range(4):
-            for ratio in ratios:
-                new_depths = [d + (i == stage) for i, d in enumerate(depths)]
-                new_width = width_f * (1 + ratio)
+            new_depths = [d + (i == stage) for i, d in enumerate(depths)]
+            for ratio, new_width in widths:
                 try:
                     arch = build_arch(new_width, new_depths)
-                except ValueError:  # e.g. per-stage heads not dividing the rounded width
+                    big = build_arch(new_width * width_scale, new_depths)
+                except ValueError:  # e.g. a width below a stage's heads
                     continue
-                cost = cost_of(arch)
+                cost = cost_of(big)
                 if cost > budget:
                     continue
                 rec = logged.get((step, stage, ratio))
@@ -543,23 +615,22 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
                     log.append(dict(type='candidate', step=step, stage=stage, ratio=ratio,
                                     arch=arch, cost=cost, ntk=ntk, ld=ld))
                 cands.append(dict(stage=stage, ratio=ratio, width=new_width, depths=new_depths,
-                                  arch=arch, cost=cost, ntk=ntk, ld=ld))
+                                  arch=arch, member=big, cost=cost, ntk=ntk, ld=ld))
         if not cands:
             break
-        ntk_rank = _ranks([c['ntk'] for c in cands], descending=False)
-        ld_rank = _ranks([c['ld'] for c in cands], descending=True)
-        rank_sum = [a + b for a, b in zip(ntk_rank, ld_rank)]
-        best = min(range(len(cands)), key=lambda i: (rank_sum[i], cands[i]['cost'], i))
+        best, rank_sum = _pick(cands)
         chosen = cands[best]
-        width_f, depths = chosen['width'], chosen['depths']
-        trajectory.append(dict(step=step, arch=chosen['arch'], cost=chosen['cost']))
+        width, depths = chosen['width'], chosen['depths']
+        trajectory.append(dict(step=step, arch=chosen['member'], cost=chosen['cost'],
+                               scored=chosen['arch']))
         if not any(r.get('type') == 'chosen' and r['step'] == step for r in log.records):
             log.append(dict(type='chosen', step=step, stage=chosen['stage'],
-                            ratio=chosen['ratio'], arch=chosen['arch'], cost=chosen['cost'],
-                            rank_sum=rank_sum[best], num_candidates=len(cands)))
+                            ratio=chosen['ratio'], arch=chosen['arch'], member=chosen['member'],
+                            cost=chosen['cost'], rank_sum=rank_sum, num_candidates=len(cands)))
         logger.info(f'growth step {step}: stage {chosen["stage"] + 1} +1 block, width x'
-                    f'{1 + chosen["ratio"]:.2f} -> width {chosen["arch"]["width"]}, depths '
-                    f'{chosen["depths"]}, {kind} {chosen["cost"]:.4g} / {budget:.4g}')
+                    f'{1 + chosen["ratio"]:.2f} -> width {chosen["width"]} (member '
+                    f'{chosen["member"]["width"]}), depths {chosen["depths"]}, {kind} '
+                    f'{chosen["cost"]:.4g} / {budget:.4g}')
         if bar is not None:
             bar.update()
     if bar is not None:
