@@ -8,8 +8,9 @@ from mmvitscale.cost import get_complexity
 from mmvitscale.models.asvit import AsViT, conv_out
 from mmvitscale.models.layers import Attention
 from mmvitscale.registry import MODELS
-from mmvitscale.search.topology import (SPACE, _pick, asvit_flops, asvit_params, choices_to_arch,
-                                        genotype_to_arch, grow_family, reinforce_search)
+from mmvitscale.search.topology import (SPACE, _pick, arch_to_genotype, asvit_flops, asvit_params,
+                                        choices_to_arch, genotype_to_arch, grow_family,
+                                        reinforce_search)
 
 ARCH = dict(width=16, depths=(1, 2, 1, 1), heads=16, mlp_ratios=(2, 3, 4, 2),
             tokenizer_kernel=7, down_kernels=(3, 4, 2), splits=(4, 2, 2, 1))
@@ -201,6 +202,13 @@ def test_search_log_and_resume_equals_uninterrupted(tmp_path):
     assert log_b.read_text() == (tmp_path / 'a.jsonl').read_text()
     cfg = Config.fromfile(str(tmp_path / 'seed.py'))
     assert cfg.arch.to_dict() == full.topology
+    conf = full.confidence()
+    assert conf['heads'] == (full.topology['heads'], full.probs['heads'][
+        [16, 32, 64].index(full.topology['heads'])])
+    assert all(p == max(full.probs[n]) for n, (_, p) in conf.items())
+    text = (tmp_path / 'seed.py').read_text()
+    assert f'# genotype: {arch_to_genotype(full.topology)}\n' in text
+    assert f'heads {full.topology["heads"]} ({conf["heads"][1]:.2f})' in text
 
     fresh = FakeScore()
     reinforce_search(30, 3, fresh, str(log_b), resume=False, progress=False)

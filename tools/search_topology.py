@@ -117,6 +117,8 @@ def main(argv=None) -> int:
                                out_path=out, progress=not args.no_progress,
                                score_settings=settings)
         logger.info(f'seed topology: {res.topology}')
+        logger.info('policy probability of each choice: ' + ', '.join(
+            f'{name} {choice} ({p:.2f})' for name, (choice, p) in res.confidence().items()))
         logger.info(f'{res.num_scored} candidates scored now, {len(res.records)} in the log '
                     f'{log_path}; wrote {out} in {time.perf_counter() - t0:.1f} s')
         return 0

@@ -341,6 +341,13 @@ class SearchOutcome:
     records: List[Dict[str, Any]] = field(default_factory=list)
     num_scored: int = 0  # candidates scored in this call (not taken from the log)
 
+    def confidence(self) -> Dict[str, Tuple[int, float]]:
+        """``{decision: (chosen option, its policy probability)}``: how settled each choice
+        is (uniform is ``1 / len(options)``)."""
+        options = dict(SPACE)
+        return {name: (choice, self.probs[name][options[name].index(choice)])
+                for name, choice in self.choices.items()}
+
 
 def reinforce_search(steps: int, seed: int, score_fn: Optional[ScoreFn], log_path: str,
                      resume: bool = True, lr: float = 0.08, momentum: float = 0.9,
@@ -405,13 +412,17 @@ def reinforce_search(steps: int, seed: int, score_fn: Optional[ScoreFn], log_pat
         print()
     best = policy.best()
     topology = choices_to_arch(best, proxy_width)
+    outcome = SearchOutcome(topology, best, policy.probs(),
+                            [lg.detach().tolist() for lg in policy.logits], policy.baseline,
+                            [r for r in log.records if r.get('type') == 'candidate'], scored)
     if out_path:
         write_arch_file(out_path, topology, header=[
             f'As-ViT seed topology: REINFORCE, {steps} steps, seed {seed}',
-            f'log: {log_path}'])
-    return SearchOutcome(topology, best, policy.probs(),
-                         [lg.detach().tolist() for lg in policy.logits], policy.baseline,
-                         [r for r in log.records if r.get('type') == 'candidate'], scored)
+            f'log: {log_path}', f'genotype: {arch_to_genotype(topology)}',
+            'policy probability of each choice: ' + ', '.join(
+                f'{name} {choice} ({p:.2f})'
+                for name, (choice, p) in outcome.confidence().items())])
+    return outcome
 
 
 # ---------------------------------------------------------------------------- growth
