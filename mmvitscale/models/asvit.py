@@ -501,6 +501,42 @@ class AsViT(ScalableBackbone):
 MODELS.register_module(module=AsViT)
 
 
+def asvit_params(arch: Mapping[str, Any], in_channels: int = 3, img_size: int = 224) -> int:
+    """Closed-form parameter count of ``AsViT(arch, out_indices=-1)`` (with its final norm)."""
+    spec = AsViT.resolve_arch(arch, img_size)
+    dims, k = spec.dims, spec.tokenizer_kernel
+    total = in_channels * k * k * dims[0] + 3 * dims[0]  # conv with bias, LayerNorm
+    for i, d in enumerate(dims):
+        if i:  # patch merging: LayerNorm over k*k*C, Linear without bias
+            patch = spec.down_kernels[i - 1]**2 * dims[i - 1]
+            total += 2 * patch + patch * d
+        h, a = spec.mlp_hidden(i), spec.inner_dim(i)
+        block = 4 * d + (3 * d * a + 3 * a) + (a * d + d) + (d * h + h) + (h * d + d)
+        total += spec.depths[i] * block
+    return total + 2 * dims[-1]
+
+
+def asvit_flops(arch: Mapping[str, Any], in_channels: int = 3, img_size: int = 224) -> int:
+    """Closed-form FLOPs of ``AsViT(arch, out_indices=-1)`` at ``img_size``, in the convention
+    of :func:`~mmvitscale.cost.get_complexity` (MACs of convs, linears and windowed
+    attention, ``5 * numel`` per LayerNorm, padding and unfold free; equal to it, checked in
+    the tests)."""
+    spec = AsViT.resolve_arch(arch, img_size)
+    dims, k = spec.dims, spec.tokenizer_kernel
+    (H, W), total = spec.grids[0], 0
+    total += dims[0] * H * W * in_channels * k * k + 5 * H * W * dims[0]
+    for i, d in enumerate(dims):
+        H, W = spec.grids[i]
+        if i:  # patch merging: LayerNorm and Linear over k*k*C patch vectors
+            patch = spec.down_kernels[i - 1]**2 * dims[i - 1]
+            total += H * W * (5 * patch + patch * d)
+        N, h, a = H * W, spec.mlp_hidden(i), spec.inner_dim(i)
+        window = N // spec.splits[i]**2
+        block = 10 * N * d + 4 * N * d * a + 2 * N * d * h + 2 * N * window * a
+        total += spec.depths[i] * block
+    return total + 5 * N * dims[-1]
+
+
 class AsViTFamily(Family):
     """AsViT behind the family protocol: scaled by its topology search and growth
     (:mod:`mmvitscale.search.topology`), not by the multiplier grid of the scaling search."""
@@ -524,8 +560,7 @@ class AsViTFamily(Family):
                        linear_kernel_size: int = 9) -> Optional[int]:
         if attn_type != 'softmax' or spec.img_size[0] != spec.img_size[1]:
             return None  # the closed form covers square inputs with softmax attention
-        from ..search.topology import asvit_flops
-        return int(asvit_flops(spec.as_dict(), in_channels, spec.img_size[0]))
+        return asvit_flops(spec.as_dict(), in_channels, spec.img_size[0])
 
 
 register_family(AsViTFamily())

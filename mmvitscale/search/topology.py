@@ -40,7 +40,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from ..fileio import atomic_write
-from ..models.asvit import AsViT, make_asvit_arch, stage_heads
+from ..models.asvit import AsViT, asvit_flops, asvit_params, make_asvit_arch, stage_heads
 
 SPACE: Tuple[Tuple[str, Tuple[int, ...]], ...] = (
     ('tokenizer_kernel', (4, 5, 6, 7, 8)),
@@ -114,42 +114,6 @@ def arch_to_genotype(arch: Mapping[str, Any]) -> str:
     stages = ['%d,%d,%g' % (k, s, r) for k, s, r in zip(kernels, arch['splits'],
                                                         arch['mlp_ratios'])]
     return '|'.join(stages + [str(_heads_of(arch)[-1])])
-
-
-def asvit_params(arch: Mapping[str, Any], in_channels: int = 3, img_size: int = 224) -> int:
-    """Closed-form parameter count of ``AsViT(arch, out_indices=-1)`` (with its final norm)."""
-    spec = AsViT.resolve_arch(arch, img_size)
-    dims, k = spec.dims, spec.tokenizer_kernel
-    total = in_channels * k * k * dims[0] + 3 * dims[0]  # conv with bias, LayerNorm
-    for i, d in enumerate(dims):
-        if i:  # patch merging: LayerNorm over k*k*C, Linear without bias
-            patch = spec.down_kernels[i - 1]**2 * dims[i - 1]
-            total += 2 * patch + patch * d
-        h, a = spec.mlp_hidden(i), spec.inner_dim(i)
-        block = 4 * d + (3 * d * a + 3 * a) + (a * d + d) + (d * h + h) + (h * d + d)
-        total += spec.depths[i] * block
-    return total + 2 * dims[-1]
-
-
-def asvit_flops(arch: Mapping[str, Any], in_channels: int = 3, img_size: int = 224) -> int:
-    """Closed-form FLOPs of ``AsViT(arch, out_indices=-1)`` at ``img_size``, in the convention
-    of :func:`~mmvitscale.cost.get_complexity` (MACs of convs, linears and windowed
-    attention, ``5 * numel`` per LayerNorm, padding and unfold free; equal to it, checked in
-    the tests)."""
-    spec = AsViT.resolve_arch(arch, img_size)
-    dims, k = spec.dims, spec.tokenizer_kernel
-    (H, W), total = spec.grids[0], 0
-    total += dims[0] * H * W * in_channels * k * k + 5 * H * W * dims[0]
-    for i, d in enumerate(dims):
-        H, W = spec.grids[i]
-        if i:  # patch merging: LayerNorm and Linear over k*k*C patch vectors
-            patch = spec.down_kernels[i - 1]**2 * dims[i - 1]
-            total += H * W * (5 * patch + patch * d)
-        N, h, a = H * W, spec.mlp_hidden(i), spec.inner_dim(i)
-        window = N // spec.splits[i]**2
-        block = 10 * N * d + 4 * N * d * a + 2 * N * d * h + 2 * N * window * a
-        total += spec.depths[i] * block
-    return total + 5 * N * dims[-1]
 
 
 def proxy_score_fn(img_size: int = 32, batch_size: int = 8, num_inits: int = 1,
