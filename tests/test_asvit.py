@@ -292,7 +292,21 @@ def test_growth_errors(tmp_path):
                                          r'budget_params, not budget_flops$'):
         grow_family(seed, budget_flops=2e6, log_path=str(tmp_path / 'e.jsonl'),
                     score_fn=grow_score, progress=False, head_classes=1000)
+    with pytest.raises(ValueError, match=r'^init_width=1: arch: stage 1 width=1 \(from '
+                                         r'width=1\) is below heads=2'):
+        grow_family(dict(seed, heads=16), budget_params=2e6, log_path=str(tmp_path / 'e.jsonl'),
+                    score_fn=grow_score, progress=False, init_width=1)
+    with pytest.raises(ValueError, match=r'^init_width must be a positive integer, got 8.0$'):
+        grow_family(seed, budget_params=2e6, log_path=str(tmp_path / 'e.jsonl'),
+                    score_fn=grow_score, progress=False, init_width=8.0)
+    with pytest.raises(ValueError, match=r'\(width 64 = init_width 16 x width_scale 4, depth'):
+        grow_family(seed, budget_params=3e5, log_path=str(tmp_path / 'e.jsonl'),
+                    score_fn=grow_score, progress=False, width_scale=4)
     assert not (tmp_path / 'e.jsonl').exists()
+    # a start already over stop_at still grows one step, as the reference
+    res = grow_family(seed, budget_params=2e6, log_path=str(tmp_path / 's.jsonl'),
+                      score_fn=grow_score, progress=False, stop_at=1e5, sizes=('a', 'b'))
+    assert len(res.trajectory) == 2
 
 
 def test_growth_pick_dense_ranks_and_ties():
@@ -304,10 +318,12 @@ def test_growth_pick_dense_ranks_and_ties():
     # tie of the two best sums (1 and 1): ntk's relative range (10 - 1) / 10 beats the
     # distortion's (3 - 2) / 3, so the lower NTK of the two wins
     assert _pick(cands([(10, 3), (1, 2)])) == (1, 1)
-    # the distortion's range is larger: the higher distortion wins (the reference's argmin
-    # would take candidate 0's lower one)
-    assert _pick(cands([(1.1, 1), (1.0, 30)]))[0] == 1
-    assert _pick(cands([(1.0, 1), (1.1, 30)]))[0] == 1
+    # tied sums (1, 1) and the distortion's range is larger: the higher distortion wins (the
+    # reference's argmin would take candidate 1's lower one)
+    assert _pick(cands([(1.1, 30), (1.0, 1)])) == (0, 1)
+    assert _pick(cands([(1.0, 1), (1.1, 30)])) == (1, 1)
+    # equal relative ranges: the NTK decides, as the reference's stable sort puts it first
+    assert _pick(cands([(2.0, 2.0), (1.0, 1.0)])) == (1, 1)
 
 
 def test_growth_reference_settings_scale_members_and_stop(tmp_path):
@@ -326,11 +342,11 @@ def test_growth_reference_settings_scale_members_and_stop(tmp_path):
     assert records[0]['width_scale'] == 4 and records[0]['stop_at'] == 3e6
     step1 = [r for r in records if r.get('type') == 'candidate' and r['step'] == 1]
     # width 8 x (1.05, 1.10, 1.15, 1.20) -> 8, 9, 9, 10: the repeated 9 is tried once
-    assert sorted({(r['ratio'], r['arch']['width']) for r in step1}) == [
+    assert sorted({(r['ratio'], r['scored']['width']) for r in step1}) == [
         (0.05, 8), (0.1, 9), (0.2, 10)]
     # 4 stages x 3 widths, less the one whose member is over the budget (a 4th-stage block at
     # member width 40: 4.86M parameters)
-    assert sorted((r['stage'], r['arch']['width']) for r in step1) == [
+    assert sorted((r['stage'], r['scored']['width']) for r in step1) == [
         (s, w) for s in range(4) for w in (8, 9, 10) if (s, w) != (3, 10)]
     assert all(r['cost'] <= 4e6 for r in step1)
     assert min(seen) == 8 and all(w < 40 for w in seen)  # scored narrow
@@ -376,6 +392,10 @@ def test_grow_cli_scales_members_and_needs_a_budget(tmp_path, capsys):
     assert tool.main(['grow', '--seed-topology', seed, '--work-dir', str(tmp_path)]) == 2
     assert 'grow needs --budget-params, --budget-flops or --reference-growth' in \
         capsys.readouterr().err
+    assert tool.main(['grow', '--seed-topology', seed, '--work-dir', str(tmp_path),
+                      '--reference-growth', '--init-width', '8', '--stop-at', '1e6']) == 2
+    assert 'error: --reference-growth sets --init-width, --stop-at itself; drop them' in \
+        capsys.readouterr().err
     assert not (tmp_path / 'growth.jsonl').exists()
     argv = ['grow', '--seed-topology', seed, '--work-dir', str(tmp_path), '--proxy-size', '32',
             '--proxy-batch', '2', '--init-width', '8', '--width-scale', '2', '--budget-params',
@@ -383,7 +403,7 @@ def test_grow_cli_scales_members_and_needs_a_budget(tmp_path, capsys):
     assert tool.main(argv) == 0
     records = [json.loads(line) for line in (tmp_path / 'growth.jsonl').read_text().splitlines()]
     chosen = [r for r in records if r.get('type') == 'chosen']
-    assert chosen and all(r['member']['width'] == 2 * r['arch']['width'] for r in chosen)
+    assert chosen and all(r['arch']['width'] == 2 * r['scored']['width'] for r in chosen)
     assert len(chosen) == 1 and 2.5e5 <= chosen[0]['cost'] <= 6e5  # start: 241040
     large = Config.fromfile(str(tmp_path / 'asvit_large.py'))
-    assert large.arch.to_dict()['width'] == chosen[-1]['member']['width']
+    assert large.arch.to_dict()['width'] == chosen[-1]['arch']['width']

@@ -63,18 +63,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     budget.add_argument('--budget-params', type=float, help='parameters, e.g. 2e6')
     budget.add_argument('--budget-flops', type=float, help='MACs at --img-size, e.g. 1e9')
     g.add_argument('--img-size', type=int, default=224, help='resolution for FLOPs / files')
-    g.add_argument('--init-width', type=int, default=16,
-                   help='starting stage-1 width of the scored networks (0: the seed '
-                        'topology\'s)')
-    g.add_argument('--width-scale', type=int, default=1,
-                   help='members are this many times wider than the networks scored')
-    g.add_argument('--head-classes', type=int, default=0,
+    g.add_argument('--init-width', type=int, default=None,
+                   help='starting stage-1 width of the scored networks (default 16; 0: the '
+                        'seed topology\'s)')
+    g.add_argument('--width-scale', type=int, default=None,
+                   help='members are this many times wider than the networks scored (1)')
+    g.add_argument('--head-classes', type=int, default=None,
                    help='count a classification head of this many classes in --budget-params')
     g.add_argument('--stop-at', type=float, default=None,
                    help='stop once a member costs at least this much')
     g.add_argument('--reference-growth', action='store_true',
-                   help='As-ViT\'s growth: width 8, members 4x wider with a 1000-class head, '
-                        'stop at 80M parameters, budget 110M (overrides the options above)')
+                   help='As-ViT\'s growth settings: width 8, members 4x wider with a '
+                        '1000-class head, stop at 80M parameters, budget 110M (not combined '
+                        'with the budget and width options above); on tied rank sums decided '
+                        'by the distortion the higher one wins, where As-ViT\'s code keeps the '
+                        'lower')
     g.add_argument('--sizes', default='small,base,large')
     g.add_argument('--max-steps', type=int, default=1000)
     return p.parse_args(argv)
@@ -122,16 +125,25 @@ def main(argv=None) -> int:
         logger.info(f'{res.num_scored} candidates scored now, {len(res.records)} in the log '
                     f'{log_path}; wrote {out} in {time.perf_counter() - t0:.1f} s')
         return 0
+    growth_options = ('budget_params', 'budget_flops', 'init_width', 'width_scale',
+                      'head_classes', 'stop_at')
+    given = [f'--{k.replace("_", "-")}' for k in growth_options if getattr(args, k) is not None]
     if args.reference_growth:
+        if given:
+            print(f'error: --reference-growth sets {", ".join(given)} itself; drop them or '
+                  'drop --reference-growth', file=sys.stderr)
+            return 2
         growth = dict(GROWTH_REFERENCE, budget_flops=None)
     elif args.budget_params is None and args.budget_flops is None:
         print('error: grow needs --budget-params, --budget-flops or --reference-growth',
               file=sys.stderr)
         return 2
     else:
+        init = 16 if args.init_width is None else args.init_width
         growth = dict(budget_params=args.budget_params, budget_flops=args.budget_flops,
-                      init_width=args.init_width or None, width_scale=args.width_scale,
-                      head_classes=args.head_classes, stop_at=args.stop_at)
+                      init_width=init or None,
+                      width_scale=1 if args.width_scale is None else args.width_scale,
+                      head_classes=args.head_classes or 0, stop_at=args.stop_at)
     logger.info(f'growth settings: {growth}')
     try:
         topology = load_topology(args.seed_topology)

@@ -27,7 +27,7 @@ class Attention(nn.Module):
             if dim % num_heads:
                 raise ValueError(f'dim={dim} is not divisible by num_heads={num_heads}')
             head_dim = dim // num_heads
-        elif head_dim < 1:
+        elif isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
             raise ValueError(f'head_dim must be a positive integer, got {head_dim!r} '
                              f'(dim={dim}, num_heads={num_heads})')
         self.num_heads = num_heads

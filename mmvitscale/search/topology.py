@@ -59,7 +59,7 @@ SPACE: Tuple[Tuple[str, Tuple[int, ...]], ...] = (
 GROWTH_RATIOS = (0.05, 0.10, 0.15, 0.20)
 # As-ViT's search/grow.py: scored at stage-1 width 8 (HIDDEN_DIM) and up, members 4x wider
 # (SCALE_WIDTH) with its 1000-class head, stop once a member has >= 80M parameters, none above
-# 110M (PARAM_LIM)
+# 110M (PARAM_LIM); grow_family's docstring lists where it departs from that script
 GROWTH_REFERENCE: Dict[str, Any] = dict(init_width=8, width_scale=4, head_classes=1000,
                                         budget_params=110e6, stop_at=80e6)
 # As-ViT's search/reinforce.py + lib/procedures/teg.py: 224 px, batch 16, 5 repeats, 10 points
@@ -460,11 +460,14 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
     """Grow a family of AsViTs from a seed topology under a parameter or FLOPs budget.
 
     Each step tries one more block in each stage times each width ``round(width * (1 + r))``
-    for ``r`` in ``ratios`` (equal widths once), scores every candidate at that width, costs it
-    at ``width_scale`` times that width, drops those over the budget and keeps the best by
-    :func:`_pick`. ``GROWTH_REFERENCE`` holds As-ViT's settings (``search/grow.py``: width 8,
-    networks costed and built 4x wider than scored, parameters with its 1000-class head, stop
-    at 80M, never above 110M).
+    for ``r`` in ``ratios`` (equal widths once), costs each candidate at ``width_scale`` times
+    that width, drops those over the budget, scores the rest at that width and keeps the best
+    by :func:`_pick`. ``GROWTH_REFERENCE`` holds As-ViT's settings (``search/grow.py``: width
+    8, networks costed and built 4x wider than scored, parameters with its 1000-class head, stop
+    at 80M, never above 110M). Differences from that script: when the two best rank sums tie
+    and the length distortion decides, the higher distortion wins (the script's ``argmin``
+    keeps the lower, less expressive one); non-finite scores rank last for both proxies; a
+    starting network over the budget raises ``ValueError`` instead of growing nothing.
 
     Args:
         seed_topology: arch dict (e.g. :attr:`SearchOutcome.topology`); its kernels, splits,
@@ -475,7 +478,7 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
         score_fn: as in :func:`reinforce_search`, called on each scored (narrow) arch;
             ``None`` uses :func:`proxy_score_fn` seeded with ``seed``.
         init_width: starting stage-1 width of the scored network (default: the seed
-            topology's).
+            topology's); at least the stage-1 heads.
         size_fractions: budget fraction of each member (default ``2**-(n-1-k)``: 1/4, 1/2, 1).
         out_dir: write ``asvit_<size>.py`` (``arch = dict(...)``, ``img_size``) per member,
             the arch at ``width_scale`` times the scored width.
@@ -483,8 +486,13 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
         width_scale: members are this many times wider than the networks scored (As-ViT: 4).
         head_classes: count a classification head of this many classes in ``budget_params``
             (As-ViT: 1000); 0 counts the backbone only.
-        stop_at: stop after the first step whose member costs at least this much (As-ViT:
-            80M parameters); ``None`` grows until no candidate fits the budget.
+        stop_at: stop after the first growth step whose member costs at least this much
+            (As-ViT: 80M parameters; at least one step is taken, as there); ``None`` grows
+            until no candidate fits the budget.
+
+    Returns:
+        :class:`GrowthOutcome`; in its trajectory (and in the log's records) ``arch`` is the
+        member (``width_scale`` times wider) and ``scored`` the network the proxies scored.
     """
     if (budget_params is None) == (budget_flops is None):
         raise ValueError('give exactly one of budget_params and budget_flops, got '
@@ -511,9 +519,11 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
             b < a for a, b in zip(fractions, fractions[1:])):
         raise ValueError(f'size_fractions must be {len(sizes)} increasing values in (0, 1], '
                          f'got {fractions!r}')
+    width = init_width if init_width is not None else seed_topology['width']
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise ValueError(f'init_width must be a positive integer, got {width!r}')
     if score_fn is None:
         score_fn = proxy_score_fn(seed=seed, in_channels=in_channels)
-    width = int(init_width if init_width is not None else seed_topology['width'])
 
     def build_arch(w: int, depths: Sequence[int]) -> Dict[str, Any]:
         arch = dict(seed_topology, width=w, depths=list(depths))
@@ -542,23 +552,27 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
                   seed_topology=dict(seed_topology), init_width=width, ratios=list(ratios),
                   img_size=img_size, in_channels=in_channels, width_scale=width_scale,
                   head_classes=head_classes, stop_at=stop_at, version=2)
+    depths = [1, 1, 1, 1]
+    try:
+        start = build_arch(width, depths)
+        member = build_arch(width * width_scale, depths)
+    except ValueError as e:
+        raise ValueError(f'init_width={width}: {e}') from None
+    if cost_of(member) > budget:
+        raise ValueError(f'budget_{kind}={budget:g} is below the starting network\'s '
+                         f'{cost_of(member):g} (width {member["width"]} = init_width {width} x '
+                         f'width_scale {width_scale}, depth [1, 1, 1, 1])')
     log = _JsonLog(log_path, header, resume)
     logged = {(r['step'], r['stage'], r['ratio']): r for r in log.records
               if r.get('type') == 'candidate'}
     logger, scored = _logger(), 0
-    depths = [1, 1, 1, 1]
-    start = build_arch(width, depths)
-    member = build_arch(width * width_scale, depths)
-    if cost_of(member) > budget:
-        raise ValueError(f'budget_{kind}={budget:g} is below the starting network\'s '
-                         f'{cost_of(member):g} (width {member["width"]}, depth [1, 1, 1, 1])')
     trajectory = [dict(step=0, arch=member, cost=cost_of(member), scored=start)]
     bar = None
     if progress:
         from mmengine.utils import ProgressBar
         bar = ProgressBar()
     for step in range(1, max_steps + 1):
-        if stop_at is not None and trajectory[-1]['cost'] >= stop_at:
+        if stop_at is not None and step > 1 and trajectory[-1]['cost'] >= stop_at:
             break
         widths: List[Tuple[float, int]] = []
         for ratio in ratios:
@@ -579,7 +593,7 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
                     continue
                 rec = logged.get((step, stage, ratio))
                 if rec is not None:
-                    if rec['arch'] != arch:
+                    if rec['scored'] != arch:
                         raise ValueError(f'{log_path}: step {step} candidate (stage {stage}, '
                                          f'ratio {ratio}) logged another arch; the log is '
                                          'from another run')
@@ -588,7 +602,7 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
                     ntk, ld = _scores(score_fn, arch)
                     scored += 1
                     log.append(dict(type='candidate', step=step, stage=stage, ratio=ratio,
-                                    arch=arch, cost=cost, ntk=ntk, ld=ld))
+                                    arch=big, scored=arch, cost=cost, ntk=ntk, ld=ld))
                 cands.append(dict(stage=stage, ratio=ratio, width=new_width, depths=new_depths,
                                   arch=arch, member=big, cost=cost, ntk=ntk, ld=ld))
         if not cands:
@@ -600,7 +614,7 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
                                scored=chosen['arch']))
         if not any(r.get('type') == 'chosen' and r['step'] == step for r in log.records):
             log.append(dict(type='chosen', step=step, stage=chosen['stage'],
-                            ratio=chosen['ratio'], arch=chosen['arch'], member=chosen['member'],
+                            ratio=chosen['ratio'], arch=chosen['member'], scored=chosen['arch'],
                             cost=chosen['cost'], rank_sum=rank_sum, num_candidates=len(cands)))
         logger.info(f'growth step {step}: stage {chosen["stage"] + 1} +1 block, width x'
                     f'{1 + chosen["ratio"]:.2f} -> width {chosen["width"]} (member '
