@@ -8,7 +8,8 @@ from mmvitscale.cost import get_complexity
 from mmvitscale.models.asvit import AsViT, conv_out
 from mmvitscale.models.layers import Attention
 from mmvitscale.registry import MODELS
-from mmvitscale.search.topology import (SPACE, _pick, arch_to_genotype, asvit_flops, asvit_params,
+from mmvitscale.search.topology import (PUBLISHED_SEED, SPACE, _pick, arch_to_choices,
+                                        arch_to_genotype, asvit_flops, asvit_params,
                                         choices_to_arch, genotype_to_arch, grow_family,
                                         reinforce_search)
 
@@ -206,6 +207,9 @@ def test_search_log_and_resume_equals_uninterrupted(tmp_path):
     assert conf['heads'] == (full.topology['heads'], full.probs['heads'][
         [16, 32, 64].index(full.topology['heads'])])
     assert all(p == max(full.probs[n]) for n, (_, p) in conf.items())
+    assert len(full.history) == 30 and full.history[-1] == full.probs
+    assert arch_to_choices(full.topology) == full.choices
+    assert genotype_to_arch(arch_to_genotype(full.topology)) == full.topology
     text = (tmp_path / 'seed.py').read_text()
     assert f'# genotype: {arch_to_genotype(full.topology)}\n' in text
     assert f'heads {full.topology["heads"]} ({conf["heads"][1]:.2f})' in text
@@ -407,3 +411,19 @@ def test_grow_cli_scales_members_and_needs_a_budget(tmp_path, capsys):
     assert len(chosen) == 1 and 2.5e5 <= chosen[0]['cost'] <= 6e5  # start: 241040
     large = Config.fromfile(str(tmp_path / 'asvit_large.py'))
     assert large.arch.to_dict()['width'] == chosen[-1]['arch']['width']
+
+
+def test_search_cli_writes_seed_and_policy_plot(tmp_path):
+    tool = _search_topology_tool()
+    argv = ['search', '--steps', '3', '--work-dir', str(tmp_path), '--proxy-size', '32',
+            '--proxy-batch', '2', '--no-progress']
+    assert tool.main(argv) == 0
+    assert (tmp_path / 'search.png').stat().st_size > 10_000
+    assert len((tmp_path / 'search.jsonl').read_text().splitlines()) == 4
+    cfg = Config.fromfile(str(tmp_path / 'seed_topology.py'))
+    assert f'# genotype: {arch_to_genotype(cfg.arch.to_dict())}' in \
+        (tmp_path / 'seed_topology.py').read_text()
+    assert arch_to_choices(genotype_to_arch(PUBLISHED_SEED)) == dict(
+        tokenizer_kernel=8, down_kernel_2=4, down_kernel_3=4, down_kernel_4=4, heads=32,
+        split_1=2, split_2=1, split_3=1, mlp_ratio_1=3, mlp_ratio_2=2, mlp_ratio_3=4,
+        mlp_ratio_4=6)

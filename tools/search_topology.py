@@ -26,8 +26,10 @@ import time
 import mmvitscale  # noqa: F401  (shims before mmengine / host packages)
 from mmengine.logging import MMLogger
 
-from mmvitscale.search.topology import (GROWTH_REFERENCE, REFERENCE_PROXY_SETTINGS, grow_family,
-                                        proxy_score_fn, reinforce_search)
+from mmvitscale.search.topology import (GROWTH_REFERENCE, PUBLISHED_SEED,
+                                        REFERENCE_PROXY_SETTINGS, arch_to_choices,
+                                        arch_to_genotype, genotype_to_arch, grow_family,
+                                        plot_search, proxy_score_fn, reinforce_search)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -119,7 +121,11 @@ def main(argv=None) -> int:
                                resume=not args.no_resume, lr=args.lr, momentum=args.momentum,
                                out_path=out, progress=not args.no_progress,
                                score_settings=settings)
-        logger.info(f'seed topology: {res.topology}')
+        plot = osp.join(args.work_dir, 'search.png')
+        if res.history:
+            plot_search(res, plot, arch_to_choices(genotype_to_arch(PUBLISHED_SEED)))
+        logger.info(f'seed topology: {res.topology} ({arch_to_genotype(res.topology)}; '
+                    f'As-ViT published {PUBLISHED_SEED}); policy plot {plot}')
         logger.info('policy probability of each choice: ' + ', '.join(
             f'{name} {choice} ({p:.2f})' for name, (choice, p) in res.confidence().items()))
         logger.info(f'{res.num_scored} candidates scored now, {len(res.records)} in the log '

@@ -57,6 +57,7 @@ SPACE: Tuple[Tuple[str, Tuple[int, ...]], ...] = (
     ('mlp_ratio_4', (2, 3, 4, 5, 6)),
 )
 GROWTH_RATIOS = (0.05, 0.10, 0.15, 0.20)
+PUBLISHED_SEED = '8,2,3|4,1,2|4,1,4|4,1,6|32'  # As-ViT's seed topology (its README)
 # As-ViT's search/grow.py: scored at stage-1 width 8 (HIDDEN_DIM) and up, members 4x wider
 # (SCALE_WIDTH) with its 1000-class head, stop once a member has >= 80M parameters, none above
 # 110M (PARAM_LIM); grow_family's docstring lists where it departs from that script
@@ -72,10 +73,10 @@ REWARD_WINDOW = 20
 NETWORK_VERSION = 'asvit-2'
 ScoreFn = Callable[[Dict[str, Any]], Mapping[str, float]]
 
-__all__ = ['SPACE', 'REFERENCE_PROXY_SETTINGS', 'GROWTH_REFERENCE', 'choices_to_arch',
-           'genotype_to_arch', 'arch_to_genotype', 'proxy_score_fn', 'reinforce_search',
-           'grow_family', 'asvit_params', 'asvit_flops', 'write_arch_file', 'SearchOutcome',
-           'GrowthOutcome']
+__all__ = ['SPACE', 'REFERENCE_PROXY_SETTINGS', 'GROWTH_REFERENCE', 'PUBLISHED_SEED',
+           'choices_to_arch', 'genotype_to_arch', 'arch_to_genotype', 'arch_to_choices',
+           'proxy_score_fn', 'reinforce_search', 'plot_search', 'grow_family', 'asvit_params',
+           'asvit_flops', 'write_arch_file', 'SearchOutcome', 'GrowthOutcome']
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -87,6 +88,15 @@ def choices_to_arch(choices: Mapping[str, int], width: int = 32,
                 tokenizer_kernel=int(choices['tokenizer_kernel']),
                 down_kernels=[int(choices[f'down_kernel_{i}']) for i in range(2, 5)],
                 splits=[int(choices[f'split_{i}']) for i in range(1, 4)] + [1])
+
+
+def arch_to_choices(arch: Mapping[str, Any]) -> Dict[str, int]:
+    """Inverse of :func:`choices_to_arch` (width and depths dropped)."""
+    out = dict(tokenizer_kernel=int(arch['tokenizer_kernel']), heads=int(arch['heads']))
+    out.update({f'down_kernel_{i}': int(k) for i, k in enumerate(arch['down_kernels'], 2)})
+    out.update({f'split_{i}': int(v) for i, v in enumerate(arch['splits'][:3], 1)})
+    out.update({f'mlp_ratio_{i}': int(r) for i, r in enumerate(arch['mlp_ratios'], 1)})
+    return {name: out[name] for name, _ in SPACE}
 
 
 def genotype_to_arch(genotype: str, width: int = 32,
@@ -304,6 +314,7 @@ class SearchOutcome:
     baseline: float
     records: List[Dict[str, Any]] = field(default_factory=list)
     num_scored: int = 0  # candidates scored in this call (not taken from the log)
+    history: List[Dict[str, List[float]]] = field(default_factory=list)  # probs after each step
 
     def confidence(self) -> Dict[str, Tuple[int, float]]:
         """``{decision: (chosen option, its policy probability)}``: how settled each choice
@@ -342,6 +353,7 @@ def reinforce_search(steps: int, seed: int, score_fn: Optional[ScoreFn], log_pat
     logged = {r['step']: r for r in log.records if r.get('type') == 'candidate'}
     policy, reward_of = _Policy(SPACE, seed, lr, momentum), _Reward()
     logger, bar, scored = _logger(), None, 0
+    history: List[Dict[str, List[float]]] = []
     if progress and steps:
         from mmengine.utils import ProgressBar
         bar = ProgressBar(steps)
@@ -361,6 +373,7 @@ def reinforce_search(steps: int, seed: int, score_fn: Optional[ScoreFn], log_pat
         reward = reward_of(ntk, ld)
         baseline = policy.baseline
         advantage = policy.update(indices, reward)
+        history.append(policy.probs())
         if rec is None:
             log.append(dict(type='candidate', step=step, choices=choices, indices=indices,
                             arch=arch, ntk=ntk, ld=ld, reward=reward, baseline=baseline,
@@ -378,7 +391,8 @@ def reinforce_search(steps: int, seed: int, score_fn: Optional[ScoreFn], log_pat
     topology = choices_to_arch(best, proxy_width)
     outcome = SearchOutcome(topology, best, policy.probs(),
                             [lg.detach().tolist() for lg in policy.logits], policy.baseline,
-                            [r for r in log.records if r.get('type') == 'candidate'], scored)
+                            [r for r in log.records if r.get('type') == 'candidate'], scored,
+                            history)
     if out_path:
         write_arch_file(out_path, topology, header=[
             f'As-ViT seed topology: REINFORCE, {steps} steps, seed {seed}',
@@ -387,6 +401,40 @@ def reinforce_search(steps: int, seed: int, score_fn: Optional[ScoreFn], log_pat
                 f'{name} {choice} ({p:.2f})'
                 for name, (choice, p) in outcome.confidence().items())])
     return outcome
+
+
+def plot_search(outcome: SearchOutcome, path: str,
+                reference: Optional[Mapping[str, int]] = None) -> None:
+    """One panel per decision of :data:`SPACE`: the policy's probability of each option
+    after every step (dotted: uniform), the chosen option in bold and ``reference``'s choice
+    (e.g. As-ViT's published seed through :func:`arch_to_choices`) starred in the legend."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    from ..fileio import save_figure
+    if not outcome.history:
+        raise ValueError('plot_search: the outcome has no steps to plot')
+    steps = range(1, len(outcome.history) + 1)
+    fig, axes = plt.subplots(3, 4, figsize=(14, 8), sharex=True, sharey=True)
+    for ax, (name, opts) in zip(axes.flat, SPACE):
+        for k, opt in enumerate(opts):
+            chosen = outcome.choices[name] == opt
+            star = '*' if reference is not None and reference.get(name) == opt else ''
+            ax.plot(steps, [h[name][k] for h in outcome.history], lw=2.2 if chosen else 0.9,
+                    label=f'{opt}{star}')
+        ax.axhline(1 / len(opts), color='grey', ls=':', lw=0.8)
+        ax.set_title(f'{name} -> {outcome.choices[name]}', fontsize=9)
+        ax.legend(fontsize=7, ncol=len(opts), loc='upper left')
+        ax.set_ylim(0, 1)
+    for ax in axes[-1]:
+        ax.set_xlabel('step')
+    for ax in axes[:, 0]:
+        ax.set_ylabel('policy probability')
+    fig.suptitle(f'REINFORCE policy over {len(outcome.history)} steps '
+                 f'(bold: chosen{"; *: reference" if reference is not None else ""})')
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------- growth
