@@ -409,6 +409,7 @@ def test_grow_cli_scales_members_and_needs_a_budget(tmp_path, capsys):
     chosen = [r for r in records if r.get('type') == 'chosen']
     assert chosen and all(r['arch']['width'] == 2 * r['scored']['width'] for r in chosen)
     assert len(chosen) == 1 and 2.5e5 <= chosen[0]['cost'] <= 6e5  # start: 241040
+    assert (tmp_path / 'growth.png').stat().st_size > 10_000
     large = Config.fromfile(str(tmp_path / 'asvit_large.py'))
     assert large.arch.to_dict()['width'] == chosen[-1]['arch']['width']
 

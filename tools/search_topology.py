@@ -29,7 +29,8 @@ from mmengine.logging import MMLogger
 from mmvitscale.search.topology import (GROWTH_REFERENCE, PUBLISHED_SEED,
                                         REFERENCE_PROXY_SETTINGS, arch_to_choices,
                                         arch_to_genotype, genotype_to_arch, grow_family,
-                                        plot_search, proxy_score_fn, reinforce_search)
+                                        plot_growth, plot_search, proxy_score_fn,
+                                        reinforce_search)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -163,6 +164,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    plot_growth(res, osp.join(args.work_dir, 'growth.png'))
     for size, member in res.family.items():
         arch = member['arch']
         logger.info(f'{size:>6}: step {member["step"]:3d}  {res.cost_kind} '

@@ -75,8 +75,8 @@ ScoreFn = Callable[[Dict[str, Any]], Mapping[str, float]]
 
 __all__ = ['SPACE', 'REFERENCE_PROXY_SETTINGS', 'GROWTH_REFERENCE', 'PUBLISHED_SEED',
            'choices_to_arch', 'genotype_to_arch', 'arch_to_genotype', 'arch_to_choices',
-           'proxy_score_fn', 'reinforce_search', 'plot_search', 'grow_family', 'asvit_params',
-           'asvit_flops', 'write_arch_file', 'SearchOutcome', 'GrowthOutcome']
+           'proxy_score_fn', 'reinforce_search', 'plot_search', 'grow_family', 'plot_growth',
+           'asvit_params', 'asvit_flops', 'write_arch_file', 'SearchOutcome', 'GrowthOutcome']
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -492,6 +492,42 @@ class GrowthOutcome:
     cost_kind: str = 'params'
     budget: float = 0.0
     num_scored: int = 0
+
+
+def plot_growth(outcome: GrowthOutcome, path: str) -> None:
+    """Two panels over the growth steps: the members' cost with the family marked and the
+    budget drawn, and blocks per stage (stacked) with the stage-1 width."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    from ..fileio import save_figure
+    traj = outcome.trajectory
+    steps = [t['step'] for t in traj]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax.plot(steps, [t['cost'] for t in traj], marker='.', color='k')
+    ax.axhline(outcome.budget, color='r', ls='--', lw=0.8, label='budget')
+    for size, member in outcome.family.items():
+        ax.annotate(size, (member['step'], member['cost']), textcoords='offset points',
+                    xytext=(-10, 8), fontsize=8, color='C3')
+        ax.plot(member['step'], member['cost'], 'o', color='C3')
+    ax.set_xlabel('growth step')
+    ax.set_ylabel(outcome.cost_kind)
+    ax.legend(fontsize=8)
+    bottom = [0] * len(traj)
+    for stage in range(4):
+        depth = [t['arch']['depths'][stage] for t in traj]
+        bx.bar(steps, depth, bottom=bottom, label=f'stage {stage + 1}')
+        bottom = [b + d for b, d in zip(bottom, depth)]
+    bx.set_xlabel('growth step')
+    bx.set_ylabel('blocks')
+    wx = bx.twinx()
+    wx.plot(steps, [t['arch']['width'] for t in traj], color='k', marker='.', label='width')
+    wx.set_ylabel('stage-1 width of the member')
+    bx.legend(fontsize=8, loc='upper left')
+    fig.suptitle(f'growth: {len(traj) - 1} steps, {outcome.num_scored} candidates scored now')
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float] = None,
