@@ -428,3 +428,33 @@ def test_search_cli_writes_seed_and_policy_plot(tmp_path):
         tokenizer_kernel=8, down_kernel_2=4, down_kernel_3=4, down_kernel_4=4, heads=32,
         split_1=2, split_2=1, split_3=1, mlp_ratio_1=3, mlp_ratio_2=2, mlp_ratio_3=4,
         mlp_ratio_4=6)
+
+
+# ---------------------------------------------------------------------------- shipped results
+def _shipped(path: str) -> str:
+    import os.path as osp
+    return osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), path)
+
+
+def test_shipped_search_log_replays_to_the_shipped_seed(tmp_path):
+    """data/asvit_search: the README's seed topology is what its log gives, with no scoring."""
+    import shutil
+    from mmvitscale.search.topology import NETWORK_VERSION, REFERENCE_PROXY_SETTINGS
+    log = tmp_path / 'search.jsonl'
+    shutil.copy(_shipped('data/asvit_search/search.jsonl'), log)
+    lines = log.read_text().splitlines()
+    header = json.loads(lines[0])
+    assert header['network'] == NETWORK_VERSION
+    assert header['score_settings'] == json.loads(json.dumps(REFERENCE_PROXY_SETTINGS))
+    steps = sum(json.loads(line)['type'] == 'candidate' for line in lines[1:])
+
+    def never(arch):
+        raise AssertionError(f'scored {arch} instead of replaying it')
+
+    res = reinforce_search(steps, header['seed'], never, str(log), progress=False,
+                           score_settings=REFERENCE_PROXY_SETTINGS)
+    shipped = _shipped('data/asvit_search/seed_topology.py')
+    assert Config.fromfile(shipped).arch.to_dict() == res.topology
+    text = open(shipped, encoding='utf-8').read()
+    assert f'REINFORCE, {steps} steps, seed 0' in text
+    assert f'# genotype: {arch_to_genotype(res.topology)}\n' in text
