@@ -458,3 +458,29 @@ def test_shipped_search_log_replays_to_the_shipped_seed(tmp_path):
     text = open(shipped, encoding='utf-8').read()
     assert f'REINFORCE, {steps} steps, seed 0' in text
     assert f'# genotype: {arch_to_genotype(res.topology)}\n' in text
+
+
+def test_shipped_growth_log_replays_its_steps(tmp_path):
+    """data/asvit_growth: every logged growth step is what the log's candidates pick, replayed
+    with no scoring (the run is partial; the same command resumes it)."""
+    import shutil
+    from mmvitscale.search.topology import GROWTH_REFERENCE, REFERENCE_PROXY_SETTINGS
+    log = tmp_path / 'growth.jsonl'
+    shutil.copy(_shipped('data/asvit_growth/growth.jsonl'), log)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    header, chosen = records[0], [r for r in records if r['type'] == 'chosen']
+    assert header['score_settings'] == json.loads(json.dumps(REFERENCE_PROXY_SETTINGS))
+    assert header['seed_topology'] == Config.fromfile(
+        _shipped('data/asvit_search/seed_topology.py')).arch.to_dict()
+    assert chosen and [r['step'] for r in chosen] == list(range(1, len(chosen) + 1))
+
+    def never(arch):
+        raise AssertionError(f'scored {arch} instead of replaying it')
+
+    res = grow_family(header['seed_topology'], seed=header['seed'], log_path=str(log),
+                      score_fn=never, ratios=header['ratios'], img_size=header['img_size'],
+                      max_steps=len(chosen), sizes=('first', ), progress=False,
+                      score_settings=REFERENCE_PROXY_SETTINGS, **GROWTH_REFERENCE)
+    assert [t['arch'] for t in res.trajectory[1:]] == [r['arch'] for r in chosen]
+    assert [t['cost'] for t in res.trajectory[1:]] == [r['cost'] for r in chosen]
+    assert log.read_text() == open(_shipped('data/asvit_growth/growth.jsonl')).read()
