@@ -585,10 +585,10 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
     budget = float(budget_params if budget_params is not None else budget_flops)
     if not budget > 0:
         raise ValueError(f'budget_{kind} must be positive, got {budget!r}')
-    for name, value in (('width_scale', width_scale), ('head_classes', head_classes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < (name == 'width_scale'):
-            raise ValueError(f'{name} must be an integer >= {int(name == "width_scale")}, '
-                             f'got {value!r}')
+    for name, value, least in (('width_scale', width_scale, 1),
+                               ('head_classes', head_classes, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f'{name} must be an integer >= {least}, got {value!r}')
     if head_classes and kind != 'params':
         raise ValueError(f'head_classes={head_classes} counts parameters; it needs '
                          'budget_params, not budget_flops')
@@ -688,21 +688,21 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
                     log.append(dict(type='candidate', step=step, stage=stage, ratio=ratio,
                                     arch=big, scored=arch, cost=cost, ntk=ntk, ld=ld))
                 cands.append(dict(stage=stage, ratio=ratio, width=new_width, depths=new_depths,
-                                  arch=arch, member=big, cost=cost, ntk=ntk, ld=ld))
+                                  arch=big, scored=arch, cost=cost, ntk=ntk, ld=ld))
         if not cands:
             break
         best, rank_sum = _pick(cands)
         chosen = cands[best]
         width, depths = chosen['width'], chosen['depths']
-        trajectory.append(dict(step=step, arch=chosen['member'], cost=chosen['cost'],
-                               scored=chosen['arch']))
+        trajectory.append(dict(step=step, arch=chosen['arch'], cost=chosen['cost'],
+                               scored=chosen['scored']))
         if not any(r.get('type') == 'chosen' and r['step'] == step for r in log.records):
             log.append(dict(type='chosen', step=step, stage=chosen['stage'],
-                            ratio=chosen['ratio'], arch=chosen['member'], scored=chosen['arch'],
+                            ratio=chosen['ratio'], arch=chosen['arch'], scored=chosen['scored'],
                             cost=chosen['cost'], rank_sum=rank_sum, num_candidates=len(cands)))
         logger.info(f'growth step {step}: stage {chosen["stage"] + 1} +1 block, width x'
                     f'{1 + chosen["ratio"]:.2f} -> width {chosen["width"]} (member '
-                    f'{chosen["member"]["width"]}), depths {chosen["depths"]}, {kind} '
+                    f'{chosen["arch"]["width"]}), depths {chosen["depths"]}, {kind} '
                     f'{chosen["cost"]:.4g} / {budget:.4g}')
         if bar is not None:
             bar.update()
