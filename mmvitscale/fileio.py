@@ -44,6 +44,15 @@ def atomic_write(path: str, data: Union[str, bytes], mode: int = 0o644) -> None:
             os.fsync(f.fileno())
 
 
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend: the tools write PNGs and never
+    open a window, so a headless machine (CI, a cluster node) plots the same as a laptop."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def save_figure(fig: Any, path: str, dpi: int = 110) -> None:
     """``fig.savefig`` as a PNG, atomically; closes the figure."""
     import matplotlib.pyplot as plt

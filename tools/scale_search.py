@@ -28,7 +28,6 @@ ranked), ``pareto.png`` (score vs cost, the Pareto front highlighted); the winne
 import argparse
 import datetime
 import json
-import math
 import os
 import os.path as osp
 import sys
@@ -40,11 +39,13 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mmvitscale.cost.predictor import atomic_write
+from mmvitscale.fileio import atomic_write
 from mmvitscale.families import get_family
+from mmvitscale.experiments.report import write_json
 from mmvitscale.search.scale_search import (ATTN_TYPES, COSTS, DEFAULT_GRIDS, FAMILIES, SCORERS,
-                                            UNITS, BaseSpec, BudgetError, Candidate, SearchResult,
-                                            check_grids, check_rule_path, run_search,
+                                            UNITS, BaseSpec, BudgetError, SearchResult, arch_text,
+                                            candidates_markdown, check_grids, check_rule_path,
+                                            cost_text, measured_markdown, plot_pareto, run_search,
                                             write_rule_file)
 
 FMNIST_ARCH = dict(embed_dims=64, num_layers=6, num_heads=2, mlp_ratio=4.0)
@@ -181,79 +182,6 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f'--grid / --arch: {err}') from None
 
 
-def _cost_text(c: Candidate, kind: str) -> str:
-    return f'{c.flops / 1e9:.4f}' if kind == 'flops' else f'{c.latency_ms:.3f}'
-
-
-def _arch_text(arch: Dict[str, Any]) -> str:
-    if 'embed_dims' in arch:
-        return (f'D={arch["embed_dims"]} L={arch["num_layers"]} H={arch["num_heads"]} '
-                f'r={arch["mlp_ratio"]:g} {arch["img_size"][0]}px p={arch["patch_size"]}')
-    return (f'dims={arch["base_dims"]} depths={arch["depths"]} heads={arch["heads"]} '
-            f'r={arch["mlp_ratio"]:g} {arch["img_size"][0]}px p={arch["patch_size"]}/'
-            f'{arch["patch_stride"]}')
-
-
-def markdown(result: SearchResult, header: str) -> str:
-    front = {id(c) for c in result.front}
-    unit = UNITS[result.cost]
-    lines = [f'# {header}', '', f'| rank | scaling | architecture | {result.cost} ({unit}) | '
-             'GFLOPs | score | NTK cond. | length dist. | Pareto |',
-             '|---:|---|---|---:|---:|---:|---:|---:|:---:|']
-    for i, c in enumerate(result.ranked, 1):
-        m = c.metrics
-        ntk = f'{m["ntk_condition"]:.4g}' if 'ntk_condition' in m else ''
-        ld = f'{m["length_distortion"]:.4g}' if 'length_distortion' in m else ''
-        lines.append(f'| {i} | `{c.rule}` | {_arch_text(c.arch)} | {_cost_text(c, result.cost)}'
-                     f' | {c.flops / 1e9:.4f} | {c.score:.4g} | {ntk} | {ld} | '
-                     f'{"*" if id(c) in front else ""} |')
-    return '\n'.join(lines) + '\n'
-
-
-def measured_markdown(measured, budget_ms: float) -> str:
-    """Predicted vs measured table of the --measure-winners check ('' without one)."""
-    if not measured:
-        return ''
-    m0 = measured[0]
-    clock = '' if m0.get('clock', 'wall') == 'wall' else f", {m0['clock']} clock"
-    lines = ['', f"## Predicted vs measured ({m0['backend']}, {m0['threads']} thread(s)"
-             f'{clock}, budget {budget_ms:g} ms)', '',
-             '| rank | architecture | predicted ms | measured ms (p10-p90) | error % | '
-             'noise % | meets budget |', '|---:|---|---:|---|---:|---:|:---:|']
-    for i, m in enumerate(measured, 1):
-        lines.append(f"| {i} | {_arch_text(m['arch'])} | {m['predicted_ms']:.2f} | "
-                     f"{m['measured_ms']:.2f} ({m['p10_ms']:.2f}-{m['p90_ms']:.2f}) | "
-                     f"{m['error_pct']:+.1f} | {m['noise_pct']:.1f} | "
-                     f"{'yes' if m['meets_budget'] else 'no'} |")
-    return '\n'.join(lines) + '\n'
-
-
-def plot(path: str, result: SearchResult) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    scale = 1e-9 if result.cost == 'flops' else 1.0
-    xs = [c.cost(result.cost) * scale for c in result.ranked]
-    ys = [c.score for c in result.ranked]
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.scatter(xs, ys, s=10, alpha=0.4, label='feasible candidates')
-    fx = [c.cost(result.cost) * scale for c in result.front]
-    ax.plot(fx, [c.score for c in result.front], 'r.-', label='Pareto front')
-    w = result.winner
-    ax.scatter([w.cost(result.cost) * scale], [w.score], marker='*', s=150, c='gold',
-               edgecolors='k', zorder=3, label='winner')
-    ax.axvline(result.budget * scale, color='k', ls='--', lw=0.8, label='budget')
-    ax.set(xscale='log', xlabel=f'{result.cost} ({UNITS[result.cost]}, log)',
-           ylabel=f'score ({result.scorer})',
-           title=f'{len(result.ranked)} feasible of {result.num_enumerated} candidates')
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path + '.tmp.png'
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> SearchResult:
     args = parse_args(argv)
     if args.threads:
@@ -295,7 +223,7 @@ def main(argv=None) -> SearchResult:
                 rounds=args.measure_rounds, clock=setting['clock'],
                 progress=lambda d, t: progress.update(task, completed=d))
         for i, m in enumerate(measured, 1):
-            console.print(f"#{i} {_arch_text(m['arch'])}: predicted {m['predicted_ms']:.2f} ms, "
+            console.print(f"#{i} {arch_text(m['arch'])}: predicted {m['predicted_ms']:.2f} ms, "
                           f"measured {m['measured_ms']:.2f} ms (p10-p90 {m['p10_ms']:.2f}-"
                           f"{m['p90_ms']:.2f}, error {m['error_pct']:+.1f}%), meets "
                           f"{args.budget:g} ms: {'yes' if m['meets_budget'] else 'NO'}")
@@ -313,7 +241,7 @@ def main(argv=None) -> SearchResult:
               + (f'; attention types searched: {", ".join(args.attn_types)} (linear_angular '
                  f'costed with linear_kernel_size={args.linear_kernel_size})'
                  if args.attn_types else ''),
-              f'winner: {_arch_text(w.arch)}'
+              f'winner: {arch_text(w.arch)}'
               + (f', {w.attn_type} attention' if args.attn_types else '')
               + f', {w.flops / 1e9:.4f} GFLOPs'
               + (f', {w.latency_ms:.3f} ms predicted' if w.latency_ms is not None else '')
@@ -333,28 +261,17 @@ def main(argv=None) -> SearchResult:
                    winner=w.as_dict(), measured=measured,
                    pareto=[c.as_dict() for c in result.front],
                    candidates=[c.as_dict() for c in result.ranked])
-    atomic_write(osp.join(args.work_dir, 'candidates.json'),
-                 json.dumps(_finite(summary), indent=1) + '\n')
+    write_json(osp.join(args.work_dir, 'candidates.json'), summary)
     atomic_write(osp.join(args.work_dir, 'candidates.md'),
-                 markdown(result, f'Scaling search: {args.cost} <= {budget_text}, '
-                          f'scorer {args.scorer}') + measured_markdown(measured, args.budget))
-    plot(osp.join(args.work_dir, 'pareto.png'), result)
+                 candidates_markdown(result, f'Scaling search: {args.cost} <= {budget_text}, '
+                                     f'scorer {args.scorer}')
+                 + measured_markdown(measured, args.budget))
+    plot_pareto(osp.join(args.work_dir, 'pareto.png'), result)
     console.print(f'{len(result.ranked)} feasible of {result.num_enumerated} candidates scored '
-                  f'in {elapsed:.1f} s; winner {w.rule} ({_arch_text(w.arch)}, '
-                  f'{_cost_text(w, args.cost)} {UNITS[args.cost]}) -> {args.out_rule}; '
+                  f'in {elapsed:.1f} s; winner {w.rule} ({arch_text(w.arch)}, '
+                  f'{cost_text(w, args.cost)} {UNITS[args.cost]}) -> {args.out_rule}; '
                   f'tables and Pareto plot in {args.work_dir}')
     return result
-
-
-def _finite(obj: Any) -> Any:
-    """JSON-safe copy: non-finite floats (a singular NTK's inf) become strings."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    return obj
 
 
 if __name__ == '__main__':

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..fileio import save_figure
+from ..fileio import pyplot, save_figure
 from .calibration import within
 from .predictor import arch_from_dict, make_predictor, mape
 
@@ -300,9 +300,7 @@ def markdown(results: Mapping[Tuple[str, str], Mapping[str, Any]],
 def plot_scatter(path: str, results: Mapping[Tuple[str, str], Mapping[str, Any]],
                  data: Mapping[Tuple[str, str], Mapping[str, Any]]) -> None:
     """Predicted vs measured, one panel per (setting, run), both predictor kinds."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     keys = list(results)
     cols = min(4, len(keys))
     rows = (len(keys) + cols - 1) // cols
@@ -335,9 +333,7 @@ def plot_scatter(path: str, results: Mapping[Tuple[str, str], Mapping[str, Any]]
 
 def plot_calibration(path: str, calibration: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
     """Held-out MAPE against calibration samples, one panel per source -> target pair."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     pairs = list(calibration)
     fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 3.6), squeeze=False)
     for ax, pair in zip(axes.ravel(), pairs):

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..fileio import atomic_write, save_figure
+from ..fileio import atomic_write, pyplot, save_figure
 from ..errors import InputError
 from ..search.rule_sampling import sample_grid_rules
 from ..search.scale_search import BaseSpec, write_rule_file
@@ -363,9 +363,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
 
 def plot(report: Mapping[str, Any], path: str) -> None:
     """Accuracy against each proxy and the combined score (colour: depth), saved at ``path``."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     runs, corr = report['runs'], report['correlation']
     acc = [r['accuracy'] for r in runs]
     sc = proxy_scores([r['ntk_condition'] for r in runs], [r['length_distortion'] for r in runs])

@@ -10,7 +10,7 @@ import math
 import os.path as osp
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from ..fileio import atomic_write, save_figure
+from ..fileio import atomic_write, pyplot, save_figure
 from . import stats
 
 SOURCE_WORDS = dict(better='beats the baseline', worse='worse than the baseline',
@@ -365,9 +365,7 @@ def family_bar(ax: Any, c: Mapping[str, Any], y: float) -> None:
 
 def plot(summary: Mapping[str, Any], path: str) -> None:
     """Per task: arm means with 95% error bars, and paired differences to the baseline."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     tasks = summary['tasks']
     fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 3.2 * len(tasks)), squeeze=False)
     for row, task in zip(axes, tasks):

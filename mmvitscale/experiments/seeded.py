@@ -21,7 +21,7 @@ import os.path as osp
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..fileio import save_figure
+from ..fileio import pyplot, save_figure
 from . import stats
 from .report import corrected, family_bar, json_safe, machine_summary
 from .store import ResultStore
@@ -288,9 +288,7 @@ def arms_markdown(summary: Mapping[str, Any], extra: Sequence[Tuple[str, str, in
 def plot_arms(summary: Mapping[str, Any], path: str, title: str = '') -> None:
     """Per metric: arm means with 95% error bars and the per-seed values (left), paired
     differences / savings with 95% error bars, coloured by verdict (right)."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     metrics = summary['metrics']
     fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 2.2 + 1.0 * len(summary['arms'])
                                                        * len(metrics)), squeeze=False)

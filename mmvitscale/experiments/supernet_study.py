@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..fileio import atomic_path, atomic_write, save_figure
+from ..fileio import atomic_path, atomic_write, pyplot, save_figure
 from ..errors import InputError
 from ..search.supernet import (SlicedViT, SubnetArch, ViTClassifier, evaluate, prepare_images,
                                resize, score_subnets, search_space, train_model, train_supernet)
@@ -341,9 +341,7 @@ def to_markdown(report: Mapping[str, Any]) -> str:
 def plot(report: Mapping[str, Any], path: str) -> None:
     """Scratch against shared-weight accuracy, one labelled point per subnet, saved at
     ``path`` (needs the from-scratch results)."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     xs = [s['accuracy'] for s in report['subnets']]
     ys = [s['scratch_accuracy'] for s in report['subnets']]
     fig, ax = plt.subplots(figsize=(6, 5))

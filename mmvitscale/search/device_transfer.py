@@ -27,7 +27,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import InputError
-from ..fileio import atomic_write, save_figure
+from ..fileio import atomic_write, pyplot, save_figure
 STATS = ('median_ms', 'p10_ms', 'min_ms', 'mean_ms')
 REDUCE = ('min', 'median')
 
@@ -540,9 +540,7 @@ def plot_report(report: Mapping[str, Any], path: str,
 
     ``scatter`` names the two settings; default the pair with the lowest tau. Returns it.
     """
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     names = report['tau_matrix']['names']
     tau = np.array(report['tau_matrix']['values'], dtype=np.float64)
     a, b = scatter or _pick_scatter(report)

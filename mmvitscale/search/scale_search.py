@@ -17,6 +17,7 @@ Pipeline (:func:`run_search`):
    backbone built with ``final_norm=False`` / ``out_type='avg_featmap'`` (a final LayerNorm makes
    the summed-feature NTK degenerate, see :mod:`.proxies`) at the candidate's own resolution.
 4. :func:`rank_candidates` and :func:`pareto_front` (lowest cost, highest score).
+5. Reports: :func:`candidates_markdown`, :func:`measured_markdown`, :func:`plot_pareto`.
 
 Attention type as a search dimension: ``attn_types=('softmax', 'linear_angular')`` crosses the
 multiplier grids with the attention types; each candidate's rule then carries ``attn_type``
@@ -37,6 +38,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 # implementation lives with the study statistics; re-exported here)
 from ..experiments.stats import ranks  # noqa: F401
 from ..families import family_names, get_family
+from ..fileio import atomic_write, pyplot, save_figure
 from ..rules import _plain
 
 FAMILIES = family_names('image', searchable=True)  # families with a multiplier grid
@@ -347,7 +349,6 @@ def check_rule_path(path: str, flag: str = 'rule file') -> str:
 
 def write_rule_file(path: str, rule: Mapping[str, Any], header: Sequence[str] = ()) -> str:
     """Write :func:`rule_file_text` atomically at ``path``; returns ``path``."""
-    from ..cost.predictor import atomic_write
     from ..scaling import PIT_RULE_KEYS
     check_rule_path(path)
     unknown = sorted(set(rule) - PIT_RULE_KEYS - {'attn_type'})
@@ -473,3 +474,76 @@ def measure_candidates(cands: Sequence[Candidate], base: BaseSpec, budget_ms: fl
                         meets_budget=bool(r['median_ms'] <= budget_ms), backend=backend,
                         threads=threads, clock=clock, cpus=pin['cpus']))
     return out
+
+
+# ---------------------------------------------------------------------------- reports
+def cost_text(c: Candidate, kind: str) -> str:
+    """A candidate's cost as the tables print it: GFLOPs to 4 places, or ms to 3."""
+    return f'{c.flops / 1e9:.4f}' if kind == 'flops' else f'{c.latency_ms:.3f}'
+
+
+def arch_text(arch: Mapping[str, Any]) -> str:
+    """One line for a candidate's architecture (ViT: D/L/H/r/px/p; PiT: dims/depths/heads)."""
+    if 'embed_dims' in arch:
+        return (f'D={arch["embed_dims"]} L={arch["num_layers"]} H={arch["num_heads"]} '
+                f'r={arch["mlp_ratio"]:g} {arch["img_size"][0]}px p={arch["patch_size"]}')
+    return (f'dims={arch["base_dims"]} depths={arch["depths"]} heads={arch["heads"]} '
+            f'r={arch["mlp_ratio"]:g} {arch["img_size"][0]}px p={arch["patch_size"]}/'
+            f'{arch["patch_stride"]}')
+
+
+def candidates_markdown(result: SearchResult, header: str) -> str:
+    """Every feasible candidate ranked, with its cost, score, proxies and Pareto mark."""
+    front = {id(c) for c in result.front}
+    unit = UNITS[result.cost]
+    lines = [f'# {header}', '', f'| rank | scaling | architecture | {result.cost} ({unit}) | '
+             'GFLOPs | score | NTK cond. | length dist. | Pareto |',
+             '|---:|---|---|---:|---:|---:|---:|---:|:---:|']
+    for i, c in enumerate(result.ranked, 1):
+        m = c.metrics
+        ntk = f'{m["ntk_condition"]:.4g}' if 'ntk_condition' in m else ''
+        ld = f'{m["length_distortion"]:.4g}' if 'length_distortion' in m else ''
+        lines.append(f'| {i} | `{c.rule}` | {arch_text(c.arch)} | {cost_text(c, result.cost)}'
+                     f' | {c.flops / 1e9:.4f} | {c.score:.4g} | {ntk} | {ld} | '
+                     f'{"*" if id(c) in front else ""} |')
+    return '\n'.join(lines) + '\n'
+
+
+def measured_markdown(measured: Sequence[Mapping[str, Any]], budget_ms: float) -> str:
+    """Predicted vs measured table of the --measure-winners check ('' without one)."""
+    if not measured:
+        return ''
+    m0 = measured[0]
+    clock = '' if m0.get('clock', 'wall') == 'wall' else f", {m0['clock']} clock"
+    lines = ['', f"## Predicted vs measured ({m0['backend']}, {m0['threads']} thread(s)"
+             f'{clock}, budget {budget_ms:g} ms)', '',
+             '| rank | architecture | predicted ms | measured ms (p10-p90) | error % | '
+             'noise % | meets budget |', '|---:|---|---:|---|---:|---:|:---:|']
+    for i, m in enumerate(measured, 1):
+        lines.append(f"| {i} | {arch_text(m['arch'])} | {m['predicted_ms']:.2f} | "
+                     f"{m['measured_ms']:.2f} ({m['p10_ms']:.2f}-{m['p90_ms']:.2f}) | "
+                     f"{m['error_pct']:+.1f} | {m['noise_pct']:.1f} | "
+                     f"{'yes' if m['meets_budget'] else 'no'} |")
+    return '\n'.join(lines) + '\n'
+
+
+def plot_pareto(path: str, result: SearchResult) -> None:
+    """``pareto.png``: score vs cost of the feasible candidates, the front and the winner."""
+    plt = pyplot()
+    scale = 1e-9 if result.cost == 'flops' else 1.0
+    xs = [c.cost(result.cost) * scale for c in result.ranked]
+    ys = [c.score for c in result.ranked]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.scatter(xs, ys, s=10, alpha=0.4, label='feasible candidates')
+    fx = [c.cost(result.cost) * scale for c in result.front]
+    ax.plot(fx, [c.score for c in result.front], 'r.-', label='Pareto front')
+    w = result.winner
+    ax.scatter([w.cost(result.cost) * scale], [w.score], marker='*', s=150, c='gold',
+               edgecolors='k', zorder=3, label='winner')
+    ax.axvline(result.budget * scale, color='k', ls='--', lw=0.8, label='budget')
+    ax.set(xscale='log', xlabel=f'{result.cost} ({UNITS[result.cost]}, log)',
+           ylabel=f'score ({result.scorer})',
+           title=f'{len(result.ranked)} feasible of {result.num_enumerated} candidates')
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=120)

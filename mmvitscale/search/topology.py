@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..fileio import atomic_write
+from ..fileio import atomic_write, pyplot, save_figure
 from ..models.asvit import AsViT, asvit_flops, asvit_params, make_asvit_arch, stage_heads
 
 SPACE: Tuple[Tuple[str, Tuple[int, ...]], ...] = (
@@ -408,11 +408,8 @@ def plot_search(outcome: SearchOutcome, path: str,
     """One panel per decision of :data:`SPACE`: the policy's probability of each option
     after every step (dotted: uniform), the chosen option in bold and ``reference``'s choice
     (e.g. As-ViT's published seed through :func:`arch_to_choices`) starred in the legend."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
-    from ..fileio import save_figure
     if not outcome.history:
         raise ValueError('plot_search: the outcome has no steps to plot')
     steps = range(1, len(outcome.history) + 1)
@@ -497,11 +494,8 @@ class GrowthOutcome:
 def plot_growth(outcome: GrowthOutcome, path: str) -> None:
     """Two panels over the growth steps: the members' cost with the family marked and the
     budget drawn, and blocks per stage (stacked) with the stage-1 width."""
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
-    from ..fileio import save_figure
     traj = outcome.trajectory
     steps = [t['step'] for t in traj]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.5))
