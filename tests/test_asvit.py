@@ -12,6 +12,7 @@ from mmvitscale.search.topology import (PUBLISHED_SEED, SPACE, _pick, arch_to_ch
                                         arch_to_genotype, asvit_flops, asvit_params,
                                         choices_to_arch, genotype_to_arch, grow_family,
                                         reinforce_search)
+from scripts import load_script
 
 ARCH = dict(width=16, depths=(1, 2, 1, 1), heads=16, mlp_ratios=(2, 3, 4, 2),
             tokenizer_kernel=7, down_kernels=(3, 4, 2), splits=(4, 2, 2, 1))
@@ -380,14 +381,7 @@ def test_growth_flops_budget(tmp_path):
 
 
 def _search_topology_tool():
-    import importlib.util
-    import os.path as osp
-    path = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools',
-                    'search_topology.py')
-    spec = importlib.util.spec_from_file_location('search_topology_tool', path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
+    return load_script('tools/search_topology.py')
 
 
 def test_grow_cli_scales_members_and_needs_a_budget(tmp_path, capsys):

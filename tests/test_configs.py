@@ -10,6 +10,7 @@ from mmengine.config import Config
 from mmvitscale.cost import get_complexity
 from mmvitscale.models import ScaledViT
 from mmvitscale.rules import derive_detection, derive_image, rescale_pipeline
+from scripts import load_script
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CFG = osp.join(ROOT, 'configs')
@@ -270,11 +271,7 @@ def test_offline_configs_train_and_evaluate(task, offline_data, tmp_path):
 
 
 def test_train_script_rule_flag_swaps_the_rule(monkeypatch):
-    import importlib.util
-    path = osp.join(ROOT, 'tools', 'train.py')
-    spec = importlib.util.spec_from_file_location('train_tool', path)
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
+    train = load_script('tools/train.py')
     seen = {}
 
     class FakeRunner:

@@ -1,5 +1,4 @@
 """Device-transfer report: Kendall tau, rankings / winners on synthetic tables, CLI errors."""
-import importlib.util
 import json
 import os.path as osp
 
@@ -10,16 +9,13 @@ from scipy import stats
 from mmvitscale.cost.latency_table import append_rows, fingerprint_id
 from mmvitscale.search.device_transfer import (TransferError, collect, kendall_tau,
                                                transfer_report)
+from scripts import load_script
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location(
-        'device_transfer_tool', osp.join(ROOT, 'tools', 'device_transfer.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script('tools/device_transfer.py')
 
 
 def _fp(backend, device='cpu'):

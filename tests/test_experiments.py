@@ -1,6 +1,5 @@
 """Experiments layer: statistics against scipy, verdicts, the results store, resume after
 SIGKILL, parallel == sequential, and the transfer tool end to end on a tiny study."""
-import importlib.util
 import json
 import math
 import os
@@ -19,6 +18,7 @@ from mmvitscale.experiments import (ResultStore, StoreError, kendall_tau, paired
                                     verdict)
 from mmvitscale.experiments.stats import Interval
 from mmvitscale.experiments.trial import Trial
+from scripts import load_script
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOL = osp.join(ROOT, 'tools', 'transfer.py')
@@ -493,10 +493,7 @@ def test_killed_study_resumes_and_parallel_matches_sequential(tiny, tmp_path):
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location('transfer_tool', TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script('tools/transfer.py')
 
 
 def test_transfer_tool_rejects_bad_input_before_any_work(tmp_path):
@@ -625,10 +622,7 @@ def test_agreement_of_two_runs_counts_verdicts_and_opposites(tmp_path):
 
 
 def test_study_agreement_tool(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location(
-        'study_agreement', osp.join(ROOT, 'tools', 'analysis', 'study_agreement.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script('tools/analysis/study_agreement.py')
     a = dict(baseline='base', comparisons=[_comp('cls', 'r1', 0.5, 0.1, 0.9, 'better', [0])])
     b = dict(baseline='base', comparisons=[_comp('cls', 'r1', 0.1, -0.3, 0.5, 'inconclusive',
                                                  [1])])
@@ -670,10 +664,7 @@ def test_expected_agreement_resamples_a_pooled_report(tmp_path, capsys):
     with pytest.raises(ValueError, match=r'seeds_per_run must be an integer in \[2, 4\] for a '
                        r'report with 8 seeds, got 5'):
         expected_agreement(pooled, 5)
-    spec = importlib.util.spec_from_file_location(
-        'study_agreement', osp.join(ROOT, 'tools', 'analysis', 'study_agreement.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script('tools/analysis/study_agreement.py')
     (tmp_path / 'pooled.json').write_text(json.dumps(pooled))
     out = tool.main([str(tmp_path / 'pooled.json'), '--seeds-per-run', '3', '4',
                      '--draws', '20', '--out', str(tmp_path / 'e.md')])

@@ -2,7 +2,6 @@
 
 Synthetic tables only: no test asserts on measured timings.
 """
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -23,6 +22,7 @@ from mmvitscale.cost.latency_table import (fingerprint_id, make_row, read_datase
 from mmvitscale.cost.predictor import (KernelLatencyPredictor, LatencyPredictor,
                                        arch_from_dict, load_predictor, make_predictor)
 from mmvitscale.scaling import make_pit_arch, make_vit_arch
+from scripts import load_script
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # known per-kernel costs (ms per unit of each KERNEL_FEATURES term)
@@ -32,11 +32,7 @@ FP = dict(device='Test CPU', device_type='cpu', threads=1, torch='2.x', onnxrunt
 
 
 def _tool(name):
-    spec = importlib.util.spec_from_file_location(
-        name, osp.join(ROOT, 'tools', 'analysis', f'{name}.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f'tools/analysis/{name}.py')
 
 
 def _vits():
@@ -416,10 +412,7 @@ def test_device_transfer_noise_floor_column():
 
 # ---------------------------------------------------------------------------- search check
 def test_scale_search_measures_its_winners(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location('scale_search_tool',
-                                                  osp.join(ROOT, 'tools', 'scale_search.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script('tools/scale_search.py')
     vits = _vits()
     pred = KernelLatencyPredictor(dict(fingerprint=dict(FP, threads=1)))
     pred.fit(vits, _synthetic_latency(vits))

@@ -1,19 +1,14 @@
 """Reference classifiers of the cls task (logistic regression, small CNN) and their benchmark."""
-import importlib.util
 import json
-import os.path as osp
 
 import pytest
 import torch
 
 from mmvitscale.experiments.references import build_reference, train_reference
 from mmvitscale.experiments.stats import t_interval
+from scripts import load_script
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location('cls_references',
-                                               osp.join(ROOT, 'benchmarks', 'cls_references.py'))
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load_script('benchmarks/cls_references.py')
 
 
 @pytest.mark.parametrize('kind,params', [('logistic', 28 * 28 * 10 + 10),

@@ -1,26 +1,20 @@
 """Seeded arm studies (mmvitscale.experiments.seeded) and the two tools built on them:
 tools/analysis/castling_accuracy.py and tools/analysis/retokenization_study.py (seeds, paired
 differences, intervals, verdicts, the results store on rerun)."""
-import importlib.util
 import json
-import os.path as osp
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
 from mmvitscale.experiments import seeded
+from scripts import load_script
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TOOLS = osp.join(ROOT, 'tools', 'analysis')
 VERDICTS = {'better', 'worse', 'inconclusive'}
 
 
 def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(f'{name}_tool', osp.join(TOOLS, f'{name}.py'))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script(f'tools/analysis/{name}.py')
 
 
 def _row(arm, seed, top1, train_s=10.0):

@@ -5,7 +5,6 @@ and started in a temporary folder by ``tests/slurm_cluster.py`` (own slurm.conf,
 key; daemons stopped at teardown). Where it cannot be started the cluster tests skip with the
 reason, and fail under ``CI=true``.
 """
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -18,6 +17,7 @@ from typing import Dict, List
 import pytest
 
 from mmvitscale import compat
+from scripts import load_script
 from slurm_cluster import SlurmCluster, SlurmUnavailable
 from test_trainers import (  # noqa: F401  (fmnist_root, probe_dir: fixtures)
     BATCH, ROOT, TRAIN_N, ckpt_digest, fmnist_root, free_port, probe_dir, run, samples,
@@ -282,10 +282,7 @@ def study(fmnist_root, tmp_path_factory):  # noqa: F811
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location('transfer_tool', TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script('tools/transfer.py')
 
 
 def test_study_dry_run_prints_the_job_array(study, tmp_path, capfd):

@@ -1,6 +1,5 @@
 """Weight-sharing supernet scorer: slicing rules, exactness of extraction, the study's pieces
 (subnet choice, input checks, Kendall tau, report), tiny end-to-end."""
-import importlib.util
 import json
 import math
 import os.path as osp
@@ -20,9 +19,8 @@ from mmvitscale.search.supernet import (SlicedViT, SubnetArch, ViTClassifier, bu
                                         check_subnet, extract_subnet, pick_subnets, sandwich_archs,
                                         score_subnets, search_space, smallest_subnet,
                                         train_supernet)
+from scripts import load_script
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TOOL = osp.join(ROOT, 'tools', 'supernet_scorer.py')
 SUPER = SubnetArch(embed_dims=32, num_layers=3, num_heads=4, mlp_ratio=2.0, img_size=16,
                    patch_size=4)  # head dim 8
 
@@ -143,10 +141,7 @@ def test_sandwich_and_tiny_end_to_end_scores_three_subnets():
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location('supernet_scorer_tool', TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script('tools/supernet_scorer.py')
 
 
 def test_pick_subnets_largest_smallest_then_distinct_random():

@@ -14,6 +14,7 @@ sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
 
 import get_flops  # noqa: E402
 import scaling_table  # noqa: E402
+from scripts import load_script  # noqa: E402
 
 
 def test_get_flops_counts_whole_classifier(capsys):
@@ -92,11 +93,7 @@ def test_backbone_benchmark_quick_run_writes_report(tmp_path):
 
 
 def test_sdpa_kernel_benchmark_times_both_backends_and_refuses_bad_shapes(tmp_path, capsys):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        'sdpa_kernels', osp.join(ROOT, 'benchmarks', 'sdpa_kernels.py'))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script('benchmarks/sdpa_kernels.py')
     out = tmp_path / 'k.json'
     result = bench.main(['--shapes', '2,2,16,8', '--repeats', '1', '--out', str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))

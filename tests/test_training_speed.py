@@ -1,5 +1,4 @@
 """InMemoryFashionMNIST gives mmpretrain's items; benchmarks/training.py runs end to end."""
-import importlib.util
 import json
 import os.path as osp
 
@@ -11,12 +10,10 @@ from mmengine.registry import DATASETS, DefaultScope
 import mmvitscale  # noqa: F401
 from mmvitscale.datasets import prepare_classification
 from mmvitscale.datasets.memory import resize_stack
+from scripts import load_script
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location('training_benchmark',
-                                               osp.join(ROOT, 'benchmarks', 'training.py'))
-bench_training = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench_training)
+bench_training = load_script('benchmarks/training.py')
 
 PIPELINE = [dict(type='Resize', scale=32), dict(type='PackInputs')]
 
