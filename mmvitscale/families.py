@@ -17,12 +17,19 @@ What a family answers:
 * ``checkpoint_target``: the converter target its checkpoints load through;
 * task settings: ``kind`` (``'image'`` / ``'video'``), ``rule_keys``, ``search_grid`` (the
   default multiplier grid of the scaling search; empty when it is not searched that way),
-  ``proxy_kwargs`` (backbone options for the training-free proxies) and ``default_arch``.
+  ``proxy_kwargs`` (backbone options for the training-free proxies) and ``default_arch``;
+* the latency model (:mod:`mmvitscale.cost.predictor`, :mod:`mmvitscale.cost.kernels`), for
+  families that set ``spec_type`` / ``spec_key``: ``spec_from_dict`` (a spec back from its
+  ``as_dict()``, e.g. a latency-table row), ``token_stages`` and ``embed_macs`` (the analytic
+  predictor's terms), ``kernels`` (the per-kernel predictor's kernel list) and ``arch_text``
+  (a spec dict as one line of a report). :func:`latency_families`, :func:`spec_family` and
+  :func:`spec_from_dict` find the family of a spec or of its dict.
 """
 from typing import (Any, ClassVar, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple,
                     Type)
 
-__all__ = ['Family', 'FAMILIES', 'get_family', 'register_family', 'family_names']
+__all__ = ['Family', 'FAMILIES', 'get_family', 'register_family', 'family_names',
+           'latency_families', 'spec_family', 'family_of_dict', 'spec_from_dict']
 
 FAMILIES: Dict[str, 'Family'] = {}
 
@@ -78,6 +85,30 @@ class Family:
         """Closed-form backbone MACs (no head), or ``None`` when the family has none."""
         return None
 
+    # ------------------------------------------------------------ latency model (optional)
+    spec_type: ClassVar[Optional[type]] = None  # the resolved spec class; None: no latency model
+    spec_key: ClassVar[str] = ''  # an ``as_dict()`` key that only this family's specs have
+
+    def spec_from_dict(self, d: Mapping[str, Any]) -> Any:
+        """The spec whose ``as_dict()`` is ``d``; ``KeyError`` names a missing key."""
+        raise NotImplementedError(f'family {self.name!r} has no latency model')
+
+    def token_stages(self, spec: Any) -> List[Tuple[int, int, int, int, int]]:
+        """(tokens with the class token, width, MLP hidden, heads, depth) of each stage."""
+        raise NotImplementedError(f'family {self.name!r} has no latency model')
+
+    def embed_macs(self, spec: Any, in_channels: int = 3) -> int:
+        """MACs of one image outside the Transformer blocks (patch embedding, pooling)."""
+        raise NotImplementedError(f'family {self.name!r} has no latency model')
+
+    def kernels(self, spec: Any, in_channels: int = 3, batch_size: int = 1) -> List[Any]:
+        """The :class:`~mmvitscale.cost.kernels.Kernel` list of one forward pass (no head)."""
+        raise NotImplementedError(f'family {self.name!r} has no latency model')
+
+    def arch_text(self, d: Mapping[str, Any], compact: bool = False) -> str:
+        """A spec dict as one line (``compact``: a short label for plots and matrices)."""
+        raise NotImplementedError(f'family {self.name!r} has no latency model')
+
     def __repr__(self) -> str:
         return f'<Family {self.name}: {self.backbone_type}>'
 
@@ -112,3 +143,44 @@ def get_family(name: Any, field: str = 'family', among: Optional[Sequence[str]] 
     if not isinstance(name, str) or name not in known:
         raise ValueError(f'{field} must be one of {known}, got {name!r}')
     return FAMILIES[name]
+
+
+def latency_families() -> Tuple[Family, ...]:
+    """The families with a latency model (``spec_type`` set), in listing order."""
+    _load()
+    return tuple(f for f in FAMILIES.values() if f.spec_type is not None)
+
+
+def spec_family(spec: Any) -> Family:
+    """The latency family whose ``spec_type`` ``spec`` is; ``TypeError`` otherwise."""
+    for fam in latency_families():
+        if isinstance(spec, fam.spec_type):
+            return fam
+    names = ', '.join(f.spec_type.__name__ for f in latency_families())
+    raise TypeError(f'arch must be one of {names} or its dict, got {type(spec).__name__}')
+
+
+def family_of_dict(d: Mapping[str, Any]) -> Optional[Family]:
+    """The latency family whose ``spec_key`` is in the arch dict ``d`` (``None``: none)."""
+    for fam in latency_families():
+        if fam.spec_key in d:
+            return fam
+    return None
+
+
+def spec_from_dict(arch: Any) -> Any:
+    """A latency family's spec, or its ``as_dict()`` (a latency-table row's ``arch``) as one.
+
+    ``ValueError`` names the dict and what it lacks; ``TypeError`` for anything else.
+    """
+    if not isinstance(arch, Mapping):
+        spec_family(arch)  # raises TypeError for what no family owns
+        return arch
+    fam = family_of_dict(arch)
+    if fam is None:
+        keys = ', '.join(f'{f.spec_key!r} ({f.name})' for f in latency_families())
+        raise ValueError(f'arch dict {dict(arch)} is no family\'s spec: it needs one of {keys}')
+    try:
+        return fam.spec_from_dict(arch)
+    except KeyError as err:
+        raise ValueError(f'arch dict {dict(arch)} lacks {err.args[0]!r}') from None

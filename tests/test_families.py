@@ -107,3 +107,38 @@ def test_shared_constructor_options_behave_alike(name):
         MODELS.build(dict(cfg, frozen_stages=20))
     with pytest.raises(TypeError, match=r"^qkv_bias must be a bool, got 'no'$"):
         MODELS.build(dict(cfg, qkv_bias='no'))
+
+
+@pytest.mark.parametrize('name', ['vit', 'pit'])
+def test_latency_model_agrees_with_itself_and_round_trips(name):
+    """A family's two latency descriptions (analytic terms, kernel list) count the same work."""
+    from mmvitscale.cost.kernels import KERNEL_FEATURES, kernel_features
+    from mmvitscale.cost.predictor import FEATURES, features
+    from mmvitscale.families import spec_family, spec_from_dict
+    fam = get_family(name)
+    arch, size, patch, _ = SMALL[name]
+    spec = fam.resolve(arch, size, patch, dict(width_mult=1.5))
+    assert spec_family(spec) is fam
+    assert spec_from_dict(spec.as_dict()) == spec
+    f = dict(zip(FEATURES, features(spec, in_channels=3)))
+    k = dict(zip(KERNEL_FEATURES, kernel_features(spec, in_channels=3)))
+    assert k['gemm_mac'] + k['dwconv_mac'] == f['linear'] + f['embed']
+    assert (k['attn_mac'], k['attn_score']) == (f['attention'], f['softmax'])
+    assert k['blocks'] == f['blocks'] == sum(d for *_, d in fam.token_stages(spec))
+
+
+def test_latency_model_lookup_errors():
+    from mmvitscale.families import latency_families, spec_family, spec_from_dict
+    assert [f.name for f in latency_families()] == ['vit', 'pit']
+    with pytest.raises(ValueError, match=r"arch dict \{'width': 8\} is no family's spec: it "
+                                         r"needs one of 'embed_dims' \(vit\), 'base_dims'"):
+        spec_from_dict(dict(width=8))
+    with pytest.raises(ValueError, match=r"lacks 'patch_stride'"):
+        spec_from_dict(dict(base_dims=[8], depths=[1], heads=[1], img_size=[32, 32],
+                            patch_size=4))
+    asvit = get_family('asvit').resolve('asvit-seed', 64)
+    with pytest.raises(TypeError, match=r'arch must be one of ViTArch, PiTArch or its dict, '
+                                        r'got AsViTArch'):
+        spec_family(asvit)
+    with pytest.raises(NotImplementedError, match="family 'asvit' has no latency model"):
+        get_family('asvit').kernels(asvit)

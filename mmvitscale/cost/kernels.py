@@ -1,10 +1,11 @@
 """Kernel-level view of a ViT / PiT forward pass, for the per-kernel latency predictor.
 
-:func:`kernels` lists the kernels one forward pass runs (GEMMs with their ``M x K x N`` shape,
-fused attention with heads / tokens / head size, LayerNorms, GELUs, memory copies, PiT's
-depthwise pooling conv). :func:`kernel_features` maps each kernel to a few cost terms of its
-type and sums them over the network (the nn-Meter / HAT idea: network latency is the sum of its
-kernels' latencies, each a function of the kernel's shape):
+:func:`kernels` lists the kernels one forward pass runs (each family's ``kernels``: GEMMs with
+their ``M x K x N`` shape, fused attention with heads / tokens / head size, LayerNorms, GELUs,
+memory copies, PiT's depthwise pooling conv; :func:`block_kernels` is one Transformer block).
+:func:`kernel_features` maps each kernel to a few cost terms of its type and sums them over the
+network (the nn-Meter / HAT idea: network latency is the sum of its kernels' latencies, each a
+function of the kernel's shape):
 
 =================  ============================================================================
 feature            per kernel (summed over the network)
@@ -33,11 +34,11 @@ least squares (see :class:`~mmvitscale.cost.predictor.KernelLatencyPredictor`). 
 kernel costs serve ViT and PiT (cross-family prediction).
 """
 from dataclasses import dataclass
-from typing import Dict, List, Tuple, Union
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from ..scaling import PiTArch, ViTArch
+from ..families import spec_family
 
 KERNEL_FEATURES = ('gemm_mac', 'gemm_mn', 'gemm_mk', 'gemm_kn', 'attn_mac', 'attn_score',
                    'attn_io', 'norm_elem', 'gelu_elem', 'copy_elem', 'dwconv_mac', 'blocks',
@@ -60,7 +61,9 @@ class Kernel:
     name: str = ''
 
 
-def _block(b: int, n: int, d: int, hid: int, h: int, tag: str) -> List[Kernel]:
+def block_kernels(b: int, n: int, d: int, hid: int, h: int, tag: str) -> List[Kernel]:
+    """The kernels of one pre-norm Transformer block: batch ``b``, ``n`` tokens, width ``d``,
+    MLP hidden ``hid``, ``h`` heads; ``tag`` prefixes the kernel names."""
     m = b * n
     return [
         Kernel('layernorm', (m * d, ), f'{tag}.norm1'),
@@ -78,39 +81,10 @@ def _block(b: int, n: int, d: int, hid: int, h: int, tag: str) -> List[Kernel]:
     ]
 
 
-def kernels(arch: Union[ViTArch, PiTArch], in_channels: int = 3,
-            batch_size: int = 1) -> List[Kernel]:
-    """Kernels of one forward pass of ``batch_size`` images (softmax attention, no head)."""
-    b = batch_size
-    out: List[Kernel] = []
-    if isinstance(arch, ViTArch):
-        g = arch.grid
-        p = g[0] * g[1]
-        n, d = p + 1, arch.embed_dims
-        out.append(Kernel('gemm', (b * p, in_channels * arch.patch_size**2, d), 'patch_embed'))
-        out.append(Kernel('copy', (2 * b * n * d, ), 'cls_cat_pos_add'))
-        for i in range(arch.num_layers):
-            out += _block(b, n, d, arch.mlp_hidden, arch.num_heads, f'blocks.{i}')
-        out.append(Kernel('layernorm', (b * n * d, ), 'norm'))
-        return out
-    if not isinstance(arch, PiTArch):
-        raise TypeError(f'arch must be a ViTArch or PiTArch, got {type(arch).__name__}')
-    grids, dims = arch.grids, arch.embed_dims
-    p0 = grids[0][0] * grids[0][1]
-    out.append(Kernel('gemm', (b * p0, in_channels * arch.patch_size**2, dims[0]),
-                      'patch_embed'))
-    out.append(Kernel('copy', (b * p0 * dims[0], ), 'pos_add'))
-    for s, depth in enumerate(arch.depths):
-        p = grids[s][0] * grids[s][1]
-        n, d = p + 1, dims[s]
-        if s:
-            out.append(Kernel('dwconv', (b * p * d * 9, ), f'stage{s}.pool_conv'))
-            out.append(Kernel('gemm', (b, dims[s - 1], d), f'stage{s}.pool_fc'))
-        out.append(Kernel('copy', (2 * b * n * d, ), f'stage{s}.cat_flatten'))
-        for i in range(depth):
-            out += _block(b, n, d, arch.mlp_hidden(s), arch.heads[s], f'stage{s}.blocks.{i}')
-    out.append(Kernel('layernorm', (b * dims[-1], ), 'norm'))
-    return out
+def kernels(arch: Any, in_channels: int = 3, batch_size: int = 1) -> List[Kernel]:
+    """Kernels of one forward pass of ``batch_size`` images (softmax attention, no head): the
+    ``kernels`` of the arch's family (:mod:`mmvitscale.families`)."""
+    return spec_family(arch).kernels(arch, in_channels, batch_size)
 
 
 def kernel_terms(k: Kernel) -> Dict[str, float]:
@@ -128,13 +102,12 @@ def kernel_terms(k: Kernel) -> Dict[str, float]:
     return {key: float(k.shape[0])}
 
 
-def kernel_features(arch: Union[ViTArch, PiTArch], in_channels: int = 3,
-                    batch_size: int = 1) -> np.ndarray:
+def kernel_features(arch: Any, in_channels: int = 3, batch_size: int = 1) -> np.ndarray:
     """The :data:`KERNEL_FEATURES` vector of one forward pass, summed over its kernels."""
     f = dict.fromkeys(KERNEL_FEATURES, 0.0)
     for k in kernels(arch, in_channels, batch_size):
         for key, value in kernel_terms(k).items():
             f[key] += value
-    f['blocks'] = float(arch.num_layers if isinstance(arch, ViTArch) else sum(arch.depths))
+    f['blocks'] = float(sum(depth for *_, depth in spec_family(arch).token_stages(arch)))
     f['const'] = 1.0
     return np.array([f[k] for k in KERNEL_FEATURES], dtype=np.float64)

@@ -31,7 +31,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..fileio import atomic_write  # noqa: F401  (re-exported for older imports)
-from ..scaling import PiTArch, ViTArch, make_pit_arch, make_vit_arch
+from ..families import spec_family, spec_from_dict
+from ..scaling import PiTArch, ViTArch
 from .kernels import GROUPS, KERNEL_FEATURES, kernel_features
 
 FEATURES = ('linear', 'attention', 'softmax', 'elementwise', 'tokens', 'embed', 'weights',
@@ -53,42 +54,22 @@ def mape(pred: Sequence[float], true: Sequence[float]) -> float:
 
 
 def arch_from_dict(arch: ArchLike) -> Union[ViTArch, PiTArch]:
-    """A :class:`ViTArch` / :class:`PiTArch`, or its ``as_dict()`` (e.g. a latency-table row)."""
-    if isinstance(arch, (ViTArch, PiTArch)):
-        return arch
-    if not isinstance(arch, Mapping):
-        raise TypeError(f'arch must be a ViTArch, PiTArch or dict, got {type(arch).__name__}')
-    a = dict(arch)
-    try:
-        if 'base_dims' in a:
-            return make_pit_arch(a['base_dims'], a['depths'], a['heads'],
-                                 a.get('mlp_ratio', 4.0), tuple(a['img_size']),
-                                 a['patch_size'], a['patch_stride'])
-        return make_vit_arch(a['embed_dims'], a['num_layers'], a['num_heads'],
-                             a.get('mlp_ratio', 4.0), tuple(a['img_size']), a['patch_size'])
-    except KeyError as err:
-        raise ValueError(f'arch dict {a} lacks {err.args[0]!r}') from None
+    """A :class:`ViTArch` / :class:`PiTArch` (any latency family's spec), or its ``as_dict()``
+    (e.g. a latency-table row) as one (:func:`mmvitscale.families.spec_from_dict`)."""
+    return spec_from_dict(arch)
 
 
 def family_of(arch: ArchLike) -> str:
-    return 'pit' if isinstance(arch_from_dict(arch), PiTArch) else 'vit'
-
-
-def _stages(arch: Union[ViTArch, PiTArch]) -> List[Tuple[int, int, int, int, int]]:
-    """(tokens, width, mlp hidden, heads, depth) per stage, class token included."""
-    if isinstance(arch, ViTArch):
-        g = arch.grid
-        return [(g[0] * g[1] + 1, arch.embed_dims, arch.mlp_hidden, arch.num_heads,
-                 arch.num_layers)]
-    return [(g[0] * g[1] + 1, arch.embed_dims[i], arch.mlp_hidden(i), arch.heads[i],
-             arch.depths[i]) for i, g in enumerate(arch.grids)]
+    """The name of the family of a spec or its dict (``'vit'``, ``'pit'``)."""
+    return spec_family(arch_from_dict(arch)).name
 
 
 def features(arch: ArchLike, in_channels: int = 3, batch_size: int = 1) -> np.ndarray:
     """The :data:`FEATURES` vector of one forward pass of ``batch_size`` images."""
     arch = arch_from_dict(arch)
+    fam = spec_family(arch)
     f = dict.fromkeys(FEATURES, 0.0)
-    for n, d, hid, h, depth in _stages(arch):
+    for n, d, hid, h, depth in fam.token_stages(arch):
         f['linear'] += depth * n * (4 * d * d + 2 * d * hid)
         f['attention'] += depth * 2 * n * n * d
         f['softmax'] += depth * h * n * n
@@ -96,14 +77,7 @@ def features(arch: ArchLike, in_channels: int = 3, batch_size: int = 1) -> np.nd
         f['tokens'] += depth * n
         f['weights'] += depth * (4 * d * d + 2 * d * hid)
         f['blocks'] += depth
-    if isinstance(arch, ViTArch):
-        g = arch.grid
-        f['embed'] = g[0] * g[1] * in_channels * arch.patch_size**2 * arch.embed_dims
-    else:
-        grids, dims = arch.grids, arch.embed_dims
-        f['embed'] = grids[0][0] * grids[0][1] * in_channels * arch.patch_size**2 * dims[0]
-        for i in range(1, len(dims)):  # depthwise 3x3 pooling conv + class-token fc
-            f['embed'] += grids[i][0] * grids[i][1] * dims[i] * 9 + dims[i - 1] * dims[i]
+    f['embed'] = fam.embed_macs(arch, in_channels)
     vec = np.array([f[k] for k in FEATURES], dtype=np.float64)
     vec[:FEATURES.index('weights')] *= batch_size
     vec[FEATURES.index('const')] = 1.0

@@ -261,5 +261,51 @@ class PiTFamily(Family):
     def token_grids(self, spec: PiTArch):
         return [tuple(g) for g in spec.grids]
 
+    # latency model: a stage per grid, a depthwise 3x3 pooling conv and a class-token fc between
+    spec_type = PiTArch
+    spec_key = 'base_dims'
+
+    def spec_from_dict(self, d) -> PiTArch:
+        return make_pit_arch(d['base_dims'], d['depths'], d['heads'], d.get('mlp_ratio', 4.0),
+                             tuple(d['img_size']), d['patch_size'], d['patch_stride'])
+
+    def token_stages(self, spec: PiTArch):
+        return [(g[0] * g[1] + 1, spec.embed_dims[i], spec.mlp_hidden(i), spec.heads[i],
+                 spec.depths[i]) for i, g in enumerate(spec.grids)]
+
+    def embed_macs(self, spec: PiTArch, in_channels: int = 3) -> int:
+        grids, dims = spec.grids, spec.embed_dims
+        macs = grids[0][0] * grids[0][1] * in_channels * spec.patch_size**2 * dims[0]
+        for i in range(1, len(dims)):  # depthwise 3x3 pooling conv + class-token fc
+            macs += grids[i][0] * grids[i][1] * dims[i] * 9 + dims[i - 1] * dims[i]
+        return macs
+
+    def kernels(self, spec: PiTArch, in_channels: int = 3, batch_size: int = 1):
+        from ..cost.kernels import Kernel, block_kernels
+        b, grids, dims = batch_size, spec.grids, spec.embed_dims
+        p0 = grids[0][0] * grids[0][1]
+        out = [Kernel('gemm', (b * p0, in_channels * spec.patch_size**2, dims[0]),
+                      'patch_embed'),
+               Kernel('copy', (b * p0 * dims[0], ), 'pos_add')]
+        for s, depth in enumerate(spec.depths):
+            p = grids[s][0] * grids[s][1]
+            n, d = p + 1, dims[s]
+            if s:
+                out.append(Kernel('dwconv', (b * p * d * 9, ), f'stage{s}.pool_conv'))
+                out.append(Kernel('gemm', (b, dims[s - 1], d), f'stage{s}.pool_fc'))
+            out.append(Kernel('copy', (2 * b * n * d, ), f'stage{s}.cat_flatten'))
+            for i in range(depth):
+                out += block_kernels(b, n, d, spec.mlp_hidden(s), spec.heads[s],
+                                     f'stage{s}.blocks.{i}')
+        out.append(Kernel('layernorm', (b * dims[-1], ), 'norm'))
+        return out
+
+    def arch_text(self, d, compact: bool = False) -> str:
+        size = d['img_size'][0]
+        if compact:
+            return f"PiT{d['base_dims']}x{d['heads']}-L{d['depths']}@{size}"
+        return (f"dims={d['base_dims']} depths={d['depths']} heads={d['heads']} "
+                f"r={d['mlp_ratio']:g} {size}px p={d['patch_size']}/{d['patch_stride']}")
+
 
 register_family(PiTFamily())

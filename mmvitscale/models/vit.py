@@ -241,5 +241,42 @@ class ViTFamily(Family):
         return int(vit_flops(spec, num_classes=0, in_channels=in_channels, attn_type=attn_type,
                              linear_kernel_size=linear_kernel_size)['total'])
 
+    # latency model: one stage of N = h*w + 1 tokens
+    spec_type = ViTArch
+    spec_key = 'embed_dims'
+
+    def spec_from_dict(self, d) -> ViTArch:
+        return make_vit_arch(d['embed_dims'], d['num_layers'], d['num_heads'],
+                             d.get('mlp_ratio', 4.0), tuple(d['img_size']), d['patch_size'])
+
+    def token_stages(self, spec: ViTArch):
+        g = spec.grid
+        return [(g[0] * g[1] + 1, spec.embed_dims, spec.mlp_hidden, spec.num_heads,
+                 spec.num_layers)]
+
+    def embed_macs(self, spec: ViTArch, in_channels: int = 3) -> int:
+        g = spec.grid
+        return g[0] * g[1] * in_channels * spec.patch_size**2 * spec.embed_dims
+
+    def kernels(self, spec: ViTArch, in_channels: int = 3, batch_size: int = 1):
+        from ..cost.kernels import Kernel, block_kernels
+        b, g = batch_size, spec.grid
+        p = g[0] * g[1]
+        n, d = p + 1, spec.embed_dims
+        out = [Kernel('gemm', (b * p, in_channels * spec.patch_size**2, d), 'patch_embed'),
+               Kernel('copy', (2 * b * n * d, ), 'cls_cat_pos_add')]
+        for i in range(spec.num_layers):
+            out += block_kernels(b, n, d, spec.mlp_hidden, spec.num_heads, f'blocks.{i}')
+        out.append(Kernel('layernorm', (b * n * d, ), 'norm'))
+        return out
+
+    def arch_text(self, d, compact: bool = False) -> str:
+        size = d['img_size'][0]
+        if compact:
+            return (f"D{d['embed_dims']}-L{d['num_layers']}-H{d['num_heads']}-"
+                    f"r{d.get('mlp_ratio', 4.0):g}-p{d['patch_size']}@{size}")
+        return (f"D={d['embed_dims']} L={d['num_layers']} H={d['num_heads']} "
+                f"r={d['mlp_ratio']:g} {size}px p={d['patch_size']}")
+
 
 register_family(ViTFamily())

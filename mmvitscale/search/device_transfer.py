@@ -27,6 +27,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from ..errors import InputError
+from ..families import family_of_dict, spec_family, spec_from_dict
 from ..fileio import atomic_write, pyplot, save_figure
 STATS = ('median_ms', 'p10_ms', 'min_ms', 'mean_ms')
 REDUCE = ('min', 'median')
@@ -69,13 +70,12 @@ def arch_label(row: Mapping[str, Any]) -> str:
     if row.get('label'):
         return str(row['label'])
     a = dict(row.get('arch') or {})
-    size = (row.get('input_shape') or [None, *a.get('img_size', ['?'])])[1:]
-    if 'embed_dims' in a:
-        text = (f"D{a['embed_dims']}-L{a['num_layers']}-H{a['num_heads']}-"
-                f"r{a.get('mlp_ratio', 4.0):g}-p{a['patch_size']}@{size[0]}")
-    elif 'base_dims' in a:
-        text = f"PiT{a['base_dims']}x{a['heads']}-L{a['depths']}@{size[0]}"
-    else:
+    fam = family_of_dict(a)
+    if fam is not None and row.get('input_shape'):
+        a['img_size'] = list(row['input_shape'][1:])
+    try:
+        text = fam.arch_text(a, compact=True) if fam is not None else _canonical(a)
+    except KeyError:  # a partial dict: its canonical JSON still names it
         text = _canonical(a)
     batch = int(row.get('batch_size', 1))
     return text if batch == 1 else f'{text}-b{batch}'
@@ -308,15 +308,14 @@ def read_matrix(tables: Sequence[str], stat: str = 'median_ms', reduce: str = 'm
 # ---------------------------------------------------------------------------- scores
 def arch_flops(entry: Mapping[str, Any]) -> float:
     """Backbone MACs of one image of a matrix arch entry (ViT: closed form; PiT: analytic)."""
-    from ..cost import vit_flops
-    from ..cost.predictor import FEATURES, arch_from_dict, features
-    from ..scaling import ViTArch
+    from ..cost.predictor import FEATURES, features
     arch = dict(entry['arch'])
     shape = entry.get('input_shape') or [3, *arch['img_size']]
     arch['img_size'] = list(shape[1:])
-    spec = arch_from_dict(arch)
-    if isinstance(spec, ViTArch):
-        return float(vit_flops(spec, num_classes=0, in_channels=int(shape[0]))['total'])
+    spec = spec_from_dict(arch)
+    exact = spec_family(spec).analytic_flops(spec, in_channels=int(shape[0]))
+    if exact is not None:
+        return float(exact)
     f = features(spec, int(shape[0]))
     return float(sum(f[FEATURES.index(k)] for k in ('linear', 'attention', 'embed')))
 

@@ -37,7 +37,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 # ranks: 0-based, best first, ties share their mean rank, non-finite values last (the one
 # implementation lives with the study statistics; re-exported here)
 from ..experiments.stats import ranks  # noqa: F401
-from ..families import family_names, get_family
+from ..families import family_names, family_of_dict, get_family
 from ..fileio import atomic_write, pyplot, save_figure
 from ..rules import _plain
 
@@ -483,13 +483,11 @@ def cost_text(c: Candidate, kind: str) -> str:
 
 
 def arch_text(arch: Mapping[str, Any]) -> str:
-    """One line for a candidate's architecture (ViT: D/L/H/r/px/p; PiT: dims/depths/heads)."""
-    if 'embed_dims' in arch:
-        return (f'D={arch["embed_dims"]} L={arch["num_layers"]} H={arch["num_heads"]} '
-                f'r={arch["mlp_ratio"]:g} {arch["img_size"][0]}px p={arch["patch_size"]}')
-    return (f'dims={arch["base_dims"]} depths={arch["depths"]} heads={arch["heads"]} '
-            f'r={arch["mlp_ratio"]:g} {arch["img_size"][0]}px p={arch["patch_size"]}/'
-            f'{arch["patch_stride"]}')
+    """One line for a candidate's architecture (its family's ``arch_text``)."""
+    fam = family_of_dict(arch)
+    if fam is None:
+        raise ValueError(f'arch_text: {dict(arch)} is no family\'s spec')
+    return fam.arch_text(arch)
 
 
 def candidates_markdown(result: SearchResult, header: str) -> str:
