@@ -44,7 +44,8 @@ def sample_archs(n_core: int = 30, n_beyond: int = 8, n_pit: int = 8, seed: int 
     ``group`` is ``core`` (multipliers from :data:`CORE_GRID`), ``beyond`` (as core, but one
     of depth / width / resolution from :data:`BEYOND`) or ``pit`` (:data:`PIT_GRID`).
     """
-    from ..models import ScaledPiT, ScaledViT
+    from ..families import get_family
+    bases = dict(vit=(vit_base, img_size, patch_size), pit=(pit_base, img_size, None))
     rng = random.Random(seed)
     out: List[Dict[str, Any]] = []
     seen = set()
@@ -59,9 +60,7 @@ def sample_archs(n_core: int = 30, n_beyond: int = 8, n_pit: int = 8, seed: int 
                                  f'distinct {group} architectures')
             rule = make_rule()
             try:
-                arch = (ScaledViT.resolve_arch(vit_base, img_size, patch_size, rule)
-                        if family == 'vit' else
-                        ScaledPiT.resolve_arch(pit_base, img_size, rule))
+                arch = get_family(family).resolve(*bases[family], rule)
             except ValueError:
                 continue
             if arch not in seen:

@@ -45,6 +45,7 @@ from mmvitscale.cost.backends import (BACKENDS, BackendError, CLOCKS, build_mode
 from mmvitscale.cost.calibration import METHODS, calibration_curve
 from mmvitscale.cost.latency_table import (fingerprint, make_row, read_dataset,
                                            write_dataset)
+from mmvitscale.families import get_family
 from mmvitscale.fileio import atomic_write
 
 
@@ -145,10 +146,8 @@ def measure_run(args: argparse.Namespace, console: Console) -> List[Dict[str, An
                 prep = progress.add_task(f'{backend}/{threads}t: prepare', total=len(archs))
                 runners = []
                 for a in archs:
-                    cfg = dict(type='mmvitscale.ScaledViT' if a['family'] == 'vit' else
-                               'mmvitscale.ScaledPiT',
-                               arch='deit-tiny' if a['family'] == 'vit' else 'pit-ti',
-                               img_size=224, scaling=a['rule'])
+                    fam = get_family(a['family'])
+                    cfg = fam.backbone_cfg(fam.default_arch, 224, rule=a['rule'])
                     model = build_model(cfg)
                     run, sync, _ = make_runner(model, (3, *a['arch']['img_size']), backend)
                     runners.append((run, sync))
