@@ -14,7 +14,7 @@ The number of heads is not stored in a checkpoint and cannot be checked.
 """
 import re
 from functools import partial
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Optional, Pattern, Sequence, Tuple
 
 from mmengine.logging import print_log
 from torch import Tensor, nn
@@ -22,23 +22,47 @@ from torch import Tensor, nn
 from ..compat import torch_load
 from .converters import StateDict, convert_state_dict
 
-_BLOCK_KEY = {
-    'vit': re.compile(r'blocks\.(?P<block>\d+)\.'),
-    'pit': re.compile(r'transformers\.(?P<stage>\d+)\.blocks\.(?P<block>\d+)\.'),
+
+class Layout(NamedTuple):
+    """How a target's state dict is laid out, for fitting it to a model.
+
+    ``block_key`` matches a block's keys (group ``block``; ``stage`` when ``staged``);
+    ``staged``: blocks are counted per stage and the stage counts must match; ``pos_channels``:
+    the channel axis of ``pos_embed`` (ViT ``(1, N, C)``: -1; PiT ``(1, C, H, W)``: 1);
+    ``cls_token_optional``: a class token may be dropped for a model built without one.
+    """
+
+    block_key: Pattern
+    staged: bool
+    pos_channels: int
+    cls_token_optional: bool
+
+
+LAYOUTS: Dict[str, Layout] = {
+    'vit': Layout(re.compile(r'blocks\.(?P<block>\d+)\.'), staged=False, pos_channels=-1,
+                  cls_token_optional=True),
+    'pit': Layout(re.compile(r'transformers\.(?P<stage>\d+)\.blocks\.(?P<block>\d+)\.'),
+                  staged=True, pos_channels=1, cls_token_optional=False),
 }
 _STAGE_KEY = re.compile(r'transformers\.(\d+)\.')
 _TARGET_ATTR = '_mmvitscale_checkpoint_target'
 
 
-def _depths(keys, target: str) -> Dict[int, int]:
-    """Blocks per stage (ViT: one stage, 0) found in ``keys``."""
+def _layout(target: str) -> Layout:
+    if target not in LAYOUTS:
+        raise ValueError(f'checkpoint fitting supports targets {tuple(LAYOUTS)}, got {target!r}')
+    return LAYOUTS[target]
+
+
+def _depths(keys, layout: Layout) -> Dict[int, int]:
+    """Blocks per stage (unstaged: one stage, 0) found in ``keys``."""
     depths: Dict[int, int] = {}
     for key in keys:
-        match = _BLOCK_KEY[target].match(key)
+        match = layout.block_key.match(key)
         if match:
             stage = int(match.groupdict().get('stage') or 0)
             depths[stage] = max(depths.get(stage, 0), int(match.group('block')) + 1)
-    if target == 'pit':
+    if layout.staged:
         for key in keys:
             match = _STAGE_KEY.match(key)
             if match:
@@ -58,42 +82,43 @@ def _fit_class_token(state_dict: StateDict, model_state: Mapping[str, Tensor]) -
                          "with_cls_token=False (and out_type='featmap'/'avg_featmap'/'raw')")
 
 
-def _where(target: str, stage: int) -> str:
-    return f' in stage {stage}' if target == 'pit' else ''
+def _where(layout: Layout, stage: int) -> str:
+    return f' in stage {stage}' if layout.staged else ''
 
 
-def _fit_depth(state_dict: StateDict, model_state: Mapping[str, Tensor], target: str) -> None:
-    ckpt, model = _depths(state_dict, target), _depths(model_state, target)
-    if target == 'pit' and len(ckpt) != len(model):
+def _fit_depth(state_dict: StateDict, model_state: Mapping[str, Tensor], layout: Layout) -> None:
+    ckpt, model = _depths(state_dict, layout), _depths(model_state, layout)
+    if layout.staged and len(ckpt) != len(model):
         raise ValueError(f'the checkpoint has {len(ckpt)} PiT stages, the model {len(model)}')
     for stage, depth in sorted(model.items()):
         have = ckpt.get(stage, 0)
         if have < depth:
-            raise ValueError(f'the checkpoint has {have} blocks{_where(target, stage)}, the model '
+            raise ValueError(f'the checkpoint has {have} blocks{_where(layout, stage)}, the model '
                              f'{depth}: a shallower checkpoint is refused')
     truncated = []
     for key in list(state_dict):
-        match = _BLOCK_KEY[target].match(key)
+        match = layout.block_key.match(key)
         if match:
             stage = int(match.groupdict().get('stage') or 0)
             if int(match.group('block')) >= model[stage]:
                 del state_dict[key]
                 truncated.append(stage)
     if truncated:
-        kept = ', '.join(f'{model[s]} of {ckpt[s]}{_where(target, s)}'
+        kept = ', '.join(f'{model[s]} of {ckpt[s]}{_where(layout, s)}'
                          for s in sorted(set(truncated)))
         print_log(f'checkpoint deeper than the model: loaded the first {kept} blocks',
                   logger='current')
 
 
-def _pos_embed_channels(shape: Tuple[int, ...], target: str) -> Tuple[int, ...]:
-    """``pos_embed``'s shape without its token grid: ViT (1, N, C), PiT (1, C, H, W)."""
+def _pos_embed_channels(shape: Tuple[int, ...], layout: Layout) -> Tuple[int, ...]:
+    """``pos_embed``'s shape without its token grid: its rank and channels."""
     if len(shape) < 2:
         return shape
-    return len(shape), shape[1] if target == 'pit' else shape[-1]
+    return len(shape), shape[layout.pos_channels]
 
 
-def _check_shapes(state_dict: StateDict, model_state: Mapping[str, Tensor], target: str) -> None:
+def _check_shapes(state_dict: StateDict, model_state: Mapping[str, Tensor],
+                  layout: Layout) -> None:
     bad: List[str] = []
     for key, value in state_dict.items():
         ref = model_state.get(key)
@@ -101,8 +126,7 @@ def _check_shapes(state_dict: StateDict, model_state: Mapping[str, Tensor], targ
             continue
         got, want = tuple(value.shape), tuple(ref.shape)
         if key == 'pos_embed':  # the token grid is resampled later: compare the channels
-            got_c, want_c = _pos_embed_channels(got, target), _pos_embed_channels(want, target)
-            same = got_c == want_c
+            same = _pos_embed_channels(got, layout) == _pos_embed_channels(want, layout)
         else:
             same = got == want
         if not same:
@@ -115,11 +139,12 @@ def _check_shapes(state_dict: StateDict, model_state: Mapping[str, Tensor], targ
 def fit_state_dict(state_dict: StateDict, model_state: Mapping[str, Tensor],
                    target: str) -> StateDict:
     """Adapt a converted state dict to a model's own ``state_dict()`` (see module rules)."""
+    layout = _layout(target)
     state_dict = dict(state_dict)
-    if target == 'vit':
+    if layout.cls_token_optional:
         _fit_class_token(state_dict, model_state)
-    _fit_depth(state_dict, model_state, target)
-    _check_shapes(state_dict, model_state, target)
+    _fit_depth(state_dict, model_state, layout)
+    _check_shapes(state_dict, model_state, layout)
     return state_dict
 
 
