@@ -645,10 +645,8 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
               if r.get('type') == 'candidate'}
     logger, scored = _logger(), 0
     trajectory = [dict(step=0, arch=member, cost=cost_of(member), scored=start)]
-    bar = None
     if progress:
         from mmengine.utils import ProgressBar
-        bar = ProgressBar()
     for step in range(1, max_steps + 1):
         if stop_at is not None and step > 1 and trajectory[-1]['cost'] >= stop_at:
             break
@@ -667,22 +665,32 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
                 except ValueError:  # e.g. a width below a stage's heads
                     continue
                 cost = cost_of(big)
-                if cost > budget:
-                    continue
-                rec = logged.get((step, stage, ratio))
-                if rec is not None:
-                    if rec['scored'] != arch:
-                        raise ValueError(f'{log_path}: step {step} candidate (stage {stage}, '
-                                         f'ratio {ratio}) logged another arch; the log is '
-                                         'from another run')
-                    ntk, ld = float(rec['ntk']), float(rec['ld'])
-                else:
-                    ntk, ld = _scores(score_fn, arch)
-                    scored += 1
-                    log.append(dict(type='candidate', step=step, stage=stage, ratio=ratio,
-                                    arch=big, scored=arch, cost=cost, ntk=ntk, ld=ld))
-                cands.append(dict(stage=stage, ratio=ratio, width=new_width, depths=new_depths,
-                                  arch=big, scored=arch, cost=cost, ntk=ntk, ld=ld))
+                if cost <= budget:
+                    cands.append(dict(stage=stage, ratio=ratio, width=new_width,
+                                      depths=new_depths, arch=big, scored=arch, cost=cost))
+        to_score = sum((step, c['stage'], c['ratio']) not in logged for c in cands)
+        bar = None
+        if progress and to_score:
+            logger.info(f'growth step {step}: scoring {to_score} of {len(cands)} candidates')
+            bar = ProgressBar(to_score)  # candidates done, rate, elapsed and ETA of the step
+        for c in cands:
+            rec = logged.get((step, c['stage'], c['ratio']))
+            if rec is not None:
+                if rec['scored'] != c['scored']:
+                    raise ValueError(f'{log_path}: step {step} candidate (stage {c["stage"]}, '
+                                     f'ratio {c["ratio"]}) logged another arch; the log is '
+                                     'from another run')
+                c['ntk'], c['ld'] = float(rec['ntk']), float(rec['ld'])
+                continue
+            c['ntk'], c['ld'] = _scores(score_fn, c['scored'])
+            scored += 1
+            log.append(dict(type='candidate', step=step, stage=c['stage'], ratio=c['ratio'],
+                            arch=c['arch'], scored=c['scored'], cost=c['cost'], ntk=c['ntk'],
+                            ld=c['ld']))
+            if bar is not None:
+                bar.update()
+        if bar is not None:
+            print()
         if not cands:
             break
         best, rank_sum = _pick(cands)
@@ -698,10 +706,6 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
                     f'{1 + chosen["ratio"]:.2f} -> width {chosen["width"]} (member '
                     f'{chosen["arch"]["width"]}), depths {chosen["depths"]}, {kind} '
                     f'{chosen["cost"]:.4g} / {budget:.4g}')
-        if bar is not None:
-            bar.update()
-    if bar is not None:
-        print()
 
     family: Dict[str, Dict[str, Any]] = {}
     prev = -1
