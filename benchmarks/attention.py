@@ -100,9 +100,8 @@ def to_markdown(result: Dict) -> str:
 
 
 def plot(result: Dict, path: str) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    from mmvitscale.fileio import pyplot
+    plt = pyplot()
     res = [r['resolution'] for r in result['rows']]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label in (('softmax', 'softmax'), ('linear_angular', 'linear-angular')):

@@ -157,7 +157,7 @@ def spec_family(spec: Any) -> Family:
         if isinstance(spec, fam.spec_type):
             return fam
     names = ', '.join(f.spec_type.__name__ for f in latency_families())
-    raise TypeError(f'arch must be one of {names} or its dict, got {type(spec).__name__}')
+    raise TypeError(f'arch must be one of {names}, got {type(spec).__name__}')
 
 
 def family_of_dict(d: Mapping[str, Any]) -> Optional[Family]:
@@ -174,7 +174,10 @@ def spec_from_dict(arch: Any) -> Any:
     ``ValueError`` names the dict and what it lacks; ``TypeError`` for anything else.
     """
     if not isinstance(arch, Mapping):
-        spec_family(arch)  # raises TypeError for what no family owns
+        try:
+            spec_family(arch)
+        except TypeError as err:
+            raise TypeError(f'{err} (or the dict of one)') from None
         return arch
     fam = family_of_dict(arch)
     if fam is None:

@@ -266,7 +266,7 @@ def test_shallower_checkpoint_is_refused(tmp_path):
     path = save(tmp_path, timm_pit().state_dict(), 'pit.pth')
     with pytest.raises(ValueError, match='has 2 blocks in stage 1, the model 3'):
         from_init_cfg(ScaledPiT, path, arch=dict(PIT_ARCH, depths=(1, 3, 1)))
-    with pytest.raises(ValueError, match='the checkpoint has 3 PiT stages, the model 2'):
+    with pytest.raises(ValueError, match='the checkpoint has 3 stages, the model 2'):
         load_pretrained(pit(arch=dict(PIT_ARCH, base_dims=(8, 8), depths=(1, 2), heads=(1, 2))),
                         path)
 

@@ -26,25 +26,26 @@ from .converters import StateDict, convert_state_dict
 class Layout(NamedTuple):
     """How a target's state dict is laid out, for fitting it to a model.
 
-    ``block_key`` matches a block's keys (group ``block``; ``stage`` when ``staged``);
-    ``staged``: blocks are counted per stage and the stage counts must match; ``pos_channels``:
+    ``block_key`` matches a block's keys (group ``block``; ``stage`` when staged);
+    ``stage_key``: staged layouts only, matches any key of a stage (group 1: the stage), so
+    stages without blocks count and the stage counts must match; ``pos_channels``:
     the channel axis of ``pos_embed`` (ViT ``(1, N, C)``: -1; PiT ``(1, C, H, W)``: 1);
     ``cls_token_optional``: a class token may be dropped for a model built without one.
     """
 
     block_key: Pattern
-    staged: bool
+    stage_key: Optional[Pattern]
     pos_channels: int
     cls_token_optional: bool
 
 
 LAYOUTS: Dict[str, Layout] = {
-    'vit': Layout(re.compile(r'blocks\.(?P<block>\d+)\.'), staged=False, pos_channels=-1,
+    'vit': Layout(re.compile(r'blocks\.(?P<block>\d+)\.'), stage_key=None, pos_channels=-1,
                   cls_token_optional=True),
     'pit': Layout(re.compile(r'transformers\.(?P<stage>\d+)\.blocks\.(?P<block>\d+)\.'),
-                  staged=True, pos_channels=1, cls_token_optional=False),
+                  stage_key=re.compile(r'transformers\.(\d+)\.'), pos_channels=1,
+                  cls_token_optional=False),
 }
-_STAGE_KEY = re.compile(r'transformers\.(\d+)\.')
 _TARGET_ATTR = '_mmvitscale_checkpoint_target'
 
 
@@ -62,9 +63,9 @@ def _depths(keys, layout: Layout) -> Dict[int, int]:
         if match:
             stage = int(match.groupdict().get('stage') or 0)
             depths[stage] = max(depths.get(stage, 0), int(match.group('block')) + 1)
-    if layout.staged:
+    if layout.stage_key is not None:
         for key in keys:
-            match = _STAGE_KEY.match(key)
+            match = layout.stage_key.match(key)
             if match:
                 depths.setdefault(int(match.group(1)), 0)
     return depths
@@ -83,13 +84,13 @@ def _fit_class_token(state_dict: StateDict, model_state: Mapping[str, Tensor]) -
 
 
 def _where(layout: Layout, stage: int) -> str:
-    return f' in stage {stage}' if layout.staged else ''
+    return f' in stage {stage}' if layout.stage_key is not None else ''
 
 
 def _fit_depth(state_dict: StateDict, model_state: Mapping[str, Tensor], layout: Layout) -> None:
     ckpt, model = _depths(state_dict, layout), _depths(model_state, layout)
-    if layout.staged and len(ckpt) != len(model):
-        raise ValueError(f'the checkpoint has {len(ckpt)} PiT stages, the model {len(model)}')
+    if layout.stage_key is not None and len(ckpt) != len(model):
+        raise ValueError(f'the checkpoint has {len(ckpt)} stages, the model {len(model)}')
     for stage, depth in sorted(model.items()):
         have = ckpt.get(stage, 0)
         if have < depth:

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..families import family_of_dict
 from ..fileio import pyplot, save_figure
 from .calibration import within
 from .predictor import arch_from_dict, make_predictor, mape
@@ -29,6 +30,11 @@ PIT_GRID: Dict[str, Tuple[float, ...]] = dict(
     mlp_ratio_mult=(0.5, 1.0))
 SPLITS = ('train', 'random', 'out-of-range', 'cross-family')
 KINDS = ('analytic', 'kernel')
+
+
+def _family(item: Mapping[str, Any]) -> str:
+    """A dataset item's family: its ``family`` field, else that of its arch dict."""
+    return item['family'] or family_of_dict(item['arch']).name
 
 
 def _draw(rng: random.Random, grid: Mapping[str, Sequence[float]]) -> Dict[str, float]:
@@ -115,8 +121,8 @@ def latencies(rows: Sequence[Mapping[str, Any]], stat: str = 'median_ms'
     for key, g in groups.items():
         items = list(g['items'].values())
         out[key] = dict(fingerprint=g['fingerprint'], archs=[i['arch'] for i in items],
-                        families=[i['family'] or 'vit' for i in items],
-                        groups=[i['group'] or ('pit' if i['family'] == 'pit' else 'core')
+                        families=[_family(i) for i in items],
+                        groups=[i['group'] or ('pit' if _family(i) == 'pit' else 'core')
                                 for i in items],
                         y=np.array([float(np.median(i['values'])) for i in items]),
                         noise=np.array([float(np.median(i['noise'])) if i['noise'] else np.nan

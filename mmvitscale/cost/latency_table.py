@@ -135,7 +135,7 @@ DATASET_SCHEMA: Dict[str, str] = {
     'fingerprint': 'object: device (CPU model / GPU name), device_type, backend, threads, '
                    'torch, onnxruntime (version or null), machine [, clock]',
     'fingerprint_id': 'str: fingerprint_id(fingerprint), 16 hex digits',
-    'family': "str: 'vit' or 'pit'",
+    'family': "str: the arch's latency family ('vit' or 'pit')",
     'arch': 'object: the resolved ViTArch / PiTArch as_dict()',
     'input_shape': 'list of 3 ints: C, H, W of one image',
     'batch_size': 'int >= 1',
@@ -171,8 +171,10 @@ def dataset_problem(row: Any) -> Optional[str]:
     if row['fingerprint_id'] != fingerprint_id(fp):
         return (f"fingerprint_id {row['fingerprint_id']!r} does not match the fingerprint "
                 f'({fingerprint_id(fp)})')
-    if row['family'] not in ('vit', 'pit'):
-        return f"family must be 'vit' or 'pit', got {row['family']!r}"
+    from ..families import family_of_dict, latency_families
+    names = tuple(f.name for f in latency_families())
+    if row['family'] not in names:
+        return f"family must be one of {names}, got {row['family']!r}"
     shape = row['input_shape']
     if not (isinstance(shape, list) and len(shape) == 3
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
@@ -193,6 +195,9 @@ def dataset_problem(row: Any) -> Optional[str]:
         arch_from_dict(row['arch'])
     except (ValueError, TypeError) as err:
         return f'arch: {err}'
+    if family_of_dict(row['arch']).name != row['family']:
+        return (f"family {row['family']!r} does not match the arch, a "
+                f"{family_of_dict(row['arch']).name} spec")
     return None
 
 

@@ -23,7 +23,8 @@ feature        meaning (``N`` tokens, ``D`` width, ``F`` MLP hidden, ``H`` heads
 The fit minimises the *relative* squared error (rows weighted by ``1 / latency``), matching the
 mean-absolute-percentage-error it is judged by, under ``coef >= 0`` (Lawson-Hanson NNLS on
 column-normalised features), so an extrapolated architecture never gets a negative latency.
-numpy only.
+The fit and prediction are numpy; the per-family terms come from the family protocol
+(:mod:`mmvitscale.families`, which imports the model files on first use).
 """
 import json
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union

@@ -5,7 +5,7 @@ applied to one ViT preset), :func:`check_measure_spec` checks every input before
 built, and :func:`measure_archs` times them round robin per backend and appends one latency-table
 row per (arch, backend), labelled by rule, that :func:`~.device_transfer.read_matrix` reads
 back for the report. Kept apart from :mod:`.device_transfer` (the report: tables in, tau and
-winners out, numpy only) because this side builds models and needs torch and the backends.
+winners out; it builds no model) because this side builds models and needs the backends.
 """
 import glob
 import os.path as osp
