@@ -8,8 +8,9 @@ from mmvitscale.cost import get_complexity
 from mmvitscale.models.asvit import AsViT, conv_out
 from mmvitscale.models.layers import Attention
 from mmvitscale.registry import MODELS
-from mmvitscale.search.topology import (PUBLISHED_SEED, SPACE, _pick, arch_to_choices,
-                                        arch_to_genotype, asvit_flops, asvit_params,
+from mmvitscale.search.topology import (PUBLISHED_LARGE, PUBLISHED_SEED, SPACE, _pick,
+                                        arch_to_choices, arch_to_genotype, asvit_flops,
+                                        asvit_params,
                                         choices_to_arch, genotype_to_arch, grow_family,
                                         reinforce_search)
 from scripts import load_script
@@ -478,3 +479,23 @@ def test_shipped_growth_log_replays_its_steps(tmp_path):
     assert [t['arch'] for t in res.trajectory[1:]] == [r['arch'] for r in chosen]
     assert [t['cost'] for t in res.trajectory[1:]] == [r['cost'] for r in chosen]
     assert log.read_text() == open(_shipped('data/asvit_growth/growth.jsonl')).read()
+
+
+def test_published_large_genotype_costs_what_the_paper_reports():
+    """As-ViT Large as its README writes it (depth per stage, width after the heads) reads
+    back to an arch whose cost matches the paper's ~88M parameters / ~22.5 GMACs (background
+    notes), with the reference's Linear -> Tanh -> Linear 1000-class head."""
+    from mmvitscale.models.asvit import asvit_flops, asvit_params
+    from mmvitscale.search.topology import _head_params
+    arch = genotype_to_arch(PUBLISHED_LARGE)
+    assert (arch['width'], arch['depths'], arch['heads']) == (180, [5, 2, 5, 2], 32)
+    assert genotype_to_arch(PUBLISHED_LARGE, width=180, depths=(5, 2, 5, 2)) == arch
+    dim = AsViT.resolve_arch(arch, 224).dims[-1]
+    params = asvit_params(arch, 3, 224) + _head_params(dim, 1000)
+    assert (params, asvit_flops(arch, 3, 224)) == (87_580_820, 22_420_499_584)
+    assert abs(params / 88e6 - 1) < 0.01 and abs(asvit_flops(arch, 3, 224) / 22.5e9 - 1) < 0.01
+    with pytest.raises(ValueError, match=r"has width 180 and depths \[5, 2, 5, 2\]; got "
+                                         r"width=64, depths=None"):
+        genotype_to_arch(PUBLISHED_LARGE, width=64)
+    with pytest.raises(ValueError, match='genotype must look like'):
+        genotype_to_arch('8,2,3,5|4,1,2|4,1,4,5|4,1,6,2|32,180')  # one stage without depth

@@ -58,6 +58,7 @@ SPACE: Tuple[Tuple[str, Tuple[int, ...]], ...] = (
 )
 GROWTH_RATIOS = (0.05, 0.10, 0.15, 0.20)
 PUBLISHED_SEED = '8,2,3|4,1,2|4,1,4|4,1,6|32'  # As-ViT's seed topology (its README)
+PUBLISHED_LARGE = '8,2,3,5|4,1,2,2|4,1,4,5|4,1,6,2|32,180'  # As-ViT Large (its README)
 # As-ViT's search/grow.py: scored at stage-1 width 8 (HIDDEN_DIM) and up, members 4x wider
 # (SCALE_WIDTH) with its 1000-class head, stop once a member has >= 80M parameters, none above
 # 110M (PARAM_LIM); grow_family's docstring lists where it departs from that script
@@ -74,7 +75,7 @@ NETWORK_VERSION = 'asvit-2'
 ScoreFn = Callable[[Dict[str, Any]], Mapping[str, float]]
 
 __all__ = ['SPACE', 'REFERENCE_PROXY_SETTINGS', 'GROWTH_REFERENCE', 'PUBLISHED_SEED',
-           'choices_to_arch', 'genotype_to_arch', 'arch_to_genotype', 'arch_to_choices',
+           'PUBLISHED_LARGE', 'choices_to_arch', 'genotype_to_arch', 'arch_to_genotype', 'arch_to_choices',
            'proxy_score_fn', 'reinforce_search', 'plot_search', 'grow_family', 'plot_growth',
            'asvit_params', 'asvit_flops', 'write_arch_file', 'SearchOutcome', 'GrowthOutcome']
 
@@ -99,23 +100,40 @@ def arch_to_choices(arch: Mapping[str, Any]) -> Dict[str, int]:
     return {name: out[name] for name, _ in SPACE}
 
 
-def genotype_to_arch(genotype: str, width: int = 32,
-                     depths: Sequence[int] = (1, 1, 1, 1)) -> Dict[str, Any]:
-    """As-ViT's arch string ``k1,s1,r1|k2,s2,r2|k3,s3,r3|k4,1,r4|heads`` (tokenizer /
-    downsampling kernel, window split and MLP ratio per stage, final heads; e.g. the published
-    seed ``8,2,3|4,1,2|4,1,4|4,1,6|32``) -> an :class:`AsViT` arch dict."""
+def genotype_to_arch(genotype: str, width: Optional[int] = None,
+                     depths: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+    """As-ViT's arch string -> an :class:`AsViT` arch dict.
+
+    A seed ``k1,s1,r1|k2,s2,r2|k3,s3,r3|k4,1,r4|heads`` (tokenizer / downsampling kernel, window
+    split and MLP ratio per stage, final heads; e.g. the published seed
+    ``8,2,3|4,1,2|4,1,4|4,1,6|32``) gets ``width`` (default 32) and ``depths`` (default one
+    block per stage). A grown member as As-ViT's README writes it carries both: a fourth value
+    per stage is its depth and a second head value its width (As-ViT Large:
+    ``8,2,3,5|4,1,2,2|4,1,4,5|4,1,6,2|32,180``); passing a different ``width`` / ``depths`` for
+    such a string raises.
+    """
     parts = str(genotype).split('|')
     try:
-        stages = [[int(v) for v in p.split(',')[:3]] for p in parts[:-1]]
-        heads = int(parts[-1].split(',')[0])
+        stages = [[int(v) for v in p.split(',')] for p in parts[:-1]]
+        head = [int(v) for v in parts[-1].split(',')]
     except ValueError:
-        stages, heads = [], 0
-    if len(stages) != 4 or any(len(s) != 3 for s in stages):
+        stages, head = [], []
+    lengths = {len(st) for st in stages}
+    if len(stages) != 4 or lengths not in ({3}, {4}) or len(head) != (1 if lengths == {3} else 2):
         raise ValueError(f'genotype must look like "8,2,3|4,1,2|4,1,4|4,1,6|32" (kernel, split, '
-                         f'MLP ratio per stage, then heads), got {genotype!r}')
-    return dict(width=width, depths=list(depths), heads=heads,
-                mlp_ratios=[s[2] for s in stages], tokenizer_kernel=stages[0][0],
-                down_kernels=[s[0] for s in stages[1:]], splits=[s[1] for s in stages])
+                         f'MLP ratio per stage, then heads) or, grown, "8,2,3,5|4,1,2,2|4,1,4,5|'
+                         f'4,1,6,2|32,180" (and depth per stage, then width), got {genotype!r}')
+    if lengths == {4}:
+        own_width, own_depths = head[1], [st[3] for st in stages]
+        if (width is not None and width != own_width) or (
+                depths is not None and list(depths) != own_depths):
+            raise ValueError(f'genotype {genotype!r} has width {own_width} and depths '
+                             f'{own_depths}; got width={width!r}, depths={depths!r}')
+        width, depths = own_width, own_depths
+    return dict(width=32 if width is None else width,
+                depths=[1, 1, 1, 1] if depths is None else list(depths), heads=head[0],
+                mlp_ratios=[st[2] for st in stages], tokenizer_kernel=stages[0][0],
+                down_kernels=[st[0] for st in stages[1:]], splits=[st[1] for st in stages])
 
 
 def arch_to_genotype(arch: Mapping[str, Any]) -> str:
