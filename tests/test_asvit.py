@@ -490,6 +490,8 @@ def test_published_large_genotype_costs_what_the_paper_reports():
     arch = genotype_to_arch(PUBLISHED_LARGE)
     assert (arch['width'], arch['depths'], arch['heads']) == (180, [5, 2, 5, 2], 32)
     assert genotype_to_arch(PUBLISHED_LARGE, width=180, depths=(5, 2, 5, 2)) == arch
+    assert arch_to_genotype(arch, grown=True) == PUBLISHED_LARGE
+    assert arch_to_genotype(arch) == PUBLISHED_SEED
     dim = AsViT.resolve_arch(arch, 224).dims[-1]
     params = asvit_params(arch, 3, 224) + _head_params(dim, 1000)
     assert (params, asvit_flops(arch, 3, 224)) == (87_580_820, 22_420_499_584)

@@ -75,7 +75,8 @@ NETWORK_VERSION = 'asvit-2'
 ScoreFn = Callable[[Dict[str, Any]], Mapping[str, float]]
 
 __all__ = ['SPACE', 'REFERENCE_PROXY_SETTINGS', 'GROWTH_REFERENCE', 'PUBLISHED_SEED',
-           'PUBLISHED_LARGE', 'choices_to_arch', 'genotype_to_arch', 'arch_to_genotype', 'arch_to_choices',
+           'PUBLISHED_LARGE', 'choices_to_arch', 'genotype_to_arch', 'arch_to_genotype',
+           'arch_to_choices',
            'proxy_score_fn', 'reinforce_search', 'plot_search', 'grow_family', 'plot_growth',
            'asvit_params', 'asvit_flops', 'write_arch_file', 'SearchOutcome', 'GrowthOutcome']
 
@@ -136,12 +137,18 @@ def genotype_to_arch(genotype: str, width: Optional[int] = None,
                 down_kernels=[st[0] for st in stages[1:]], splits=[st[1] for st in stages])
 
 
-def arch_to_genotype(arch: Mapping[str, Any]) -> str:
-    """Inverse of :func:`genotype_to_arch` (width and depths dropped)."""
+def arch_to_genotype(arch: Mapping[str, Any], grown: bool = False) -> str:
+    """Inverse of :func:`genotype_to_arch`: the seed string (width and depths dropped), or with
+    ``grown`` the member string As-ViT's README writes (depth per stage, width after the heads).
+    """
     kernels = [arch['tokenizer_kernel'], *arch['down_kernels']]
     stages = ['%d,%d,%g' % (k, s, r) for k, s, r in zip(kernels, arch['splits'],
                                                         arch['mlp_ratios'])]
-    return '|'.join(stages + [str(_heads_of(arch)[-1])])
+    head = str(_heads_of(arch)[-1])
+    if grown:
+        stages = [f'{st},{d}' for st, d in zip(stages, arch['depths'])]
+        head += f",{arch['width']}"
+    return '|'.join(stages + [head])
 
 
 def proxy_score_fn(img_size: int = 32, batch_size: int = 8, num_inits: int = 1,
