@@ -407,6 +407,11 @@ def test_grow_cli_scales_members_and_needs_a_budget(tmp_path, capsys):
     assert (tmp_path / 'growth.png').stat().st_size > 10_000
     large = Config.fromfile(str(tmp_path / 'asvit_large.py'))
     assert large.arch.to_dict()['width'] == chosen[-1]['arch']['width']
+    genotype = arch_to_genotype(chosen[-1]['arch'], grown=True)
+    assert f'# genotype: {genotype}\n' in (tmp_path / 'asvit_large.py').read_text()
+    back = genotype_to_arch(genotype)
+    assert (back['width'], back['depths']) == (chosen[-1]['arch']['width'],
+                                               chosen[-1]['arch']['depths'])
 
 
 def test_search_cli_writes_seed_and_policy_plot(tmp_path):

@@ -751,5 +751,6 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
                 osp.join(out_dir, f'asvit_{size}.py'), member['arch'], img_size, header=[
                     f'As-ViT {size}: growth step {member["step"]}, {kind} '
                     f'{member["cost"]:.6g} (budget {budget:.6g}), seed {seed}',
+                    f'genotype: {arch_to_genotype(member["arch"], grown=True)}',
                     f'log: {log_path}'])
     return GrowthOutcome(trajectory, family, files, kind, budget, scored)
