@@ -460,9 +460,10 @@ def test_shipped_search_log_replays_to_the_shipped_seed(tmp_path):
     assert f'# genotype: {arch_to_genotype(res.topology)}\n' in text
 
 
-def test_shipped_growth_log_replays_its_steps(tmp_path):
-    """data/asvit_growth: every logged growth step is what the log's candidates pick, replayed
-    with no scoring (the run is partial; the same command resumes it)."""
+def test_shipped_growth_log_replays_to_the_shipped_family(tmp_path):
+    """data/asvit_growth: the growth at the reference's settings, replayed from its log with no
+    scoring, takes the logged steps, stops at the first member over stop_at and gives the
+    shipped family files."""
     import shutil
     from mmvitscale.search.topology import GROWTH_REFERENCE, REFERENCE_PROXY_SETTINGS
     log = tmp_path / 'growth.jsonl'
@@ -473,17 +474,25 @@ def test_shipped_growth_log_replays_its_steps(tmp_path):
     assert header['seed_topology'] == Config.fromfile(
         _shipped('data/asvit_search/seed_topology.py')).arch.to_dict()
     assert chosen and [r['step'] for r in chosen] == list(range(1, len(chosen) + 1))
+    stop = GROWTH_REFERENCE['stop_at']
+    assert chosen[-1]['cost'] >= stop > chosen[-2]['cost']
 
     def never(arch):
         raise AssertionError(f'scored {arch} instead of replaying it')
 
+    out = tmp_path / 'family'
     res = grow_family(header['seed_topology'], seed=header['seed'], log_path=str(log),
                       score_fn=never, ratios=header['ratios'], img_size=header['img_size'],
-                      max_steps=len(chosen), sizes=('first', ), progress=False,
+                      out_dir=str(out), progress=False,
                       score_settings=REFERENCE_PROXY_SETTINGS, **GROWTH_REFERENCE)
     assert [t['arch'] for t in res.trajectory[1:]] == [r['arch'] for r in chosen]
     assert [t['cost'] for t in res.trajectory[1:]] == [r['cost'] for r in chosen]
     assert log.read_text() == open(_shipped('data/asvit_growth/growth.jsonl')).read()
+    for size in ('small', 'base', 'large'):
+        shipped = Config.fromfile(_shipped(f'data/asvit_growth/asvit_{size}.py'))
+        assert Config.fromfile(str(out / f'asvit_{size}.py')).arch.to_dict() == \
+            shipped.arch.to_dict() == res.family[size]['arch']
+    assert res.family['large']['arch'] == chosen[-1]['arch']
 
 
 def test_published_large_genotype_costs_what_the_paper_reports():
