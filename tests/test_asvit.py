@@ -13,7 +13,7 @@ from mmvitscale.search.topology import (PUBLISHED_LARGE, PUBLISHED_SEED, SPACE, 
                                         asvit_params,
                                         choices_to_arch, genotype_to_arch, grow_family,
                                         reinforce_search)
-from scripts import load_script
+from scripts import ROOT, load_script
 
 ARCH = dict(width=16, depths=(1, 2, 1, 1), heads=16, mlp_ratios=(2, 3, 4, 2),
             tokenizer_kernel=7, down_kernels=(3, 4, 2), splits=(4, 2, 2, 1))
@@ -432,8 +432,14 @@ def test_search_cli_writes_seed_and_policy_plot(tmp_path):
 
 # ---------------------------------------------------------------------------- shipped results
 def _shipped(path: str) -> str:
+    """A file shipped in the repository."""
     import os.path as osp
-    return osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), path)
+    return osp.join(ROOT, path)
+
+
+def _never_score(arch):
+    """A score function for replays: scoring anything means the log was not replayed."""
+    raise AssertionError(f'scored {arch} instead of replaying it')
 
 
 def test_shipped_search_log_replays_to_the_shipped_seed(tmp_path):
@@ -448,10 +454,7 @@ def test_shipped_search_log_replays_to_the_shipped_seed(tmp_path):
     assert header['score_settings'] == json.loads(json.dumps(REFERENCE_PROXY_SETTINGS))
     steps = sum(json.loads(line)['type'] == 'candidate' for line in lines[1:])
 
-    def never(arch):
-        raise AssertionError(f'scored {arch} instead of replaying it')
-
-    res = reinforce_search(steps, header['seed'], never, str(log), progress=False,
+    res = reinforce_search(steps, header['seed'], _never_score, str(log), progress=False,
                            score_settings=REFERENCE_PROXY_SETTINGS)
     shipped = _shipped('data/asvit_search/seed_topology.py')
     assert Config.fromfile(shipped).arch.to_dict() == res.topology
@@ -477,12 +480,9 @@ def test_shipped_growth_log_replays_to_the_shipped_family(tmp_path):
     stop = GROWTH_REFERENCE['stop_at']
     assert chosen[-1]['cost'] >= stop > chosen[-2]['cost']
 
-    def never(arch):
-        raise AssertionError(f'scored {arch} instead of replaying it')
-
     out = tmp_path / 'family'
     res = grow_family(header['seed_topology'], seed=header['seed'], log_path=str(log),
-                      score_fn=never, ratios=header['ratios'], img_size=header['img_size'],
+                      score_fn=_never_score, ratios=header['ratios'], img_size=header['img_size'],
                       out_dir=str(out), progress=False,
                       score_settings=REFERENCE_PROXY_SETTINGS, **GROWTH_REFERENCE)
     assert [t['arch'] for t in res.trajectory[1:]] == [r['arch'] for r in chosen]
