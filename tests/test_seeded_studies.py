@@ -112,6 +112,8 @@ def test_run_arms_keeps_finished_trials_and_runs_seed_major(tmp_path):
                            lambda a, s: dict(metrics=dict(top1=s + 10.0)), str(tmp_path),
                            say=seen.append)
     assert '4 trials (2 arm(s) x 2 seed(s)): 3 already in' in seen[0]
+    assert len(seen) == 2 and seen[1].startswith('[1/1] b seed 1: top1 11.00 in ')
+    assert seen[1].endswith('done')
     assert [(r['arm'], r['seed'], r['metrics']['top1']) for r in rows] == \
         [('a', 0, 0.0), ('b', 0, 0.0), ('a', 1, 1.0), ('b', 1, 11.0)]
     assert seeded.complete_seeds(rows[:3], ['a', 'b'], [0, 1]) == [0]

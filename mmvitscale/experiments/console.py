@@ -1,14 +1,59 @@
-"""Console lines of a study: one per stage, with its duration and the total so far."""
+"""Console lines of a study: one per stage, with its duration and the total so far, and the
+time left of a queue of trials."""
 import contextlib
+import math
 import os
 import sys
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
 
 
 def clock(seconds: float) -> str:
     """``m:ss.s`` right-aligned, for stage lines."""
     return f'{int(seconds // 60):2d}:{seconds % 60:04.1f}'
+
+
+def duration(seconds: float) -> str:
+    """``1h05m`` / ``3m07s`` (never negative), for elapsed times and ETAs."""
+    seconds = max(0.0, seconds)
+    if seconds >= 3600:
+        return f'{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m'
+    return f'{int(seconds // 60)}m{int(seconds % 60):02d}s'
+
+
+class Eta:
+    """Time left of a queue of trials, each in a group (a task, an arm).
+
+    A pending trial is expected to take as long as the finished trials of its group took on
+    average (all finished trials while its group has none); the sum is shared by ``workers``.
+    ``nan`` until a trial has finished.
+    """
+
+    def __init__(self, groups: Sequence[Hashable], workers: int = 1) -> None:
+        self.remaining: List[Hashable] = list(groups)
+        self.total, self.done = len(self.remaining), 0
+        self.workers = max(1, min(workers, self.total))
+        self.seconds: Dict[Hashable, List[float]] = {}
+        self.start = time.perf_counter()
+
+    def eta(self) -> float:
+        every = [s for v in self.seconds.values() for s in v]
+        if not every:
+            return math.nan
+        overall = sum(every) / len(every)
+        est = {k: sum(v) / len(v) for k, v in self.seconds.items()}
+        return sum(est.get(g, overall) for g in self.remaining) / self.workers
+
+    def finished(self, group: Hashable, seconds: float) -> Tuple[str, str]:
+        """Record one finished trial; return ``[done/total]`` and ``elapsed ..., ETA ...``
+        (``done`` after the last) for its console line."""
+        self.done += 1
+        if group in self.remaining:
+            self.remaining.remove(group)
+        self.seconds.setdefault(group, []).append(float(seconds))
+        left = 'done' if self.done >= self.total else f'ETA {duration(self.eta())}'
+        return (f'[{self.done}/{self.total}]',
+                f'elapsed {duration(time.perf_counter() - self.start)}, {left}')
 
 
 def loadavg_text() -> str:

@@ -8,10 +8,10 @@ aside). Progress and an ETA are printed as trials finish.
 import multiprocessing
 import os
 import sys
-import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from .console import Eta
 from .store import ResultStore
 from .trial import Trial, run_trial
 
@@ -21,13 +21,6 @@ Say = Callable[[str], None]
 def _default_say(msg: str) -> None:
     # the real stdout: a running trial redirects sys.stdout to its log file
     print(msg, file=sys.__stdout__, flush=True)
-
-
-def _clock(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds >= 3600:
-        return f'{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m'
-    return f'{int(seconds // 60)}m{int(seconds % 60):02d}s'
 
 
 def _die_with_parent() -> None:
@@ -58,37 +51,21 @@ def _init_worker(threads: int, worker: bool = False) -> None:
 
 
 class Progress:
-    """Counts finished trials and estimates the time left.
-
-    A pending trial is expected to take as long as the finished trials of its task took on
-    average (all finished trials while its task has none); the sum is shared by the workers.
-    """
+    """Counts finished trials and prints each with the time left (:class:`~.console.Eta`,
+    one group per task)."""
 
     def __init__(self, pending: Sequence[Trial], say: Say, workers: int = 1) -> None:
-        self.remaining = [t.task for t in pending]
-        self.total, self.done, self.say = len(pending), 0, say
-        self.workers = max(1, min(workers, self.total))
-        self.seconds: Dict[str, List[float]] = {}
-        self.start = time.perf_counter()
+        self.clock = Eta([t.task for t in pending], workers)
+        self.say = say
 
     def eta(self) -> float:
-        every = [s for v in self.seconds.values() for s in v]
-        if not every:
-            return float('nan')
-        overall = sum(every) / len(every)
-        est = {k: sum(v) / len(v) for k, v in self.seconds.items()}
-        return sum(est.get(task, overall) for task in self.remaining) / self.workers
+        return self.clock.eta()
 
     def finished(self, trial: Trial, row: Dict[str, Any]) -> None:
-        self.done += 1
-        if trial.task in self.remaining:
-            self.remaining.remove(trial.task)
         took = float(row['timings']['total_s'])
-        self.seconds.setdefault(trial.task, []).append(took)
-        elapsed = time.perf_counter() - self.start
-        eta = 'done' if self.done == self.total else f'ETA {_clock(self.eta())}'
-        self.say(f'[{self.done}/{self.total}] {trial}: {row["metric"]:.2f} {row["metric_unit"]} '
-                 f'in {took:.1f}s; elapsed {_clock(elapsed)}, {eta}')
+        count, times = self.clock.finished(trial.task, took)
+        self.say(f'{count} {trial}: {row["metric"]:.2f} {row["metric_unit"]} '
+                 f'in {took:.1f}s; {times}')
 
 
 def run_trials(trials: Sequence[Trial], store: ResultStore, out_dir: str, data_root: str,

@@ -7,7 +7,8 @@ The pieces the single-task study tools (``tools/analysis/castling_accuracy.py``,
 * :func:`check_seeds`: the seed list, validated before any work;
 * :func:`run_arms`: (arm, seed) trials, seed-major (every arm of a seed finishes before the
   next seed starts, so a partial study already has paired seeds), each kept in a
-  :class:`~mmvitscale.experiments.store.ResultStore` as it finishes and skipped when rerun;
+  :class:`~mmvitscale.experiments.store.ResultStore` as it finishes and skipped when rerun,
+  with a console line per trial (its metrics, time, and the study's ETA);
 * :func:`summarize_arms`: per arm the per-seed values, mean and 95% Student-t interval; per
   comparison the per-seed paired differences (or relative savings), their mean, 95% interval,
   paired t p-value and verdict word, and a sentence saying it;
@@ -18,11 +19,13 @@ import hashlib
 import json
 import math
 import os.path as osp
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..fileio import pyplot, save_figure
 from . import stats
+from .console import Eta
 from .report import corrected, family_bar, json_safe, machine_summary
 from .store import ResultStore
 from .tasks import ROOT
@@ -78,7 +81,9 @@ def run_arms(study: str, arms: Sequence[str], seeds: Sequence[int],
 
     ``settings(arm)``: what decides that arm's result besides the seed (part of the key);
     ``run_one(arm, seed)``: train and evaluate, return a row with a ``metrics`` dict.
-    Rows are appended to the store as they finish (``on_row(rows so far)`` after each).
+    Rows are appended to the store as they finish (``on_row(rows so far)`` after each), and
+    ``say`` gets one line per trial run: ``[k/n] arm seed s: metrics in t s; elapsed, ETA``
+    (:class:`~mmvitscale.experiments.console.Eta`, one group per arm).
     """
     store = ResultStore(osp.join(out_dir, STORE_NAME))
     say = say or (lambda msg: None)
@@ -87,14 +92,21 @@ def run_arms(study: str, arms: Sequence[str], seeds: Sequence[int],
     kept = sum(key in store for _, _, key in plan)
     say(f'{len(plan)} trials ({len(arms)} arm(s) x {len(seeds)} seed(s)): {kept} already in '
         f'{store.path}, {len(plan) - kept} to run')
+    clock = Eta([arm for arm, _, key in plan if key not in store])
     rows: List[Dict[str, Any]] = []
     for arm, seed, key in plan:
         row = store.get(key)
         if row is None:
+            t0 = time.perf_counter()
             row = dict(run_one(arm, seed), key=key, study=study, arm=arm, seed=seed,
                        settings=dict(settings(arm)))
             store.append(json_safe(row))
             row = store.get(key)
+            took = time.perf_counter() - t0
+            count, times = clock.finished(arm, took)
+            metrics = ', '.join(f'{k} {v:.2f}' if isinstance(v, float) else f'{k} {v}'
+                                for k, v in row.get('metrics', {}).items())
+            say(f'{count} {arm} seed {seed}: {metrics} in {took:.1f}s; {times}')
         rows.append(row)
         if on_row:
             on_row(list(rows))
