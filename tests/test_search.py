@@ -9,7 +9,7 @@ import pytest
 
 from mmvitscale.cost.predictor import FEATURES, LatencyPredictor, features, mape, nnls
 from mmvitscale.scaling import make_pit_arch, make_vit_arch, scale_vit
-from mmvitscale.search.scale_search import (BaseSpec, BudgetError, Candidate, check_grids,
+from mmvitscale.search.scale_search import (FAMILIES, BaseSpec, BudgetError, Candidate, check_grids,
                                             enumerate_candidates, filter_budget, pareto_front,
                                             ranks, rule_file_text, run_search, write_rule_file)
 
@@ -259,6 +259,19 @@ def test_tool_cli(tmp_path, capsys):
         with pytest.raises(SystemExit):
             mod['parse_args'](argv + bad)
         assert msg in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_tool_default_base_is_the_family_fmnist_config_backbone(family, tmp_path):
+    """With no --arch the search's base is the backbone of configs/cls/scaled_<family>_fmnist.py
+    (so the written rule drops into that config)."""
+    from mmvitscale.rules import load_with_rule
+    mod = runpy.run_path(osp.join(ROOT, 'tools', 'scale_search.py'))
+    args = mod['parse_args'](['--family', family, '--budget', '1',
+                              '--out-rule', str(tmp_path / 'r.py')])
+    identity = write_rule_file(str(tmp_path / 'identity.py'), {})
+    cfg = load_with_rule(osp.join(ROOT, f'configs/cls/scaled_{family}_fmnist.py'), identity)
+    assert args.base.backbone_cfg({}) == cfg.model.backbone.to_dict()
 
 
 def test_pit_flops_search(tmp_path):

@@ -48,9 +48,11 @@ from mmvitscale.search.scale_search import (ATTN_TYPES, COSTS, DEFAULT_GRIDS, FA
                                             cost_text, measured_markdown, plot_pareto, run_search,
                                             write_rule_file)
 
-FMNIST_ARCH = dict(embed_dims=64, num_layers=6, num_heads=2, mlp_ratio=4.0)
-FMNIST_PIT_ARCH = dict(base_dims=[16, 16, 16], depths=[1, 3, 2], heads=[2, 4, 8], patch_size=4,
-                       patch_stride=2)
+# each family's base arch in its offline Fashion-MNIST config (configs/cls/scaled_*_fmnist.py)
+FMNIST_ARCHS = dict(
+    vit=dict(embed_dims=64, num_layers=6, num_heads=2, mlp_ratio=4.0),
+    pit=dict(base_dims=[16, 16, 16], depths=[1, 3, 2], heads=[2, 4, 8], patch_size=4,
+             patch_stride=2))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -100,12 +102,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def validate(args: argparse.Namespace) -> None:
     """Fill family defaults and raise ValueError naming the first bad flag."""
-    vit = args.family == 'vit'
     check_rule_path(args.out_rule, '--out-rule')  # refused before the search, not after it
     if osp.exists(args.work_dir) and not osp.isdir(args.work_dir):
         raise ValueError(f'--work-dir: {args.work_dir} exists and is not a folder')
     if args.arch is None:
-        args.arch = FMNIST_ARCH if vit else FMNIST_PIT_ARCH
+        if args.family not in FMNIST_ARCHS:
+            raise ValueError(f'--arch: --family {args.family} has no Fashion-MNIST default '
+                             'base; give --arch (a preset name or a JSON dict)')
+        args.arch = FMNIST_ARCHS[args.family]
     elif args.arch.lstrip().startswith('{'):
         try:
             args.arch = json.loads(args.arch)
