@@ -102,6 +102,32 @@ def test_kendall_tau_special_cases():
         kendall_tau([1, 1, 2], [1, 2, 3], method='exact')
 
 
+def test_kendall_interval_is_scipys_percentile_bootstrap():
+    from mmvitscale.experiments.stats import kendall_interval
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=30)
+    y = 0.6 * x + rng.normal(size=30)
+    got = kendall_interval(x, y, draws=4000, seed=1)
+    ref = sps.bootstrap((x, y), lambda a, b: sps.kendalltau(a, b).statistic, paired=True,
+                        vectorized=False, n_resamples=4000, method='percentile',
+                        random_state=np.random.default_rng(2)).confidence_interval
+    # two Monte-Carlo estimates of the same quantiles: agree to their sampling error
+    assert (got['low'], got['high']) == pytest.approx((ref.low, ref.high), abs=0.03)
+    assert got['low'] < kendall_tau(x, y).tau < got['high']
+    assert got == kendall_interval(x, y, draws=4000, seed=1)  # seeded
+    perfect = kendall_interval(range(10), range(10), draws=50)
+    assert (perfect['low'], perfect['high'], perfect['undefined']) == pytest.approx((1, 1, 0))
+    # three items: some draws repeat one item on a side, their tau is undefined and left out
+    small = kendall_interval([1, 2, 3], [1, 3, 2], draws=200)
+    assert 0 < small['undefined'] < 200 and -1 <= small['low'] <= small['high'] <= 1
+    assert math.isnan(kendall_interval([1, 2], [1, 2])['low'])
+    assert math.isnan(kendall_interval([1, 1, 1], [1, 2, 3])['high'])
+    with pytest.raises(ValueError, match='draws must be a positive integer, got 0'):
+        kendall_interval(x, y, draws=0)
+    with pytest.raises(ValueError, match='confidence must be in'):
+        kendall_interval(x, y, confidence=1.5)
+
+
 def test_ranks_match_scipy_and_put_non_finite_last():
     v = [3.0, 1.0, 2.0, 1.0, 5.0]
     assert ranks(v, higher_is_better=False) == list(sps.rankdata(v) - 1)

@@ -1,20 +1,23 @@
 """Does the training-free proxy predict accuracy? (issue 6)
 
     python tools/proxy_correlation.py [--num-archs 30] [--train 4000] [--val 1000]
-        [--epochs 2] [--out-dir work_dirs/proxy_correlation] [--seed 0]
+        [--epochs 2] [--train-seeds 0 1 2] [--out-dir work_dirs/proxy_correlation] [--seed 0]
 
 Samples ``--num-archs`` distinct architectures of the scaling space around the Fashion-MNIST
 ViT base of ``configs/cls/scaled_vit_fmnist.py`` (embed 64, 6 layers, 2 heads, patch 4, 32 px;
-resolution kept at 32), trains each briefly with mmengine's stock Runner (the config loaded
-under a per-architecture rule file with :func:`mmvitscale.rules.load_with_rule`, on a subset,
-seeded, 1 thread), scores it with the As-ViT proxies (NTK condition number, lower is better;
-length distortion, higher is better; on a backbone without the final LayerNorm) and reports
-Kendall's tau of each proxy and of their combined rank (As-ViT style rank sum) against the
-top-1 accuracy.
+resolution kept at 32), trains each briefly with mmengine's stock Runner once per training seed
+(the config loaded under a per-architecture rule file with
+:func:`mmvitscale.rules.load_with_rule`, on a subset, 1 thread), scores it with the As-ViT
+proxies (NTK condition number, lower is better; length distortion, higher is better; on a
+backbone without the final LayerNorm) and reports Kendall's tau of each proxy and of their
+combined rank (As-ViT style rank sum) against the seed-mean top-1 accuracy, with a 95%
+bootstrap interval over architectures, the tau per training seed, and how alike two training
+seeds rank the architectures (the ceiling a proxy can reach at this budget).
 
-Resumable: each finished architecture is appended to ``runs.jsonl`` in ``--out-dir``; a rerun
-skips the architectures already there. Writes ``proxy_correlation.json``, ``.md`` and ``.png``
-(atomically) to ``--out-dir``. The logic lives in :mod:`mmvitscale.experiments.proxy_correlation`.
+Resumable: each finished proxy score and training is appended to ``runs.jsonl`` in
+``--out-dir``; a rerun skips what is already there (more seeds or archs train only the new).
+Writes ``proxy_correlation.json``, ``.md`` and ``.png`` (atomically) to ``--out-dir``. The
+logic lives in :mod:`mmvitscale.experiments.proxy_correlation`.
 """
 import argparse
 import os.path as osp
@@ -24,14 +27,15 @@ from typing import Any, Dict, Optional, Sequence
 import mmvitscale  # noqa: F401  (stack shims + registries, before any host import)
 import torch
 
-from mmvitscale.experiments.console import Stages
+from mmvitscale.experiments.console import Eta, Stages
 from mmvitscale.experiments.console import clock as _clock
 from mmvitscale.experiments.console import loadavg_text as _loadavg
 from mmvitscale.experiments.proxy_correlation import (LOG_NAME, REPORT_STEM, CorrelationSpec,
                                                       ProxyFn, TrainFn, build_report,
                                                       check_spec, ensure_study_data, fmt_tau,
-                                                      measure_archs, proxy_arch, sample_rules,
-                                                      study_meta, train_arch, write_report)
+                                                      measure_archs, pending, proxy_arch,
+                                                      sample_rules, study_meta, train_arch,
+                                                      write_report)
 from mmvitscale.experiments.tasks import ROOT
 from mmvitscale.errors import InputError
 
@@ -48,7 +52,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--out-dir', default='work_dirs/proxy_correlation', help='report folder')
     parser.add_argument('--data-root', default=osp.join(ROOT, 'data'),
                         help='folder holding fashion_mnist/')
-    parser.add_argument('--seed', type=int, default=0, help='sampling, training and proxy seed')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='sampling and proxy seed (which architectures; proxy init)')
+    parser.add_argument('--train-seeds', type=int, nargs='+', default=[0, 1, 2],
+                        help='every architecture is trained once per seed (same seeds for all; '
+                        'k >= 2 for the seed-to-seed ceiling and intervals)')
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
     parser.add_argument('--workers', type=int, default=0, help='data loader workers')
     parser.add_argument('--proxy-batch', type=int, default=8, help='NTK batch size')
@@ -68,7 +76,8 @@ def spec_of(args: argparse.Namespace) -> CorrelationSpec:
     """The study inputs named by the flags (``--data-root`` made absolute)."""
     return CorrelationSpec(
         num_archs=args.num_archs, train=args.train, val=args.val, epochs=args.epochs,
-        batch=args.batch, seed=args.seed, threads=args.threads, workers=args.workers,
+        batch=args.batch, seed=args.seed, train_seeds=tuple(args.train_seeds),
+        threads=args.threads, workers=args.workers,
         proxy_batch=args.proxy_batch, proxy_inits=args.proxy_inits,
         proxy_points=args.proxy_points, data_root=osp.abspath(args.data_root))
 
@@ -91,16 +100,24 @@ def main(argv: Optional[Sequence[str]] = None, train_fn: TrainFn = train_arch,
     if len(rules) < spec.num_archs:
         say(f'only {len(rules)} distinct architectures in the space')
 
-    def progress(i: int, n: int, rec: Dict[str, Any]) -> None:
+    todo = pending(rules, spec, out_dir)
+    say(f'{stamp()} {len(rules)} architectures x ({len(spec.train_seeds)} training seed(s) + '
+        f'proxies): {len(todo)} of {len(rules) * (len(spec.train_seeds) + 1)} to run')
+    clock = Eta(todo)  # a training is expected to take what that arch's other seeds took
+
+    def progress(kind: str, i: int, seed: Optional[int], rec: Dict[str, Any]) -> None:
         a = rec['arch']
-        say(f'{stamp()} arch {i + 1}/{n} d{a["depth"]} w{a["width"]} h{a["heads"]} '
-            f'mlp{a["mlp_ratio"]:g} p{a["patch_size"]}: top-1 {rec["accuracy"]:.2f}%, kappa '
-            f'{rec["ntk_condition"]:.3g}, length {rec["length_distortion"]:.3g} '
-            f'({rec["arch_s"]:.1f}s)')
+        arch = (f'arch {i + 1}/{len(rules)} d{a["depth"]} w{a["width"]} h{a["heads"]} '
+                f'mlp{a["mlp_ratio"]:g} p{a["patch_size"]}')
+        what = (f'kappa {rec["ntk_condition"]:.3g}, length {rec["length_distortion"]:.3g}'
+                if kind == 'proxy' else f'seed {seed}: top-1 {rec["accuracy"]:.2f}%')
+        count, times = clock.finished((kind, i), rec['wall_s'])
+        say(f'{stamp()} {count} {arch} {what} ({rec["wall_s"]:.1f}s); {times}')
 
     records, skipped = measure_archs(rules, spec, out_dir, train_fn, proxy_fn, progress)
     if skipped:
-        say(f'{stamp()} resumed: {skipped} architecture(s) from {osp.join(out_dir, LOG_NAME)}')
+        say(f'{stamp()} resumed: {skipped} training(s) / proxy score(s) from '
+            f'{osp.join(out_dir, LOG_NAME)}')
     command = ' '.join(['python tools/proxy_correlation.py',
                         *(argv if argv is not None else sys.argv[1:])])
     meta = study_meta(spec, len(records), command, stages.elapsed(), skipped,
@@ -108,7 +125,14 @@ def main(argv: Optional[Sequence[str]] = None, train_fn: TrainFn = train_arch,
     report = build_report(records, meta)
     write_report(report, out_dir)
     for key, c in report['correlation'].items():
-        say(f'{stamp()} Kendall tau {key:18s} {fmt_tau(c["tau"])} (p {c["p"]:.3g}, n {c["n"]})')
+        say(f'{stamp()} Kendall tau {key:18s} {fmt_tau(c["tau"])} (95% '
+            f'{fmt_tau(c["ci95"][0])} to {fmt_tau(c["ci95"][1])}, p {c["p"]:.3g}, n {c["n"]}; '
+            f'per seed {", ".join(fmt_tau(t) for t in c["per_seed"])})')
+    agree = report['seed_agreement']
+    if agree['pairs']:
+        say(f'{stamp()} seed-to-seed tau of top-1 (ceiling): {fmt_tau(agree["mean_tau"])} mean '
+            f'over {len(agree["pairs"])} pair(s)')
+    say(f'{stamp()} goal (combined tau >= {report["goal"]["tau"]}): {report["goal"]["verdict"]}')
     for group, c in report['within_patch_size'].items():
         say(f'{stamp()} within {group} (n {c["combined"]["n"]}): tau ntk '
             f'{fmt_tau(c["ntk_condition"]["tau"])}, length '

@@ -2,11 +2,14 @@
 
 Samples distinct architectures of the scaling space :data:`GRIDS` around the Fashion-MNIST ViT
 base :data:`BASE` of :data:`CONFIG` (:func:`sample_rules`), trains each briefly with mmengine's
-stock Runner (:func:`train_arch`), scores it with the As-ViT proxies (:func:`proxy_arch`: NTK
-condition number, lower is better; length distortion, higher is better; no final LayerNorm),
-keeping every finished architecture in a resume log (:func:`measure_archs`), and reports
-Kendall's tau of each proxy and of their combined rank (As-ViT rank sum) against top-1
-(:func:`correlations`, :func:`build_report`, :func:`write_report`). Ranks and Kendall tau are
+stock Runner once per training seed (:func:`train_arch`), scores it with the As-ViT proxies
+(:func:`proxy_arch`: NTK condition number, lower is better; length distortion, higher is
+better; no final LayerNorm), keeping every finished training and proxy score in a resume log
+(:func:`measure_archs`), and reports Kendall's tau of each proxy and of their combined rank
+(As-ViT rank sum) against the seed-mean top-1, with a bootstrap interval over architectures,
+the tau against each training seed alone, and how well two training seeds rank the
+architectures alike (the ceiling any proxy can reach at this budget) (:func:`correlations`,
+:func:`build_report`, :func:`write_report`). Ranks, Kendall tau and its interval are
 :mod:`mmvitscale.experiments.stats`'.
 """
 import glob
@@ -38,9 +41,11 @@ GRIDS: Dict[str, Sequence[Any]] = dict(
     mlp_ratio_mult=(0.5, 1.0), patch_size=(4, 8))
 LOG_NAME = 'runs.jsonl'
 REPORT_STEM = 'proxy_correlation'
-# the settings that decide a run's result (its resume-log identity), in report order
-SETTING_KEYS = ('train', 'val', 'epochs', 'batch', 'seed', 'proxy_batch', 'proxy_inits',
-                'proxy_points')
+# the settings that decide a training's / a proxy score's result (resume-log identity)
+TRAIN_KEYS = ('train', 'val', 'epochs', 'batch')
+PROXY_KEYS = ('seed', 'proxy_batch', 'proxy_inits', 'proxy_points')
+BOOTSTRAP_DRAWS = 2000
+GOAL_TAU = 0.5  # the combined rank's target (issue 6)
 
 Rule = Dict[str, Any]
 
@@ -55,7 +60,9 @@ class CorrelationSpec:
         val: test images (the first N).
         epochs: training epochs per architecture.
         batch: training batch size.
-        seed: sampling, training and proxy seed.
+        seed: sampling and proxy seed (which architectures, the proxies' initialisation).
+        train_seeds: every architecture is trained once per seed (data order and init), with
+            the same seeds for all.
         threads: torch CPU threads (reported; the caller sets them).
         workers: data loader workers.
         proxy_batch: NTK batch size.
@@ -70,6 +77,7 @@ class CorrelationSpec:
     epochs: int = 2
     batch: int = 64
     seed: int = 0
+    train_seeds: Tuple[int, ...] = (0, 1, 2)
     threads: int = 1
     workers: int = 0
     proxy_batch: int = 8
@@ -77,9 +85,18 @@ class CorrelationSpec:
     proxy_points: int = 6
     data_root: str = field(default=osp.join(ROOT, 'data'))
 
-    def settings(self) -> Dict[str, int]:
-        """The training / proxy settings of a run (:data:`SETTING_KEYS`)."""
-        return {k: getattr(self, k) for k in SETTING_KEYS}
+    def settings(self) -> Dict[str, Any]:
+        """Everything that decides the study's numbers (reported in ``meta``)."""
+        return dict(self.train_settings(), **self.proxy_settings(),
+                    train_seeds=list(self.train_seeds))
+
+    def train_settings(self) -> Dict[str, int]:
+        """What decides one training besides its seed (:data:`TRAIN_KEYS`)."""
+        return {k: getattr(self, k) for k in TRAIN_KEYS}
+
+    def proxy_settings(self) -> Dict[str, int]:
+        """What decides an architecture's proxy scores (:data:`PROXY_KEYS`)."""
+        return {k: getattr(self, k) for k in PROXY_KEYS}
 
 
 def check_spec(spec: CorrelationSpec) -> None:
@@ -88,8 +105,8 @@ def check_spec(spec: CorrelationSpec) -> None:
     Raises:
         InputError: naming the first bad field (``num_archs``, ``train``, ``val``, ``epochs``,
             ``batch``, ``threads``, ``proxy_batch``, ``proxy_inits``, ``proxy_points``: must be
-            >= 1; ``workers``: must be >= 0); ``detail`` is ``'must be >= 1, got N'`` /
-            ``'must be >= 0'``.
+            >= 1; ``workers``: must be >= 0; ``seed``: must be >= 0; ``train_seeds``: distinct
+            integers >= 0); ``detail`` is e.g. ``'must be >= 1, got N'``.
     """
     for name in ('num_archs', 'train', 'val', 'epochs', 'batch', 'threads', 'proxy_batch',
                  'proxy_inits', 'proxy_points'):
@@ -98,6 +115,12 @@ def check_spec(spec: CorrelationSpec) -> None:
             raise InputError(name, f'must be >= 1, got {value}')
     if spec.workers < 0:
         raise InputError('workers', 'must be >= 0')
+    if spec.seed < 0:
+        raise InputError('seed', f'must be >= 0, got {spec.seed}')
+    seeds = list(spec.train_seeds)
+    if (not seeds or len(set(seeds)) != len(seeds)
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in seeds)):
+        raise InputError('train_seeds', f'must be distinct integers >= 0, got {seeds}')
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -152,22 +175,55 @@ def proxy_scores(kappa: Sequence[float], length: Sequence[float]) -> Dict[str, L
                 combined=[-(a + b) for a, b in zip(r_ntk, r_ld)])
 
 
-def correlations(records: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, float]]:
-    """Kendall tau of each proxy and the combined rank against accuracy.
+def predictors(records: Sequence[Mapping[str, Any]]) -> Dict[str, List[float]]:
+    """What each predictor says per architecture, oriented as its tau is read.
 
-    ``ntk_condition``: tau of kappa itself (non-finite kappa counted as the largest), expected
-    negative; ``length_distortion``: tau of the distortion, expected positive; ``combined``:
-    tau of the rank-sum score, expected positive; ``params``: model size, for reference.
+    ``ntk_condition``: the rank order of kappa ascending (non-finite kappa counted as the
+    largest), expected to fall with accuracy; ``length_distortion``: its rank order, expected
+    to rise; ``combined``: the rank-sum score (:func:`proxy_scores`), expected to rise;
+    ``params``: model size, for reference (only when every record has it).
     """
-    acc = [r['accuracy'] for r in records]
     sc = proxy_scores([r['ntk_condition'] for r in records],
                       [r['length_distortion'] for r in records])
-    out = dict(ntk_condition=kendall(sc['rank_ntk'], acc),  # rank order of kappa ascending
-               length_distortion=kendall([-v for v in sc['rank_length']], acc),
-               combined=kendall(sc['combined'], acc))
-    if all('params_m' in r for r in records):
-        out['params'] = kendall([r['params_m'] for r in records], acc)
+    out = dict(ntk_condition=list(sc['rank_ntk']),
+               length_distortion=[-v for v in sc['rank_length']], combined=sc['combined'])
+    if all(r.get('params_m') is not None for r in records):
+        out['params'] = [r['params_m'] for r in records]
     return out
+
+
+def correlations(records: Sequence[Mapping[str, Any]],
+                 accuracy: Optional[Sequence[float]] = None) -> Dict[str, Dict[str, float]]:
+    """Kendall tau (and p-value) of each of :func:`predictors` against accuracy (default: each
+    record's ``accuracy``, the seed mean)."""
+    acc = [r['accuracy'] for r in records] if accuracy is None else list(accuracy)
+    return {name: kendall(x, acc) for name, x in predictors(records).items()}
+
+
+def seed_agreement(records: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """How alike two training seeds rank the architectures: Kendall tau of their top-1 for
+    every pair of seeds, and the mean tau. A proxy cannot be expected to agree with one short
+    training better than another training of the same models does."""
+    seeds = list(records[0]['train_seeds']) if records else []
+    pairs = []
+    for a in range(len(seeds)):
+        for b in range(a + 1, len(seeds)):
+            k = kendall([r['accuracies'][a] for r in records],
+                        [r['accuracies'][b] for r in records])
+            pairs.append(dict(seeds=[seeds[a], seeds[b]], **k))
+    taus = [p['tau'] for p in pairs if math.isfinite(p['tau'])]
+    return dict(pairs=pairs, mean_tau=sum(taus) / len(taus) if taus else math.nan)
+
+
+def goal_verdict(combined: Mapping[str, Any], goal: float = GOAL_TAU) -> str:
+    """``met`` when the combined tau's 95% interval lies at or above ``goal``, ``not met`` when
+    it lies below, else ``inconclusive`` (also with no interval)."""
+    low, high = combined.get('ci95', [math.nan, math.nan])
+    if math.isfinite(low) and low >= goal:
+        return 'met'
+    if math.isfinite(high) and high < goal:
+        return 'not met'
+    return 'inconclusive'
 
 
 def within_groups(records: Sequence[Mapping[str, Any]], knob: str = 'patch_size'
@@ -181,8 +237,11 @@ def within_groups(records: Sequence[Mapping[str, Any]], knob: str = 'patch_size'
 
 
 # ---------------------------------------------------------------------------- one arch
-TrainFn = Callable[[Rule, CorrelationSpec, str], Dict[str, Any]]
+TrainFn = Callable[[Rule, CorrelationSpec, str, int], Dict[str, Any]]
 ProxyFn = Callable[[Rule, CorrelationSpec], Dict[str, float]]
+# what a finished training / proxy score is announced with: (kind, rule index, train seed or
+# None, its log record)
+OnResult = Callable[[str, int, Optional[int], Dict[str, Any]], None]
 
 
 def ensure_study_data(spec: CorrelationSpec) -> Dict[str, int]:
@@ -190,8 +249,9 @@ def ensure_study_data(spec: CorrelationSpec) -> Dict[str, int]:
     return ensure_data(get_task('cls'), spec.data_root, dict(train=spec.train, val=spec.val))
 
 
-def train_arch(rule: Rule, spec: CorrelationSpec, work_dir: str) -> Dict[str, Any]:
-    """Train + test :data:`CONFIG` under ``rule`` with the stock Runner in ``work_dir``.
+def train_arch(rule: Rule, spec: CorrelationSpec, work_dir: str, seed: int) -> Dict[str, Any]:
+    """Train + test :data:`CONFIG` under ``rule`` with the stock Runner in ``work_dir``, seeded
+    with ``seed`` (data order, augmentation, initialisation).
 
     Returns top-1 % (``accuracy``), backbone ``params_m`` and ``train_s`` / ``eval_s``;
     checkpoints are deleted (nothing reuses them).
@@ -205,7 +265,7 @@ def train_arch(rule: Rule, spec: CorrelationSpec, work_dir: str) -> Dict[str, An
                                 header=['proxy_correlation sample'])
     cfg = load_with_rule(CONFIG, rule_path)
     size = dict(epochs=spec.epochs, train=spec.train, val=spec.val, batch=spec.batch)
-    cfg = configure(cfg, get_task('cls'), size, spec.seed, work_dir, spec.data_root,
+    cfg = configure(cfg, get_task('cls'), size, seed, work_dir, spec.data_root,
                     loader_workers=spec.workers)
     # no stdout redirection: mmengine's logger keeps the stream it first saw, and a
     # per-run file would be closed under the next run (log level WARNING keeps it quiet)
@@ -237,53 +297,109 @@ def proxy_arch(rule: Rule, spec: CorrelationSpec) -> Dict[str, float]:
 
 # ---------------------------------------------------------------------------- resume log
 def log_key(key: str, settings: Mapping[str, Any]) -> str:
-    """Resume-log identity of a run: its rule and its training / proxy settings."""
+    """Resume-log identity of a record: its rule and the settings that decide it."""
     return key + ' ' + json.dumps(dict(settings), sort_keys=True)
+
+
+def _record_key(rec: Mapping[str, Any]) -> str:
+    settings = dict(rec.get('settings', {}), kind=rec.get('kind', 'train'))
+    if 'train_seed' in rec:
+        settings['train_seed'] = rec['train_seed']
+    return log_key(rec['key'], settings)
 
 
 def open_log(out_dir: str) -> ResultStore:
     """The resume log ``<out_dir>/runs.jsonl``; a torn last line (a killed run) is cut off, so
     the next record starts a fresh line."""
-    return ResultStore(osp.join(out_dir, LOG_NAME),
-                       key_fn=lambda r: log_key(r['key'], r.get('settings', {})), stamp=False)
+    return ResultStore(osp.join(out_dir, LOG_NAME), key_fn=_record_key, stamp=False)
+
+
+def _new_record(kind: str, rule: Rule, spec: CorrelationSpec, seed: Optional[int]
+                ) -> Dict[str, Any]:
+    rec = dict(kind=kind, key=rule_key(rule), rule=rule, arch=arch_of(rule),
+               settings=spec.proxy_settings() if kind == 'proxy' else spec.train_settings())
+    if seed is not None:
+        rec['train_seed'] = seed
+    return rec
+
+
+def _plan(rules: Sequence[Rule], spec: CorrelationSpec
+          ) -> List[Tuple[str, int, Optional[int]]]:
+    """(kind, rule index, seed) in run order: every proxy score, then trainings seed-major."""
+    return ([('proxy', i, None) for i in range(len(rules))]
+            + [('train', i, seed) for seed in spec.train_seeds for i in range(len(rules))])
+
+
+def pending(rules: Sequence[Rule], spec: CorrelationSpec, out_dir: str
+            ) -> List[Tuple[str, int]]:
+    """``(kind, rule index)`` of every proxy score and training :func:`measure_archs` would
+    run, in order (the resume log of ``out_dir`` holds the others)."""
+    path = osp.join(out_dir, LOG_NAME)
+    done = open_log(out_dir) if osp.exists(path) else None
+    return [(kind, i) for kind, i, seed in _plan(rules, spec)
+            if done is None or _record_key(_new_record(kind, rules[i], spec, seed)) not in done]
 
 
 def measure_archs(rules: Sequence[Rule], spec: CorrelationSpec, out_dir: str,
                   train_fn: TrainFn = train_arch, proxy_fn: ProxyFn = proxy_arch,
-                  on_result: Optional[Callable[[int, int, Dict[str, Any]], None]] = None
-                  ) -> Tuple[List[Dict[str, Any]], int]:
-    """Train and score every rule not yet in the resume log of ``out_dir``.
+                  on_result: Optional[OnResult] = None) -> Tuple[List[Dict[str, Any]], int]:
+    """Score and train every rule, skipping what the resume log of ``out_dir`` already holds.
 
-    Rule ``i`` trains in ``<out_dir>/runs/<i:03d>``; each finished record (``key``, ``rule``,
-    ``arch``, ``settings``, the fields of ``train_fn`` and ``proxy_fn``, ``arch_s``) is appended
-    to the log at once, then passed to ``on_result(i, len(rules), record)``. Records already
-    logged under the same rule and :meth:`CorrelationSpec.settings` are reused.
+    First the proxies of every rule (one ``kind='proxy'`` record each), then one training per
+    rule and seed, seed-major (all rules under the first seed, then the next), so a study cut
+    short already holds whole seeds. Rule ``i`` under seed ``s`` trains in
+    ``<out_dir>/runs/<i:03d>/seed<s>``. Each record (``kind``, ``key``, ``rule``, ``arch``,
+    ``settings``, for trainings ``train_seed``, the fields of ``train_fn`` / ``proxy_fn`` and
+    ``wall_s``) is appended to the log at once, then passed to ``on_result``.
 
     Returns:
-        The records in rule order, and how many came from the log.
+        One record per rule, in rule order (:func:`merge_records`), and how many trainings
+        and proxy scores came from the log.
     """
     os.makedirs(out_dir, exist_ok=True)
     done = open_log(out_dir)
-    settings = spec.settings()
-    records, skipped = [], 0
-    for i, rule in enumerate(rules):
-        key = rule_key(rule)
-        prev = done.get(log_key(key, settings))
+    skipped = 0
+
+    proxies: List[Dict[str, Any]] = []
+    trained: List[List[Dict[str, Any]]] = [[] for _ in rules]
+    for kind, i, seed in _plan(rules, spec):
+        rec = _new_record(kind, rules[i], spec, seed)
+        prev = done.get(_record_key(rec))
         if prev is not None:
-            records.append(prev)
             skipped += 1
-            continue
-        arch = arch_of(rule)
-        t0 = time.perf_counter()
-        trained = train_fn(rule, spec, osp.join(out_dir, 'runs', f'{i:03d}'))
-        proxies = proxy_fn(rule, spec)
-        rec = dict(key=key, rule=rule, arch=arch, settings=settings, **trained, **proxies,
-                   arch_s=time.perf_counter() - t0)
-        done.append(rec)
-        records.append(rec)
-        if on_result is not None:
-            on_result(i, len(rules), rec)
-    return records, skipped
+            rec = prev
+        else:
+            t0 = time.perf_counter()
+            if kind == 'proxy':
+                rec.update(proxy_fn(rules[i], spec))
+            else:
+                work_dir = osp.join(out_dir, 'runs', f'{i:03d}', f'seed{seed}')
+                rec.update(train_fn(rules[i], spec, work_dir, seed))
+            rec['wall_s'] = time.perf_counter() - t0
+            done.append(rec)
+            if on_result is not None:
+                on_result(kind, i, seed, rec)
+        if kind == 'proxy':
+            proxies.append(rec)
+        else:
+            trained[i].append(rec)
+    return [merge_records(p, t) for p, t in zip(proxies, trained)], skipped
+
+
+def merge_records(proxy: Mapping[str, Any], trainings: Sequence[Mapping[str, Any]]
+                  ) -> Dict[str, Any]:
+    """One architecture's report row: its proxies, its per-seed top-1 (``train_seeds``,
+    ``accuracies``), their mean ``accuracy`` with a 95% Student-t interval ``accuracy_ci95``
+    (``nan`` bounds with one seed), ``params_m`` and the mean ``train_s``."""
+    acc = [float(t['accuracy']) for t in trainings]
+    iv = stats.t_interval(acc)
+    return dict(key=proxy['key'], rule=proxy['rule'], arch=proxy['arch'],
+                ntk_condition=proxy['ntk_condition'],
+                length_distortion=proxy['length_distortion'], proxy_s=proxy.get('proxy_s'),
+                train_seeds=[t['train_seed'] for t in trainings], accuracies=acc,
+                accuracy=iv.mean, accuracy_ci95=[iv.low, iv.high],
+                params_m=trainings[0].get('params_m') if trainings else None,
+                train_s=sum(t.get('train_s', 0.0) for t in trainings) / max(1, len(trainings)))
 
 
 # ---------------------------------------------------------------------------- report
@@ -297,39 +413,83 @@ def study_meta(spec: CorrelationSpec, num_archs: int, command: str, wall_s: floa
                grids: Mapping[str, Sequence[Any]] = GRIDS) -> Dict[str, Any]:
     """The report's ``meta``: sizes, settings, command, torch version, load and wall time
     (``loadavg_start`` defaults to the load now)."""
+    from ..cost import cpu_name
     end = loadavg_text()
     return dict(num_archs=num_archs, grids={k: list(v) for k, v in grids.items()},
-                threads=spec.threads, command=command, torch=torch.__version__,
+                threads=spec.threads, command=command, torch=torch.__version__, cpu=cpu_name(),
                 loadavg_start=loadavg_start or end, loadavg_end=end, wall_s=wall_s,
                 resumed=resumed, **spec.settings())
 
 
-def build_report(records: Sequence[Mapping[str, Any]], meta: Dict[str, Any]) -> Dict[str, Any]:
-    """``meta``, pooled and within-patch-size correlations, and the runs."""
-    return dict(meta=meta, correlation=correlations(records),
+def build_report(records: Sequence[Mapping[str, Any]], meta: Dict[str, Any],
+                 draws: int = BOOTSTRAP_DRAWS) -> Dict[str, Any]:
+    """The study's report.
+
+    ``correlation``: per predictor, tau / p / n against the seed-mean top-1, its 95% bootstrap
+    interval over architectures ``ci95`` (:func:`mmvitscale.experiments.stats.
+    kendall_interval`, ``draws`` resamples, seed 0) and ``per_seed`` (tau against each training
+    seed's top-1 alone); ``seed_agreement`` (:func:`seed_agreement`); ``goal``
+    (:func:`goal_verdict` of the combined rank); ``within_patch_size``; the ``runs``.
+    """
+    corr = correlations(records)
+    xs = predictors(records)
+    acc = [r['accuracy'] for r in records]
+    seeds = list(records[0]['train_seeds']) if records else []
+    for name, c in corr.items():
+        iv = stats.kendall_interval(xs[name], acc, draws=draws, seed=0)
+        c['ci95'] = [iv['low'], iv['high']]
+        c['per_seed'] = [correlations(records, [r['accuracies'][j] for r in records])[name]['tau']
+                         for j in range(len(seeds))]
+    return dict(meta=meta, correlation=corr, seed_agreement=seed_agreement(records),
+                goal=dict(tau=GOAL_TAU, verdict=goal_verdict(corr.get('combined', {}))),
                 within_patch_size=within_groups(records), runs=list(records))
 
 
+def _ci_text(ci: Sequence[float]) -> str:
+    return 'n/a' if not all(math.isfinite(v) for v in ci) else \
+        f'{fmt_tau(ci[0])} to {fmt_tau(ci[1])}'
+
+
 def to_markdown(report: Mapping[str, Any]) -> str:
-    """The report as Markdown: settings, tau tables, goal line and one row per run."""
+    """The report as Markdown: settings, tau tables with intervals, the seed-to-seed ceiling,
+    the goal line and one row per architecture."""
     meta, corr = report['meta'], report['correlation']
+    seeds = meta.get('train_seeds', [meta['seed']])
+    k = len(seeds)
     lines = ['# Does the proxy predict accuracy?', '',
              f"{meta['num_archs']} architectures sampled (seed {meta['seed']}) around the "
              'Fashion-MNIST ViT base (embed 64, 6 layers, 2 heads, patch 4, 32 px) from '
              f"{', '.join(f'{k} {list(v)}' for k, v in meta['grids'].items())}; each trained "
              f"{meta['epochs']} epoch(s) on {meta['train']} images (batch {meta['batch']}, "
-             f"{meta['threads']} thread), top-1 on {meta['val']} test images. Proxies: batch "
+             f"{meta['threads']} thread) once per training seed {seeds}, top-1 on "
+             f"{meta['val']} test images, averaged over the seeds. Proxies: batch "
              f"{meta['proxy_batch']}, {meta['proxy_inits']} init(s), {meta['proxy_points']} "
-             f"circle points, no final LayerNorm. Wall time {meta['wall_s']:.0f} s; load "
-             f"average {meta['loadavg_start']} at start, {meta['loadavg_end']} at end.", '',
+             f"circle points, no final LayerNorm, seed {meta['seed']}. Machine: "
+             f"{meta.get('cpu', 'n/a')}, torch {meta['torch']}. Wall time "
+             f"{meta['wall_s']:.0f} s; load average {meta['loadavg_start']} at start, "
+             f"{meta['loadavg_end']} at end.", '',
              f"Command: `{meta['command']}`", '',
-             '| predictor | expected sign | Kendall tau | p-value |', '|---|---|---|---|']
+             'Kendall tau against the seed-mean top-1; the 95% interval is a percentile '
+             'bootstrap over architectures; "per seed" is the tau against each training '
+             "seed's top-1 alone.", '',
+             '| predictor | expected sign | Kendall tau | 95% interval | p-value | per seed |',
+             '|---|---|---|---|---|---|']
     expected = dict(ntk_condition='-', length_distortion='+', combined='+', params='+')
     names = dict(ntk_condition='NTK condition number', length_distortion='length distortion',
                  combined='combined rank (As-ViT rank sum)', params='params (reference)')
     for key, c in corr.items():
         p = 'n/a' if not math.isfinite(c['p']) else f"{c['p']:.3g}"
-        lines.append(f'| {names[key]} | {expected[key]} | {fmt_tau(c["tau"])} | {p} |')
+        per_seed = ', '.join(fmt_tau(t) for t in c.get('per_seed', []))
+        lines.append(f'| {names[key]} | {expected[key]} | {fmt_tau(c["tau"])} | '
+                     f'{_ci_text(c.get("ci95", [math.nan, math.nan]))} | {p} | {per_seed} |')
+    agree = report.get('seed_agreement', {})
+    if agree.get('pairs'):
+        pairs = '; '.join(f"seeds {a['seeds'][0]} vs {a['seeds'][1]}: {fmt_tau(a['tau'])}"
+                          for a in agree['pairs'])
+        lines += ['', f"**Seed-to-seed ceiling:** two trainings of the same architectures rank "
+                  f"them alike at Kendall tau {fmt_tau(agree['mean_tau'])} on average "
+                  f"({pairs}). A proxy is not expected to agree with one training better than "
+                  'another training does; the seed mean is less noisy than one seed.']
     within = report.get('within_patch_size', {})
     if within:
         lines += ['', 'Within one patch size (proxies re-ranked inside the group; patch size '
@@ -342,30 +502,41 @@ def to_markdown(report: Mapping[str, Any]) -> str:
                          f" | {fmt_tau(c['length_distortion']['tau'])} | "
                          f"{fmt_tau(c['combined']['tau'])} | "
                          f"{fmt_tau(c.get('params', {}).get('tau', float('nan')))} |")
-    tau = corr.get('combined', {}).get('tau', float('nan'))
-    ok = math.isfinite(tau) and tau >= 0.5
-    lines += ['', f"**Goal (combined tau >= 0.5): {'met' if ok else 'not met'}** "
-              f'(measured {fmt_tau(tau)}). One seed and a very short schedule: accuracy itself '
-              'is noisy at this budget, which caps any achievable tau.'
+    comb = corr.get('combined', {})
+    goal = report.get('goal', dict(tau=GOAL_TAU, verdict=goal_verdict(comb)))
+    lines += ['', f"**Goal (combined tau >= {goal['tau']}): {goal['verdict']}** (measured "
+              f"{fmt_tau(comb.get('tau', math.nan))}, 95% interval "
+              f"{_ci_text(comb.get('ci95', [math.nan, math.nan]))}; met / not met only when "
+              'the interval lies on one side of the goal).'
               + (' Compare the within-patch-size taus: a pooled tau carried by one coarse factor '
                  'does not show that the proxy ranks the architectures inside it.'
                  if within else ''), '',
-              '| # | rule | depth | width | heads | mlp | patch | params (M) | kappa | '
-              'length | top-1 % |', '|---|---|---|---|---|---|---|---|---|---|---|']
+              f"| # | rule | depth | width | heads | mlp | patch | params (M) | kappa | "
+              f"length | top-1 % (mean{', 95% interval' if k > 1 else ''}) | per seed |",
+              '|---|---|---|---|---|---|---|---|---|---|---|---|']
     for i, r in enumerate(sorted(report['runs'], key=lambda r: -r['accuracy'])):
         a = r['arch']
+        ci = r.get('accuracy_ci95', [math.nan, math.nan])
+        acc = f"{r['accuracy']:.2f}"
+        if all(math.isfinite(v) for v in ci):
+            acc += f' [{ci[0]:.2f}, {ci[1]:.2f}]'
+        per = ', '.join(f'{v:.2f}' for v in r.get('accuracies', [r['accuracy']]))
         lines.append(f"| {i + 1} | `{r['key']}` | {a['depth']} | {a['width']} | {a['heads']} "
                      f"| {a['mlp_ratio']:g} | {a['patch_size']} | {r['params_m']:.3f} | "
-                     f"{r['ntk_condition']:.4g} | {r['length_distortion']:.4g} | "
-                     f"{r['accuracy']:.2f} |")
+                     f"{r['ntk_condition']:.4g} | {r['length_distortion']:.4g} | {acc} | "
+                     f"{per} |")
     return '\n'.join(lines) + '\n'
 
 
 def plot(report: Mapping[str, Any], path: str) -> None:
-    """Accuracy against each proxy and the combined score (colour: depth), saved at ``path``."""
+    """Seed-mean accuracy (error bars: its 95% interval over the training seeds) against each
+    proxy and the combined score (colour: depth), saved at ``path``."""
     plt = pyplot()
     runs, corr = report['runs'], report['correlation']
     acc = [r['accuracy'] for r in runs]
+    err = [[r['accuracy'] - r.get('accuracy_ci95', [math.nan] * 2)[0] for r in runs],
+           [r.get('accuracy_ci95', [math.nan] * 2)[1] - r['accuracy'] for r in runs]]
+    has_err = all(math.isfinite(v) for side in err for v in side)
     sc = proxy_scores([r['ntk_condition'] for r in runs], [r['length_distortion'] for r in runs])
     kappa = [r['ntk_condition'] if math.isfinite(r['ntk_condition']) else float('nan')
              for r in runs]
@@ -375,14 +546,20 @@ def plot(report: Mapping[str, Any], path: str) -> None:
               ('combined', sc['combined'], '-(rank_ntk + rank_length) (higher better)', False)]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, (key, xs, label, log) in zip(axes, panels):
-        ax.scatter(xs, acc, s=28, c=[r['arch']['depth'] for r in runs], cmap='viridis')
+        if has_err:
+            ax.errorbar(xs, acc, yerr=err, fmt='none', ecolor='0.6', elinewidth=0.8, zorder=1)
+        ax.scatter(xs, acc, s=28, c=[r['arch']['depth'] for r in runs], cmap='viridis', zorder=2)
         if log:
             ax.set_xscale('log')
         ax.set_xlabel(label)
-        ax.set_ylabel('top-1 %')
-        ax.set_title(f"{key}: Kendall tau {fmt_tau(corr[key]['tau'])}", fontsize=10)
+        ax.set_ylabel('top-1 % (seed mean)')
+        ci = corr[key].get('ci95', [math.nan, math.nan])
+        ax.set_title(f"{key}: Kendall tau {fmt_tau(corr[key]['tau'])} [{_ci_text(ci)}]",
+                     fontsize=9)
         ax.grid(alpha=0.3)
-    fig.suptitle(f'{len(runs)} ViT architectures on Fashion-MNIST (colour: depth)', fontsize=10)
+    seeds = report['meta'].get('train_seeds', [report['meta'].get('seed')])
+    fig.suptitle(f'{len(runs)} ViT architectures on Fashion-MNIST, {len(seeds)} training '
+                 'seed(s) each (colour: depth; bars: 95% interval over seeds)', fontsize=10)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
 

@@ -266,6 +266,53 @@ def _kendall_p_exact(n: int, concordant: int) -> float:
     return min(1.0, 2 * sum(counts) / math.factorial(n))
 
 
+def _tau_b(a: np.ndarray, b: np.ndarray):
+    """Kendall's tau-b of two equally long float arrays (``nan`` when a side is constant), with
+    its parts: ``concordant - discordant``, discordant pairs, tied pairs in ``a`` / ``b`` and
+    all pairs."""
+    i, j = np.triu_indices(int(a.size), 1)
+    dx, dy = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+    total = int(i.size)
+    xtie, ytie = int(np.count_nonzero(dx == 0)), int(np.count_nonzero(dy == 0))
+    s = float(np.sum(dx * dy))  # concordant - discordant
+    discordant = int(np.count_nonzero(dx * dy < 0))
+    if xtie == total or ytie == total:
+        return math.nan, s, discordant, xtie, ytie, total
+    tau = float(np.clip(s / math.sqrt(total - xtie) / math.sqrt(total - ytie), -1.0, 1.0))
+    return tau, s, discordant, xtie, ytie, total
+
+
+def kendall_interval(x: Sequence[float], y: Sequence[float], confidence: float = 0.95,
+                     draws: int = 2000, seed: int = 0) -> Dict[str, Any]:
+    """Percentile bootstrap interval of Kendall's tau-b over the pairs ``(x[i], y[i])``.
+
+    Each draw resamples the pairs with replacement (the items, e.g. architectures, are the
+    sampling unit) and recomputes tau-b; draws where a side is constant are left out (their
+    count is ``undefined``). Returns ``low``, ``high``, ``confidence``, ``draws`` and
+    ``undefined``; ``nan`` bounds with fewer than 3 pairs, a nan value or a constant side.
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f'confidence must be in (0, 1), got {confidence}')
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f'draws must be a positive integer, got {draws!r}')
+    a = np.asarray(x, dtype=np.float64).ravel()
+    b = np.asarray(y, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f'kendall_interval: {a.size} vs {b.size} values')
+    out = dict(low=math.nan, high=math.nan, confidence=confidence, draws=draws,
+               undefined=draws)
+    if a.size < 3 or np.isnan(a).any() or np.isnan(b).any() or math.isnan(_tau_b(a, b)[0]):
+        return out
+    rng = np.random.default_rng(seed)
+    taus = np.array([_tau_b(a[k], b[k])[0] for k in rng.integers(0, a.size, (draws, a.size))])
+    taus = taus[~np.isnan(taus)]
+    out['undefined'] = int(draws - taus.size)
+    if taus.size:
+        alpha = 1 - confidence
+        out['low'], out['high'] = (float(v) for v in np.quantile(taus, [alpha / 2, 1 - alpha / 2]))
+    return out
+
+
 def kendall_tau(x: Sequence[float], y: Sequence[float], method: str = 'auto') -> KendallResult:
     """Kendall's tau-b of two paired samples and its two-sided p-value, as scipy computes them.
 
@@ -283,15 +330,9 @@ def kendall_tau(x: Sequence[float], y: Sequence[float], method: str = 'auto') ->
     undefined = KendallResult(math.nan, math.nan, n, 'undefined')
     if n < 2 or np.isnan(a).any() or np.isnan(b).any():
         return undefined
-    i, j = np.triu_indices(n, 1)
-    dx, dy = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
-    total = int(i.size)
-    xtie, ytie = int(np.count_nonzero(dx == 0)), int(np.count_nonzero(dy == 0))
-    if xtie == total or ytie == total:
+    tau, s, discordant, xtie, ytie, total = _tau_b(a, b)
+    if math.isnan(tau):
         return undefined
-    s = float(np.sum(dx * dy))  # concordant - discordant
-    tau = float(np.clip(s / math.sqrt(total - xtie) / math.sqrt(total - ytie), -1.0, 1.0))
-    discordant = int(np.count_nonzero(dx * dy < 0))
     ties = xtie > 0 or ytie > 0
     if method == 'exact' and ties:
         raise ValueError('kendall_tau: ties found, the exact method cannot be used')
