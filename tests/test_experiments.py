@@ -291,6 +291,22 @@ def test_progress_eta_expects_each_task_to_take_what_its_trials_took():
     assert lines[-1].endswith('done')
 
 
+def test_eta_falls_back_to_the_groups_of_the_same_kind():
+    from mmvitscale.experiments.console import Eta
+    groups = [('proxy', 0), ('proxy', 1), ('train', 0), ('train', 1), ('train', 0)]
+    clock = Eta(groups)
+    count, times = clock.finished(('proxy', 0), 1.0)
+    assert count == '[1/5]' and 'ETA' in times
+    assert clock.eta() == pytest.approx(4 * 1.0)  # no training yet: every trial's mean
+    clock.finished(('proxy', 1), 1.0)
+    clock.finished(('train', 0), 30.0)
+    # train 1 has no time of its own: the other trainings' mean, not the proxies'
+    assert clock.eta() == pytest.approx(30.0 + 30.0)
+    clock.finished(('train', 1), 10.0)
+    assert clock.eta() == pytest.approx(30.0)  # the second train-0 as the first took
+    assert clock.finished(('train', 0), 1.0)[1].endswith('done')
+
+
 def test_trial_key_follows_the_task_config_not_its_comments(tmp_path):
     """A changed task config (or base) trains again; a comment or another rule path does not."""
     from mmvitscale.experiments.tasks import TASKS, get_task, register_task

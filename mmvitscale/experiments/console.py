@@ -25,8 +25,9 @@ class Eta:
     """Time left of a queue of trials, each in a group (a task, an arm).
 
     A pending trial is expected to take as long as the finished trials of its group took on
-    average (all finished trials while its group has none); the sum is shared by ``workers``.
-    ``nan`` until a trial has finished.
+    average; while its group has none, a tuple group ``(kind, ...)`` takes the mean of the
+    finished groups of the same ``kind``, and otherwise all finished trials'. The sum is shared
+    by ``workers``; ``nan`` until a trial has finished.
     """
 
     def __init__(self, groups: Sequence[Hashable], workers: int = 1) -> None:
@@ -42,7 +43,17 @@ class Eta:
             return math.nan
         overall = sum(every) / len(every)
         est = {k: sum(v) / len(v) for k, v in self.seconds.items()}
-        return sum(est.get(g, overall) for g in self.remaining) / self.workers
+        kinds: Dict[Hashable, List[float]] = {}
+        for k, v in self.seconds.items():
+            if isinstance(k, tuple) and k:
+                kinds.setdefault(k[0], []).extend(v)
+
+        def guess(group: Hashable) -> float:
+            if group in est:
+                return est[group]
+            same = kinds.get(group[0]) if isinstance(group, tuple) and group else None
+            return sum(same) / len(same) if same else overall
+        return sum(guess(g) for g in self.remaining) / self.workers
 
     def finished(self, group: Hashable, seconds: float) -> Tuple[str, str]:
         """Record one finished trial; return ``[done/total]`` and ``elapsed ..., ETA ...``
