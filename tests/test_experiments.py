@@ -128,6 +128,28 @@ def test_kendall_interval_is_scipys_percentile_bootstrap():
         kendall_interval(x, y, confidence=1.5)
 
 
+def test_tau_over_seeds_and_seed_agreement_match_scipy():
+    from mmvitscale.experiments.stats import seed_agreement, tau_over_seeds
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=12)
+    per_seed = [x + rng.normal(scale=0.5, size=12) for _ in range(3)]
+    got = tau_over_seeds(x, per_seed, draws=300)
+    ref = sps.kendalltau(x, np.mean(per_seed, axis=0))
+    assert (got['tau'], got['p'], got['n']) == pytest.approx((ref.statistic, ref.pvalue, 12))
+    assert got['per_seed'] == pytest.approx([sps.kendalltau(x, v).statistic for v in per_seed])
+    assert got['ci95'][0] <= got['tau'] <= got['ci95'][1]
+    agree = seed_agreement(per_seed, [4, 5, 6])
+    assert [p['seeds'] for p in agree['pairs']] == [[4, 5], [4, 6], [5, 6]]
+    pairs = ((0, 1), (0, 2), (1, 2))
+    taus = [sps.kendalltau(per_seed[a], per_seed[b]).statistic for a, b in pairs]
+    assert agree['mean_tau'] == pytest.approx(np.mean(taus))
+    assert math.isnan(seed_agreement(per_seed[:1], [0])['mean_tau'])
+    with pytest.raises(ValueError, match=r'every seed needs 12 values, got \[12, 11\]'):
+        tau_over_seeds(x, [per_seed[0], per_seed[1][:11]])
+    with pytest.raises(ValueError, match='3 value lists for 2 seeds'):
+        seed_agreement(per_seed, [0, 1])
+
+
 def test_ranks_match_scipy_and_put_non_finite_last():
     v = [3.0, 1.0, 2.0, 1.0, 5.0]
     assert ranks(v, higher_is_better=False) == list(sps.rankdata(v) - 1)

@@ -192,27 +192,20 @@ def predictors(records: Sequence[Mapping[str, Any]]) -> Dict[str, List[float]]:
     return out
 
 
-def correlations(records: Sequence[Mapping[str, Any]],
-                 accuracy: Optional[Sequence[float]] = None) -> Dict[str, Dict[str, float]]:
-    """Kendall tau (and p-value) of each of :func:`predictors` against accuracy (default: each
-    record's ``accuracy``, the seed mean)."""
-    acc = [r['accuracy'] for r in records] if accuracy is None else list(accuracy)
+def correlations(records: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, float]]:
+    """Kendall tau (and p-value) of each of :func:`predictors` against each record's
+    ``accuracy`` (the seed mean)."""
+    acc = [r['accuracy'] for r in records]
     return {name: kendall(x, acc) for name, x in predictors(records).items()}
 
 
 def seed_agreement(records: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
-    """How alike two training seeds rank the architectures: Kendall tau of their top-1 for
-    every pair of seeds, and the mean tau. A proxy cannot be expected to agree with one short
-    training better than another training of the same models does."""
+    """How alike two training seeds rank the architectures
+    (:func:`mmvitscale.experiments.stats.seed_agreement` of their top-1): the ceiling a proxy
+    can reach against one short training."""
     seeds = list(records[0]['train_seeds']) if records else []
-    pairs = []
-    for a in range(len(seeds)):
-        for b in range(a + 1, len(seeds)):
-            k = kendall([r['accuracies'][a] for r in records],
-                        [r['accuracies'][b] for r in records])
-            pairs.append(dict(seeds=[seeds[a], seeds[b]], **k))
-    taus = [p['tau'] for p in pairs if math.isfinite(p['tau'])]
-    return dict(pairs=pairs, mean_tau=sum(taus) / len(taus) if taus else math.nan)
+    return stats.seed_agreement([[r['accuracies'][j] for r in records]
+                                 for j in range(len(seeds))], seeds)
 
 
 def goal_verdict(combined: Mapping[str, Any], goal: float = GOAL_TAU) -> str:
@@ -431,15 +424,10 @@ def build_report(records: Sequence[Mapping[str, Any]], meta: Dict[str, Any],
     seed's top-1 alone); ``seed_agreement`` (:func:`seed_agreement`); ``goal``
     (:func:`goal_verdict` of the combined rank); ``within_patch_size``; the ``runs``.
     """
-    corr = correlations(records)
-    xs = predictors(records)
-    acc = [r['accuracy'] for r in records]
     seeds = list(records[0]['train_seeds']) if records else []
-    for name, c in corr.items():
-        iv = stats.kendall_interval(xs[name], acc, draws=draws, seed=0)
-        c['ci95'] = [iv['low'], iv['high']]
-        c['per_seed'] = [correlations(records, [r['accuracies'][j] for r in records])[name]['tau']
-                         for j in range(len(seeds))]
+    per_seed = [[r['accuracies'][j] for r in records] for j in range(len(seeds))]
+    corr = {name: stats.tau_over_seeds(x, per_seed, draws=draws, seed=0)
+            for name, x in predictors(records).items()}
     return dict(meta=meta, correlation=corr, seed_agreement=seed_agreement(records),
                 goal=dict(tau=GOAL_TAU, verdict=goal_verdict(corr.get('combined', {}))),
                 within_patch_size=within_groups(records), runs=list(records))

@@ -313,6 +313,43 @@ def kendall_interval(x: Sequence[float], y: Sequence[float], confidence: float =
     return out
 
 
+def tau_over_seeds(x: Sequence[float], per_seed: Sequence[Sequence[float]],
+                   draws: int = 2000, seed: int = 0) -> Dict[str, Any]:
+    """How a score ``x`` of items ranks them against a metric measured once per training seed
+    (``per_seed[j][i]``: item ``i`` under seed ``j``).
+
+    Returns ``tau``, ``p`` and ``n`` (:func:`kendall_tau` against the seed mean), its 95%
+    bootstrap interval over items ``ci95`` (:func:`kendall_interval`, ``draws``, ``seed``) and
+    ``per_seed``, the tau against each seed's metric alone.
+    """
+    rows = [list(map(float, v)) for v in per_seed]
+    if not rows or any(len(v) != len(x) for v in rows):
+        raise ValueError(f'tau_over_seeds: every seed needs {len(x)} values, got '
+                         f'{[len(v) for v in rows]}')
+    mean = [sum(col) / len(col) for col in zip(*rows)]
+    k = kendall_tau(x, mean)
+    iv = kendall_interval(x, mean, draws=draws, seed=seed)
+    return dict(tau=k.tau, p=k.p_value, n=k.n, ci95=[iv['low'], iv['high']],
+                per_seed=[kendall_tau(x, v).tau for v in rows])
+
+
+def seed_agreement(per_seed: Sequence[Sequence[float]], seeds: Sequence[int]
+                   ) -> Dict[str, Any]:
+    """How alike two training seeds rank the items: for every pair of seeds the Kendall tau
+    (``tau``, ``p``, ``n``) of their metrics (``per_seed[j][i]``: item ``i`` under
+    ``seeds[j]``), and ``mean_tau`` over the pairs (``nan`` with one seed). No score of the
+    items can be expected to agree with one training better than another training does."""
+    if len(per_seed) != len(seeds):
+        raise ValueError(f'seed_agreement: {len(per_seed)} value lists for {len(seeds)} seeds')
+    pairs = []
+    for a in range(len(seeds)):
+        for b in range(a + 1, len(seeds)):
+            k = kendall_tau(per_seed[a], per_seed[b])
+            pairs.append(dict(seeds=[seeds[a], seeds[b]], tau=k.tau, p=k.p_value, n=k.n))
+    taus = [p['tau'] for p in pairs if math.isfinite(p['tau'])]
+    return dict(pairs=pairs, mean_tau=sum(taus) / len(taus) if taus else math.nan)
+
+
 def kendall_tau(x: Sequence[float], y: Sequence[float], method: str = 'auto') -> KendallResult:
     """Kendall's tau-b of two paired samples and its two-sided p-value, as scipy computes them.
 
