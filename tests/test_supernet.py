@@ -171,11 +171,16 @@ def test_rank_agreement_is_stats_kendall_tau_and_matches_scipy():
 
 def _report(kendall):
     scores = [dict(arch=SUPER.as_dict(), label=SUPER.label, accuracy=0.5, seconds=0.1,
-                   params=1234, scratch_accuracy=0.25, scratch_seconds=1.0),
+                   params=1234, scratch_accuracy=0.25, scratch_seconds=1.0,
+                   scratch_seeds=[0, 1], scratch_accuracies=[0.2, 0.3]),
               dict(arch=SUPER.as_dict(), label='small', accuracy=0.4, seconds=0.1, params=99,
-                   scratch_accuracy=0.2, scratch_seconds=1.0)]
+                   scratch_accuracy=0.2, scratch_seconds=1.0, scratch_seeds=[0, 1],
+                   scratch_accuracies=[0.25, 0.15]),
+              dict(arch=SUPER.as_dict(), label='mid', accuracy=0.45, seconds=0.1, params=500,
+                   scratch_accuracy=0.3, scratch_seconds=1.0, scratch_seeds=[0, 1],
+                   scratch_accuracies=[0.35, 0.25])]
     config = dict(num_random=2, super_images=10, super_epochs=1, val_images=5,
-                  scratch_images=4, scratch_epochs=1, threads=1)
+                  scratch_images=4, scratch_epochs=1, scratch_seeds=[0, 1], threads=1, seed=0)
     return study.build_report(SUPER, 7, config, dict(steps=1, final_loss=2.0, seconds=3.0),
                               scores, kendall, 9.0, '0.00 0.00 0.00', 'cmd')
 
@@ -188,15 +193,25 @@ def test_report_keys_markdown_and_files(tmp_path):
                 'python', 'command'):
         assert key in report, key
     assert report['kendall_tau'] == res.tau and report['kendall_p'] == res.p_value
-    assert report['kendall'] == dict(tau=res.tau, p_value=res.p_value, n=2, method='exact')
+    assert report['kendall'] == dict(tau=res.tau, p_value=res.p_value, n=3, method='exact')
+    over = report['over_seeds']
+    # seed 0 ranks small > super, seed 1 super > small: per-seed taus and the ceiling differ
+    seed0, seed1 = [0.2, 0.25, 0.35], [0.3, 0.15, 0.25]
+    acc = [0.5, 0.4, 0.45]
+    assert over['per_seed'] == pytest.approx([sps.kendalltau(acc, seed0).statistic,
+                                              sps.kendalltau(acc, seed1).statistic])
+    assert over['seed_agreement']['mean_tau'] == pytest.approx(
+        sps.kendalltau(seed0, seed1).statistic)
     md = study.to_markdown(report)
-    assert f"{res.tau:.3f}** (p = {res.p_value:.3g}, K = 2" in md
-    assert '| `small` | 99 | 0.4000 | 0.2000 |' in md
+    assert f"{res.tau:.3f}** (p = {res.p_value:.3g}, K = 3; 95% bootstrap interval" in md
+    assert 'mean over 2 seed(s) [0, 1]' in md and 'Seed-to-seed ceiling' in md
+    assert '| `small` | 99 | 0.4000 | 0.2000 | 0.2500, 0.1500 |' in md
     paths = study.write_report(report, str(tmp_path / 'a'))
     assert sorted(paths) == ['json', 'md', 'png'] and all(osp.exists(p) for p in paths.values())
-    assert json.loads(open(paths['json']).read())['kendall']['n'] == 2
+    assert json.loads(open(paths['json']).read())['kendall']['n'] == 3
     scored_only = _report(None)  # --skip-scratch: no tau, no figure
     assert scored_only['kendall_tau'] is None and scored_only['kendall'] is None
+    assert scored_only['over_seeds'] is None
     assert 'Kendall' not in study.to_markdown(scored_only)
     assert sorted(study.write_report(scored_only, str(tmp_path / 'b'))) == ['json', 'md']
 
@@ -209,6 +224,8 @@ def test_report_keys_markdown_and_files(tmp_path):
     (dict(embed_dims=30), ('embed_dims', 'num_heads'), 'must divide .*got 30 / 4'),
     (dict(img_size=30), ('img_size', 'patch_size'), 'must divide, got 30 / 4'),
     (dict(depths=()), ('depths', ), 'at least one value'),
+    (dict(scratch_seeds=(1, 1)), ('scratch_seeds', ), r'distinct integers >= 0, got \[1, 1\]'),
+    (dict(seed=-1), ('seed', ), 'must be >= 0, got -1'),
     (dict(widths=(40, )), ('depths', 'widths', 'mlp_ratios', 'resolutions'), 'no subnet'),
 ])
 def test_check_spec_names_the_field_and_value(change, names, detail, tmp_path):
@@ -253,13 +270,16 @@ def test_tool_tiny_run(tmp_path):
         '--data-root', data, '--work-dir', str(tmp_path), '--embed-dims', '32', '--num-heads',
         '4', '--num-layers', '2', '--depths', '1,2', '--widths', '16,32', '--super-images',
         '128', '--super-epochs', '1', '--subnets', '3', '--scratch-images', '64',
-        '--scratch-epochs', '1', '--val-images', '100', '--batch-size', '64',
-        '--log-every', '1'
+        '--scratch-epochs', '1', '--scratch-seeds', '0', '1', '--val-images', '100',
+        '--batch-size', '64', '--log-every', '1'
     ])
     assert len(report['subnets']) == 3 and 'kendall_tau' in report
     saved = json.loads((tmp_path / 'supernet_scores.json').read_text())
     assert len(saved['subnets']) == 3
-    assert all('scratch_accuracy' in s for s in saved['subnets'])
+    for s in saved['subnets']:
+        assert s['scratch_seeds'] == [0, 1] and len(s['scratch_accuracies']) == 2
+        assert s['scratch_accuracy'] == pytest.approx(sum(s['scratch_accuracies']) / 2)
+    assert len(saved['over_seeds']['per_seed']) == 2
     assert (tmp_path / 'supernet_scores.md').exists()
     assert (tmp_path / 'supernet_vs_scratch.png').exists()
     assert (tmp_path / 'supernet.pth').exists()

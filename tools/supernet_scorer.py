@@ -4,8 +4,10 @@
    (largest + smallest + ``--num-random`` random subnets per step).
 2. Score ``--subnets`` subnets (largest, smallest, the rest drawn at random from the space) with
    the shared weights on a validation subset (the Fashion-MNIST test split), no retraining.
-3. Train each of those subnets from scratch with one equal short budget and evaluate it on the
-   same subset; report Kendall's tau between the two accuracy lists.
+3. Train each of those subnets from scratch with one equal short budget, once per
+   ``--scratch-seeds`` seed, and evaluate it on the same subset; report Kendall's tau between the
+   shared-weight and the seed-mean scratch accuracies with its 95% bootstrap interval over
+   subnets, the tau per seed, and how alike two scratch seeds rank the subnets (the ceiling).
 
 Outputs (atomic) in ``--work-dir``: ``supernet_scores.json``, ``supernet_scores.md``,
 ``supernet_vs_scratch.png`` and ``supernet.pth``; the report gives Kendall's tau-b with its
@@ -26,7 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import mmvitscale  # noqa: F401  isort:skip  (shims before mmengine / host packages)
 import torch
 
-from mmvitscale.experiments.console import loadavg_text
+from mmvitscale.experiments.console import Eta, loadavg_text
 from mmvitscale.experiments.supernet_study import (CHECKPOINT_NAME, SupernetStudySpec, build_report,
                                                    build_space, check_spec, load_study_data,
                                                    rank_agreement, save_supernet, score_shared,
@@ -69,6 +71,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--subnets', type=int, default=12, help='K subnets scored and retrained')
     p.add_argument('--scratch-images', type=int, default=3000)
     p.add_argument('--scratch-epochs', type=int, default=2)
+    p.add_argument('--scratch-seeds', type=int, nargs='+', default=[0, 1, 2],
+                   help='every subnet is trained from scratch once per seed (k >= 2 for the '
+                   'seed-to-seed ceiling)')
     p.add_argument('--skip-scratch', action='store_true', help='only score (no tau)')
     p.add_argument('--val-images', type=int, default=2000)
     p.add_argument('--batch-size', type=int, default=64)
@@ -96,6 +101,7 @@ def spec_of(args: argparse.Namespace) -> SupernetStudySpec:
         resolutions=tuple(args.resolutions), super_images=args.super_images,
         super_epochs=args.super_epochs, num_random=args.num_random, subnets=args.subnets,
         scratch_images=args.scratch_images, scratch_epochs=args.scratch_epochs,
+        scratch_seeds=tuple(args.scratch_seeds),
         skip_scratch=args.skip_scratch, val_images=args.val_images, batch_size=args.batch_size,
         lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, log_every=args.log_every,
         data_root=args.data_root)
@@ -128,19 +134,29 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
     kendall = None
     if not spec.skip_scratch:
-        def progress(i: int, n: int, s: Dict[str, Any]) -> None:
-            log(f"  scratch {i + 1}/{n} {s['label']}: acc {s['scratch_accuracy']:.4f} "
-                f"({s['scratch_seconds']:.1f}s)")
+        clock = Eta([s['label'] for _ in spec.scratch_seeds for s in scores])
+
+        def progress(k: int, n: int, s: Dict[str, Any], seed: int) -> None:
+            took = s['last_scratch_seconds']
+            count, times = clock.finished(s['label'], took)
+            log(f"  scratch {count} {s['label']} seed {seed}: acc "
+                f"{s['scratch_accuracies'][-1]:.4f} ({took:.1f}s); {times}")
 
         train_from_scratch(spec, archs, scores, data, on_result=progress)
         kendall = rank_agreement(scores)
         log(f'Kendall tau = {kendall.tau:.3f} (p = {kendall.p_value:.3g}, n = {kendall.n}, '
-            f'{kendall.method})')
+            f'{kendall.method}; scratch accuracy averaged over {len(spec.scratch_seeds)} '
+            'seed(s))')
 
     command = ' '.join([osp.basename(sys.argv[0])] + (sys.argv[1:] if argv is None
                                                       else list(argv)))
     report = build_report(sup, len(space), vars(args), sn_stats, scores, kendall,
                           time.perf_counter() - t_start, load_start, command)
+    over = report['over_seeds']
+    if over is not None:
+        log(f"95% bootstrap interval {over['ci95'][0]:+.3f} to {over['ci95'][1]:+.3f}; per seed "
+            f"{', '.join(f'{t:+.3f}' for t in over['per_seed'])}; seed-to-seed ceiling "
+            f"{over['seed_agreement']['mean_tau']:+.3f}")
     write_report(report, args.work_dir)
     log(f"done in {report['wall_seconds']:.0f} s -> {args.work_dir}")
     return report

@@ -6,10 +6,14 @@
 2. Score subnets (the largest, the smallest and random others,
    :func:`mmvitscale.search.supernet.pick_subnets`) with the shared weights on a validation
    subset of the Fashion-MNIST test split, no retraining (:func:`score_shared`).
-3. Train each of those subnets from scratch with one equal short budget and evaluate it on the
-   same subset (:func:`train_from_scratch`); Kendall's tau-b between the two accuracy lists and
-   its two-sided p-value (:func:`rank_agreement`, i.e.
-   :func:`mmvitscale.experiments.stats.kendall_tau`).
+3. Train each of those subnets from scratch with one equal short budget, once per scratch seed,
+   and evaluate it on the same subset (:func:`train_from_scratch`); Kendall's tau-b between the
+   shared-weight accuracies and the seed-mean scratch accuracies with its two-sided p-value
+   (:func:`rank_agreement`, i.e. :func:`mmvitscale.experiments.stats.kendall_tau`), its 95%
+   bootstrap interval over subnets and the tau per scratch seed
+   (:func:`mmvitscale.experiments.stats.tau_over_seeds`), and how alike two scratch seeds rank
+   the subnets (:func:`mmvitscale.experiments.stats.seed_agreement`: the ceiling any scorer can
+   reach against one short training).
 
 :func:`check_spec` refuses bad inputs before any work; :func:`build_report`, :func:`to_markdown`,
 :func:`plot` and :func:`write_report` make the outputs. Printing and progress are the caller's
@@ -66,10 +70,13 @@ class SupernetStudySpec:
         subnets: K, the subnets scored (and retrained); the largest and smallest are included.
         scratch_images: from-scratch training images (the first N of the same shuffle).
         scratch_epochs: from-scratch training epochs per subnet.
+        scratch_seeds: every subnet is trained from scratch once per seed ``s`` (init
+            ``torch.manual_seed(1000 * s + 100 + i)``, data order ``1000 * s + i`` for subnet
+            ``i``); the supernet and the data subsets follow ``seed``.
         skip_scratch: only score with the shared weights (no from-scratch runs, no tau).
         val_images: validation images (a seeded subset of the test split).
         batch_size, lr, weight_decay: AdamW training settings of both phases.
-        seed: data order, supernet init / sampling and from-scratch seeds.
+        seed: data subsets and order, supernet init and subnet sampling.
         log_every: training progress every N steps.
         data_root: folder with the Fashion-MNIST idx files (``None``: the default location).
     """
@@ -90,6 +97,7 @@ class SupernetStudySpec:
     subnets: int = 12
     scratch_images: int = 3000
     scratch_epochs: int = 2
+    scratch_seeds: Tuple[int, ...] = (0, 1, 2)
     skip_scratch: bool = False
     val_images: int = 2000
     batch_size: int = 64
@@ -119,7 +127,8 @@ def check_spec(spec: SupernetStudySpec) -> None:
         InputError: naming the field(s) at fault, ``detail`` giving the value: counts
             (``embed_dims`` ... ``log_every``) must be >= 1 (``subnets`` >= 2: the largest and
             the smallest are always scored), ``num_random`` and ``weight_decay`` >= 0,
-            ``mlp_ratio`` and ``lr`` > 0; ``embed_dims`` / ``num_heads`` must divide,
+            ``mlp_ratio`` and ``lr`` > 0; ``seed`` >= 0 and ``scratch_seeds`` distinct integers
+            >= 0; ``embed_dims`` / ``num_heads`` must divide,
             ``img_size`` / ``patch_size`` too; the space lists must be non-empty and hold a
             subnet; ``data_root`` must hold Fashion-MNIST.
     """
@@ -141,6 +150,12 @@ def check_spec(spec: SupernetStudySpec) -> None:
         value = getattr(spec, name)
         if not (value > 0 and math.isfinite(value)):
             raise InputError(name, f'must be > 0, got {value}')
+    if spec.seed < 0:
+        raise InputError('seed', f'must be >= 0, got {spec.seed}')
+    seeds = list(spec.scratch_seeds)
+    if (not seeds or len(set(seeds)) != len(seeds)
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in seeds)):
+        raise InputError('scratch_seeds', f'must be distinct integers >= 0, got {seeds}')
     if spec.embed_dims % spec.num_heads:
         raise InputError(('embed_dims', 'num_heads'), f'must divide (fixed head dim), got '
                          f'{spec.embed_dims} / {spec.num_heads}')
@@ -253,32 +268,56 @@ def score_shared(supernet: SlicedViT, archs: Sequence[SubnetArch],
 
 def train_from_scratch(spec: SupernetStudySpec, archs: Sequence[SubnetArch],
                        scores: Sequence[Dict[str, Any]], data: StudyData,
-                       on_result: Optional[Callable[[int, int, Dict[str, Any]], None]] = None
+                       on_result: Optional[Callable[[int, int, Dict[str, Any], int], None]] = None
                        ) -> None:
-    """Train subnet ``i`` of ``archs`` from scratch (``torch.manual_seed(spec.seed + 100 + i)``,
-    data order ``spec.seed + i``) and add ``scratch_accuracy`` (fraction, the validation set)
-    and ``scratch_seconds`` to ``scores[i]``, then call ``on_result(i, len(archs),
-    scores[i])``."""
-    for i, (s, arch) in enumerate(zip(scores, archs)):
-        torch.manual_seed(spec.seed + 100 + i)
-        model = ViTClassifier(arch, in_channels=IN_CHANNELS, num_classes=NUM_CLASSES)
-        st = train_model(model, data.scratch_images, data.scratch_labels, arch.img_size,
-                         spec.scratch_epochs, spec.batch_size, spec.lr, spec.weight_decay,
-                         spec.seed + i, log=None)
-        model.eval()
-        s['scratch_accuracy'] = evaluate(model, data.val_images, data.val_labels, arch.img_size)
-        s['scratch_seconds'] = st['seconds']
-        if on_result is not None:
-            on_result(i, len(archs), s)
+    """Train every subnet of ``archs`` from scratch once per seed of ``spec.scratch_seeds``,
+    seed-major (subnet ``i`` under seed ``s``: ``torch.manual_seed(1000 * s + 100 + i)``, data
+    order ``1000 * s + i``), and add to ``scores[i]``: ``scratch_seeds``,
+    ``scratch_accuracies`` (fraction on the validation set, per seed), their mean
+    ``scratch_accuracy`` and ``scratch_seconds`` (all seeds). After each training
+    ``on_result(k, total, scores[i], seed)`` (``k`` trainings done of ``total``)."""
+    for s in scores:
+        s.update(scratch_seeds=[], scratch_accuracies=[], scratch_seconds=0.0)
+    total, done = len(archs) * len(spec.scratch_seeds), 0
+    for seed in spec.scratch_seeds:
+        for i, (s, arch) in enumerate(zip(scores, archs)):
+            torch.manual_seed(1000 * seed + 100 + i)
+            model = ViTClassifier(arch, in_channels=IN_CHANNELS, num_classes=NUM_CLASSES)
+            st = train_model(model, data.scratch_images, data.scratch_labels, arch.img_size,
+                             spec.scratch_epochs, spec.batch_size, spec.lr, spec.weight_decay,
+                             1000 * seed + i, log=None)
+            model.eval()
+            s['scratch_seeds'].append(seed)
+            s['scratch_accuracies'].append(evaluate(model, data.val_images, data.val_labels,
+                                                    arch.img_size))
+            s['scratch_accuracy'] = sum(s['scratch_accuracies']) / len(s['scratch_accuracies'])
+            s['scratch_seconds'] += st['seconds']
+            s['last_scratch_seconds'] = st['seconds']
+            done += 1
+            if on_result is not None:
+                on_result(done, total, s, seed)
 
 
 def rank_agreement(scores: Sequence[Mapping[str, Any]]) -> stats.KendallResult:
-    """Kendall's tau-b between the shared-weight ``accuracy`` and the ``scratch_accuracy`` of
-    ``scores`` and its two-sided p-value (:func:`mmvitscale.experiments.stats.kendall_tau`, as
-    ``scipy.stats.kendalltau``: exact without ties up to 33 subnets, else asymptotic; ``nan``
-    with a constant side)."""
+    """Kendall's tau-b between the shared-weight ``accuracy`` and the (seed-mean)
+    ``scratch_accuracy`` of ``scores`` and its two-sided p-value
+    (:func:`mmvitscale.experiments.stats.kendall_tau`, as ``scipy.stats.kendalltau``: exact
+    without ties up to 33 subnets, else asymptotic; ``nan`` with a constant side)."""
     return stats.kendall_tau([s['accuracy'] for s in scores],
                              [s['scratch_accuracy'] for s in scores])
+
+
+def seed_statistics(scores: Sequence[Mapping[str, Any]], draws: int = 2000
+                    ) -> Dict[str, Any]:
+    """Over the scratch seeds of ``scores``: ``tau`` (as :func:`rank_agreement`) with its 95%
+    bootstrap interval ``ci95`` over subnets and ``per_seed`` taus
+    (:func:`mmvitscale.experiments.stats.tau_over_seeds`), and ``seed_agreement`` of the
+    scratch accuracies between seeds (:func:`mmvitscale.experiments.stats.seed_agreement`)."""
+    seeds = list(scores[0].get('scratch_seeds', [])) if scores else []
+    per_seed = [[s['scratch_accuracies'][j] for s in scores] for j in range(len(seeds))]
+    out = stats.tau_over_seeds([s['accuracy'] for s in scores], per_seed, draws=draws)
+    out['seed_agreement'] = stats.seed_agreement(per_seed, seeds)
+    return out
 
 
 # ---------------------------------------------------------------------------- report
@@ -291,8 +330,9 @@ def build_report(sup: SubnetArch, space_size: int, config: Mapping[str, Any],
     Keys: ``supernet`` (``arch``, ``label``), ``search_space_size``, ``config`` (as given: the
     caller's settings), ``supernet_train``, ``subnets`` (``scores``), ``kendall_tau`` and
     ``kendall_p`` (``None`` without from-scratch runs), ``kendall`` (``tau``, ``p_value``,
-    ``n``, ``method``; ``None`` likewise), ``wall_seconds``, ``load_start``, ``load_end`` (the
-    load average now), ``torch``, ``python``, ``command``.
+    ``n``, ``method``; ``None`` likewise), ``over_seeds`` (:func:`seed_statistics`; ``None``
+    likewise), ``wall_seconds``, ``load_start``, ``load_end`` (the load average now),
+    ``torch``, ``python``, ``command``.
     """
     return dict(
         supernet=dict(arch=sup.as_dict(), label=sup.label),
@@ -303,6 +343,7 @@ def build_report(sup: SubnetArch, space_size: int, config: Mapping[str, Any],
         kendall_tau=None if kendall is None else kendall.tau,
         kendall_p=None if kendall is None else kendall.p_value,
         kendall=None if kendall is None else kendall.as_dict(),
+        over_seeds=None if kendall is None else seed_statistics(scores),
         wall_seconds=wall_seconds,
         load_start=load_start,
         load_end=loadavg_text(),
@@ -312,26 +353,46 @@ def build_report(sup: SubnetArch, space_size: int, config: Mapping[str, Any],
     )
 
 
+def _tau(v: Optional[float]) -> str:
+    return 'n/a' if v is None or not math.isfinite(v) else f'{v:+.3f}'
+
+
 def to_markdown(report: Mapping[str, Any]) -> str:
-    """The report as Markdown: setup, Kendall tau with its p-value, one row per subnet."""
+    """The report as Markdown: setup, Kendall tau with its p-value, interval, per-seed taus and
+    the seed-to-seed ceiling, one row per subnet."""
     cfg = report['config']
     lines = ['# Weight-sharing supernet scorer', '',
              f"Supernet `{report['supernet']['label']}`, sandwich rule (largest + smallest + "
              f"{cfg['num_random']} random), {cfg['super_images']} "
              f"images x {cfg['super_epochs']} epochs "
-             f"({report['supernet_train']['seconds']:.0f} s). Validation: "
-             f"{cfg['val_images']} Fashion-MNIST test images.", '']
+             f"({report['supernet_train']['seconds']:.0f} s), seed {cfg.get('seed', 0)}. "
+             f"Validation: {cfg['val_images']} Fashion-MNIST test images.", '']
+    over = report.get('over_seeds') or {}
+    seeds = cfg.get('scratch_seeds', [])
     if report.get('kendall_tau') is not None:
-        lines += [f"**Kendall tau (supernet score vs. scratch accuracy): "
-                  f"{report['kendall_tau']:.3f}** (p = {report['kendall_p']:.3g}, "
-                  f"K = {len(report['subnets'])}; scratch budget "
+        ci = over.get('ci95', [math.nan, math.nan])
+        lines += [f"**Kendall tau (supernet score vs. scratch accuracy, mean over "
+                  f"{len(seeds)} seed(s) {list(seeds)}): {report['kendall_tau']:.3f}** "
+                  f"(p = {report['kendall_p']:.3g}, K = {len(report['subnets'])}; 95% "
+                  f"bootstrap interval over subnets {_tau(ci[0])} to {_tau(ci[1])}; per seed "
+                  f"{', '.join(_tau(t) for t in over.get('per_seed', []))}; scratch budget "
                   f"{cfg['scratch_images']} images x "
                   f"{cfg['scratch_epochs']} epochs each)", '']
-    lines += ['| subnet | params | supernet acc | scratch acc |', '|---|---:|---:|---:|']
+        agree = over.get('seed_agreement', {})
+        if agree.get('pairs'):
+            lines += [f"**Seed-to-seed ceiling:** two from-scratch trainings rank the subnets "
+                      f"alike at Kendall tau {_tau(agree['mean_tau'])} on average ("
+                      + '; '.join(f"seeds {a['seeds'][0]} vs {a['seeds'][1]}: {_tau(a['tau'])}"
+                                  for a in agree['pairs'])
+                      + '). No scorer can be expected to agree with one scratch training better '
+                      'than another does.', '']
+    lines += ['| subnet | params | supernet acc | scratch acc (mean) | scratch acc per seed |',
+              '|---|---:|---:|---:|---|']
     for s in report['subnets']:
         sc = s.get('scratch_accuracy')
+        per = ', '.join(f'{v:.4f}' for v in s.get('scratch_accuracies', []))
         lines.append(f"| `{s['label']}` | {s['params']:,} | {s['accuracy']:.4f} | "
-                     f"{'-' if sc is None else f'{sc:.4f}'} |")
+                     f"{'-' if sc is None else f'{sc:.4f}'} | {per or '-'} |")
     lines += ['', f"Total wall time {report['wall_seconds']:.0f} s, torch threads "
               f"{cfg['threads']}, load average at start "
               f"{report['load_start']} / end {report['load_end']}.", '']
@@ -339,18 +400,25 @@ def to_markdown(report: Mapping[str, Any]) -> str:
 
 
 def plot(report: Mapping[str, Any], path: str) -> None:
-    """Scratch against shared-weight accuracy, one labelled point per subnet, saved at
-    ``path`` (needs the from-scratch results)."""
+    """Seed-mean scratch against shared-weight accuracy, one labelled point per subnet, error
+    bars the 95% Student-t interval over the scratch seeds (with 2 or more), saved at ``path``
+    (needs the from-scratch results)."""
     plt = pyplot()
-    xs = [s['accuracy'] for s in report['subnets']]
-    ys = [s['scratch_accuracy'] for s in report['subnets']]
+    subs = report['subnets']
+    xs = [s['accuracy'] for s in subs]
+    ys = [s['scratch_accuracy'] for s in subs]
     fig, ax = plt.subplots(figsize=(6, 5))
-    ax.scatter(xs, ys)
-    for s in report['subnets']:
+    if all(len(s.get('scratch_accuracies', [])) > 1 for s in subs):
+        half = [stats.t_interval(s['scratch_accuracies']).half_width for s in subs]
+        ax.errorbar(xs, ys, yerr=half, fmt='none', ecolor='0.6', elinewidth=0.8, zorder=1)
+    ax.scatter(xs, ys, zorder=2)
+    for s in subs:
         ax.annotate(s['label'], (s['accuracy'], s['scratch_accuracy']), fontsize=6)
     ax.set_xlabel('supernet (shared-weight) accuracy')
-    ax.set_ylabel('trained-from-scratch accuracy')
-    ax.set_title(f"Kendall tau = {report['kendall_tau']:.3f} (K={len(xs)})")
+    ax.set_ylabel('trained-from-scratch accuracy (seed mean, 95% interval)')
+    ci = (report.get('over_seeds') or {}).get('ci95', [math.nan, math.nan])
+    ax.set_title(f"Kendall tau = {report['kendall_tau']:.3f} [{_tau(ci[0])}, {_tau(ci[1])}] "
+                 f"(K={len(xs)})", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
 
