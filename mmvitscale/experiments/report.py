@@ -488,7 +488,10 @@ def expected_agreement(pooled: Mapping[str, Any], seeds_per_run: int, draws: int
     stats.family_confidence(0.95, 1, correction)
     values = {(a['task'], a['rule']): dict(zip(a['seeds'], a['metrics'])) for a in pooled['arms']}
     comps = [(c['task'], c['rule'], c['baseline']) for c in pooled['comparisons']]
+    # each comparison's family as the report says (reports without the field: count per task)
     family = {t: sum(1 for c in comps if c[0] == t) for t, _, _ in comps}
+    family.update({c['task']: c['family_size'] for c in pooled['comparisons']
+                   if 'family_size' in c})
     confidence = pooled.get('confidence', 0.95)
     rng = np.random.default_rng(seed)
     agreed, all_agree, opposed, detected = [], 0, 0, []
