@@ -161,6 +161,8 @@ def test_report_intervals_per_seed_taus_and_seed_ceiling():
     assert ntk['ci95'][0] <= ntk['tau'] <= ntk['ci95'][1]
     comb = rep['correlation']['combined']
     assert rep['goal']['verdict'] == study.goal_verdict(comb)
+    # one patch size: the group's numbers are the pooled ones, interval and per seed included
+    assert rep['within_patch_size'] == {'patch_size=4': rep['correlation']}
     assert study.goal_verdict(dict(ci95=[0.55, 0.9])) == 'met'
     assert study.goal_verdict(dict(ci95=[0.1, 0.45])) == 'not met'
     assert study.goal_verdict(dict(ci95=[0.3, 0.7])) == 'inconclusive'

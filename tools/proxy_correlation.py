@@ -136,7 +136,8 @@ def main(argv: Optional[Sequence[str]] = None, train_fn: TrainFn = train_arch,
     for group, c in report['within_patch_size'].items():
         say(f'{stamp()} within {group} (n {c["combined"]["n"]}): tau ntk '
             f'{fmt_tau(c["ntk_condition"]["tau"])}, length '
-            f'{fmt_tau(c["length_distortion"]["tau"])}, combined {fmt_tau(c["combined"]["tau"])}')
+            f'{fmt_tau(c["length_distortion"]["tau"])}, combined {fmt_tau(c["combined"]["tau"])} '
+            f'(95% {fmt_tau(c["combined"]["ci95"][0])} to {fmt_tau(c["combined"]["ci95"][1])})')
     say(f'{stamp()} wrote {out_dir}/{REPORT_STEM}.json, .md, .png')
     return report
 

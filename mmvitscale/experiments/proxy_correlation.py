@@ -219,14 +219,25 @@ def goal_verdict(combined: Mapping[str, Any], goal: float = GOAL_TAU) -> str:
     return 'inconclusive'
 
 
-def within_groups(records: Sequence[Mapping[str, Any]], knob: str = 'patch_size'
-                  ) -> Dict[str, Dict[str, Dict[str, float]]]:
-    """:func:`correlations` inside each value of one architecture knob (proxies re-ranked
-    within the group): does the proxy order models beyond that one coarse factor?"""
+def seeded_correlations(records: Sequence[Mapping[str, Any]], draws: int = BOOTSTRAP_DRAWS
+                        ) -> Dict[str, Dict[str, Any]]:
+    """Per predictor (:func:`predictors`), :func:`mmvitscale.experiments.stats.tau_over_seeds`
+    against the records' per-seed top-1 (``accuracies``): tau / p / n against the seed mean, its
+    95% bootstrap interval over architectures ``ci95`` (``draws``, seed 0) and ``per_seed``."""
+    seeds = list(records[0]['train_seeds']) if records else []
+    per_seed = [[r['accuracies'][j] for r in records] for j in range(len(seeds))]
+    return {name: stats.tau_over_seeds(x, per_seed, draws=draws, seed=0)
+            for name, x in predictors(records).items()}
+
+
+def within_groups(records: Sequence[Mapping[str, Any]], knob: str = 'patch_size',
+                  draws: int = BOOTSTRAP_DRAWS) -> Dict[str, Dict[str, Dict[str, Any]]]:
+    """:func:`seeded_correlations` inside each value of one architecture knob (proxies
+    re-ranked within the group): does the proxy order models beyond that one coarse factor?"""
     groups: Dict[str, List[Mapping[str, Any]]] = {}
     for r in records:
         groups.setdefault(f"{knob}={r['arch'][knob]}", []).append(r)
-    return {k: correlations(v) for k, v in sorted(groups.items())}
+    return {k: seeded_correlations(v, draws=draws) for k, v in sorted(groups.items())}
 
 
 # ---------------------------------------------------------------------------- one arch
@@ -422,15 +433,13 @@ def build_report(records: Sequence[Mapping[str, Any]], meta: Dict[str, Any],
     interval over architectures ``ci95`` (:func:`mmvitscale.experiments.stats.
     kendall_interval`, ``draws`` resamples, seed 0) and ``per_seed`` (tau against each training
     seed's top-1 alone); ``seed_agreement`` (:func:`seed_agreement`); ``goal``
-    (:func:`goal_verdict` of the combined rank); ``within_patch_size``; the ``runs``.
+    (:func:`goal_verdict` of the combined rank); ``within_patch_size`` (the same inside each
+    patch size); the ``runs``.
     """
-    seeds = list(records[0]['train_seeds']) if records else []
-    per_seed = [[r['accuracies'][j] for r in records] for j in range(len(seeds))]
-    corr = {name: stats.tau_over_seeds(x, per_seed, draws=draws, seed=0)
-            for name, x in predictors(records).items()}
+    corr = seeded_correlations(records, draws=draws)
     return dict(meta=meta, correlation=corr, seed_agreement=seed_agreement(records),
                 goal=dict(tau=GOAL_TAU, verdict=goal_verdict(corr.get('combined', {}))),
-                within_patch_size=within_groups(records), runs=list(records))
+                within_patch_size=within_groups(records, draws=draws), runs=list(records))
 
 
 def _ci_text(ci: Sequence[float]) -> str:
@@ -482,14 +491,17 @@ def to_markdown(report: Mapping[str, Any]) -> str:
     if within:
         lines += ['', 'Within one patch size (proxies re-ranked inside the group; patch size '
                   'alone splits both proxies and accuracy):', '',
-                  '| group | n | tau NTK | tau length | tau combined | tau params |',
-                  '|---|---|---|---|---|---|']
+                  '| group | n | tau NTK [95%] | tau length [95%] | tau combined [95%] | '
+                  'tau params [95%] |', '|---|---|---|---|---|---|']
+
+        def cell(c: Optional[Mapping[str, Any]]) -> str:
+            if c is None:
+                return 'n/a'
+            return f"{fmt_tau(c['tau'])} [{_ci_text(c.get('ci95', [math.nan, math.nan]))}]"
         for group, c in within.items():
-            lines.append(f"| {group} | {c['combined']['n']} | "
-                         f"{fmt_tau(c['ntk_condition']['tau'])}"
-                         f" | {fmt_tau(c['length_distortion']['tau'])} | "
-                         f"{fmt_tau(c['combined']['tau'])} | "
-                         f"{fmt_tau(c.get('params', {}).get('tau', float('nan')))} |")
+            lines.append(f"| {group} | {c['combined']['n']} | {cell(c['ntk_condition'])} | "
+                         f"{cell(c['length_distortion'])} | {cell(c['combined'])} | "
+                         f"{cell(c.get('params'))} |")
     comb = corr.get('combined', {})
     goal = report.get('goal', dict(tau=GOAL_TAU, verdict=goal_verdict(comb)))
     lines += ['', f"**Goal (combined tau >= {goal['tau']}): {goal['verdict']}** (measured "
