@@ -14,7 +14,8 @@ Outputs (atomic) in ``--work-dir``: ``supernet_scores.json``, ``supernet_scores.
 two-sided p-value, its 95% bootstrap interval, the tau per scratch seed and the seed-to-seed
 ceiling. The defaults (3 scratch seeds) took 26 minutes on one CPU thread with another job
 on the other core; raise ``--super-images`` / ``--super-epochs`` / ``--scratch-*`` for more.
-Bad flag values are refused before any work. The logic lives in :mod:`mmvitscale.experiments.supernet_study`.
+Bad flag values are refused before any work. The logic lives in
+:mod:`mmvitscale.experiments.supernet_study`.
 
 Example::
 
