@@ -131,6 +131,8 @@ def test_resume_log_skips_finished_trainings_and_scores(tmp_path, capsys):
     assert (tmp_path / 'proxy_correlation.png').stat().st_size > 0
     md = (tmp_path / 'proxy_correlation.md').read_text()
     assert 'Kendall tau' in md and 'Seed-to-seed ceiling' in md and '95% interval' in md
+    resumed = rep['meta']['resumed']
+    assert 0 < resumed < 12 and f'({resumed} of them taken from the resume log)' in md
     assert 'resumed: 12 training(s) / proxy score(s)' in capsys.readouterr().out
 
 

@@ -394,7 +394,8 @@ def merge_records(proxy: Mapping[str, Any], trainings: Sequence[Mapping[str, Any
                   ) -> Dict[str, Any]:
     """One architecture's report row: its proxies, its per-seed top-1 (``train_seeds``,
     ``accuracies``), their mean ``accuracy`` with a 95% Student-t interval ``accuracy_ci95``
-    (``nan`` bounds with one seed), ``params_m`` and the mean ``train_s``."""
+    (``nan`` bounds with one seed), ``params_m``, the mean ``train_s`` and ``wall_s`` (its
+    proxy score and all its trainings, whenever they ran)."""
     acc = [float(t['accuracy']) for t in trainings]
     iv = stats.t_interval(acc)
     return dict(key=proxy['key'], rule=proxy['rule'], arch=proxy['arch'],
@@ -403,7 +404,8 @@ def merge_records(proxy: Mapping[str, Any], trainings: Sequence[Mapping[str, Any
                 train_seeds=[t['train_seed'] for t in trainings], accuracies=acc,
                 accuracy=iv.mean, accuracy_ci95=[iv.low, iv.high],
                 params_m=trainings[0].get('params_m') if trainings else None,
-                train_s=sum(t.get('train_s', 0.0) for t in trainings) / max(1, len(trainings)))
+                train_s=sum(t.get('train_s', 0.0) for t in trainings) / max(1, len(trainings)),
+                wall_s=proxy.get('wall_s', 0.0) + sum(t.get('wall_s', 0.0) for t in trainings))
 
 
 # ---------------------------------------------------------------------------- report
@@ -415,8 +417,9 @@ def fmt_tau(v: float) -> str:
 def study_meta(spec: CorrelationSpec, num_archs: int, command: str, wall_s: float,
                resumed: int, loadavg_start: Optional[str] = None,
                grids: Mapping[str, Sequence[Any]] = GRIDS) -> Dict[str, Any]:
-    """The report's ``meta``: sizes, settings, command, torch version, load and wall time
-    (``loadavg_start`` defaults to the load now)."""
+    """The report's ``meta``: sizes, settings, command, torch version, load and this
+    invocation's wall time (``loadavg_start`` defaults to the load now); ``resumed`` counts the
+    trainings and proxy scores taken from the log."""
     from ..cost import cpu_name
     end = loadavg_text()
     return dict(num_archs=num_archs, grids={k: list(v) for k, v in grids.items()},
@@ -462,8 +465,10 @@ def to_markdown(report: Mapping[str, Any]) -> str:
              f"{meta['val']} test images, averaged over the seeds. Proxies: batch "
              f"{meta['proxy_batch']}, {meta['proxy_inits']} init(s), {meta['proxy_points']} "
              f"circle points, no final LayerNorm, seed {meta['seed']}. Machine: "
-             f"{meta.get('cpu', 'n/a')}, torch {meta['torch']}. Wall time "
-             f"{meta['wall_s']:.0f} s; load average {meta['loadavg_start']} at start, "
+             f"{meta.get('cpu', 'n/a')}, torch {meta['torch']}. Trainings and proxy scores "
+             f"took {sum(r.get('wall_s', 0.0) for r in report['runs']):.0f} s in all; this "
+             f"invocation {meta['wall_s']:.0f} s ({meta.get('resumed', 0)} of them taken from "
+             f"the resume log), load average {meta['loadavg_start']} at start, "
              f"{meta['loadavg_end']} at end.", '',
              f"Command: `{meta['command']}`", '',
              'Kendall tau against the seed-mean top-1; the 95% interval is a percentile '
