@@ -24,3 +24,13 @@ class InputError(ValueError):
         if self.item is not None:
             head += f' {self.item}'
         return f'{head}: {self.detail}'
+
+
+def seed_list_error(seeds: Sequence[int]) -> Optional[str]:
+    """What is wrong with a list of seeds, or ``None``: a study's seeds must be distinct
+    integers >= 0, at least one (the shared check of ``--seeds``-like arguments)."""
+    seeds = list(seeds)
+    if (not seeds or len(set(seeds)) != len(seeds)
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds)):
+        return f'must be distinct integers >= 0, got {seeds}'
+    return None

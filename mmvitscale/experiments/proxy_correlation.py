@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from ..fileio import atomic_write, pyplot, save_figure
-from ..errors import InputError
+from ..errors import InputError, seed_list_error
 from ..search.rule_sampling import sample_grid_rules
 from ..search.scale_search import BaseSpec, write_rule_file
 from . import stats
@@ -117,10 +117,9 @@ def check_spec(spec: CorrelationSpec) -> None:
         raise InputError('workers', 'must be >= 0')
     if spec.seed < 0:
         raise InputError('seed', f'must be >= 0, got {spec.seed}')
-    seeds = list(spec.train_seeds)
-    if (not seeds or len(set(seeds)) != len(seeds)
-            or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in seeds)):
-        raise InputError('train_seeds', f'must be distinct integers >= 0, got {seeds}')
+    problem = seed_list_error(spec.train_seeds)
+    if problem:
+        raise InputError('train_seeds', problem)
 
 
 # ---------------------------------------------------------------------------- sampling

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..errors import seed_list_error
 from ..fileio import pyplot, save_figure
 from . import stats
 from .console import Eta
@@ -37,11 +38,10 @@ STORE_NAME = 'trials.jsonl'
 def check_seeds(seeds: Sequence[int], flag: str = '--seeds') -> List[int]:
     """The seeds as a list; ``ValueError`` naming ``flag`` and the value unless they are
     distinct integers >= 0 (at least one)."""
-    seeds = list(seeds)
-    if (not seeds or len(set(seeds)) != len(seeds)
-            or any(not isinstance(s, int) or s < 0 for s in seeds)):
-        raise ValueError(f'{flag} must be distinct integers >= 0, got {seeds}')
-    return seeds
+    problem = seed_list_error(seeds)
+    if problem:
+        raise ValueError(f'{flag} {problem}')
+    return list(seeds)
 
 
 def load_config(config: str, rule: Optional[str] = None) -> Any:

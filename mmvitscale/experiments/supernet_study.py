@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from ..fileio import atomic_path, atomic_write, pyplot, save_figure
-from ..errors import InputError
+from ..errors import InputError, seed_list_error
 from ..search.supernet import (SlicedViT, SubnetArch, ViTClassifier, evaluate, prepare_images,
                                resize, score_subnets, search_space, train_model, train_supernet)
 from . import stats
@@ -152,10 +152,9 @@ def check_spec(spec: SupernetStudySpec) -> None:
             raise InputError(name, f'must be > 0, got {value}')
     if spec.seed < 0:
         raise InputError('seed', f'must be >= 0, got {spec.seed}')
-    seeds = list(spec.scratch_seeds)
-    if (not seeds or len(set(seeds)) != len(seeds)
-            or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in seeds)):
-        raise InputError('scratch_seeds', f'must be distinct integers >= 0, got {seeds}')
+    problem = seed_list_error(spec.scratch_seeds)
+    if problem:
+        raise InputError('scratch_seeds', problem)
     if spec.embed_dims % spec.num_heads:
         raise InputError(('embed_dims', 'num_heads'), f'must divide (fixed head dim), got '
                          f'{spec.embed_dims} / {spec.num_heads}')
