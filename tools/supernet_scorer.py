@@ -138,8 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if not spec.skip_scratch:
         clock = Eta([s['label'] for _ in spec.scratch_seeds for s in scores])
 
-        def progress(k: int, n: int, s: Dict[str, Any], seed: int) -> None:
-            took = s['last_scratch_seconds']
+        def progress(k: int, n: int, s: Dict[str, Any], seed: int, took: float) -> None:
             count, times = clock.finished(s['label'], took)
             log(f"  scratch {count} {s['label']} seed {seed}: acc "
                 f"{s['scratch_accuracies'][-1]:.4f} ({took:.1f}s); {times}")

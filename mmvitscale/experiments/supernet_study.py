@@ -267,14 +267,16 @@ def score_shared(supernet: SlicedViT, archs: Sequence[SubnetArch],
 
 def train_from_scratch(spec: SupernetStudySpec, archs: Sequence[SubnetArch],
                        scores: Sequence[Dict[str, Any]], data: StudyData,
-                       on_result: Optional[Callable[[int, int, Dict[str, Any], int], None]] = None
+                       on_result: Optional[Callable[[int, int, Dict[str, Any], int, float],
+                                                    None]] = None
                        ) -> None:
     """Train every subnet of ``archs`` from scratch once per seed of ``spec.scratch_seeds``,
     seed-major (subnet ``i`` under seed ``s``: ``torch.manual_seed(1000 * s + 100 + i)``, data
     order ``1000 * s + i``), and add to ``scores[i]``: ``scratch_seeds``,
     ``scratch_accuracies`` (fraction on the validation set, per seed), their mean
     ``scratch_accuracy`` and ``scratch_seconds`` (all seeds). After each training
-    ``on_result(k, total, scores[i], seed)`` (``k`` trainings done of ``total``)."""
+    ``on_result(k, total, scores[i], seed, seconds)`` (``k`` trainings done of ``total``; that
+    training's seconds)."""
     for s in scores:
         s.update(scratch_seeds=[], scratch_accuracies=[], scratch_seconds=0.0)
     total, done = len(archs) * len(spec.scratch_seeds), 0
@@ -291,10 +293,9 @@ def train_from_scratch(spec: SupernetStudySpec, archs: Sequence[SubnetArch],
                                                     arch.img_size))
             s['scratch_accuracy'] = sum(s['scratch_accuracies']) / len(s['scratch_accuracies'])
             s['scratch_seconds'] += st['seconds']
-            s['last_scratch_seconds'] = st['seconds']
             done += 1
             if on_result is not None:
-                on_result(done, total, s, seed)
+                on_result(done, total, s, seed, st['seconds'])
 
 
 def rank_agreement(scores: Sequence[Mapping[str, Any]]) -> stats.KendallResult:
