@@ -22,7 +22,7 @@ logic lives in :mod:`mmvitscale.experiments.proxy_correlation`.
 import argparse
 import os.path as osp
 import sys
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import mmvitscale  # noqa: F401  (stack shims + registries, before any host import)
 import torch
@@ -33,9 +33,8 @@ from mmvitscale.experiments.console import loadavg_text as _loadavg
 from mmvitscale.experiments.proxy_correlation import (LOG_NAME, REPORT_STEM, CorrelationSpec,
                                                       ProxyFn, TrainFn, build_report,
                                                       check_spec, ensure_study_data, fmt_tau,
-                                                      measure_archs, pending, proxy_arch,
-                                                      sample_rules, study_meta, train_arch,
-                                                      write_report)
+                                                      measure_archs, proxy_arch, sample_rules,
+                                                      study_meta, train_arch, write_report)
 from mmvitscale.experiments.tasks import ROOT
 from mmvitscale.errors import InputError
 
@@ -100,10 +99,13 @@ def main(argv: Optional[Sequence[str]] = None, train_fn: TrainFn = train_arch,
     if len(rules) < spec.num_archs:
         say(f'only {len(rules)} distinct architectures in the space')
 
-    todo = pending(rules, spec, out_dir)
-    say(f'{stamp()} {len(rules)} architectures x ({len(spec.train_seeds)} training seed(s) + '
-        f'proxies): {len(todo)} of {len(rules) * (len(spec.train_seeds) + 1)} to run')
-    clock = Eta(todo)  # a training is expected to take what that arch's other seeds took
+    clock = Eta([])
+
+    def start(todo: List[Tuple[str, int]]) -> None:
+        nonlocal clock
+        say(f'{stamp()} {len(rules)} architectures x ({len(spec.train_seeds)} training seed(s) '
+            f'+ proxies): {len(todo)} of {len(rules) * (len(spec.train_seeds) + 1)} to run')
+        clock = Eta(todo)  # a training is expected to take what that arch's other seeds took
 
     def progress(kind: str, i: int, seed: Optional[int], rec: Dict[str, Any]) -> None:
         a = rec['arch']
@@ -114,7 +116,7 @@ def main(argv: Optional[Sequence[str]] = None, train_fn: TrainFn = train_arch,
         count, times = clock.finished((kind, i), rec['wall_s'])
         say(f'{stamp()} {count} {arch} {what} ({rec["wall_s"]:.1f}s); {times}')
 
-    records, skipped = measure_archs(rules, spec, out_dir, train_fn, proxy_fn, progress)
+    records, skipped = measure_archs(rules, spec, out_dir, train_fn, proxy_fn, progress, start)
     if skipped:
         say(f'{stamp()} resumed: {skipped} training(s) / proxy score(s) from '
             f'{osp.join(out_dir, LOG_NAME)}')

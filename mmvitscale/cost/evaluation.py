@@ -120,10 +120,11 @@ def latencies(rows: Sequence[Mapping[str, Any]], stat: str = 'median_ms'
     out = {}
     for key, g in groups.items():
         items = list(g['items'].values())
+        families = [_family(i) for i in items]
         out[key] = dict(fingerprint=g['fingerprint'], archs=[i['arch'] for i in items],
-                        families=[_family(i) for i in items],
-                        groups=[i['group'] or ('pit' if _family(i) == 'pit' else 'core')
-                                for i in items],
+                        families=families,
+                        groups=[i['group'] or ('pit' if fam == 'pit' else 'core')
+                                for i, fam in zip(items, families)],
                         y=np.array([float(np.median(i['values'])) for i in items]),
                         noise=np.array([float(np.median(i['noise'])) if i['noise'] else np.nan
                                         for i in items]),

@@ -195,9 +195,9 @@ def dataset_problem(row: Any) -> Optional[str]:
         arch_from_dict(row['arch'])
     except (ValueError, TypeError) as err:
         return f'arch: {err}'
-    if family_of_dict(row['arch']).name != row['family']:
-        return (f"family {row['family']!r} does not match the arch, a "
-                f"{family_of_dict(row['arch']).name} spec")
+    own = family_of_dict(row['arch']).name
+    if own != row['family']:
+        return f"family {row['family']!r} does not match the arch, a {own} spec"
     return None
 
 

@@ -29,6 +29,7 @@ from ..search.rule_sampling import sample_grid_rules
 from ..search.scale_search import BaseSpec, write_rule_file
 from . import stats
 from .console import loadavg_text
+from .stats import fmt_tau
 from .store import ResultStore
 from .tasks import ROOT, configure, ensure_data, get_task
 
@@ -198,13 +199,18 @@ def correlations(records: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, fl
     return {name: kendall(x, acc) for name, x in predictors(records).items()}
 
 
+def _per_seed(records: Sequence[Mapping[str, Any]]) -> Tuple[List[int], List[List[float]]]:
+    """The training seeds and, per seed, every record's top-1 (records share their seeds)."""
+    seeds = list(records[0]['train_seeds']) if records else []
+    return seeds, [[r['accuracies'][j] for r in records] for j in range(len(seeds))]
+
+
 def seed_agreement(records: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     """How alike two training seeds rank the architectures
     (:func:`mmvitscale.experiments.stats.seed_agreement` of their top-1): the ceiling a proxy
     can reach against one short training."""
-    seeds = list(records[0]['train_seeds']) if records else []
-    return stats.seed_agreement([[r['accuracies'][j] for r in records]
-                                 for j in range(len(seeds))], seeds)
+    seeds, per_seed = _per_seed(records)
+    return stats.seed_agreement(per_seed, seeds)
 
 
 def goal_verdict(combined: Mapping[str, Any], goal: float = GOAL_TAU) -> str:
@@ -223,8 +229,7 @@ def seeded_correlations(records: Sequence[Mapping[str, Any]], draws: int = BOOTS
     """Per predictor (:func:`predictors`), :func:`mmvitscale.experiments.stats.tau_over_seeds`
     against the records' per-seed top-1 (``accuracies``): tau / p / n against the seed mean, its
     95% bootstrap interval over architectures ``ci95`` (``draws``, seed 0) and ``per_seed``."""
-    seeds = list(records[0]['train_seeds']) if records else []
-    per_seed = [[r['accuracies'][j] for r in records] for j in range(len(seeds))]
+    _, per_seed = _per_seed(records)
     return {name: stats.tau_over_seeds(x, per_seed, draws=draws, seed=0)
             for name, x in predictors(records).items()}
 
@@ -333,19 +338,11 @@ def _plan(rules: Sequence[Rule], spec: CorrelationSpec
             + [('train', i, seed) for seed in spec.train_seeds for i in range(len(rules))])
 
 
-def pending(rules: Sequence[Rule], spec: CorrelationSpec, out_dir: str
-            ) -> List[Tuple[str, int]]:
-    """``(kind, rule index)`` of every proxy score and training :func:`measure_archs` would
-    run, in order (the resume log of ``out_dir`` holds the others)."""
-    path = osp.join(out_dir, LOG_NAME)
-    done = open_log(out_dir) if osp.exists(path) else None
-    return [(kind, i) for kind, i, seed in _plan(rules, spec)
-            if done is None or _record_key(_new_record(kind, rules[i], spec, seed)) not in done]
-
-
 def measure_archs(rules: Sequence[Rule], spec: CorrelationSpec, out_dir: str,
                   train_fn: TrainFn = train_arch, proxy_fn: ProxyFn = proxy_arch,
-                  on_result: Optional[OnResult] = None) -> Tuple[List[Dict[str, Any]], int]:
+                  on_result: Optional[OnResult] = None,
+                  on_start: Optional[Callable[[List[Tuple[str, int]]], None]] = None
+                  ) -> Tuple[List[Dict[str, Any]], int]:
     """Score and train every rule, skipping what the resume log of ``out_dir`` already holds.
 
     First the proxies of every rule (one ``kind='proxy'`` record each), then one training per
@@ -353,7 +350,8 @@ def measure_archs(rules: Sequence[Rule], spec: CorrelationSpec, out_dir: str,
     short already holds whole seeds. Rule ``i`` under seed ``s`` trains in
     ``<out_dir>/runs/<i:03d>/seed<s>``. Each record (``kind``, ``key``, ``rule``, ``arch``,
     ``settings``, for trainings ``train_seed``, the fields of ``train_fn`` / ``proxy_fn`` and
-    ``wall_s``) is appended to the log at once, then passed to ``on_result``.
+    ``wall_s``) is appended to the log at once, then passed to ``on_result``. Before any work,
+    ``on_start`` gets the ``(kind, rule index)`` of everything that will run, in order.
 
     Returns:
         One record per rule, in rule order (:func:`merge_records`), and how many trainings
@@ -362,11 +360,14 @@ def measure_archs(rules: Sequence[Rule], spec: CorrelationSpec, out_dir: str,
     os.makedirs(out_dir, exist_ok=True)
     done = open_log(out_dir)
     skipped = 0
+    plan = [(kind, i, seed, _new_record(kind, rules[i], spec, seed))
+            for kind, i, seed in _plan(rules, spec)]
+    if on_start is not None:
+        on_start([(kind, i) for kind, i, _, rec in plan if _record_key(rec) not in done])
 
     proxies: List[Dict[str, Any]] = []
     trained: List[List[Dict[str, Any]]] = [[] for _ in rules]
-    for kind, i, seed in _plan(rules, spec):
-        rec = _new_record(kind, rules[i], spec, seed)
+    for kind, i, seed, rec in plan:
         prev = done.get(_record_key(rec))
         if prev is not None:
             skipped += 1
@@ -408,10 +409,6 @@ def merge_records(proxy: Mapping[str, Any], trainings: Sequence[Mapping[str, Any
 
 
 # ---------------------------------------------------------------------------- report
-def fmt_tau(v: float) -> str:
-    """A tau as ``+0.123``, or ``n/a`` when not finite."""
-    return 'n/a' if not math.isfinite(v) else f'{v:+.3f}'
-
 
 def study_meta(spec: CorrelationSpec, num_archs: int, command: str, wall_s: float,
                resumed: int, loadavg_start: Optional[str] = None,

@@ -108,6 +108,11 @@ def paired_t_test(treatment: Sequence[float], baseline: Sequence[float]) -> Dict
                 df=int(d.size - 1))
 
 
+def fmt_tau(v: Optional[float]) -> str:
+    """A Kendall tau for reports: ``+0.123``, or ``n/a`` when missing or not finite."""
+    return 'n/a' if v is None or not math.isfinite(v) else f'{v:+.3f}'
+
+
 def percent(confidence: float) -> str:
     """``0.95 -> '95%'``, ``0.98333 -> '98.3%'`` (a confidence level as people write it)."""
     text = f'{100 * confidence:.1f}'

@@ -35,6 +35,7 @@ from ..errors import InputError, seed_list_error
 from ..search.supernet import (SlicedViT, SubnetArch, ViTClassifier, evaluate, prepare_images,
                                resize, score_subnets, search_space, train_model, train_supernet)
 from . import stats
+from .stats import fmt_tau
 from .console import loadavg_text
 
 __all__ = [
@@ -353,10 +354,6 @@ def build_report(sup: SubnetArch, space_size: int, config: Mapping[str, Any],
     )
 
 
-def _tau(v: Optional[float]) -> str:
-    return 'n/a' if v is None or not math.isfinite(v) else f'{v:+.3f}'
-
-
 def to_markdown(report: Mapping[str, Any]) -> str:
     """The report as Markdown: setup, Kendall tau with its p-value, interval, per-seed taus and
     the seed-to-seed ceiling, one row per subnet."""
@@ -374,15 +371,15 @@ def to_markdown(report: Mapping[str, Any]) -> str:
         lines += [f"**Kendall tau (supernet score vs. scratch accuracy, mean over "
                   f"{len(seeds)} seed(s) {list(seeds)}): {report['kendall_tau']:.3f}** "
                   f"(p = {report['kendall_p']:.3g}, K = {len(report['subnets'])}; 95% "
-                  f"bootstrap interval over subnets {_tau(ci[0])} to {_tau(ci[1])}; per seed "
-                  f"{', '.join(_tau(t) for t in over.get('per_seed', []))}; scratch budget "
+                  f"bootstrap interval over subnets {fmt_tau(ci[0])} to {fmt_tau(ci[1])}; per seed "
+                  f"{', '.join(fmt_tau(t) for t in over.get('per_seed', []))}; scratch budget "
                   f"{cfg['scratch_images']} images x "
                   f"{cfg['scratch_epochs']} epochs each)", '']
         agree = over.get('seed_agreement', {})
         if agree.get('pairs'):
             lines += [f"**Seed-to-seed ceiling:** two from-scratch trainings rank the subnets "
-                      f"alike at Kendall tau {_tau(agree['mean_tau'])} on average ("
-                      + '; '.join(f"seeds {a['seeds'][0]} vs {a['seeds'][1]}: {_tau(a['tau'])}"
+                      f"alike at Kendall tau {fmt_tau(agree['mean_tau'])} on average ("
+                      + '; '.join(f"seeds {a['seeds'][0]} vs {a['seeds'][1]}: {fmt_tau(a['tau'])}"
                                   for a in agree['pairs'])
                       + '). No scorer can be expected to agree with one scratch training better '
                       'than another does.', '']
@@ -417,7 +414,7 @@ def plot(report: Mapping[str, Any], path: str) -> None:
     ax.set_xlabel('supernet (shared-weight) accuracy')
     ax.set_ylabel('trained-from-scratch accuracy (seed mean, 95% interval)')
     ci = (report.get('over_seeds') or {}).get('ci95', [math.nan, math.nan])
-    ax.set_title(f"Kendall tau = {report['kendall_tau']:.3f} [{_tau(ci[0])}, {_tau(ci[1])}] "
+    ax.set_title(f"Kendall tau = {report['kendall_tau']:.3f} [{fmt_tau(ci[0])}, {fmt_tau(ci[1])}] "
                  f"(K={len(xs)})", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)

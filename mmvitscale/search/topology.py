@@ -76,9 +76,9 @@ ScoreFn = Callable[[Dict[str, Any]], Mapping[str, float]]
 
 __all__ = ['SPACE', 'REFERENCE_PROXY_SETTINGS', 'GROWTH_REFERENCE', 'PUBLISHED_SEED',
            'PUBLISHED_LARGE', 'choices_to_arch', 'genotype_to_arch', 'arch_to_genotype',
-           'arch_to_choices',
-           'proxy_score_fn', 'reinforce_search', 'plot_search', 'grow_family', 'plot_growth',
-           'asvit_params', 'asvit_flops', 'write_arch_file', 'SearchOutcome', 'GrowthOutcome']
+           'arch_to_choices', 'proxy_score_fn', 'reinforce_search', 'plot_search', 'grow_family',
+           'plot_growth', 'asvit_params', 'asvit_flops', 'write_arch_file', 'SearchOutcome',
+           'GrowthOutcome']
 
 
 # ---------------------------------------------------------------------------- helpers
