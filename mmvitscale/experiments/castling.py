@@ -18,6 +18,7 @@ from mmengine.config import Config
 from ..fileio import json_ready
 from . import seeded
 from .console import clock, loadavg_text
+from .runner import remove_checkpoints, train_and_test
 from .seeded import load_config, rel_path
 from .store import machine_fingerprint
 from .tasks import configure, ensure_data, get_task
@@ -103,8 +104,6 @@ def settings(opts: Any, which: str) -> Dict[str, Any]:
 def run_one(opts: Any, which: str, seed: int, stages: Any) -> Dict[str, Any]:
     """Train and evaluate one variant with one seed; ``linear_aux`` also converts and
     re-evaluates. ``opts``: the tool's parsed arguments; ``stages``: console stage lines."""
-    from mmengine.runner import Runner
-
     from ..cost import count_params, get_complexity
     from ..models.linear_attention import convert_to_inference
     size = dict(epochs=opts.epochs, train=opts.train, val=opts.val, batch=opts.batch)
@@ -124,36 +123,37 @@ def run_one(opts: Any, which: str, seed: int, stages: Any) -> Dict[str, Any]:
     with open(osp.join(work_dir, 'host_output.log'), 'w') as log, \
             contextlib.redirect_stdout(log):
         with stages.stage(f'{which} seed {seed}: train {opts.epochs} ep x {opts.train} images'):
-            t0 = time.perf_counter()
-            runner = Runner.from_cfg(cfg)
-            runner.train()
-            train_s = time.perf_counter() - t0
+            key = seeded.trial_key(NAME, which, seed, settings(opts, which))
+            done = train_and_test(cfg, test=False, identity=key)
+            train_s = done.build_s + done.train_s
         with stages.stage(f'{which} seed {seed}: evaluate on {opts.val} images'):
             t0 = time.perf_counter()
-            top1 = _top1(runner.test())
+            top1 = _top1(done.test())
             eval_s = time.perf_counter() - t0
         shape = (cfg.model.backbone.get('in_channels', 3), *cfg.scaled['input_size'])
         out['metrics'] = dict(top1=top1, train_s=train_s, eval_s=eval_s,
-                              gflops=get_complexity(runner.model.backbone, shape)['flops'] / 1e9,
-                              params_m=count_params(runner.model) / 1e6)
+                              gflops=get_complexity(done.model.backbone, shape)['flops'] / 1e9,
+                              params_m=count_params(done.model) / 1e6)
         if which == 'linear_aux':
-            out['aux_mask'] = mask_stats(runner.model)
+            out['aux_mask'] = mask_stats(done.model)
             with stages.stage(f'linear_aux seed {seed}: convert_to_inference, evaluate the '
                               'pure linear model'):
-                convert_to_inference(runner.model)
+                convert_to_inference(done.model)
                 # the sparsity hook's before_run rejects a model without masks: drop it
+                runner = done.runner
                 runner._hooks = [h for h in runner._hooks
                                  if type(h).__name__ != 'AuxMaskSparsityHook']
                 t0 = time.perf_counter()
                 out['converted'] = dict(
-                    top1=_top1(runner.test()), train_s=train_s,
+                    top1=_top1(done.test()), train_s=train_s,
                     eval_s=time.perf_counter() - t0,
-                    gflops=get_complexity(runner.model.backbone, shape)['flops'] / 1e9,
-                    params_m=count_params(runner.model) / 1e6,
+                    gflops=get_complexity(done.model.backbone, shape)['flops'] / 1e9,
+                    params_m=count_params(done.model) / 1e6,
                     max_logit_diff_vs_inference_only=check_converted(runner, cfg))
+    remove_checkpoints(work_dir)
     out['timings'] = dict(train_s=train_s, eval_s=eval_s,
                           total_s=time.perf_counter() - t_start)
-    del runner
+    del done
     stages.console.print(
         f'[{clock(stages.elapsed())}] {which} seed {seed}: top-1 {top1:.2f}%'
         + (f', converted {out["converted"]["top1"]:.2f}%, mean |aux_mask| '

@@ -1,18 +1,22 @@
 """Run trials on a local pool of worker processes, appending each result to the store.
 
 Finished trials (their key in the store) are skipped, so rerunning a study after a crash
-continues where it stopped. Each worker sets its torch threads before any trial; a trial's
-result depends on its seed only, so 1 worker and N workers give the same rows (timings
-aside). Progress and an ETA are printed as trials finish.
+continues where it stopped (an unfinished trial resumes from its last checkpoint). The store's
+out dir is held while trials run: a second study on it waits, then finds the trials done.
+Each worker sets its torch threads before any trial; a trial's result depends on its seed
+only, so 1 worker and N workers give the same rows (timings aside). Progress and an ETA are
+printed as trials finish.
 """
 import multiprocessing
 import os
+import os.path as osp
 import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .console import Eta
-from .store import ResultStore
+from .runner import resumed_text
+from .store import ResultStore, owning_study
 from .trial import Trial, run_trial
 
 Say = Callable[[str], None]
@@ -64,8 +68,9 @@ class Progress:
     def finished(self, trial: Trial, row: Dict[str, Any]) -> None:
         took = float(row['timings']['total_s'])
         count, times = self.clock.finished(trial.task, took)
+        resumed = f' ({resumed_text(row["resumed"])})' if row.get('resumed') else ''
         self.say(f'{count} {trial}: {row["metric"]:.2f} {row["metric_unit"]} '
-                 f'in {took:.1f}s; {times}')
+                 f'in {took:.1f}s{resumed}; {times}')
 
 
 def run_trials(trials: Sequence[Trial], store: ResultStore, out_dir: str, data_root: str,
@@ -90,6 +95,14 @@ def run_trials(trials: Sequence[Trial], store: ResultStore, out_dir: str, data_r
     if threads < 1:
         raise ValueError(f'threads must be >= 1, got {threads}')
     say = say or _default_say
+    with owning_study(osp.dirname(store.path), say=say):  # a second study waits for us
+        store.reload()  # rows a study that held the out dir before us appended
+        return _run_pending(trials, store, out_dir, data_root, workers, threads, fn, say)
+
+
+def _run_pending(trials: Sequence[Trial], store: ResultStore, out_dir: str, data_root: str,
+                 workers: int, threads: int, fn: Callable[..., Dict[str, Any]],
+                 say: Say) -> List[Dict[str, Any]]:
     unique = list({t.key: t for t in trials}.values())
     pending = [t for t in unique if t.key not in store]
     say(f'{len(unique)} trials: {len(unique) - len(pending)} already in {store.path}, '

@@ -12,7 +12,6 @@ architectures alike (the ceiling any proxy can reach at this budget) (:func:`cor
 :func:`build_report`, :func:`write_report`). Ranks, Kendall tau and its interval are
 :mod:`mmvitscale.experiments.stats`'.
 """
-import glob
 import json
 import math
 import os
@@ -30,7 +29,7 @@ from ..search.scale_search import BaseSpec, write_rule_file
 from . import stats
 from .console import loadavg_text
 from .stats import fmt_tau
-from .store import ResultStore
+from .store import ResultStore, owning_study
 from .tasks import ROOT, configure, ensure_data, get_task
 
 CONFIG = osp.join(ROOT, 'configs', 'cls', 'scaled_vit_fmnist.py')
@@ -261,13 +260,13 @@ def train_arch(rule: Rule, spec: CorrelationSpec, work_dir: str, seed: int) -> D
     """Train + test :data:`CONFIG` under ``rule`` with the stock Runner in ``work_dir``, seeded
     with ``seed`` (data order, augmentation, initialisation).
 
-    Returns top-1 % (``accuracy``), backbone ``params_m`` and ``train_s`` / ``eval_s``;
-    checkpoints are deleted (nothing reuses them).
+    Trained through :func:`~mmvitscale.experiments.runner.train_and_test` (resumes from its
+    checkpoint when killed and run again). Returns top-1 % (``accuracy``), backbone
+    ``params_m`` and ``train_s`` / ``eval_s``; checkpoints are deleted once it is tested.
     """
-    from mmengine.runner import Runner
-
     from ..cost import count_params
     from ..rules import load_with_rule
+    from .runner import remove_checkpoints, train_and_test
     os.makedirs(work_dir, exist_ok=True)
     rule_path = write_rule_file(osp.join(work_dir, 'rule.py'), rule,
                                 header=['proxy_correlation sample'])
@@ -277,18 +276,11 @@ def train_arch(rule: Rule, spec: CorrelationSpec, work_dir: str, seed: int) -> D
                     loader_workers=spec.workers)
     # no stdout redirection: mmengine's logger keeps the stream it first saw, and a
     # per-run file would be closed under the next run (log level WARNING keeps it quiet)
-    t0 = time.perf_counter()
-    runner = Runner.from_cfg(cfg)
-    runner.train()
-    train_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    metrics = runner.test()
-    eval_s = time.perf_counter() - t0
-    for ckpt in glob.glob(osp.join(work_dir, '*.pth')):
-        os.remove(ckpt)
-    return dict(accuracy=float(metrics['accuracy/top1']),
-                params_m=count_params(runner.model.backbone) / 1e6,
-                train_s=train_s, eval_s=eval_s)
+    done = train_and_test(cfg)
+    remove_checkpoints(work_dir)
+    return dict(accuracy=float(done.metrics['accuracy/top1']),
+                params_m=count_params(done.model.backbone) / 1e6,
+                train_s=done.build_s + done.train_s, eval_s=done.eval_s)
 
 
 def proxy_arch(rule: Rule, spec: CorrelationSpec) -> Dict[str, float]:
@@ -358,6 +350,14 @@ def measure_archs(rules: Sequence[Rule], spec: CorrelationSpec, out_dir: str,
         and proxy scores came from the log.
     """
     os.makedirs(out_dir, exist_ok=True)
+    with owning_study(out_dir):  # one study per out dir: a second waits, then skips ours
+        return _measure(rules, spec, out_dir, train_fn, proxy_fn, on_result, on_start)
+
+
+def _measure(rules: Sequence[Rule], spec: CorrelationSpec, out_dir: str, train_fn: TrainFn,
+             proxy_fn: ProxyFn, on_result: Optional[OnResult],
+             on_start: Optional[Callable[[List[Tuple[str, int]]], None]]
+             ) -> Tuple[List[Dict[str, Any]], int]:
     done = open_log(out_dir)
     skipped = 0
     plan = [(kind, i, seed, _new_record(kind, rules[i], spec, seed))

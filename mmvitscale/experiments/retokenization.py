@@ -19,6 +19,7 @@ from mmengine.hooks import Hook
 
 from . import seeded
 from .console import loadavg_text
+from .runner import train_and_test
 from .seeded import load_config, rel_path
 from .store import machine_fingerprint
 from .tasks import configure, ensure_data, get_task
@@ -78,7 +79,6 @@ def settings(opts: Any, arm: str) -> Dict[str, Any]:
 
 def run_one(opts: Any, arm: str, seed: int, say: Any) -> Dict[str, Any]:
     """Train one arm with one seed, test once; per-epoch and total training times."""
-    from mmengine.runner import Runner
     size = dict(epochs=opts.epochs, train=opts.train_images, val=opts.val_images,
                 batch=opts.batch_size)
     work_dir = osp.join(opts.out_dir, 'trials', arm, f'seed{seed}')
@@ -95,14 +95,12 @@ def run_one(opts: Any, arm: str, seed: int, say: Any) -> Dict[str, Any]:
     t_start = time.perf_counter()
     with open(osp.join(work_dir, 'host_output.log'), 'w') as log, \
             contextlib.redirect_stdout(log):
-        runner = Runner.from_cfg(cfg)
         recorder = StudyRecorder()
-        runner.register_hook(recorder)
-        runner.train()
-        wall = time.perf_counter() - t_start
-        t0 = time.perf_counter()
-        metrics = runner.test()
-        eval_s = time.perf_counter() - t0
+        # no checkpoints, no resume: the result is training time, which a resumed trial
+        # would only have in part (a killed trial trains again from its start)
+        done = train_and_test(cfg, hooks=[recorder], resume=False, checkpoints=False)
+        wall = done.build_s + done.train_s
+        metrics, eval_s = done.metrics, done.eval_s
     if 'accuracy/top1' not in metrics:
         raise RuntimeError(f'the evaluator gave no accuracy/top1: {sorted(metrics)}')
     epochs = recorder.epochs
@@ -112,7 +110,7 @@ def run_one(opts: Any, arm: str, seed: int, say: Any) -> Dict[str, Any]:
                             train_s=sum(e['train_s'] for e in epochs),
                             train_cpu_s=sum(e['train_cpu_s'] for e in epochs)),
                timings=dict(wall_s=wall, eval_s=eval_s, total_s=time.perf_counter() - t_start))
-    del runner
+    del done
     say(f"{arm} seed {seed}: top-1 {row['metrics']['top1']:.2f}%, training "
         f"{row['metrics']['train_s']:.1f} s wall, {row['metrics']['train_cpu_s']:.1f} s CPU")
     return row

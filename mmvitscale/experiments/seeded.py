@@ -28,7 +28,7 @@ from ..fileio import pyplot, save_figure
 from . import stats
 from .console import Eta
 from .report import corrected, family_bar, json_safe, machine_summary
-from .store import ResultStore
+from .store import ResultStore, owning_study
 from .tasks import ROOT
 
 Say = Callable[[str], None]
@@ -85,8 +85,17 @@ def run_arms(study: str, arms: Sequence[str], seeds: Sequence[int],
     ``say`` gets one line per trial run: ``[k/n] arm seed s: metrics in t s; elapsed, ETA``
     (:class:`~mmvitscale.experiments.console.Eta`, one group per arm).
     """
-    store = ResultStore(osp.join(out_dir, STORE_NAME))
     say = say or (lambda msg: None)
+    with owning_study(out_dir, say=say):  # one study per out dir: a second waits for us
+        return _run_arms(study, arms, seeds, settings, run_one, out_dir, say, on_row)
+
+
+def _run_arms(study: str, arms: Sequence[str], seeds: Sequence[int],
+              settings: Callable[[str], Mapping[str, Any]],
+              run_one: Callable[[str, int], Dict[str, Any]], out_dir: str, say: Say,
+              on_row: Optional[Callable[[List[Dict[str, Any]]], None]]
+              ) -> List[Dict[str, Any]]:
+    store = ResultStore(osp.join(out_dir, STORE_NAME))
     plan = [(arm, seed, trial_key(study, arm, seed, settings(arm)))
             for seed in seeds for arm in arms]
     kept = sum(key in store for _, _, key in plan)

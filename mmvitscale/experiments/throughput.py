@@ -117,19 +117,16 @@ def runner_round(task: str, rule: str, batch: int, warmup: int, iters: int,
     The config is the task's under ``rule``, configured as a trial of one epoch of exactly
     ``warmup + iters`` batches; data loading of the timed iterations is included.
     """
-    from mmengine.runner import Runner
+    from .runner import train_and_test
     cfg = _build_cfg(task, rule, batch, warmup + iters, work_dir, data_root, seed, data)
     state = _Interleave(warmup, iters, raw_step)
-    t0 = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
-        runner = Runner.from_cfg(cfg)
-        runner.register_hook(state.make(), priority='LOWEST')
-        build_s = time.perf_counter() - t0
-        runner.train()
+    with contextlib.redirect_stdout(io.StringIO()):  # a benchmark: no checkpoint, no test
+        done = train_and_test(cfg, resume=False, checkpoints=False, test=False,
+                              hooks=[(state.make(), 'LOWEST')])
     if len(state.runner_s) < iters:
-        raise RuntimeError(f'the Runner ran {runner.iter} iterations, fewer than '
+        raise RuntimeError(f'the Runner ran {done.runner.iter} iterations, fewer than '
                            f'warmup + iters = {warmup + iters}')
-    return dict(runner_s=state.runner_s, raw_s=state.raw_s, build_s=build_s,
+    return dict(runner_s=state.runner_s, raw_s=state.raw_s, build_s=done.build_s,
                 loader_workers=cfg.train_dataloader.num_workers,
                 dataset=str(cfg.train_dataloader.dataset.get('type')))
 

@@ -5,7 +5,6 @@ content, the task config as resolved under the rule, seed, options), so a study 
 finds its finished trials in the store even when the rule file was given by another path, and
 trains again when the task config, one of its bases, or the way a rule resolves changed.
 """
-import contextlib
 import hashlib
 import json
 import os
@@ -105,20 +104,58 @@ def trial_dir(out_dir: str, trial: Trial) -> str:
     return osp.join(out_dir, 'trials', trial.task, trial.label, f'seed{trial.seed}')
 
 
-def run_trial(trial: Trial, out_dir: str, data_root: str,
-              threads: Optional[int] = None) -> Dict[str, Any]:
+def trial_row(trial: Trial, cfg: Any, metrics: Dict[str, float], model: Any,
+              timings: Dict[str, Any], machine: Dict[str, Any]) -> Dict[str, Any]:
+    """The store row of a trained trial: identity, the metric in the task's unit and every
+    numeric metric, cost (backbone GFLOPs as MACs with attention, params; ``model`` None:
+    built from ``cfg``), ``timings`` and ``machine``."""
+    from ..cost import count_params, get_complexity
+    spec = get_task(trial.task)
+    if spec.metric not in metrics:
+        raise RuntimeError(f'{trial}: the evaluator gave no {spec.metric}: {sorted(metrics)}')
+    if model is None:
+        import mmvitscale.models  # noqa: F401  (registers the backbones)
+        from mmengine.registry import MODELS, init_default_scope
+        init_default_scope(cfg.get('default_scope', 'mmengine'))
+        model = MODELS.build(cfg.model)
+    shape = input_shape(spec, cfg)
+    cost = get_complexity(model.backbone, shape)
+    rule_file = osp.relpath(trial.rule, ROOT)
+    if rule_file.startswith('..'):
+        rule_file = trial.rule
+    return dict(
+        key=trial.key, task=trial.task, rule=trial.label, rule_file=rule_file,
+        rule_sha=rule_digest(trial.rule), config_sha=trial.config_sha,
+        scaling=json_ready(cfg.scaling), seed=trial.seed,
+        options=trial.opts, metric_name=spec.metric, metric_unit=spec.metric_label,
+        metric=metrics[spec.metric] * spec.metric_scale, metrics=metrics,
+        arch=json_ready(cfg.scaled['arch']), input_shape=list(shape),
+        cost=dict(gflops=cost['flops'] / 1e9, params_m=cost['params'] / 1e6,
+                  model_params_m=count_params(model) / 1e6),
+        timings=timings, machine=machine)
+
+
+def run_trial(trial: Trial, out_dir: str, data_root: str, threads: Optional[int] = None,
+              launcher: str = 'none', requeue: bool = False,
+              keep_checkpoints: Optional[bool] = None) -> Optional[Dict[str, Any]]:
     """Train, evaluate and count the cost of one trial; return its result row.
 
-    Data must be prepared (:func:`~mmvitscale.experiments.tasks.ensure_data`). Host output
-    (pycocotools summaries, mmengine warnings) goes to the trial folder's ``host_output.log``.
+    Data must be prepared (:func:`~mmvitscale.experiments.tasks.ensure_data`). Training goes
+    through :func:`~mmvitscale.experiments.runner.train_and_test` (the config's
+    ``runner_type``, ``launcher``, resume from the trial's own latest checkpoint, ``requeue``
+    on SIGTERM / SIGUSR1). Host output (pycocotools summaries, mmengine warnings) goes to the
+    trial folder's ``host_output.log`` (rank r > 0: ``host_output_rank<r>.log``).
     The row holds the trial's identity, the metric (in the task's unit) and every numeric
-    metric, cost (backbone GFLOPs as MACs with attention, params), timings and the machine.
+    metric, cost (backbone GFLOPs as MACs with attention, params), timings and the machine;
+    ``resumed`` when training continued from a checkpoint, ``dist`` (world size, launcher, a
+    digest of each rank's final weights) when it ran as several ranks. Ranks other than 0
+    return None. The checkpoints are deleted once the row is made unless
+    ``keep_checkpoints`` (default: kept for real-data tasks, deleted for offline ones).
     """
     import torch
-    from mmengine.runner import Runner
 
-    from ..cost import count_params, get_complexity
     from ..rules import load_with_rule
+    from .runner import remove_checkpoints, train_and_test
     from .store import machine_fingerprint
     if threads:
         torch.set_num_threads(threads)
@@ -134,36 +171,27 @@ def run_trial(trial: Trial, out_dir: str, data_root: str,
     cfg = configure(cfg, spec, size, trial.seed, work_dir, data_root, val_ann=val_ann,
                     det_score_thr=opts.get('det_score_thr'))
     fingerprint = machine_fingerprint()
+    rank = os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0')) if launcher != 'none' \
+        else '0'
+    log = 'host_output.log' if rank == '0' else f'host_output_rank{rank}.log'
     t_start = time.perf_counter()
-    with open(osp.join(work_dir, 'host_output.log'), 'w') as log, \
-            contextlib.redirect_stdout(log):
-        runner = Runner.from_cfg(cfg)
-        runner.train()
-        train_s = time.perf_counter() - t_start
-        t0 = time.perf_counter()
-        metrics = {k: float(v) for k, v in runner.test().items()
-                   if isinstance(v, (int, float))}
-        eval_s = time.perf_counter() - t0
-    if spec.metric not in metrics:
-        raise RuntimeError(f'{trial}: the evaluator gave no {spec.metric}: {sorted(metrics)}')
-    shape = input_shape(spec, cfg)
-    cost = get_complexity(runner.model.backbone, shape)
-    n_train = size['train'] or len(runner.train_dataloader.dataset)
+    done = train_and_test(cfg, launcher=launcher, identity=trial.key, requeue=requeue,
+                          log_file=osp.join(work_dir, log))
+    if done.rank != 0:
+        return None
+    n_train = size['train'] or len(done.runner.train_dataloader.dataset)
     epochs = size['epochs'] or cfg.train_cfg['max_epochs']
-    rule_file = osp.relpath(trial.rule, ROOT)
-    if rule_file.startswith('..'):
-        rule_file = trial.rule
-    row = dict(
-        key=trial.key, task=trial.task, rule=trial.label, rule_file=rule_file,
-        rule_sha=rule_digest(trial.rule), config_sha=trial.config_sha,
-        scaling=json_ready(cfg.scaling), seed=trial.seed,
-        options=opts, metric_name=spec.metric, metric_unit=spec.metric_label,
-        metric=metrics[spec.metric] * spec.metric_scale, metrics=metrics,
-        arch=json_ready(cfg.scaled['arch']), input_shape=list(shape),
-        cost=dict(gflops=cost['flops'] / 1e9, params_m=cost['params'] / 1e6,
-                  model_params_m=count_params(runner.model) / 1e6),
-        timings=dict(train_s=train_s, eval_s=eval_s, total_s=time.perf_counter() - t_start,
-                     train_samples_per_s=n_train * epochs / train_s if train_s > 0 else None),
-        machine=fingerprint)
-    del runner
+    train_s = done.build_s + done.train_s  # as before: from building the runner on
+    timings = dict(train_s=train_s, eval_s=done.eval_s, total_s=time.perf_counter() - t_start,
+                   train_samples_per_s=n_train * epochs / train_s if train_s > 0 else None)
+    row = trial_row(trial, cfg, done.metrics, done.model, timings, fingerprint)
+    if done.resumed:
+        row['resumed'] = done.resumed
+    if done.world_size > 1:
+        row['dist'] = dict(world_size=done.world_size, launcher=launcher,
+                           weights_sha=done.weights_sha)
+    keep = (not spec.offline) if keep_checkpoints is None else keep_checkpoints
+    if not keep:
+        remove_checkpoints(work_dir)
+    del done
     return row
