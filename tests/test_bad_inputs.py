@@ -21,7 +21,7 @@ from mmvitscale.models import ScaledPiT, ScaledViT
 from mmvitscale.models.video_vit import ScaledVideoViT
 from mmvitscale.rules import derive_image, load_with_rule
 from mmvitscale.scaling import make_vit_arch, scale_vit
-from mmvitscale.search.scale_search import write_rule_file
+from mmvitscale.search.scale_search import BaseSpec, run_search, write_rule_file
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))
@@ -36,6 +36,7 @@ PIT_ARCH = dict(base_dims=(16, 16, 16), depths=(1, 1, 1), heads=(2, 2, 2), patch
                 patch_stride=4)
 FMNIST_VIT = osp.join(ROOT, 'configs', 'cls', 'scaled_vit_fmnist.py')
 SCALE_SEARCH = osp.join(ROOT, 'tools', 'scale_search.py')
+TRANSFER = osp.join(ROOT, 'tools', 'transfer.py')
 
 
 def vit(**kw):
@@ -82,15 +83,46 @@ def call(fn: Callable, *args, **kwargs) -> Callable:
     return lambda tmp: (lambda: fn(*args, **kwargs))
 
 
-def scale_search(*extra: str, out_rule=None) -> Callable:
-    """tools/scale_search.py in-process; ``out_rule(tmp)`` gives the --out-rule path."""
+def scale_search(*extra: str, out_rule=None, work_dir=None) -> Callable:
+    """tools/scale_search.py in-process; ``out_rule(tmp)`` / ``work_dir(tmp)`` give the
+    --out-rule / --work-dir paths."""
     def setup(tmp):
         rule = out_rule(tmp) if out_rule else str(tmp / 'rule.py')
+        wd = work_dir(tmp) if work_dir else str(tmp / 'wd')
         argv = ['--budget', '0.02', '--scorer', 'flops', '--only-grid', '--grid',
-                'depth_mult=0.5,1', '--work-dir', str(tmp / 'wd'), '--out-rule', rule, *extra]
+                'depth_mult=0.5,1', '--work-dir', wd, '--out-rule', rule, *extra]
         main = runpy.run_path(SCALE_SEARCH)['main']
         return lambda: main(argv)
     return setup
+
+
+def transfer(*extra: str, out_dir=None, data_root=None) -> Callable:
+    """tools/transfer.py in-process, stopped by its checks (``out_dir(tmp)`` / ``data_root(tmp)``
+    give the path flags; default: folders under the case folder)."""
+    def setup(tmp):
+        argv = ['--out-dir', out_dir(tmp) if out_dir else str(tmp / 'out'),
+                '--data-root', data_root(tmp) if data_root else str(tmp / 'data'), *extra]
+        main = runpy.run_path(TRANSFER)['main']
+        return lambda: main(argv)
+    return setup
+
+
+def study_tool(relpath: str, *argv, **paths: Callable) -> Callable:
+    """A study tool's ``main(argv)`` in-process; each ``paths`` entry ``flag_name=fn`` adds
+    ``--flag-name fn(tmp)``."""
+    def setup(tmp):
+        extra = [a for name, fn in paths.items() for a in ('--' + name.replace('_', '-'), fn(tmp))]
+        main = runpy.run_path(osp.join(ROOT, relpath))['main']
+        return lambda: main([*argv, *extra])
+    return setup
+
+
+def _under_file(tmp):
+    return _file_in_the_way(tmp)[:-len('/rule.py')] + '/out'
+
+
+def _a_file(tmp):
+    return _file_in_the_way(tmp)[:-len('/rule.py')]
 
 
 def _file_in_the_way(tmp):
@@ -324,6 +356,13 @@ CASES = [
     pytest.param(call(get_flops.main, [FMNIST_VIT, '--shape', '30', '--backbone-only']), S,
                  r'^--shape 30 30: ScaledViT expects input .*input size 30x30 is not a multiple '
                  r'of patch_size=4$', id='get_flops-shape-vs-patch'),
+    pytest.param(call(get_flops.main, [FMNIST_VIT, '--cfg-options', 'scaling.bogus=3']), S,
+                 r"^--cfg-options scaling.bogus=3: unknown scaling key 'bogus' \(value 3\)",
+                 id='get_flops-unknown-rule-key'),
+    pytest.param(call(get_flops.main, [FMNIST_VIT, '--cfg-options',
+                                       'model.backbone.scaling.width_mult=-2']), S,
+                 r'^--cfg-options model.backbone.scaling.width_mult=-2: .*scaling.width_mult must '
+                 r'be a positive number, got -2', id='get_flops-bad-rule-value'),
     pytest.param(scale_search(out_rule=lambda tmp: str(tmp)), S,
                  r'--out-rule: .* is a folder; give a file such as .*searched.py',
                  id='scale_search-out-rule-folder'),
@@ -332,8 +371,58 @@ CASES = [
     pytest.param(scale_search(out_rule=_file_in_the_way), S,
                  r'--out-rule: .*plain_file/rule.py is under .*plain_file, which is a file',
                  id='scale_search-out-rule-under-file'),
-    pytest.param(scale_search('--budget', '-1'), S, r'--budget: must be positive, got -1',
-                 id='scale_search-budget'),
+    pytest.param(scale_search('--budget', '-1'), S,
+                 r'--budget: must be a positive number, got -1$', id='scale_search-budget'),
+    pytest.param(scale_search('--budget', 'inf'), S,
+                 r'--budget: must be a finite positive number, got inf$',
+                 id='scale_search-budget-inf'),
+    pytest.param(scale_search('--budget', 'nan'), S,
+                 r'--budget: must be a finite positive number, got nan$',
+                 id='scale_search-budget-nan'),
+    pytest.param(scale_search(work_dir=lambda tmp: '/proc/mmvitscale_wd'), S,
+                 r'--work-dir: /proc/mmvitscale_wd is on /proc \(a proc file system\), which '
+                 r'holds no user files$', id='scale_search-work-dir-proc'),
+    pytest.param(call(run_search, BaseSpec('vit', VIT_ARCH, 32, 8), float('inf'),
+                      scorer='flops'), V, r'^budget must be a finite positive number, got inf$',
+                 id='run_search-budget-inf'),
+    pytest.param(study_tool('tools/analysis/castling_accuracy.py', '--seeds', '4294967296'), S,
+                 r'error: --seeds must be at most 4294967295 \(2\*\*32 - 1, the seed range of '
+                 r'numpy\), got 4294967296$', id='castling-seeds-too-large'),
+    pytest.param(study_tool('tools/analysis/castling_accuracy.py', out_dir=_under_file), S,
+                 r'error: argument --out-dir: .*/plain_file/out is under .*/plain_file, which is '
+                 r'a file$', id='castling-out-dir-under-file'),
+    pytest.param(study_tool('tools/analysis/retokenization_study.py',
+                            data_root=lambda tmp: '/proc/mmvitscale_data'), S,
+                 r'error: argument --data-root: /proc/mmvitscale_data is on /proc \(a proc file '
+                 r'system\), which holds no user files$', id='retokenization-data-root-proc'),
+    pytest.param(study_tool('tools/proxy_correlation.py', data_root=_a_file), S,
+                 r'error: argument --data-root: .*/plain_file is a file, not a folder$',
+                 id='proxy_correlation-data-root-file'),
+    pytest.param(study_tool('tools/supernet_scorer.py', work_dir=_under_file), S,
+                 r'error: argument --work-dir: .*/plain_file/out is under .*/plain_file, which '
+                 r'is a file$', id='supernet-work-dir-under-file'),
+    pytest.param(study_tool('tools/device_transfer.py', out_dir=lambda tmp: '/dev/null'), S,
+                 r'error: argument --out-dir: /dev/null is a character device, not a folder$',
+                 id='device_transfer-out-dir-device'),
+    pytest.param(transfer('--tasks', 'cls', 'cls'), S,
+                 r"^transfer.py: error: --tasks: 'cls' is given twice, got cls cls: each task "
+                 r'runs once \(the first is the source, the others targets\)$',
+                 id='transfer-tasks-repeated'),
+    pytest.param(transfer('--latency-backends', 'eager', 'bogus'), S,
+                 r"^transfer.py: error: --latency-backends: unknown backend 'bogus' \(choose "
+                 r'from eager, .*onnxruntime.*\)$', id='transfer-latency-backends'),
+    pytest.param(transfer('--seeds', '0', '4294967296'), S,
+                 r'^transfer.py: error: --seeds: must be at most 4294967295 \(2\*\*32 - 1, the '
+                 r'seed range of numpy\), got 4294967296$', id='transfer-seeds-too-large'),
+    pytest.param(transfer(out_dir=_under_file), S,
+                 r'^transfer.py: error: --out-dir: .*/plain_file/out is under .*/plain_file, '
+                 r'which is a file$', id='transfer-out-dir-under-file'),
+    pytest.param(transfer(out_dir=lambda tmp: '/proc/mmvitscale_out'), S,
+                 r'^transfer.py: error: --out-dir: /proc/mmvitscale_out is on /proc \(a proc file '
+                 r'system\), which holds no user files$', id='transfer-out-dir-proc'),
+    pytest.param(transfer(data_root=_a_file), S,
+                 r'^transfer.py: error: --data-root: .*/plain_file is a file, not a folder$',
+                 id='transfer-data-root-file'),
     pytest.param(scale_search('--img-size', '0'), S, r'--img-size: must be >= 1, got 0',
                  id='scale_search-img-size'),
     pytest.param(scale_search('--img-size', '30'), S,

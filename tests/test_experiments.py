@@ -567,7 +567,8 @@ def test_transfer_tool_rejects_bad_input_before_any_work(tmp_path):
         tool.main(['--rules', str(tmp_path / 'nope.py'), '--out-dir', str(out)])
     with pytest.raises(SystemExit, match='--cls-train must be >= 1, got 0'):
         tool.main(['--tasks', 'cls', '--cls-train', '0', '--out-dir', str(out)])
-    with pytest.raises(SystemExit, match=r'--seeds must be distinct and >= 0, got \[1, 1\]'):
+    with pytest.raises(SystemExit,
+                       match=r'--seeds: must be distinct integers >= 0, got \[1, 1\]'):
         tool.main(['--tasks', 'cls', '--seeds', '1', '1', '--out-dir', str(out)])
     with pytest.raises(SystemExit, match='--workers and --threads must be >= 1, got 0'):
         tool.main(['--tasks', 'cls', '--workers', '0', '--out-dir', str(out)])

@@ -254,7 +254,7 @@ def test_tool_cli(tmp_path, capsys):
     assert 'no candidate meets the flops budget of 1e-05 GFLOPs' in capsys.readouterr().out
     for bad, msg in ((['--grid', 'depth=oops'], '--grid: expected KEY=V1,V2'),
                      (['--grid', 'foo_mult=1,2'], "unknown vit scaling key 'foo_mult'"),
-                     (['--budget', '-1'], '--budget: must be positive'),
+                     (['--budget', '-1'], '--budget: must be a positive number'),
                      (['--cost', 'latency'], '--cost latency needs --predictor')):
         with pytest.raises(SystemExit):
             mod['parse_args'](argv + bad)

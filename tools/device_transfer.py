@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import mmvitscale  # noqa: F401  (shims before mmengine / host packages)
 from rich.console import Console
 
-from mmvitscale.errors import InputError
+from mmvitscale.errors import InputError, folder_arg
 from mmvitscale.search.device_measure import MeasureSpec, check_measure_spec, measure_archs
 from mmvitscale.search.device_transfer import (REDUCE, STATS, LatencyMatrix, TransferError,
                                                check_report_inputs, load_scores, read_matrix,
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--scores', default=None, help='per-arch score JSON (default: FLOPs)')
     p.add_argument('--scatter', nargs=2, default=None, metavar=('A', 'B'),
                    help='setting names for the scatter (default: the lowest-tau pair)')
-    p.add_argument('--out-dir', default='work_dirs/device_transfer')
+    p.add_argument('--out-dir', default='work_dirs/device_transfer', type=folder_arg)
     p.add_argument('--name', default='report', help='output file stem')
     m = p.add_argument_group('measure mode')
     m.add_argument('--measure', action='store_true', help='measure the rules first')

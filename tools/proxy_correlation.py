@@ -36,7 +36,7 @@ from mmvitscale.experiments.proxy_correlation import (LOG_NAME, REPORT_STEM, Cor
                                                       measure_archs, proxy_arch, sample_rules,
                                                       study_meta, train_arch, write_report)
 from mmvitscale.experiments.tasks import ROOT
-from mmvitscale.errors import InputError
+from mmvitscale.errors import InputError, folder_arg
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -48,8 +48,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--val', type=int, default=1000, help='test images (first N)')
     parser.add_argument('--epochs', type=int, default=2, help='training epochs per arch')
     parser.add_argument('--batch', type=int, default=64, help='training batch size')
-    parser.add_argument('--out-dir', default='work_dirs/proxy_correlation', help='report folder')
-    parser.add_argument('--data-root', default=osp.join(ROOT, 'data'),
+    parser.add_argument('--out-dir', default='work_dirs/proxy_correlation', type=folder_arg,
+                        help='report folder')
+    parser.add_argument('--data-root', default=osp.join(ROOT, 'data'), type=folder_arg,
                         help='folder holding fashion_mnist/')
     parser.add_argument('--seed', type=int, default=0,
                         help='sampling and proxy seed (which architectures; proxy init)')

@@ -39,6 +39,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from mmvitscale.errors import folder_error, positive_number_error
 from mmvitscale.fileio import atomic_write
 from mmvitscale.families import get_family
 from mmvitscale.experiments.report import write_json
@@ -103,8 +104,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def validate(args: argparse.Namespace) -> None:
     """Fill family defaults and raise ValueError naming the first bad flag."""
     check_rule_path(args.out_rule, '--out-rule')  # refused before the search, not after it
-    if osp.exists(args.work_dir) and not osp.isdir(args.work_dir):
-        raise ValueError(f'--work-dir: {args.work_dir} exists and is not a folder')
+    problem = folder_error(args.work_dir)
+    if problem:
+        raise ValueError(f'--work-dir: {problem}')
     if args.arch is None:
         if args.family not in FMNIST_ARCHS:
             raise ValueError(f'--arch: --family {args.family} has no Fashion-MNIST default '
@@ -115,8 +117,9 @@ def validate(args: argparse.Namespace) -> None:
             args.arch = json.loads(args.arch)
         except ValueError as err:
             raise ValueError(f'--arch: not a JSON dict: {err}') from None
-    if not args.budget > 0:
-        raise ValueError(f'--budget: must be positive, got {args.budget}')
+    problem = positive_number_error(args.budget)
+    if problem:
+        raise ValueError(f'--budget: {problem}')
     if args.cost == 'latency':
         if not args.predictor:
             raise ValueError('--cost latency needs --predictor FILE')

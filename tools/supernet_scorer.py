@@ -36,7 +36,7 @@ from mmvitscale.experiments.supernet_study import (CHECKPOINT_NAME, SupernetStud
                                                    rank_agreement, save_supernet, score_shared,
                                                    train_from_scratch, train_shared_supernet,
                                                    write_report)
-from mmvitscale.errors import InputError
+from mmvitscale.errors import InputError, folder_arg
 from mmvitscale.search.supernet import pick_subnets
 
 DEFAULT_DATA = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'data',
@@ -54,8 +54,8 @@ def floats(s: str) -> List[float]:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--data-root', default=DEFAULT_DATA if osp.isdir(DEFAULT_DATA) else None,
-                   help='folder with the Fashion-MNIST idx files')
-    p.add_argument('--work-dir', default='work_dirs/supernet')
+                   type=folder_arg, help='folder with the Fashion-MNIST idx files')
+    p.add_argument('--work-dir', default='work_dirs/supernet', type=folder_arg)
     p.add_argument('--embed-dims', type=int, default=96)
     p.add_argument('--num-layers', type=int, default=8)
     p.add_argument('--num-heads', type=int, default=4)

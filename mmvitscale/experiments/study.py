@@ -8,6 +8,7 @@ import os
 import os.path as osp
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+from ..errors import InputError, check_folder, seed_list_error
 from . import stats
 from .latency import available_backends, measure_arms
 from .pool import Say, _default_say, run_trials
@@ -17,6 +18,42 @@ from .tasks import TaskError, ensure_data, get_task
 from .trial import Trial, make_trial, rule_label
 
 STORE_NAME = 'trials.jsonl'
+
+
+def check_study_inputs(tasks: Sequence[str], seeds: Sequence[int],
+                       latency_backends: Sequence[str] = (), out_dir: Optional[str] = None,
+                       data_root: Optional[str] = None) -> None:
+    """The checks every study tool shares, before any work: an :class:`InputError` naming the
+    first bad argument (``tasks``, ``seeds``, ``latency_backends``, ``out_dir``,
+    ``data_root``); a tool shows it with its own flags (``err.format(flag)``).
+
+    A task given twice is refused (the first task is the source, the others targets: a task
+    cannot be both), an unknown latency backend is refused listing the known ones (a known one
+    this machine cannot run is skipped and said), seeds as :func:`seed_list_error`, folders as
+    :func:`~mmvitscale.errors.folder_error` (not a file, not under one, writable, not /proc).
+    """
+    from ..cost.backends import BACKENDS
+    from .tasks import TASKS
+    if not tasks:
+        raise InputError('tasks', 'a study needs at least one task')
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise InputError('tasks', f'unknown task {unknown[0]!r} (choose from '
+                         f'{", ".join(sorted(TASKS))})')
+    twice = [t for i, t in enumerate(tasks) if t in tasks[:i]]
+    if twice:
+        raise InputError('tasks', f'{twice[0]!r} is given twice, got {" ".join(tasks)}: each '
+                         'task runs once (the first is the source, the others targets)')
+    problem = seed_list_error(seeds)
+    if problem:
+        raise InputError('seeds', problem)
+    bad = [b for b in latency_backends if b not in BACKENDS]
+    if bad:
+        raise InputError('latency_backends', f'unknown backend {bad[0]!r} (choose from '
+                         f'{", ".join(BACKENDS)})')
+    for name, path in (('out_dir', out_dir), ('data_root', data_root)):
+        if path is not None:
+            check_folder(path, name)
 
 
 def applicability(tasks: Sequence[str], rules: Sequence[str]) -> Dict[str, Dict[str, str]]:
@@ -102,6 +139,7 @@ def run_grid_study(tasks: Sequence[str], rules: Sequence[str], baseline: str,
     :func:`mmvitscale.experiments.slurm.launcher_from_args`). Returns the summary
     (:func:`mmvitscale.experiments.report.summarize`; ``correction`` as there).
     """
+    check_study_inputs(list(tasks), list(seeds), list(latency_backends), out_dir, data_root)
     try:  # before any training: the check summarize makes at the end
         stats.family_confidence(0.95, 1, correction)
     except ValueError as err:
@@ -124,11 +162,16 @@ def run_grid_study(tasks: Sequence[str], rules: Sequence[str], baseline: str,
     rows = (launcher or run_trials)(trials, store, out_dir, data_root, workers=workers,
                                     threads=threads, say=say)
     latency: List[Dict[str, Any]] = []
+    backends = available_backends(latency_backends) if latency_rounds > 0 else []
+    for backend in latency_backends if latency_rounds > 0 else ():
+        if backend not in backends:
+            (say or _default_say)(f'latency: backend {backend} not timed: it cannot run on '
+                                  "this machine's CPU")
     if latency_rounds > 0:
         for task in tasks:
             latency += measure_arms(
                 [task], [r for r in rules if rule_label(r) not in skip.get(task, {})], store,
-                available_backends(latency_backends), rounds=latency_rounds,
+                backends, rounds=latency_rounds,
                 repeats=latency_repeats, threads=threads, say=say)
     summary = summarize(rows, list(tasks), [rule_label(r) for r in rules], rule_label(baseline),
                         list(seeds), source=source, tolerance=tolerance,

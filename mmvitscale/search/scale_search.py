@@ -37,6 +37,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 # ranks: 0-based, best first, ties share their mean rank, non-finite values last (the one
 # implementation lives with the study statistics; re-exported here)
 from ..experiments.stats import ranks  # noqa: F401
+from ..errors import creatable_error, positive_number_error
 from ..families import family_names, family_of_dict, get_family
 from ..fileio import atomic_write, pyplot, save_figure
 from ..rules import _plain
@@ -233,6 +234,15 @@ def _fmt_cost(value: float, kind: str) -> str:
     return f'{value / 1e9:.4g} GFLOPs' if kind == 'flops' else f'{value:.4g} ms'
 
 
+def check_budget(budget: float) -> float:
+    """``budget`` unless it is not a finite number > 0 (``ValueError`` naming ``budget``):
+    every cost meets an infinite budget and none meets ``nan``."""
+    problem = positive_number_error(budget)
+    if problem:
+        raise ValueError(f'budget {problem}')
+    return budget
+
+
 def filter_budget(cands: Sequence[Candidate], budget: float, kind: str = 'flops'
                   ) -> List[Candidate]:
     """Candidates with cost ``<= budget`` (``flops`` in MACs, ``latency`` in ms).
@@ -242,8 +252,7 @@ def filter_budget(cands: Sequence[Candidate], budget: float, kind: str = 'flops'
     """
     if kind not in COSTS:
         raise ValueError(f'cost must be one of {COSTS}, got {kind!r}')
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
-        raise ValueError(f'budget must be a positive number, got {budget!r}')
+    check_budget(budget)
     if not cands:
         raise ValueError('no candidates to filter')
     feasible = [c for c in cands if c.cost(kind) <= budget]
@@ -337,13 +346,9 @@ def check_rule_path(path: str, flag: str = 'rule file') -> str:
                          f'{osp.join(path, "searched.py")}')
     if not path.endswith('.py'):
         raise ValueError(f'{flag}: {path} must end in .py (rule files are Python configs)')
-    parent = osp.dirname(osp.abspath(path))
-    while not osp.exists(parent):  # the first existing ancestor decides (makedirs creates)
-        parent = osp.dirname(parent)
-    if not osp.isdir(parent):
-        raise ValueError(f'{flag}: {path} is under {parent}, which is a file')
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f'{flag}: {parent} is not writable, so {path} cannot be written')
+    problem = creatable_error(path)  # under a file, not writable, on /proc ...
+    if problem:
+        raise ValueError(f'{flag}: {problem}')
     return path
 
 
@@ -399,6 +404,7 @@ def run_search(base: BaseSpec, budget: float, cost: str = 'flops', scorer: str =
         raise ValueError(f'cost must be one of {COSTS}, got {cost!r}')
     if scorer not in SCORERS:
         raise ValueError(f'scorer must be one of {SCORERS}, got {scorer!r}')
+    check_budget(budget)  # before enumerating and costing
     if cost == 'latency' and predictor is None:
         raise ValueError('a latency budget needs a latency predictor (--predictor FILE)')
     if max_candidates is not None and max_candidates < 1:

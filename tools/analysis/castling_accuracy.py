@@ -43,6 +43,7 @@ import os.path as osp
 from typing import Any, Dict, Optional, Sequence
 
 import mmvitscale  # noqa: F401  (stack shims + registries, before any host import)
+from mmvitscale.errors import folder_arg
 from mmvitscale.experiments.castling import CONFIG, RUNS, run_study
 from mmvitscale.experiments.seeded import check_seeds, load_config
 from mmvitscale.experiments.tasks import ROOT
@@ -68,9 +69,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--aux-lr-mult', type=float, default=10.0,
                    help='learning-rate multiplier of the aux_mask parameters (1: as config)')
     p.add_argument('--runs', nargs='+', choices=RUNS, default=list(RUNS))
-    p.add_argument('--data-root', default=osp.join(ROOT, 'data'),
+    p.add_argument('--data-root', default=osp.join(ROOT, 'data'), type=folder_arg,
                    help='folder holding fashion_mnist/')
-    p.add_argument('--out-dir', default=osp.join(ROOT, 'work_dirs', 'castling_accuracy'))
+    p.add_argument('--out-dir', default=osp.join(ROOT, 'work_dirs', 'castling_accuracy'),
+                   type=folder_arg)
     p.add_argument('--workers', type=int, default=0, help='data loader workers')
     p.add_argument('--threads', type=int, default=1, help='torch CPU threads')
     args = p.parse_args(argv)

@@ -1,32 +1,39 @@
 """FLOPs (multiply-accumulates, attention counted) and params of a config's model.
 
     python tools/analysis/get_flops.py CONFIG [--shape H W] [--backbone-only]
+        [--cfg-options scaling.width_mult=2]
 
 Unlike mmengine's / fvcore's jit counters this sees fused ``scaled_dot_product_attention``.
+The config is loaded as ``tools/train.py`` loads it (:func:`mmvitscale.engine.config.load_config`):
+a rule override in ``--cfg-options`` (``scaling.<key>`` or ``model.backbone.scaling.<key>``)
+re-derives the model under the overridden rule, and an unknown rule key is refused. Without
+``--shape`` the input is the built backbone's own (rule-resolved) ``img_size``.
 """
 import argparse
 import json
 
 import mmvitscale  # noqa: F401  (stack shims + registries)
 import torch
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 from mmengine.model import BaseModel
 from mmengine.registry import MODELS, init_default_scope
 
 from mmvitscale.cost import get_complexity
+from mmvitscale.engine.config import load_config
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description='Count FLOPs and params of a model config')
     parser.add_argument('config', help='config file path')
     parser.add_argument('--shape', type=int, nargs='+', default=None,
-                        help='input H W (or one value for square); default: the backbone '
-                        'img_size, else 224')
+                        help='input H W (or one value for square); default: the built '
+                        "backbone's img_size (as the rule resolves it), else 224")
     parser.add_argument('--backbone-only', action='store_true',
                         help='count the backbone alone instead of the whole model')
     parser.add_argument('--json', action='store_true', help='print JSON instead of text')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override settings in the config, key=value')
+                        help='override settings in the config, key=value; scaling.<key>=v '
+                        're-derives the model under the overridden rule')
     return parser.parse_args(argv)
 
 
@@ -41,10 +48,14 @@ def check_shape(shape):
     return tuple(shape * 2) if len(shape) == 1 else tuple(shape)
 
 
-def _shape(args, cfg):
+def _shape(args, cfg, backbone):
+    """``--shape``, else the built backbone's resolved ``img_size`` (a rule may scale the
+    config's), else the config's, else 224."""
     if args.shape:
         return args.shape
-    size = cfg.model.get('backbone', {}).get('img_size', 224)
+    size = getattr(backbone, 'img_size', None)
+    if size is None:
+        size = cfg.model.get('backbone', {}).get('img_size', 224)
     return (size, size) if isinstance(size, int) else tuple(size)
 
 
@@ -67,16 +78,17 @@ def _tensor_mode(model, inputs):
 def main(argv=None):
     args = parse_args(argv)
     args.shape = check_shape(args.shape)  # before any work
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    try:  # rule overrides re-derive the config; an invalid or unknown rule key is refused
+        cfg = load_config(args.config, cfg_options=args.cfg_options)
+    except (ValueError, TypeError, KeyError) as err:
+        raise SystemExit(str(err)) from None
     init_default_scope(cfg.get('default_scope', 'mmvitscale'))
     model_cfg = cfg.model.backbone if args.backbone_only else cfg.model
     model = MODELS.build(model_cfg)
-    H, W = _shape(args, cfg)
+    backbone = model if args.backbone_only else getattr(model, 'backbone', None)
+    H, W = _shape(args, cfg, backbone)
     in_ch = cfg.model.get('backbone', {}).get('in_channels', 3)
-    _check_backbone_input(model if args.backbone_only else getattr(model, 'backbone', None),
-                          in_ch, H, W)
+    _check_backbone_input(backbone, in_ch, H, W)
     forward = _tensor_mode if isinstance(model, BaseModel) else None
     result = get_complexity(model, (in_ch, H, W), forward=forward)
     result['input_shape'] = [in_ch, H, W]

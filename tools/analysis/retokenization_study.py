@@ -24,6 +24,7 @@ import sys
 from typing import Any, Dict, List, Optional
 
 import mmvitscale  # noqa: F401  (stack shims + registries, before any host import)
+from mmvitscale.errors import folder_arg
 from mmvitscale.experiments.seeded import check_seeds, load_config
 from mmvitscale.experiments.tasks import ROOT
 
@@ -34,7 +35,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--config', default=CONFIG)
     parser.add_argument('--rule', default=None, help="scaling rule file (default: the config's)")
-    parser.add_argument('--data-root', default=osp.join(ROOT, 'data'),
+    parser.add_argument('--data-root', default=osp.join(ROOT, 'data'), type=folder_arg,
                         help='folder holding fashion_mnist/ (a path ending in fashion_mnist '
                              'is taken as that folder)')
     parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2],
@@ -50,7 +51,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--val-images', type=int, default=5000)
     parser.add_argument('--batch-size', type=int, default=64)
     parser.add_argument('--threads', type=int, default=1, help='torch intra-op threads')
-    parser.add_argument('--out-dir', default='work_dirs/retokenization_study')
+    parser.add_argument('--out-dir', default='work_dirs/retokenization_study', type=folder_arg)
     args = parser.parse_args(argv)
     try:
         check_seeds(args.seeds)
