@@ -181,6 +181,57 @@ def check_data_hashes(root: str, manifest: dict, listed: Dict[str, List[str]]) -
                            f'sha256 differs from {MANIFEST}, sizes match)')
 
 
+class ManifestCheck:
+    """The content hashes of a generated dataset, for checking its files as they are read.
+
+    A data loader calls :meth:`check_file` on each file it reads: a file whose sha256 differs
+    from ``manifest.json`` (a clip with flipped bytes decodes to wrong frames without any error)
+    raises :class:`DatasetError` naming it. Files the manifest does not list are not checked.
+    """
+
+    def __init__(self, root: str, manifest: Dict[str, Any]) -> None:
+        self.root = osp.abspath(root)
+        self.path = osp.join(self.root, MANIFEST)
+        self.hashes: Dict[str, str] = dict(manifest.get('files') or {})
+        self.hashes.update(manifest.get('data_files') or {})
+
+    @classmethod
+    def find(cls, ann_file: str) -> Optional['ManifestCheck']:
+        """The check of the generated dataset holding ``ann_file`` (a ``manifest.json`` in its
+        folder or the folder above, listing it), else None."""
+        folder = osp.dirname(osp.abspath(ann_file))
+        for root in (folder, osp.dirname(folder)):
+            path = osp.join(root, MANIFEST)
+            if not osp.isfile(path):
+                continue
+            try:
+                with open(path, encoding='utf-8') as f:
+                    manifest = json.load(f)
+            except (OSError, ValueError) as e:
+                raise DatasetError(f'{path} is corrupt ({type(e).__name__}: {e})') from e
+            check = cls(root, manifest if isinstance(manifest, dict) else {})
+            if check.listed(ann_file):
+                return check
+        return None
+
+    def listed(self, path: str) -> bool:
+        """Whether the manifest records ``path``'s hash."""
+        return osp.relpath(osp.abspath(path), self.root) in self.hashes
+
+    def check_file(self, path: str) -> None:
+        """:class:`DatasetError` naming ``path`` when its content differs from the manifest."""
+        digest = self.hashes.get(osp.relpath(osp.abspath(path), self.root))
+        if digest is None:
+            return
+        try:
+            same = sha256_file(path) == digest
+        except OSError as e:
+            raise DatasetError(f'{path}: cannot be read ({e})') from e
+        if not same:
+            raise DatasetError(f'{path}: modified or corrupt: its sha256 differs from '
+                               f'{self.path} (regenerate the dataset with --overwrite)')
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

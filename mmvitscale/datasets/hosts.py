@@ -6,14 +6,18 @@ They are mmdet's ``CocoDataset`` and mmaction2's ``VideoDataset`` unchanged, exc
 * an annotation file that is not valid COCO json raises :class:`DatasetError` naming it
   (pycocotools' own error is a bare ``JSONDecodeError: Expecting value: line 1 column 1``);
 * any error while loading one item (a corrupt PNG or mp4 the decoder refuses, ...) raises
-  :class:`DatasetError` naming that item's file, with the original error chained.
+  :class:`DatasetError` naming that item's file, with the original error chained;
+* in a dataset made by ``tools/data/`` (a ``manifest.json`` beside the annotation file), the
+  annotation file and each item's file are checked against their recorded sha256 as they are
+  read (:class:`~mmvitscale.datasets.generators.ManifestCheck`): a same-size corrupted clip
+  decodes to wrong frames without an error, so the hash is what catches it.
 
 Each class exists only when its host package is installed.
 """
 from typing import Any, Optional
 
 from ..registry import DATASETS
-from .generators import DatasetError
+from .generators import DatasetError, ManifestCheck
 
 PATH_KEYS = ('img_path', 'filename', 'frame_dir')  # mmdet, mmaction2 video, raw frames
 
@@ -28,7 +32,21 @@ class NamesFailingFile:
             return None
         return next((str(info[k]) for k in PATH_KEYS if info.get(k)), None)
 
+    def manifest_check(self) -> Optional[ManifestCheck]:
+        """The hashes of the generated dataset holding ``ann_file`` (looked up once), and
+        the annotation file checked against them."""
+        if not hasattr(self, '_manifest_check'):
+            check = ManifestCheck.find(self.ann_file) if self.ann_file else None
+            if check is not None:
+                check.check_file(self.ann_file)
+            self._manifest_check = check
+        return self._manifest_check
+
     def prepare_data(self, idx: int) -> Any:
+        check = self.manifest_check()
+        path = self.item_path(idx) if check is not None else None
+        if path is not None:
+            check.check_file(path)  # DatasetError naming the file, before decoding it
         try:
             return super().prepare_data(idx)
         except Exception as err:
@@ -50,6 +68,7 @@ if _CocoDataset is not None:
         """mmdet's ``CocoDataset``; a broken annotation file or image is named."""
 
         def load_data_list(self) -> list:
+            self.manifest_check()  # a modified annotation file is refused before any image
             try:
                 return super().load_data_list()
             except (ValueError, KeyError, TypeError, AssertionError) as err:
@@ -68,6 +87,7 @@ if _VideoDataset is not None:
         """mmaction2's ``VideoDataset``; a clip that fails to decode is named."""
 
         def load_data_list(self) -> list:
+            self.manifest_check()  # a modified list file is refused before any clip is read
             try:
                 return super().load_data_list()
             except (ValueError, IndexError) as err:

@@ -3,6 +3,7 @@ freezing."""
 import numbers
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
+import torch
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 
@@ -188,6 +189,13 @@ class ScalableBackbone(BaseModule):
         if not x.is_floating_point():
             raise TypeError(f'{name} expects a floating-point input, got {x.dtype} of shape '
                             f'{shape}')
+        weights = self._tokenizer_conv().weight.dtype
+        if x.dtype != weights and not torch.is_autocast_enabled(x.device.type):
+            # e.g. a float16 input to a float32 model: torch fails inside the first matmul
+            raise TypeError(f'{name} has {weights} weights but got a {x.dtype} input of shape '
+                            f'{shape}: cast the input (x.to({weights})) or the model '
+                            f'(model.to({x.dtype})); float16, bfloat16 and float32 models '
+                            'all run on CPU')
         if shape[1] != channels:
             raise ValueError(f'{name} expects input {expected} (in_channels={channels}), got '
                              f'shape {shape}')
