@@ -22,15 +22,17 @@ records what was done so tests and bug reports can see it.
    checkpoint meta, so ``load_from`` and ``resume`` fail with ``UnpicklingError``; and its
    ``http(s)://`` loader calls ``torch.hub``'s, which unpickles fully. The blunt fix
    (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``) would execute arbitrary pickled code from any file.
-   Scoped fix: every checkpoint read of ``mmengine.runner.checkpoint`` (local files, URLs, remote
-   backends) goes through :func:`torch_load`: torch's weights-only unpickler with nothing
-   allow-listed but inert stand-ins (``mmvitscale.checkpoint.safe_load``), except inside
-   ``Runner.resume`` (resuming a run's own checkpoint), which may fully unpickle and falls back
-   to the previous checkpoint when an automatically found latest one is truncated.
+   Fix: every checkpoint read of ``mmengine.runner.checkpoint`` (local files, URLs, remote
+   backends), ``Runner.resume`` included, goes through :func:`torch_load`, that is
+   :func:`mmvitscale.checkpoint.safe_load.safe_torch_load`: no code from the file runs, and
+   memory is bounded before it is allocated. Local files are stat-ed first (a FIFO or a device
+   is refused by what it is); URLs are downloaded into a content-addressed cache
+   (:func:`safe_load_url`). ``Runner.resume`` refuses an automatically found checkpoint
+   (``last_checkpoint``) outside the work dir and a ``meta['config']`` (which mmengine would
+   execute as a Python config), and falls back to the previous checkpoint when an
+   automatically found latest one is truncated.
    ``Runner.load_checkpoint`` (``load_from``, ``tools/test.py``) also converts backbone-format
-   checkpoints (timm / DeiT / mmpretrain / PiT) or refuses a file none of whose keys fit; it and
-   ``init_cfg=dict(type='Pretrained')`` refuse an empty, non-finite or poorly covering
-   checkpoint and a head of another ``num_classes`` (:mod:`mmvitscale.checkpoint.loading`).
+   checkpoints (timm / DeiT / mmpretrain / PiT) or refuses a file none of whose keys fit.
 4. ``launcher='pytorch'`` on a machine without an accelerator (e.g. ``tools/dist_train.sh`` with
    the gloo backend on CPUs): mmengine 0.10.7 calls ``torch.cuda.set_device`` (missing from CPU
    torch) and wraps the model in DDP with ``device_ids=[LOCAL_RANK]``, which DDP refuses for a
@@ -44,11 +46,9 @@ records what was done so tests and bug reports can see it.
 import contextlib
 import os
 import os.path as osp
-import pickle
 import re
 import threading
 import types
-import zipfile
 from typing import Callable, Iterator, List
 
 import torch
@@ -56,7 +56,7 @@ import torch
 import mmvitscale_mmengine_hook as _hook  # noqa: E402  (the import-time shims live there)
 
 APPLIED: List[str] = _hook.APPLIED  # one list: shims applied here or by the start-up hook
-_TRUST = threading.local()
+_RESUMING = threading.local()  # inside Runner.resume (its meta is checked)
 
 
 def patch_torchvision() -> bool:
@@ -74,57 +74,87 @@ def patch_mmaction_drn() -> bool:
 
 
 # --------------------------------------------------------------------------- checkpoints
-def trusted_load_active() -> bool:
-    """True inside :func:`trusted_checkpoints` (e.g. while ``Runner.resume`` runs)."""
-    return getattr(_TRUST, 'depth', 0) > 0
-
-
-@contextlib.contextmanager
-def trusted_checkpoints() -> Iterator[None]:
-    """Allow full unpickling for checkpoint loads in this block, in this thread only (the run's
-    own files: ``Runner.resume``)."""
-    _TRUST.depth = getattr(_TRUST, 'depth', 0) + 1
-    try:
-        yield
-    finally:
-        _TRUST.depth -= 1
-
-
 def torch_load(filename, map_location=None, **_ignored):
-    """Read a checkpoint; never executes pickled code outside :func:`trusted_checkpoints`.
+    """Read a checkpoint without running code from it
+    (:func:`mmvitscale.checkpoint.safe_load.safe_torch_load`), on every path, resume included.
+    Extra keywords (``weights_only``, ``pickle_module``) are ignored on purpose: the caller
+    does not get to turn the safety off."""
+    from .checkpoint.safe_load import safe_torch_load
+    return safe_torch_load(filename, map_location=map_location)
 
-    Untrusted (every path but resume): :func:`mmvitscale.checkpoint.safe_load.safe_torch_load`.
-    Trusted: a full ``torch.load``. Either way an empty / truncated file raises
-    ``CheckpointReadError`` naming it. Extra keywords (``weights_only``) are ignored on purpose:
-    the caller does not get to turn the safety off.
+
+def load_from_local(filename, map_location=None):
+    """mmengine's local-file checkpoint scheme, read by :func:`torch_load`: a missing file is
+    ``FileNotFoundError``, a FIFO / device / directory a ``CheckpointReadError`` saying what it
+    is (mmengine's own says "can not be found" for anything but a regular file)."""
+    return torch_load(osp.expanduser(filename), map_location=map_location)
+
+
+def cache_name(url: str, sha256: str) -> str:
+    """The cache file name of ``url`` whose content has ``sha256``: the URL's hash, the
+    content's hash and the URL's base name (kept for readers), never the base name alone."""
+    import hashlib
+    from urllib.parse import urlparse
+    base = re.sub(r'[^A-Za-z0-9._-]', '_', osp.basename(urlparse(url).path))[-80:] or 'ckpt'
+    url_hash = hashlib.sha256(url.encode('utf-8')).hexdigest()[:16]
+    return f'{url_hash}-{sha256[:16]}-{base}'
+
+
+def _file_sha256(path: str) -> str:
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cached_download(url: str, model_dir=None, progress: bool = True,
+                    check_hash: bool = False) -> str:
+    """Download ``url`` into a content-addressed cache (``model_dir``, default torch's hub
+    ``checkpoints`` folder) and return the cached file's path.
+
+    The name carries the sha256 of the URL and of the content (:func:`cache_name`), so two
+    URLs with the same base name never share an entry, and an entry whose content no longer
+    matches its name is downloaded again. With ``check_hash``, the ``-<hex>`` suffix of the
+    URL's base name (torch.hub's convention) must prefix the content's sha256.
     """
-    from .checkpoint.safe_load import (CheckpointReadError, describe_read_error,
-                                       safe_torch_load)
-    if not trusted_load_active():
-        return safe_torch_load(filename, map_location=map_location)
-    try:
-        return torch.load(filename, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        message = describe_read_error(filename, err) if isinstance(filename, str) else None
-        if message is None:
-            raise
-        raise CheckpointReadError(message) from None
-
-
-def safe_load_url(url: str, model_dir=None, map_location=None, progress: bool = True,
-                  check_hash: bool = False, file_name=None):
-    """``torch.hub.load_state_dict_from_url`` (download into the hub cache) read with
-    :func:`torch_load`. torch's own version and mmengine's ``load_url`` unpickle fully."""
+    import glob
+    import hashlib
+    import tempfile
     from urllib.parse import urlparse
 
     from torch.hub import HASH_REGEX, download_url_to_file, get_dir
     model_dir = model_dir or osp.join(get_dir(), 'checkpoints')
     os.makedirs(model_dir, exist_ok=True)
-    cached = osp.join(model_dir, file_name or osp.basename(urlparse(url).path))
-    if not osp.exists(cached):
-        match = HASH_REGEX.search(osp.basename(cached)) if check_hash else None
-        download_url_to_file(url, cached, match.group(1) if match else None, progress=progress)
-    return torch_load(cached, map_location=map_location)
+    url_hash = hashlib.sha256(url.encode('utf-8')).hexdigest()[:16]
+    match = HASH_REGEX.search(osp.basename(urlparse(url).path)) if check_hash else None
+    for path in sorted(glob.glob(osp.join(glob.escape(model_dir), f'{url_hash}-*'))):
+        content_hash = osp.basename(path).split('-')[1]
+        if osp.isfile(path) and _file_sha256(path).startswith(content_hash) \
+                and (match is None or content_hash.startswith(match.group(1)[:16])):
+            return path
+    fd, tmp = tempfile.mkstemp(dir=model_dir, prefix='.download-', suffix='.tmp')
+    os.close(fd)
+    try:
+        download_url_to_file(url, tmp, match.group(1) if match else None, progress=progress)
+        final = osp.join(model_dir, cache_name(url, _file_sha256(tmp)))
+        os.replace(tmp, final)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+    return final
+
+
+def safe_load_url(url: str, model_dir=None, map_location=None, progress: bool = True,
+                  check_hash: bool = False, file_name=None):
+    """``torch.hub.load_state_dict_from_url`` for mmengine (``http(s)://``, ``torchvision://``,
+    ``open-mmlab://``): downloaded by :func:`cached_download`, read by :func:`torch_load`.
+    torch's own version and mmengine's ``load_url`` unpickle fully and cache by base name.
+    ``file_name`` is ignored (the cache is keyed by content)."""
+    from .checkpoint.safe_load import safe_torch_load
+    path = cached_download(url, model_dir, progress=progress, check_hash=check_hash)
+    return safe_torch_load(path, map_location=map_location, name=f'{url} (cached as {path})')
 
 
 class _TorchForCheckpoints(types.ModuleType):
@@ -154,15 +184,47 @@ def _previous_checkpoints(filename: str) -> List[str]:
     return [path for _, path in sorted(found, reverse=True)]
 
 
+def check_auto_resume(filename: str, work_dir: str) -> None:
+    """Refuse to resume automatically (``resume=True`` without a file: mmengine reads
+    ``<work_dir>/last_checkpoint``) from a checkpoint outside ``work_dir``; the user may still
+    name it (``--resume FILE``)."""
+    from .checkpoint.safe_load import CheckpointRefusedError
+    if '://' in str(filename):
+        inside = False
+    else:
+        real, root = osp.realpath(str(filename)), osp.realpath(str(work_dir))
+        inside = osp.commonpath([real, root]) == root
+    if not inside:
+        raise CheckpointRefusedError(
+            f'auto-resume: {osp.join(str(work_dir), "last_checkpoint")} points to {filename}, '
+            f'outside the work dir {work_dir}; refusing to resume from it automatically. If you '
+            f'trust that file, name it: --resume {filename}', str(filename))
+
+
+def check_resume_meta(checkpoint, filename: str) -> None:
+    """Refuse a checkpoint whose ``meta['config']`` mmengine's ``Runner.resume`` would execute
+    as a Python config (mmengine itself writes ``meta['cfg']``, which it does not run)."""
+    from .checkpoint.safe_load import CheckpointRefusedError
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    if isinstance(meta, dict) and 'config' in meta:
+        raise CheckpointRefusedError(
+            f'{filename}: refused to resume: its meta holds a "config" entry, which '
+            "mmengine's Runner.resume would execute as a Python config file (mmengine writes "
+            '"cfg", which is not run)', str(filename), "meta['config']")
+
+
 def _wrap_resume(resume: Callable) -> Callable:
 
-    def resume_trusted(self, filename, *args, **kwargs):
+    def resume_safely(self, filename, *args, **kwargs):
         from .checkpoint.safe_load import CheckpointReadError
-        with trusted_checkpoints():
+        auto = getattr(self, '_load_from', None) is None  # resume=True, found latest
+        if auto:
+            check_auto_resume(filename, self.work_dir)
+        _RESUMING.depth = getattr(_RESUMING, 'depth', 0) + 1
+        try:
             try:
                 return resume(self, filename, *args, **kwargs)
             except CheckpointReadError as err:
-                auto = getattr(self, '_load_from', None) is None  # resume=True, found latest
                 previous = _previous_checkpoints(filename) if auto else []
                 first = err
             for candidate in previous:
@@ -174,13 +236,15 @@ def _wrap_resume(resume: Callable) -> Callable:
                 warnings.warn(f'resume: {first}; resumed from the previous checkpoint '
                               f'{candidate} instead')
                 return result
-            hint = ('' if previous or not auto else
-                    ' and no earlier checkpoint in its folder could be read')
-            raise CheckpointReadError(f'cannot resume from {filename}: {first}{hint}')
+        finally:
+            _RESUMING.depth -= 1
+        hint = ('' if previous or not auto else
+                ' and no earlier checkpoint in its folder could be read')
+        raise CheckpointReadError(f'cannot resume from {filename}: {first}{hint}', str(filename))
 
-    resume_trusted.__wrapped__ = resume
-    resume_trusted.__doc__ = resume.__doc__
-    return resume_trusted
+    resume_safely.__wrapped__ = resume
+    resume_safely.__doc__ = resume.__doc__
+    return resume_safely
 
 
 def _wrap_load_checkpoint(load_checkpoint: Callable) -> Callable:
@@ -192,10 +256,11 @@ def _wrap_load_checkpoint(load_checkpoint: Callable) -> Callable:
 
         from .checkpoint.loading import fit_model_checkpoint
         checkpoint = _load_checkpoint(filename, map_location=map_location)
+        if getattr(_RESUMING, 'depth', 0):
+            check_resume_meta(checkpoint, filename)
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) else self.model
-        fitted = fit_model_checkpoint(model, checkpoint, filename, revise_keys,
-                                      options=self.cfg.get('load_from_options'))
+        fitted = fit_model_checkpoint(model, checkpoint, filename, revise_keys)
         _load_checkpoint_to_model(model, fitted, strict, revise_keys=revise_keys)
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')
@@ -207,20 +272,17 @@ def _wrap_load_checkpoint(load_checkpoint: Callable) -> Callable:
 
 
 def patch_checkpoint_loading() -> bool:
-    """Route every checkpoint read of mmengine through :func:`torch_load` (weights only except
-    inside ``Runner.resume``), and let ``load_from`` take backbone-format checkpoints."""
+    """Route every checkpoint read of mmengine, ``Runner.resume`` included, through
+    :func:`torch_load`, and let ``load_from`` take backbone-format checkpoints."""
     from mmengine.runner import Runner
     from mmengine.runner import checkpoint as ckpt_module
     if getattr(Runner.resume, '__wrapped__', None) is not None:
         return False
-    ckpt_module.torch = _TorchForCheckpoints()  # local, pavi, ceph, open-mmlab:// files
+    ckpt_module.torch = _TorchForCheckpoints()  # pavi, ceph, petrel files (read from memory)
     ckpt_module.load_url = safe_load_url  # http(s)://, torchvision://, open-mmlab:// URLs
+    ckpt_module.CheckpointLoader.register_scheme(prefixes='', force=True)(load_from_local)
     Runner.resume = _wrap_resume(Runner.resume)
     Runner.load_checkpoint = _wrap_load_checkpoint(Runner.load_checkpoint)
-    from mmengine.model.weight_init import PretrainedInit
-
-    from .checkpoint.loading import checked_pretrained_init
-    PretrainedInit.__call__ = checked_pretrained_init(PretrainedInit.__call__)  # load checks
     APPLIED.append('scoped-weights-only')
     return True
 

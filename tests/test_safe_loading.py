@@ -8,11 +8,21 @@ test, so the corpus is real). Every untrusted path must refuse it without creati
 (history buffers rebuilt from plain data), resume stays possible and survives a truncated
 latest checkpoint, and backbone-format files given to ``load_from`` are converted, not ignored.
 """
+import hashlib
+import io
 import itertools
+import json
 import os
 import os.path as osp
+import pathlib
 import pickle
+import re
+import struct
+import subprocess
 import sys
+import tarfile
+import zipfile
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -25,7 +35,8 @@ from torch import nn
 
 from mmvitscale import compat
 from mmvitscale.checkpoint import load_pretrained
-from mmvitscale.checkpoint.safe_load import CheckpointReadError, safe_torch_load
+from mmvitscale.checkpoint.safe_load import (CheckpointReadError, CheckpointRefusedError,
+                                             safe_torch_load)
 from mmvitscale.models import ScaledViT
 
 ARCH = dict(embed_dims=16, num_layers=1, num_heads=2)
@@ -87,6 +98,11 @@ PAYLOADS = {
     'nested-containers': _nested,
     'numpy-reconstruct-callable': _reconstruct_with_code,
 }
+GLOBALS = {  # the global each payload's refusal names
+    'reduce': r'posix\.system', 'history-buffer-getattr-chain': r'builtins\.getattr',
+    'history-buffer-statistics': r'(posix\.system|builtins\.getattr)',
+    'numpy-object-array': r'posix\.system', 'nested-containers': r'posix\.system',
+    'numpy-reconstruct-callable': r'posix\.system'}
 FORMATS = {f'zip-p{p}': dict(pickle_protocol=p) for p in (0, 1, 2, 3, 4, 5)}
 FORMATS['legacy-p2'] = dict(_use_new_zipfile_serialization=False)
 CORPUS = [(p, f) for p in PAYLOADS for f in FORMATS if f in ('zip-p2', 'legacy-p2')
@@ -152,24 +168,6 @@ def test_refusal_names_the_file_and_the_global(tmp_path):
         compat.torch_load(path)
 
 
-def test_http_checkpoints_are_read_weights_only(tmp_path, monkeypatch):
-    """mmengine's http loader calls torch.hub's, which unpickles fully; ours does not."""
-    hub = tmp_path / 'hub'
-    os.makedirs(hub / 'checkpoints')
-    path, marker = plant(hub / 'checkpoints', 'history-buffer-getattr-chain')
-    monkeypatch.setattr(torch.hub, '_hub_dir', str(hub))
-    url = 'https://example.invalid/ckpt/' + osp.basename(path)  # cached: no download
-    with pytest.raises(pickle.UnpicklingError):
-        load_checkpoint(ScaledViT(ARCH, img_size=32), url)
-    assert not osp.exists(marker)
-    clean = hub / 'checkpoints' / 'clean.pth'
-    model = ScaledViT(ARCH, img_size=32)
-    torch.save({'state_dict': model.state_dict()}, clean)
-    fresh = ScaledViT(ARCH, img_size=32)
-    load_checkpoint(fresh, 'https://example.invalid/ckpt/clean.pth')
-    torch.testing.assert_close(fresh.state_dict(), model.state_dict())
-
-
 def test_weights_only_cannot_be_turned_off_by_the_caller(tmp_path):
     path, marker = plant(tmp_path, 'reduce')
     with pytest.raises(pickle.UnpicklingError):
@@ -192,6 +190,211 @@ def test_empty_or_truncated_file_is_named(tmp_path, content, match):
         load_pretrained(ScaledViT(ARCH, img_size=32), path)
     with pytest.raises(FileNotFoundError, match='nothere.pth'):
         safe_torch_load(str(tmp_path / 'nothere.pth'))
+
+
+# --------------------------------------------------------------------------- hand-built files
+class Pid:
+    """A persistent id, pickled as-is (``('storage', torch.FloatStorage, key, loc, numel)``)."""
+
+    def __init__(self, *pid):
+        self.pid = pid
+
+
+class _PidPickler(pickle.Pickler):
+
+    def persistent_id(self, obj):
+        return obj.pid if isinstance(obj, Pid) else None
+
+
+def dumps(obj, protocol=2) -> bytes:
+    buf = io.BytesIO()
+    _PidPickler(buf, protocol=protocol).dump(obj)
+    return buf.getvalue()
+
+
+def torch_zip(path, pickled: bytes, records=(), compress=None):
+    """A file in torch's zip layout: ``archive/data.pkl`` plus ``archive/data/<key>`` records
+    (bytes, or an int: that many zero bytes written in chunks, deflated)."""
+    with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        zf.writestr('archive/data.pkl', pickled, compress_type=compress or zipfile.ZIP_STORED)
+        zf.writestr('archive/byteorder', b'little', compress_type=zipfile.ZIP_STORED)
+        for key, data in dict(records).items():
+            if isinstance(data, int):
+                with zf.open(f'archive/data/{key}', 'w') as out:
+                    for _ in range(data // (1 << 20)):
+                        out.write(bytes(1 << 20))
+            else:
+                zf.writestr(f'archive/data/{key}', data, compress_type=zipfile.ZIP_STORED)
+    return str(path)
+
+
+def legacy_file(path, main: bytes, keys, storages=()):
+    """A file in torch's legacy layout: magic, protocol, sys info, ``main``, keys, storages
+    (each ``(numel, bytes)``)."""
+    with open(path, 'wb') as f:
+        for head in (0x1950A86A20F9469CFC6C, 1001,
+                     dict(protocol_version=1001, little_endian=True,
+                          type_sizes=dict(short=2, int=4, long=4))):
+            pickle.dump(head, f, protocol=2)
+        f.write(main)
+        pickle.dump(list(keys), f, protocol=2)
+        for numel, data in storages:
+            f.write(struct.pack('<q', numel) + data)
+    return str(path)
+
+
+def _tensor_past_storage(folder):
+    from torch._utils import _rebuild_tensor_v2
+    pid = Pid('storage', torch.FloatStorage, '0', 'cpu', 1)
+    obj = {'w': Call(_rebuild_tensor_v2, pid, 0, (1 << 29, ), (1, ), False, OrderedDict())}
+    return torch_zip(folder / 'tensor-past-storage.pth', dumps(obj), {'0': bytes(4)})
+
+
+def _lying_zip_member(folder):
+    """A deflated record of 256 MB of zeros whose central directory says 4 bytes."""
+    pid = Pid('storage', torch.FloatStorage, '0', 'cpu', 1)
+    from torch._utils import _rebuild_tensor_v2
+    obj = {'w': Call(_rebuild_tensor_v2, pid, 0, (1, ), (1, ), False, OrderedDict())}
+    path = torch_zip(folder / 'zip-bomb-lying.pth', dumps(obj), {'0': BOMB})
+    data = bytearray(open(path, 'rb').read())
+    at = data.rfind(b'PK\x01\x02')  # the last central entry: archive/data/0
+    assert data[at + 46:at + 46 + 14] == b'archive/data/0'
+    data[at + 24:at + 28] = struct.pack('<I', 4)  # its uncompressed size
+    open(path, 'wb').write(bytes(data))
+    return path
+
+
+BOMB = 256 << 20  # bytes a zip bomb inflates to: more than the 200 MB allowance
+
+
+def _bombs(folder):
+    """Memory bombs and malformed files: name -> (path, what the refusal must say)."""
+    from torch._utils import _rebuild_tensor_v2
+    folder = pathlib.Path(folder)
+    huge = Pid('storage', torch.FloatStorage, '0', 'cpu', 25_000_000_000)  # 100 GB
+    deflated = Pid('storage', torch.FloatStorage, '0', 'cpu', BOMB // 4)
+    nested = b'\x80\x02' + b']' * 100_000 + b'a' * 99_999 + b'.'
+    out = {
+        'bytearray-2gb': (torch_zip(folder / 'bytearray-2gb.pth',
+                                    dumps({'x': Call(bytearray, 2_000_000_000)})),
+                          r'builtins\.bytearray.*2000000000'),
+        'bytes-2gb-legacy': (legacy_file(folder / 'bytes-2gb-legacy.pth',
+                                         dumps(Call(bytes, 2_000_000_000)), []),
+                             r'builtins\.bytes.*2000000000'),
+        'tensor-past-storage': (_tensor_past_storage(folder), r'536870912 elements'),
+        'legacy-declares-100gb': (legacy_file(
+            folder / 'legacy-100gb.pth',
+            dumps({'w': Call(_rebuild_tensor_v2, huge, 0, (4, ), (1, ), False, OrderedDict())}),
+            ['0'], [(25_000_000_000, bytes(16))]), r'100000000000 bytes'),
+        'zip-declares-100gb': (torch_zip(
+            folder / 'zip-100gb.pth',
+            dumps({'w': Call(_rebuild_tensor_v2, huge, 0, (4, ), (1, ), False, OrderedDict())}),
+            {'0': bytes(16)}), r'100000000000 bytes'),
+        'zip-bomb-256mb': (torch_zip(
+            folder / 'zip-bomb.pth',
+            dumps({'w': Call(_rebuild_tensor_v2, deflated, 0, (4, ), (1, ), False,
+                             OrderedDict())}), {'0': BOMB}),
+                           rf'declare.*{BOMB // 10**4}\d+ bytes'),
+        'zip-bomb-lying': (_lying_zip_member(folder), r'zip member archive/data/0'),
+        'deep-nesting': (torch_zip(folder / 'deep.pth', nested), r'nested deeper than 100'),
+        'memo-index-bomb': (torch_zip(folder / 'memo.pth',
+                                      b'\x80\x02N' + b'r' + struct.pack('<I', 2**31 - 1) + b'.'),
+                            r'memo index 2147483647'),
+        'opcode-flood': (torch_zip(folder / 'flood.pth', b'\x80\x02' + b'N' * 1_100_000 + b'.'),
+                         r'more than 10\d{5} pickle opcodes'),
+        'binbytes8-claims-1tb': (torch_zip(folder / 'claims.pth', b'\x80\x04\x8e'
+                                           + struct.pack('<Q', 1 << 40) + b'x' * 16 + b'.'),
+                                 r'not a complete pickle'),
+        'getattr-gadget': (torch_zip(folder / 'chain.pth', dumps(
+            Call(Call(getattr, Call(getattr, HistoryBuffer, '__init__'), '__globals__'), 'x'))),
+            r'builtins\.getattr'),
+    }
+    garbage = folder / 'garbage.pth'
+    garbage.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)))
+    text = folder / 'text.pth'
+    text.write_text('hello, not a checkpoint\n')
+    nozip = folder / 'not-torch.zip'
+    with zipfile.ZipFile(nozip, 'w') as zf:
+        zf.writestr('readme.txt', 'hi')
+    tar = folder / 'old.tar'
+    with tarfile.open(tar, 'w') as tf:
+        tf.add(str(text), arcname='storages')
+    sparse = folder / 'sparse.pth'
+    with open(sparse, 'wb') as f:
+        f.truncate(1 << 30)
+    fifo = folder / 'fifo.pth'
+    os.mkfifo(fifo)
+    os.symlink('/dev/zero', folder / 'zero-link.pth')
+    out.update({
+        'garbage': (str(garbage), r'(malformed|not a torch checkpoint)'),
+        'text': (str(text), r'(malformed|not a torch checkpoint)'),
+        'zip-without-data-pkl': (str(nozip), r'not a torch checkpoint'),
+        'tar-legacy': (str(tar), r'tar archive'),
+        'sparse-1gb': (str(sparse), r'sparse file'),
+        'fifo': (str(fifo), r'is a FIFO'),
+        'dev-zero': ('/dev/zero', r'is a character device'),
+        'symlink-to-dev-zero': (str(folder / 'zero-link.pth'), r'is a character device'),
+        'directory': (str(folder), r'is a directory'),
+    })
+    return out
+
+
+_BATCH = r'''
+import json, os, sys
+from mmvitscale.checkpoint.safe_load import safe_torch_load
+
+def status(key):
+    for line in open('/proc/self/status'):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+for path in sys.argv[1:]:
+    open('/proc/self/clear_refs', 'w').write('5')  # peak RSS := current RSS
+    base = status('VmRSS')
+    try:
+        safe_torch_load(path)
+        row = dict(error=None)
+    except BaseException as err:
+        row = dict(error=type(err).__name__, message=str(err),
+                   global_name=getattr(err, 'global_name', None))
+    row.update(path=path, peak=status('VmHWM') - base)
+    print(json.dumps(row), flush=True)
+'''
+
+
+def test_corpus_in_one_subprocess(tmp_path):
+    """Every hostile file, all payloads x protocols 0-5 + legacy, every bomb and non-file, in
+    one fresh interpreter: no marker, a refusal naming the file (and the global), never
+    torch's advice, and peak memory under 2 x the file's size + 200 MB."""
+    expect = {}
+    for payload in PAYLOADS:
+        for fmt in FORMATS:
+            path, marker = plant(tmp_path, payload, fmt)
+            expect[path] = (marker, GLOBALS[payload])
+    os.makedirs(tmp_path / 'bombs')
+    bombs = _bombs(tmp_path / 'bombs')
+    for name, (path, pattern) in bombs.items():
+        expect[path] = (None, pattern)
+    out = subprocess.run([sys.executable, '-c', _BATCH, *expect], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r['path'] for r in rows] == list(expect)
+    wrong = []
+    for row in rows:
+        path, (marker, pattern) = row['path'], expect[row['path']]
+        size = os.stat(path).st_size if osp.isfile(path) and 'sparse' not in path else 0
+        ok = (row['error'] in ('CheckpointRefusedError', 'CheckpointReadError',
+                               'CheckpointTooLargeError')
+              and path in row['message'] and re.search(pattern, row['message'])
+              and 'weights_only' not in row['message']
+              and row['peak'] < 2 * size + (200 << 20))
+        if marker is not None:
+            ok = ok and not osp.exists(marker) and row['error'] == 'CheckpointRefusedError' \
+                and re.search(pattern, row['global_name'])
+        if not ok:
+            wrong.append(row)
+    assert not wrong, '\n'.join(map(str, wrong))
 
 
 # --------------------------------------------------------------------------- real checkpoints
@@ -219,7 +422,7 @@ class ToyData(torch.utils.data.Dataset):
 
 
 def _runner(work_dir, max_epochs, **kw):
-    return Runner(
+    cfg = dict(
         model=ToyModel(), work_dir=str(work_dir),
         train_dataloader=dict(dataset=ToyData(),
                               sampler=dict(type='DefaultSampler', shuffle=False),
@@ -228,7 +431,9 @@ def _runner(work_dir, max_epochs, **kw):
         train_cfg=dict(by_epoch=True, max_epochs=max_epochs),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=1),
                            logger=dict(type='LoggerHook', interval=1)),
-        randomness=dict(seed=0), default_scope='mmengine', **kw)
+        randomness=dict(seed=0), default_scope='mmengine')
+    cfg.update(kw)
+    return Runner(**cfg)
 
 
 @pytest.fixture(scope='module')
@@ -288,6 +493,233 @@ def test_truncated_latest_checkpoint_falls_back_to_previous(trained, tmp_path):
     explicit = _runner(work, 3, resume=True, load_from=latest, experiment_name='explicit')
     with pytest.raises(CheckpointReadError, match=r'cannot resume from .*epoch_3.pth.*truncated'):
         explicit.load_or_resume()
+
+
+# --------------------------------------------------------------------------- resume
+def _adam_runner(work_dir, max_epochs, **kw):
+    torch.manual_seed(0)  # the same initial weights in every run
+    return _runner(work_dir, max_epochs, optim_wrapper=dict(optimizer=dict(type='Adam', lr=0.01)),
+                   param_scheduler=dict(type='ExponentialLR', gamma=0.9, by_epoch=False), **kw)
+
+
+def _same(a, b, where='checkpoint'):
+    """Recursive equality of two loaded checkpoints (tensors, numpy, history buffers)."""
+    assert type(a) is type(b), (where, type(a), type(b))
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.stride() == b.stride(), where
+        assert torch.equal(a, b), where
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, b, err_msg=where)
+    elif isinstance(a, HistoryBuffer):
+        _same(a.data, b.data, where)
+        assert a.max_length == b.max_length
+    elif isinstance(a, dict):
+        assert list(a) == list(b), where
+        for k in a:
+            _same(a[k], b[k], f'{where}[{k!r}]')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f'{where}[{i}]')
+    else:
+        assert a == b or (a != a and b != b), (where, a, b)
+
+
+def test_resume_restores_optimizer_scheduler_and_message_hub(tmp_path):
+    """One epoch, resume (auto, through last_checkpoint), one more: the same weights, Adam
+    state, scheduler state and logged losses and learning rates as two epochs in one go; and
+    the safe reader gives exactly what a full unpickling gives."""
+    import shutil
+    straight = _adam_runner(tmp_path / 'straight', 2, experiment_name='straight')
+    straight.train()
+    split = tmp_path / 'split'  # as if that run had been stopped after its first epoch
+    os.makedirs(split)
+    shutil.copy(tmp_path / 'straight' / 'epoch_1.pth', split / 'epoch_1.pth')
+    (split / 'last_checkpoint').write_text(str(split / 'epoch_1.pth'))
+    resumed = _adam_runner(split, 2, resume=True, experiment_name='split2')
+    resumed.train()
+    assert resumed.epoch == 2 and resumed.iter == 4
+    _same(resumed.model.state_dict(), straight.model.state_dict(), 'model')
+    _same(resumed.optim_wrapper.state_dict(), straight.optim_wrapper.state_dict(), 'optimizer')
+    for mine, ref in zip(resumed.param_schedulers, straight.param_schedulers):
+        _same(mine.state_dict(), ref.state_dict(), 'scheduler')
+    for key in ('train/loss', 'train/lr'):
+        _same(resumed.message_hub.get_scalar(key).data,
+              straight.message_hub.get_scalar(key).data, key)
+    path = str(tmp_path / 'split' / 'epoch_2.pth')
+    _same(safe_torch_load(path), torch.load(path, weights_only=False))
+
+
+def _hostile_work_dir(tmp_path, payload='reduce'):
+    work = tmp_path / 'work'
+    os.makedirs(work)
+    path, marker = plant(work, payload)
+    (work / 'last_checkpoint').write_text(path)
+    return str(work), path, marker
+
+
+@pytest.mark.parametrize('how', ['explicit', 'auto'])
+def test_resume_refuses_hostile_checkpoints(tmp_path, how):
+    work, path, marker = _hostile_work_dir(tmp_path)
+    load_from = path if how == 'explicit' else None
+    runner = _runner(work, 1, resume=True, load_from=load_from, experiment_name=how)
+    with pytest.raises(CheckpointRefusedError, match=rf'{re.escape(path)}.*posix\.system'):
+        runner.load_or_resume()
+    assert not osp.exists(marker)
+
+
+def test_auto_resume_refuses_a_last_checkpoint_outside_the_work_dir(trained, tmp_path):
+    work = tmp_path / 'work'
+    os.makedirs(work)
+    outside = osp.join(trained[0], 'epoch_1.pth')  # a clean checkpoint, elsewhere
+    (work / 'last_checkpoint').write_text(outside)
+    auto = _runner(work, 2, resume=True, experiment_name='outside-auto')
+    with pytest.raises(CheckpointRefusedError, match=rf'last_checkpoint points to '
+                                                     rf'{re.escape(outside)}, outside the '
+                                                     rf'work dir.*--resume {re.escape(outside)}'):
+        auto.load_or_resume()
+    os.symlink(outside, work / 'link.pth')  # a link inside pointing out is outside too
+    (work / 'last_checkpoint').write_text(str(work / 'link.pth'))
+    with pytest.raises(CheckpointRefusedError, match='outside the work dir'):
+        _runner(work, 2, resume=True, experiment_name='outside-link').load_or_resume()
+    named = _runner(work, 2, resume=True, load_from=outside, experiment_name='outside-named')
+    named.load_or_resume()  # the user named it: allowed
+    assert named.epoch == 1
+
+
+def test_resume_refuses_a_config_that_mmengine_would_execute(trained, tmp_path):
+    """mmengine's Runner.resume runs ``Config.fromstring(meta['config'], '.py')``: Python code
+    from the file. The guard shows that it does; the safe resume refuses the file."""
+    from mmengine.config import Config
+    marker = str(tmp_path / 'config.pwned')
+    code = f"x = __import__('os').system('touch {marker}')\n"
+    Config.fromstring(code, file_format='.py')
+    assert osp.exists(marker), 'the guard: mmengine executes a config string'
+    os.remove(marker)
+    ckpt = torch.load(osp.join(trained[0], 'epoch_1.pth'), weights_only=False)
+    ckpt['meta']['config'] = code
+    path = str(tmp_path / 'config.pth')
+    torch.save(ckpt, path)
+    runner = _runner(tmp_path / 'wd', 2, resume=True, load_from=path, experiment_name='cfg')
+    with pytest.raises(CheckpointRefusedError, match=rf"{re.escape(path)}: refused to resume.*"
+                                                     r'"config"'):
+        runner.load_or_resume()
+    assert not osp.exists(marker)
+
+
+def test_train_tool_resume_paths_refuse_hostile_files(tmp_path, monkeypatch):
+    """``tools/train.py``'s own argument handling: ``--resume FILE`` and ``--cfg-options
+    resume=True`` (auto) both reach the safe reader."""
+    import runpy
+    train = runpy.run_path(osp.join(osp.dirname(__file__), '..', 'tools', 'train.py'))
+    work, path, marker = _hostile_work_dir(tmp_path)
+    for argv in (['--resume', path], ['--cfg-options', 'resume=True']):
+        args = train['parse_args']([CLS_CFG, '--work-dir', work] + argv)
+        from mmvitscale.engine.config import load_config
+        cfg = train['merge_args'](load_config(args.config, args.rule, args.cfg_options), args)
+        assert cfg.resume is True and cfg.load_from == (path if argv[0] == '--resume' else None)
+        runner = _runner(work, 1, resume=cfg.resume, load_from=cfg.load_from,
+                         experiment_name=f'tool-{argv[0]}')
+        with pytest.raises(CheckpointRefusedError, match=re.escape(path)):
+            runner.load_or_resume()
+        assert not osp.exists(marker)
+
+
+# --------------------------------------------------------------------------- URLs
+@pytest.fixture
+def http_root(tmp_path, monkeypatch):
+    """A local HTTP server over a folder; torch's hub dir in a temporary folder."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+
+        def log_message(self, *args):
+            pass
+
+    root = tmp_path / 'served'
+    os.makedirs(root)
+    server = ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(Quiet, directory=root))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / 'hub'))
+    yield root, f'http://127.0.0.1:{server.server_address[1]}'
+    torch.hub.set_dir(old)
+    server.shutdown()
+    server.server_close()
+
+
+def test_url_checkpoints_are_read_safely_and_cached_by_content(http_root):
+    root, base = http_root
+    models = {}
+    for sub in ('a', 'b'):
+        os.makedirs(root / sub)
+        models[sub] = ScaledViT(ARCH, img_size=32)
+        torch.save({'state_dict': models[sub].state_dict()}, root / sub / 'model.pth')
+    for sub in ('a', 'b', 'a'):  # same base name, two URLs; 'a' again from the cache
+        fresh = ScaledViT(ARCH, img_size=32)
+        load_checkpoint(fresh, f'{base}/{sub}/model.pth')
+        torch.testing.assert_close(fresh.state_dict(), models[sub].state_dict())
+    cached = sorted(os.listdir(osp.join(torch.hub.get_dir(), 'checkpoints')))
+    assert len(cached) == 2, cached
+    for sub in ('a', 'b'):
+        url = f'{base}/{sub}/model.pth'
+        data = (root / sub / 'model.pth').read_bytes()
+        assert compat.cache_name(url, hashlib.sha256(data).hexdigest()) in cached
+    os.makedirs(root / 'evil')
+    path, marker = plant(root / 'evil', 'history-buffer-getattr-chain')
+    url = f'{base}/evil/{osp.basename(path)}'
+    with pytest.raises(CheckpointRefusedError, match=rf'{re.escape(url)} \(cached as .*'
+                                                     r'builtins\.getattr'):
+        load_checkpoint(ScaledViT(ARCH, img_size=32), url)
+    runner = _runner(root / 'wd', 1, resume=True, load_from=url, experiment_name='url-resume')
+    with pytest.raises(CheckpointRefusedError, match=re.escape(url)):
+        runner.load_or_resume()  # --resume http://...
+    assert not osp.exists(marker)
+
+
+def test_file_urls_with_one_base_name_keep_their_own_content(tmp_path):
+    for sub in ('x', 'y'):
+        os.makedirs(tmp_path / sub)
+        torch.save({'w': torch.full((2, ), float(ord(sub)))}, tmp_path / sub / 'w.pth')
+    cache = str(tmp_path / 'cache')
+    for sub in ('x', 'y', 'x'):
+        got = compat.safe_load_url(f'file://{tmp_path}/{sub}/w.pth', model_dir=cache,
+                                   progress=False)
+        assert got['w'][0].item() == ord(sub)
+    assert len(os.listdir(cache)) == 2
+
+
+# --------------------------------------------------------------------------- truncation
+def test_truncated_latest_checkpoint_fallback_at_every_cut_size(trained, tmp_path):
+    """A kill while saving leaves the latest checkpoint cut anywhere: every cut is a
+    CheckpointReadError naming the file, and auto-resume falls back to the previous one."""
+    ckpt = torch.load(osp.join(trained[0], 'epoch_3.pth'), weights_only=False)
+    ckpt['state_dict']['pad'] = torch.arange(30000, dtype=torch.float32)  # ~120 KB
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    data = buf.getvalue()
+    assert len(data) > 120_000
+    cut_path = str(tmp_path / 'cut.pth')
+    for cut in range(1, len(data), 331):
+        with open(cut_path, 'wb') as f:
+            f.write(data[:cut])
+        with pytest.raises(CheckpointReadError, match=re.escape(cut_path)):
+            safe_torch_load(cut_path)
+    import shutil
+    work = str(tmp_path / 'work')
+    shutil.copytree(trained[0], work)
+    latest = osp.join(work, 'epoch_3.pth')
+    for cut in (3_000, 5_000, 20_000, 40_000, 69_000, 100_000, len(data) - 1):
+        with open(latest, 'wb') as f:
+            f.write(data[:cut])
+        (pathlib.Path(work) / 'last_checkpoint').write_text(latest)
+        auto = _runner(work, 3, resume=True, experiment_name=f'cut-{cut}')
+        with pytest.warns(UserWarning, match=r'epoch_3.pth .*truncated.*previous checkpoint'):
+            auto.load_or_resume()
+        assert auto.epoch == 2, cut
 
 
 # --------------------------------------------------------------------------- load_from formats

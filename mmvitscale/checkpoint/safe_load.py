@@ -1,251 +1,483 @@
-"""Reading checkpoints without running code from them.
+"""Reading checkpoints without running code from them, with memory bounded before allocation.
 
-:func:`safe_torch_load` is the only way mmvitscale reads a checkpoint it did not write in the
-current run (pretrained weights, ``load_from``, ``tools/test.py``, :func:`load_pretrained`).
-It is ``torch.load(weights_only=True)``: torch's opcode-restricted unpickler with torch's own
-allowlist of tensor rebuild functions. Nothing of mmengine or numpy is allow-listed. Instead,
-the handful of global names an mmengine checkpoint holds outside its weights resolve to inert
-stand-ins defined here, which only *record* the primitive data they are given:
+:func:`safe_torch_load` is how mmvitscale reads every checkpoint: pretrained weights,
+``load_from``, ``tools/test.py``, :func:`~mmvitscale.checkpoint.load_pretrained` and
+``Runner.resume`` (see :mod:`mmvitscale.compat`). It does not call ``torch.load``: it reads
+torch's two formats itself (the zip archive of ``torch.save``, and the legacy
+``_use_new_zipfile_serialization=False`` stream) with the restricted unpickler of
+:mod:`mmvitscale.checkpoint.safe_pickle`, which resolves no class or function of torch, numpy or
+mmengine: only inert stand-ins that record data, rebuilt afterwards by this package's code.
 
-========================================================  ======================================
-name in the file                                          stand-in
-========================================================  ======================================
-``numpy.dtype``                                           :class:`_DTypeRecord`
-``numpy.ndarray``, ``numpy.core.multiarray._reconstruct``  :class:`_ArrayRecord`
-``numpy.core.multiarray.scalar``                          :func:`_numpy_scalar`
-``mmengine.logging.history_buffer.HistoryBuffer``         :class:`_HistoryBufferRecord`
-``builtins.getattr``, ``HistoryBuffer.{min,max,...}``     :class:`_DroppedRef`
-========================================================  ======================================
+Before anything is allocated it checks, each refusal naming the file and the number:
 
-After unpickling, :func:`_materialize` walks the result and replaces every record by a value
-that this module's own code builds from validated primitive data: numpy arrays and scalars of
-plain numeric / bool / string dtypes via ``np.frombuffer``, history buffers through
-``HistoryBuffer``'s public constructor (their pickled ``statistics_methods``, function
-references, are dropped: they are how a crafted file reached ``object.__getattribute__`` before).
-No stand-in has a ``__setstate__`` that touches anything but its own slots, none calls
-``getattr`` on unpickled data, and no class of mmengine or numpy is ever called by the unpickler.
+* the path is a regular file (a FIFO, a device such as ``/dev/zero``, a directory or a sparse
+  file without data is refused saying what it is; a FIFO is never opened for reading);
+* zip: the member count, then the declared (uncompressed) sizes of all members against
+  ``max_bytes`` (default :data:`SIZE_FACTOR` x the file's size), each member read through a
+  bounded stream that stops at its declared size;
+* the pickle's opcode count and memo indices (:func:`~.safe_pickle.scan_pickle`);
+* the storages the pickle declares (zip and legacy) against the same ``max_bytes``, and each
+  against the bytes present in the file; each tensor against its storage.
 
-Only ``Runner.resume`` (the run's own checkpoint) may unpickle fully; see
-:mod:`mmvitscale.compat`.
+Every failure is :class:`CheckpointRefusedError` (a global outside the allow-list, named) or
+:class:`CheckpointReadError` (truncated, malformed, not a regular file, too large), with the
+file's name; no message relays torch's advice to turn ``weights_only`` off.
 """
 import io
 import os
-import pickle
+import stat
+import struct
 import threading
 import zipfile
-from collections import Counter, OrderedDict
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-__all__ = ['CheckpointReadError', 'safe_torch_load', 'describe_read_error']
+from .safe_pickle import (CheckpointError, CheckpointReadError, CheckpointRefusedError,
+                          CheckpointTooLargeError, Malformed, Refused, RestrictedUnpickler,
+                          StorageRef, TensorRecord, materialize, scan_pickle, storage_id)
 
-_LOCK = threading.Lock()  # torch's user allowlist is process-wide: one safe load at a time
-_PLAIN_KINDS = frozenset('biufcSU?')  # numpy dtype kinds rebuilt from raw bytes
-_STATISTICS = ('min', 'max', 'mean', 'current')
+__all__ = ['CheckpointError', 'CheckpointReadError', 'CheckpointRefusedError',
+           'CheckpointTooLargeError', 'safe_torch_load', 'check_regular_file', 'SIZE_FACTOR']
 
-
-class CheckpointReadError(ValueError):
-    """A checkpoint file that cannot be read: missing, empty, truncated or not a checkpoint."""
-
-
-class _Record:
-    """Base of the stand-ins: slots only, no behaviour but storing what it was given."""
-
-    __slots__ = ('args', 'state')
-
-    def __init__(self, *args: Any) -> None:
-        self.args = args
-        self.state = None
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
+SIZE_FACTOR = 2  # default max_bytes: this many times the file's size
+_MAGIC = 0x1950A86A20F9469CFC6C  # torch's legacy format
+_LEGACY_PROTOCOL = 1001
+_CHUNK = 1 << 20
+_KINDS = ((stat.S_ISFIFO, 'a FIFO (named pipe)'), (stat.S_ISCHR, 'a character device'),
+          (stat.S_ISBLK, 'a block device'), (stat.S_ISDIR, 'a directory'),
+          (stat.S_ISSOCK, 'a socket'))
 
 
-class _DTypeRecord(_Record):
-    """``numpy.dtype(spec, align, copy)`` + byte-order state, kept as data."""
-
-    __slots__ = ()
-
-    def value(self):
-        import numpy as np
-        spec = self.args[0] if self.args else None
-        if not isinstance(spec, str) or len(spec) > 8 or not spec.isalnum():
-            raise pickle.UnpicklingError(f'refusing numpy dtype {spec!r} in a checkpoint')
-        dtype = np.dtype(spec)
-        if dtype.kind not in _PLAIN_KINDS:
-            raise pickle.UnpicklingError(f'refusing numpy dtype {spec!r} (kind {dtype.kind!r}) '
-                                         'in a checkpoint: only numeric, bool and string arrays')
-        order = self.state[1] if isinstance(self.state, tuple) and len(self.state) > 1 else '='
-        if order in ('<', '>'):
-            dtype = dtype.newbyteorder(order)
-        return dtype
+def _kind(mode: int) -> str:
+    return next((text for test, text in _KINDS if test(mode)), 'not a regular file')
 
 
-class _ArrayRecord(_Record):
-    """``numpy.core.multiarray._reconstruct(ndarray, shape, typecode)`` + its BUILD state."""
+def check_regular_file(path: str) -> os.stat_result:
+    """``os.stat(path)``; ``FileNotFoundError`` if missing, :class:`CheckpointReadError`
+    saying what it is when it is not a regular file (nothing is opened)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f'checkpoint {path} does not exist') from None
+    except OSError as err:
+        raise CheckpointReadError(f'{path}: cannot stat the checkpoint ({err.strerror})',
+                                  path) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise CheckpointReadError(f'{path} is {_kind(info.st_mode)}, not a regular file: '
+                                  'refusing to read it as a checkpoint', path)
+    return info
 
-    __slots__ = ()
 
-    def value(self):
-        import numpy as np
-        state = self.state
-        if not (isinstance(state, tuple) and len(state) == 5):
-            raise pickle.UnpicklingError('malformed numpy array state in a checkpoint')
-        _, shape, dtype, fortran, raw = state
-        if not isinstance(dtype, _DTypeRecord) or not isinstance(raw, (bytes, bytearray)):
-            raise pickle.UnpicklingError('refusing a numpy array that is not plain data '
-                                         '(object arrays are not loaded from checkpoints)')
-        if not (isinstance(shape, tuple) and all(type(d) is int and d >= 0 for d in shape)):
-            raise pickle.UnpicklingError(f'malformed numpy array shape {shape!r} in a checkpoint')
-        flat = np.frombuffer(bytes(raw), dtype=dtype.value())
-        order = 'F' if fortran else 'C'
+def _open_regular(path: str) -> Tuple[Any, int]:
+    """Open a regular file for reading (never blocks on a FIFO swapped in after the stat);
+    refuse a sparse file whose first byte is a hole. Returns (file, size)."""
+    before = check_regular_file(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, 'O_CLOEXEC', 0))
+    except OSError as err:
+        raise CheckpointReadError(f'{path}: cannot open the checkpoint ({err.strerror})',
+                                  path) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != (before.st_dev,
+                                                                            before.st_ino):
+            raise CheckpointReadError(f'{path} changed while it was opened (now '
+                                      f'{_kind(info.st_mode)}): refusing to read it', path)
+        _check_not_sparse(fd, path, info.st_size)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, 'rb'), info.st_size
+
+
+def _check_not_sparse(fd: int, path: str, size: int) -> None:
+    seek_data = getattr(os, 'SEEK_DATA', None)
+    if seek_data is None or size == 0:
+        return
+    try:
+        first = os.lseek(fd, 0, seek_data)
+    except OSError as err:
+        if err.errno == 6:  # ENXIO: no data at all
+            raise CheckpointReadError(f'{path} is a sparse file: its {size} bytes are all '
+                                      'holes (no data), not a checkpoint', path) from None
+        return  # the file system cannot tell
+    finally:
+        os.lseek(fd, 0, os.SEEK_SET)
+    if first > 0:
+        raise CheckpointReadError(f'{path} is a sparse file starting with a hole of {first} '
+                                  f'bytes (of {size}): not a checkpoint', path)
+
+
+class _Reader:
+    """One checkpoint being read: its name, size, bounds and storages."""
+
+    def __init__(self, f: Any, name: str, size: int, max_bytes: Optional[int],
+                 map_location: Any) -> None:
+        self.f, self.name, self.size = f, name, size
+        self.cap = SIZE_FACTOR * size if max_bytes is None else int(max_bytes)
+        self.cap_text = (f'the cap of {self.cap} bytes ({SIZE_FACTOR} x its size of {size} '
+                         'bytes; pass max_bytes= to raise it)' if max_bytes is None else
+                         f'max_bytes={self.cap}')
+        self.max_ops = 1_000_000 + size // 64
+        self.map_location = map_location
+        self.roots: Dict[str, Tuple[int, str]] = {}  # key -> (nbytes, location)
+        self.declared = 0
+        self.storages: Dict[str, Any] = {}  # key -> untyped storage, placed
+
+    # ----------------------------------------------------------------- errors
+    def read_error(self, detail: str) -> CheckpointReadError:
+        return CheckpointReadError(f'{self.name} ({self.size} bytes): {detail}', self.name)
+
+    def too_large(self, what: str, number: int) -> CheckpointTooLargeError:
+        return CheckpointTooLargeError(f'{self.name}: refused to load: {what} {number} bytes, '
+                                       f'more than {self.cap_text}', self.name)
+
+    def refused(self, err: Refused) -> CheckpointRefusedError:
+        return CheckpointRefusedError(
+            f'{self.name}: refused to load global {err.global_name}: {err} (only tensors and '
+            'plain data are read from checkpoints; no code from the file is run)',
+            self.name, err.global_name)
+
+    # ----------------------------------------------------------------- storages
+    def declare(self, key: str, nbytes: int, location: str) -> None:
+        if key in self.roots:
+            if self.roots[key][0] < nbytes:
+                raise Malformed(f'storage {key} declared with two sizes')
+            return
+        self.declared += nbytes
+        if self.declared > self.cap:
+            raise self.too_large('its storages declare at least', self.declared)
+        self.roots[key] = (nbytes, location)
+
+    def unpickle(self, data: bytes, on_storage: Callable[[Any], Any]) -> Any:
+        scan_pickle(data, self.max_ops)
+        return RestrictedUnpickler(io.BytesIO(data), on_storage).load()
+
+    def read_into(self, stream: Any, nbytes: int, what: str) -> torch.Tensor:
+        """``nbytes`` from ``stream`` into a new uint8 tensor, in chunks; refuses a short read
+        and a stream that yields more than declared."""
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        view = memoryview(buf.numpy()) if nbytes else memoryview(b'')
+        got = 0
+        while got < nbytes:
+            chunk = stream.read(min(_CHUNK, nbytes - got))
+            if not chunk:
+                raise self.read_error(f'truncated: {what} holds {got} of its {nbytes} bytes')
+            view[got:got + len(chunk)] = chunk
+            got += len(chunk)
+        return buf
+
+    def place(self, buf: torch.Tensor, location: str) -> Any:
+        """The storage of ``buf`` moved where ``map_location`` (or the file) says."""
+        storage = buf.untyped_storage()
+        target: Any = location
+        mapping = self.map_location
+        if callable(mapping):
+            out = mapping(storage, location)
+            if out is not None:
+                return out if isinstance(out, torch.UntypedStorage) else out.untyped_storage()
+        elif isinstance(mapping, dict):
+            target = mapping.get(location, location)
+        elif mapping is not None:
+            target = mapping
         try:
-            return flat.reshape(shape, order=order).copy(order=order)
-        except ValueError as err:
-            raise pickle.UnpicklingError(f'malformed numpy array in a checkpoint: {err}') from None
+            device = torch.device(target)
+            if device.type == 'cpu':
+                return storage
+            return buf.to(device).untyped_storage()
+        except (RuntimeError, AssertionError, ValueError, TypeError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CheckpointReadError(
+                f'{self.name}: its tensors are stored on {location!r}, which cannot be used '
+                f'here ({first}); load it with map_location="cpu"', self.name) from None
+
+    def tensor(self, record: TensorRecord) -> torch.Tensor:
+        ref = record.storage
+        storage = self.storage(ref)
+        itemsize = torch.empty((), dtype=record.dtype).element_size()
+        if record.extent() * itemsize > ref.nbytes:
+            raise Malformed(f'a tensor of size {record.size} reaches {record.extent()} '
+                            f'elements of a {ref.nbytes}-byte storage')
+        tensor = torch.empty(0, dtype=record.dtype, device=storage.device).set_(
+            storage, record.offset, record.size, record.stride)
+        grad = record.requires_grad and (tensor.is_floating_point() or tensor.is_complex())
+        if record.parameter:
+            return torch.nn.Parameter(tensor, requires_grad=grad)
+        return tensor.requires_grad_(grad) if grad else tensor
+
+    def storage(self, ref: StorageRef) -> Any:
+        root = self.storages[ref.key]
+        if ref.offset == 0 and ref.nbytes == root.nbytes():
+            return root
+        return root[ref.offset:ref.offset + ref.nbytes]
+
+    def typed_storage(self, ref: StorageRef) -> Any:
+        return torch.TypedStorage(wrap_storage=self.storage(ref), dtype=ref.dtype,
+                                  _internal=True)
+
+    def finish(self, obj: Any) -> Any:
+        return materialize(obj, self.tensor, self.typed_storage)
 
 
-class _HistoryBufferRecord(_Record):
-    """mmengine's ``HistoryBuffer``: its ``__dict__`` kept as data, rebuilt by :meth:`value`."""
-
-    __slots__ = ()
-
-    def value(self, materialize):
-        from mmengine.logging import HistoryBuffer
-        state = self.state if isinstance(self.state, dict) else {}
-        logs = materialize(state.get('_log_history', []))
-        counts = materialize(state.get('_count_history', []))
-        max_length = state.get('max_length', 1000000)
-        import numpy as np
-        ok = (isinstance(logs, np.ndarray) and isinstance(counts, np.ndarray)
-              and logs.ndim == 1 and counts.shape == logs.shape
-              and logs.dtype.kind in 'biuf' and counts.dtype.kind in 'biuf'
-              and type(max_length) is int and max_length > 0)
-        if not ok:
-            raise pickle.UnpicklingError('malformed mmengine HistoryBuffer in a checkpoint')
-        return HistoryBuffer(logs.tolist(), counts.tolist(), max_length)
-
-
-class _DroppedRef(_Record):
-    """A function reference (``getattr(HistoryBuffer, 'mean')``): never resolved, dropped."""
-
-    __slots__ = ()
-
-
-def _numpy_scalar(dtype: Any, data: Any = None):
-    """``numpy.core.multiarray.scalar(dtype, raw)`` for plain dtypes, from the raw bytes."""
-    import numpy as np
-    if not isinstance(dtype, _DTypeRecord) or not isinstance(data, (bytes, bytearray)):
-        raise pickle.UnpicklingError('refusing a numpy scalar that is not plain data')
-    resolved = dtype.value()
-    if len(data) != resolved.itemsize:
-        raise pickle.UnpicklingError('malformed numpy scalar in a checkpoint')
-    return np.frombuffer(bytes(data), dtype=resolved, count=1)[0]
+# --------------------------------------------------------------------------- zip format
+def _eocd(reader: _Reader) -> Tuple[int, int, int]:
+    """(entries, central directory size, offset) from the end records, zip64 included."""
+    f, size = reader.f, reader.size
+    tail_len = min(size, 65557)
+    f.seek(size - tail_len)
+    tail = f.read(tail_len)
+    at = tail.rfind(b'PK\x05\x06')
+    if at < 0 or len(tail) - at < 22:
+        raise reader.read_error('truncated or damaged: a zip archive without its end record '
+                                '(a save cut short?)')
+    entries, cd_size, cd_offset = struct.unpack('<xxxxxxxxxxHII', tail[at:at + 20])
+    if entries == 0xFFFF or cd_size == 0xFFFFFFFF or cd_offset == 0xFFFFFFFF:
+        loc = tail.rfind(b'PK\x06\x07', 0, at)
+        if loc < 0:
+            raise reader.read_error('damaged: a zip64 archive without its zip64 locator')
+        (record,) = struct.unpack('<Q', tail[loc + 8:loc + 16])
+        if record + 56 > size:
+            raise reader.read_error('truncated: its zip64 end record lies past its end')
+        f.seek(record)
+        head = f.read(56)
+        if head[:4] != b'PK\x06\x06':
+            raise reader.read_error('damaged: no zip64 end record where its locator points')
+        entries, cd_size, cd_offset = struct.unpack('<QQQ', head[32:56])
+    if cd_offset + cd_size > size:
+        raise reader.read_error(f'truncated: its central directory ends at byte '
+                                f'{cd_offset + cd_size}')
+    return entries, cd_size, cd_offset
 
 
-def _stand_ins() -> list:
-    """(stand-in, 'module.name') pairs for torch's ``safe_globals``."""
-    pairs = [(_DTypeRecord, 'numpy.dtype'), (_ArrayRecord, 'numpy.ndarray'),
-             (_HistoryBufferRecord, 'mmengine.logging.history_buffer.HistoryBuffer'),
-             (_DroppedRef, 'builtins.getattr')]
-    for core in ('numpy.core.multiarray', 'numpy._core.multiarray'):
-        pairs += [(_ArrayRecord, f'{core}._reconstruct'), (_numpy_scalar, f'{core}.scalar')]
-    for name in _STATISTICS:
-        pairs.append((_DroppedRef, f'mmengine.logging.history_buffer.HistoryBuffer.{name}'))
-    return pairs
-
-
-def _materialize(obj: Any, memo: Optional[Dict[int, Any]] = None) -> Any:
-    """Replace the stand-ins in ``obj`` (containers walked, shared objects kept shared)."""
-    if memo is None:
-        memo = {}
-    if isinstance(obj, (torch.Tensor, str, bytes, int, float, bool, type(None))):
-        return obj
-    key = id(obj)
-    if key in memo:
-        return memo[key]
-    if isinstance(obj, (_DTypeRecord, _ArrayRecord)):
-        out = obj.value()
-    elif isinstance(obj, _HistoryBufferRecord):
-        out = obj.value(lambda x: _materialize(x, memo))
-    elif isinstance(obj, _DroppedRef):
-        out = None
-    elif isinstance(obj, dict):
-        out = type(obj)() if type(obj) in (dict, OrderedDict, Counter) else {}
-        memo[key] = out
-        for k, v in obj.items():
-            if isinstance(v, _DroppedRef) or k == 'statistics_methods':
-                continue
-            out[_materialize(k, memo)] = _materialize(v, memo)
-        metadata = vars(obj).get('_metadata') if isinstance(obj, OrderedDict) else None
-        if isinstance(metadata, dict):  # state dicts carry per-module version metadata
-            out._metadata = _materialize(metadata, memo)
-        return out
-    elif isinstance(obj, list):
-        out = []
-        memo[key] = out
-        out.extend(_materialize(v, memo) for v in obj)
-        return out
-    elif isinstance(obj, tuple):
-        out = tuple(_materialize(v, memo) for v in obj)
-    elif isinstance(obj, (set, frozenset)):
-        out = type(obj)(_materialize(v, memo) for v in obj)
-    else:
-        out = obj  # torch's own allow-listed types (dtype, device, Size, ...)
-    memo[key] = out
-    return out
-
-
-def describe_read_error(path: str, err: BaseException) -> Optional[str]:
-    """A message naming ``path`` for a file that is empty, truncated or not a checkpoint."""
+def _load_zip(reader: _Reader) -> Any:
+    entries, _, _ = _eocd(reader)
+    max_members = 20_000 + reader.size // 4096
+    if entries > max_members:
+        raise reader.read_error(f'refused to load: {entries} zip members, more than the bound '
+                                f'of {max_members} for its size')
+    reader.f.seek(0)
     try:
-        size = os.path.getsize(path)
-    except (OSError, TypeError):
-        size = None
-    if size == 0:
-        return f'{path} is empty (0 bytes): not a checkpoint'
-    text = str(err)
-    signs = ('PytorchStreamReader', 'zip archive', 'central directory', 'Ran out of input',
-             'invalid load key', 'unpickling stack underflow', 'truncated', 'file not found')
-    if isinstance(err, (EOFError, zipfile.BadZipFile)) or any(s in text for s in signs):
-        return (f'{path} ({size} bytes) is truncated or not a torch checkpoint '
-                f'({type(err).__name__}: {text.splitlines()[0] if text else "no detail"})')
-    return None
+        archive = zipfile.ZipFile(reader.f)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise reader.read_error(f'damaged zip archive ({err})') from None
+    infos = archive.infolist()
+    pickles = [i for i in infos if i.filename.endswith('/data.pkl')
+               and i.filename.count('/') == 1]
+    if len(pickles) != 1:
+        raise reader.read_error('a zip archive, but not a torch checkpoint (no single '
+                                '<archive>/data.pkl)')
+    prefix = pickles[0].filename[:-len('data.pkl')]
+    total = 0
+    for info in infos:
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise reader.read_error(f'zip member {info.filename} uses compression '
+                                    f'{info.compress_type} (only stored / deflated are read)')
+        if info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size:
+            raise reader.read_error(f'damaged: stored zip member {info.filename} declares '
+                                    f'{info.file_size} bytes but holds {info.compress_size}')
+        if info.header_offset + info.compress_size > reader.size:
+            raise reader.read_error(f'truncated: zip member {info.filename} ends past the end '
+                                    'of the file')
+        total += info.file_size
+        if total > reader.cap:
+            raise reader.too_large('its zip members declare (uncompressed) at least', total)
+    members = {i.filename: i for i in infos}
+
+    def member(name: str, limit: int) -> bytes:
+        info = members[name]
+        if info.file_size > limit:
+            raise reader.too_large(f'zip member {name} declares', info.file_size)
+        with archive.open(info) as stream:
+            data = stream.read(info.file_size)
+            if len(data) != info.file_size or stream.read(1):
+                raise reader.read_error(f'zip member {name} inflates to a size other than '
+                                        f'the {info.file_size} bytes it declares')
+        return data
+
+    order = members.get(prefix + 'byteorder')
+    if order is not None and member(order.filename, 16) != b'little':
+        raise reader.read_error('a big-endian checkpoint (only little-endian files are read)')
+
+    def on_storage(saved_id: Any) -> StorageRef:
+        key, dtype, location, numel, view = storage_id(saved_id)
+        if view is not None:
+            raise Malformed('a legacy storage view in a zip checkpoint')
+        nbytes = numel * torch.empty((), dtype=dtype).element_size()
+        info = members.get(f'{prefix}data/{key}')
+        if info is None:
+            raise Malformed(f'storage {key} has no data/{key} record')
+        if info.file_size != nbytes:
+            raise Malformed(f'storage {key} declares {nbytes} bytes, its record holds '
+                            f'{info.file_size}')
+        reader.declare(key, nbytes, location)
+        return StorageRef(key, dtype, 0, nbytes, location)
+
+    obj = reader.unpickle(member(pickles[0].filename, reader.cap), on_storage)
+    for key, (nbytes, location) in reader.roots.items():
+        name = f'{prefix}data/{key}'
+        try:
+            with archive.open(members[name]) as stream:
+                buf = reader.read_into(stream, nbytes, f'zip member {name}')
+                if stream.read(1):
+                    raise reader.read_error(f'zip member {name} inflates past the {nbytes} '
+                                            'bytes it declares')
+        except zipfile.BadZipFile as err:
+            raise reader.read_error(f'damaged zip member {name} ({err})') from None
+        reader.storages[key] = reader.place(buf, location)
+    return reader.finish(obj)
 
 
-def _refusal_detail(err: BaseException) -> str:
-    """The line of torch's weights-only error that says what was refused (not its advice)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    for line in lines:
-        if line.startswith('WeightsUnpickler error:'):
-            line = line[len('WeightsUnpickler error:'):].strip()
-        if not line.startswith(('Weights only load failed', 'Check the documentation')):
-            return line.split(' Please use', 1)[0].strip()
-    return lines[0] if lines else type(err).__name__
+# --------------------------------------------------------------------------- legacy format
+class _Bounded:
+    """``read`` / ``readline`` that never ask the file for more than it has left."""
+
+    def __init__(self, f: Any, size: int) -> None:
+        self.f, self.size = f, size
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+    def read(self, n: int = -1) -> bytes:
+        left = max(0, self.size - self.f.tell())
+        return self.f.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self) -> bytes:
+        return self.f.readline(max(0, self.size - self.f.tell()))
 
 
-def safe_torch_load(filename: Any, map_location: Any = None) -> Any:
-    """``torch.load`` that cannot execute code, also for mmengine checkpoints.
+def _next_pickle(reader: _Reader, on_storage: Callable[[Any], Any]) -> Any:
+    start = reader.f.tell()
+    end = scan_pickle(_Bounded(reader.f, reader.size), reader.max_ops)
+    if end <= start or end > reader.size:
+        raise Malformed('a pickle that runs past the end of the file')
+    reader.f.seek(start)
+    data = reader.f.read(end - start)
+    reader.f.seek(end)
+    return reader.unpickle(data, on_storage)
 
-    Returns the checkpoint with mmengine's history buffers and numpy values rebuilt from plain
-    data. Raises ``pickle.UnpicklingError`` naming the refused global for anything else, and
-    :class:`CheckpointReadError` naming the file for an empty / truncated / foreign file.
+
+def _no_storage(saved_id: Any) -> Any:
+    raise Malformed('a storage id outside the checkpoint\'s main pickle')
+
+
+def _load_legacy(reader: _Reader) -> Any:
+    f = reader.f
+    if reader.size >= 262:
+        f.seek(257)
+        if f.read(5) == b'ustar':
+            raise reader.read_error('a tar archive (the torch < 0.4 format), which is not read')
+    f.seek(0)
+    magic = _next_pickle(reader, _no_storage)
+    if type(magic) is not int or magic != _MAGIC:
+        raise reader.read_error('not a torch checkpoint: neither a zip archive nor a pickle '
+                                'stream that starts with torch\'s magic number')
+    if _next_pickle(reader, _no_storage) != _LEGACY_PROTOCOL:
+        raise reader.read_error('a legacy torch checkpoint of an unknown protocol version')
+    info = _next_pickle(reader, _no_storage)
+    if not isinstance(info, dict) or info.get('little_endian') is not True:
+        raise reader.read_error('a legacy checkpoint that is not little-endian')
+    views: Dict[str, StorageRef] = {}
+
+    def on_storage(saved_id: Any) -> StorageRef:
+        key, dtype, location, numel, view = storage_id(saved_id)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        reader.declare(key, numel * itemsize, location)
+        root = reader.roots[key][0]
+        if view is None:
+            return StorageRef(key, dtype, 0, root, location)
+        if not (isinstance(view, tuple) and len(view) == 3 and type(view[1]) is int
+                and type(view[2]) is int and view[1] >= 0 and view[2] >= 0):
+            raise Malformed(f'storage view {view!r}')
+        _, offset, length = view
+        if (offset + length) * itemsize > root:
+            raise Malformed(f'a storage view past the end of storage {key}')
+        ref = StorageRef(key, dtype, offset * itemsize, length * itemsize, location)
+        return views.setdefault(str(view[0]), ref)
+
+    obj = _next_pickle(reader, on_storage)
+    keys = _next_pickle(reader, _no_storage)
+    if not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)
+            and sorted(keys) == sorted(reader.roots)):
+        raise Malformed('its storage key list does not match the storages it declares')
+    for key in keys:
+        nbytes, location = reader.roots[key]
+        head = f.read(8)
+        if len(head) != 8:
+            raise reader.read_error(f'truncated: storage {key} has no data')
+        (numel,) = struct.unpack('<q', head)
+        if numel < 0:
+            raise Malformed(f'storage {key} declares {numel} elements')
+        left = reader.size - f.tell()
+        if nbytes > left:
+            raise reader.read_error(f'truncated: storage {key} declares {nbytes} bytes, '
+                                    f'{left} are left in the file')
+        buf = reader.read_into(f, nbytes, f'storage {key}')
+        reader.storages[key] = reader.place(buf, location)
+    return reader.finish(obj)
+
+
+# --------------------------------------------------------------------------- entry point
+_LOCK = threading.Lock()  # not needed for safety; keeps peak memory to one load at a time
+
+
+def safe_torch_load(filename: Any, map_location: Any = None, max_bytes: Optional[int] = None,
+                    name: Optional[str] = None) -> Any:
+    """Read a ``torch.save`` checkpoint (zip or legacy format) without running code from it.
+
+    ``filename``: a path or a seekable binary file object (``name`` names it in messages).
+    ``map_location``: as ``torch.load`` (None, a device string / ``torch.device``, a dict of
+    locations, or a callable ``(storage, location) -> storage``). ``max_bytes``: the bound on
+    the declared storage / member bytes (default :data:`SIZE_FACTOR` x the file's size).
+
+    Returns the checkpoint with tensors, numpy values and mmengine's ``HistoryBuffer`` rebuilt
+    from plain data. Raises ``FileNotFoundError``, :class:`CheckpointRefusedError` (naming the
+    global) or :class:`CheckpointReadError` (naming the cause), each naming the file.
     """
-    if isinstance(filename, (str, os.PathLike)) and not os.path.isfile(filename):
-        raise FileNotFoundError(f'checkpoint {os.fspath(filename)} does not exist')
+    if isinstance(filename, (str, os.PathLike)):
+        path = os.fspath(filename)
+        f, size = _open_regular(path)
+        label = name or path
+    elif hasattr(filename, 'read') and hasattr(filename, 'seek'):
+        f = filename
+        label = name or getattr(filename, 'name', None) or '<checkpoint stream>'
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(0)
+    else:
+        raise TypeError(f'safe_torch_load reads a path or a binary file, got '
+                        f'{type(filename).__name__}')
+    reader = _Reader(f, str(label), size, max_bytes, map_location)
     try:
-        with _LOCK, torch.serialization.safe_globals(_stand_ins()):
-            raw = torch.load(filename, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        name = os.fspath(filename) if isinstance(filename, (str, os.PathLike)) else 'checkpoint'
-        raise pickle.UnpicklingError(
-            f'{name}: refused to load: {_refusal_detail(err)} (only tensors and plain data are '
-            'read from checkpoints; resuming a run\'s own checkpoint is the one exception)'
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, io.UnsupportedOperation) as err:
-        message = describe_read_error(filename, err) if isinstance(filename, str) else None
-        if message is None:
-            raise
-        raise CheckpointReadError(message) from None
-    return _materialize(raw)
+        with _LOCK:
+            return _load(reader)
+    finally:
+        if f is not filename:
+            f.close()
+
+
+def _load(reader: _Reader) -> Any:
+    if reader.size == 0:
+        raise CheckpointReadError(f'{reader.name} is empty (0 bytes): not a checkpoint',
+                                  reader.name)
+    reader.f.seek(0)
+    head = reader.f.read(4)
+    try:
+        if head == b'PK\x05\x06' or b'PK\x03\x04'.startswith(head):  # (a cut one too)
+            return _load_zip(reader)
+        return _load_legacy(reader)
+    except CheckpointError:
+        raise
+    except Refused as err:
+        raise reader.refused(err) from None
+    except Malformed as err:
+        raise reader.read_error(f'malformed checkpoint: {err}') from None
+    except RecursionError:
+        raise reader.read_error('malformed checkpoint: nested too deeply') from None
+    except MemoryError:
+        raise reader.read_error('malformed checkpoint: it asked for more memory than this '
+                                'machine has') from None
+    except Exception as err:  # pickle / zipfile / struct / torch errors on bad data
+        text = str(err).splitlines()[0][:200] if str(err) else ''
+        raise reader.read_error(f'truncated or malformed checkpoint ({type(err).__name__}: '
+                                f'{text})') from None
