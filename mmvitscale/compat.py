@@ -32,7 +32,9 @@ records what was done so tests and bug reports can see it.
    execute as a Python config), and falls back to the previous checkpoint when an
    automatically found latest one is truncated.
    ``Runner.load_checkpoint`` (``load_from``, ``tools/test.py``) also converts backbone-format
-   checkpoints (timm / DeiT / mmpretrain / PiT) or refuses a file none of whose keys fit.
+   checkpoints (timm / DeiT / mmpretrain / PiT) or refuses a file none of whose keys fit; it and
+   ``init_cfg=dict(type='Pretrained')`` refuse an empty, non-finite or poorly covering
+   checkpoint and a head of another ``num_classes`` (:mod:`mmvitscale.checkpoint.loading`).
 4. ``launcher='pytorch'`` on a machine without an accelerator (e.g. ``tools/dist_train.sh`` with
    the gloo backend on CPUs): mmengine 0.10.7 calls ``torch.cuda.set_device`` (missing from CPU
    torch) and wraps the model in DDP with ``device_ids=[LOCAL_RANK]``, which DDP refuses for a
@@ -260,7 +262,8 @@ def _wrap_load_checkpoint(load_checkpoint: Callable) -> Callable:
             check_resume_meta(checkpoint, filename)
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) else self.model
-        fitted = fit_model_checkpoint(model, checkpoint, filename, revise_keys)
+        fitted = fit_model_checkpoint(model, checkpoint, filename, revise_keys,
+                                      options=self.cfg.get('load_from_options'))
         _load_checkpoint_to_model(model, fitted, strict, revise_keys=revise_keys)
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')
@@ -283,6 +286,10 @@ def patch_checkpoint_loading() -> bool:
     ckpt_module.CheckpointLoader.register_scheme(prefixes='', force=True)(load_from_local)
     Runner.resume = _wrap_resume(Runner.resume)
     Runner.load_checkpoint = _wrap_load_checkpoint(Runner.load_checkpoint)
+    from mmengine.model.weight_init import PretrainedInit
+
+    from .checkpoint.loading import checked_pretrained_init
+    PretrainedInit.__call__ = checked_pretrained_init(PretrainedInit.__call__)  # load checks
     APPLIED.append('scoped-weights-only')
     return True
 
