@@ -56,3 +56,29 @@ def test_stub_drn_only_where_the_wheel_lacks_it():
     folder = osp.join(spec.submodule_search_locations[0], 'models', 'localizers', 'drn')
     from mmaction.models.localizers import drn
     assert osp.isdir(folder) == (getattr(drn, '__file__', None) is not None)
+
+
+def test_every_mmengine_checkpoint_read_goes_through_the_safe_reader():
+    from mmengine.runner import Runner
+    from mmengine.runner import checkpoint as ckpt_module
+    assert ckpt_module.CheckpointLoader._schemes[''] is compat.load_from_local
+    assert ckpt_module.load_url is compat.safe_load_url
+    assert ckpt_module.torch.load is compat.torch_load
+    assert getattr(Runner.resume, '__wrapped__', None) is not None
+    assert getattr(Runner.load_checkpoint, '__wrapped__', None) is not None
+
+
+def test_checkpoint_package_does_not_import_compat():
+    """The dependency is one-way: compat imports checkpoint, never the reverse."""
+    import ast
+    import glob
+    folder = osp.join(osp.dirname(compat.__file__), 'checkpoint')
+    for path in glob.glob(osp.join(folder, '*.py')):
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ''] + [a.name for a in node.names]
+                assert not any('compat' in n for n in names), (path, node.lineno)
+            elif isinstance(node, ast.Import):
+                assert not any('compat' in a.name for a in node.names), (path, node.lineno)

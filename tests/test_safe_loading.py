@@ -36,7 +36,7 @@ from torch import nn
 from mmvitscale import compat
 from mmvitscale.checkpoint import load_pretrained
 from mmvitscale.checkpoint.safe_load import (CheckpointReadError, CheckpointRefusedError,
-                                             safe_torch_load)
+                                             CheckpointTooLargeError, safe_torch_load)
 from mmvitscale.models import ScaledViT
 
 ARCH = dict(embed_dims=16, num_layers=1, num_heads=2)
@@ -395,6 +395,34 @@ def test_corpus_in_one_subprocess(tmp_path):
         if not ok:
             wrong.append(row)
     assert not wrong, '\n'.join(map(str, wrong))
+
+
+def test_mmengine_paths_say_what_a_non_file_is(tmp_path):
+    """mmengine's own local loader calls a FIFO or a device "not found"; ours says what it
+    is, never opens a FIFO, and a missing file is still FileNotFoundError."""
+    fifo = str(tmp_path / 'pipe.pth')
+    os.mkfifo(fifo)
+    for path, what in ((fifo, 'is a FIFO'), ('/dev/zero', 'is a character device'),
+                       (str(tmp_path), 'is a directory')):
+        with pytest.raises(CheckpointReadError, match=rf'{re.escape(path)} {what}'):
+            load_checkpoint(ScaledViT(ARCH, img_size=32), path)
+    with pytest.raises(CheckpointReadError, match=f'{re.escape(fifo)} is a FIFO'):
+        Runner(model=ToyModel(), work_dir=str(tmp_path / 'wd'), load_from=fifo,
+               default_scope='mmengine', experiment_name='fifo').load_or_resume()
+    with pytest.raises(FileNotFoundError, match='nothere.pth'):
+        load_checkpoint(ScaledViT(ARCH, img_size=32), str(tmp_path / 'nothere.pth'))
+
+
+def test_max_bytes_bounds_a_real_checkpoint(tmp_path):
+    path = str(tmp_path / 'real.pth')
+    state = ScaledViT(ARCH, img_size=32).state_dict()
+    torch.save({'state_dict': state}, path)
+    size = os.stat(path).st_size
+    loaded = safe_torch_load(path, max_bytes=size)
+    torch.testing.assert_close(loaded['state_dict'], state)
+    with pytest.raises(CheckpointTooLargeError, match=rf'{re.escape(path)}: refused to load: '
+                                                      r'.* \d+ bytes, more than max_bytes=1000'):
+        safe_torch_load(path, max_bytes=1000)
 
 
 # --------------------------------------------------------------------------- real checkpoints
@@ -784,3 +812,17 @@ def test_tools_test_and_mim_test_refuse_hostile_checkpoints(tmp_path, fmnist_roo
         text = out.stdout + out.stderr
         assert out.returncode != 0 and 'refused to load' in text, text[-3000:]
         assert not osp.exists(marker), ' '.join(cmd)
+
+
+@pytest.mark.slow
+def test_train_tool_resume_refuses_hostile_checkpoints(tmp_path, fmnist_root):  # noqa: F811
+    """``tools/train.py --resume FILE`` and ``--cfg-options resume=True`` (auto-resume through
+    ``last_checkpoint``), each in a fresh interpreter with real data: refused, nothing run."""
+    work, path, marker = _hostile_work_dir(tmp_path)
+    for extra in (['--resume', path, '--cfg-options'], ['--cfg-options', 'resume=True']):
+        cmd = [sys.executable, 'tools/train.py', CLS_CFG, '--work-dir', work] + extra
+        out = run(cmd + tiny_options(fmnist_root), ok=False)
+        text = out.stdout + out.stderr
+        assert out.returncode != 0 and f'{path}: refused to load global posix.system' in text, \
+            text[-3000:]
+        assert 'weights_only' not in text and not osp.exists(marker), ' '.join(cmd)

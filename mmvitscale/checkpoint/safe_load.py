@@ -27,7 +27,6 @@ import io
 import os
 import stat
 import struct
-import threading
 import zipfile
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -418,9 +417,6 @@ def _load_legacy(reader: _Reader) -> Any:
 
 
 # --------------------------------------------------------------------------- entry point
-_LOCK = threading.Lock()  # not needed for safety; keeps peak memory to one load at a time
-
-
 def safe_torch_load(filename: Any, map_location: Any = None, max_bytes: Optional[int] = None,
                     name: Optional[str] = None) -> Any:
     """Read a ``torch.save`` checkpoint (zip or legacy format) without running code from it.
@@ -449,8 +445,7 @@ def safe_torch_load(filename: Any, map_location: Any = None, max_bytes: Optional
                         f'{type(filename).__name__}')
     reader = _Reader(f, str(label), size, max_bytes, map_location)
     try:
-        with _LOCK:
-            return _load(reader)
+        return _load(reader)
     finally:
         if f is not filename:
             f.close()
