@@ -29,7 +29,6 @@ import json
 import math
 import os
 import os.path as osp
-import sys
 import time
 from typing import Dict, List, Tuple
 
@@ -40,11 +39,10 @@ from torch import nn
 from torch.func import jvp
 
 from mmvitscale.fileio import atomic_write
+from mmvitscale.models.asvit_reference import load_reference
 from mmvitscale.search import proxies as P
 from mmvitscale.search.topology import (REFERENCE_PROXY_SETTINGS, SPACE, arch_to_genotype,
                                         choices_to_arch, genotype_to_arch, proxy_score_fn)
-
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,12 +75,6 @@ def sample_genotypes(n: int, seed: int) -> List[str]:
 
 
 # ---------------------------------------------------------------------------- reference
-def load_reference(repo: str):
-    sys.path.insert(0, osp.join(ROOT, 'tests'))
-    from test_asvit_reference import load_reference as load
-    return load(repo)
-
-
 class _Features(nn.Module):
     def __init__(self, net: nn.Module) -> None:
         super().__init__()

@@ -13,17 +13,15 @@ import os
 import os.path as osp
 import platform
 import subprocess
-import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-import mmvitscale  # noqa: E402,F401
-from mmvitscale.cost import cpu_name, measure_latency, vit_flops  # noqa: E402
-from mmvitscale.fileio import atomic_write, save_figure  # noqa: E402
-from mmvitscale.models import ScaledViT  # noqa: E402
+import mmvitscale  # noqa: F401  (shims first)
+from mmvitscale.cost import cpu_name, measure_latency, vit_flops
+from mmvitscale.fileio import atomic_write, save_figure
+from mmvitscale.models import ScaledViT
 
 ATTN = ('softmax', 'linear_angular')
 

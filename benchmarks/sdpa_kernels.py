@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -23,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import mmvitscale  # noqa: E402,F401
-from mmvitscale.fileio import atomic_write  # noqa: E402
+import mmvitscale  # noqa: F401  (shims first)
+from mmvitscale.fileio import atomic_write
 
 
 def _shape(text: str) -> List[int]:

@@ -10,15 +10,12 @@ The raw step clips gradients as the config does (the recipe, not framework overh
 """
 import argparse
 import json
-import os.path as osp
 import subprocess
-import sys
 from typing import Dict, Optional, Sequence
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-import mmvitscale  # noqa: E402,F401
-from mmvitscale.experiments.throughput import DATA_CHOICES, benchmark_training  # noqa: E402
-from mmvitscale.fileio import atomic_write  # noqa: E402
+import mmvitscale  # noqa: F401  (shims first)
+from mmvitscale.experiments.throughput import DATA_CHOICES, benchmark_training
+from mmvitscale.fileio import atomic_write
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -23,8 +23,6 @@ import json
 import math
 import os
 import os.path as osp
-import sys
-import types
 import zlib
 from typing import Dict, List, Optional
 
@@ -33,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from mmvitscale.models.asvit import AsViT
+from mmvitscale.models.asvit_reference import load_reference
 from mmvitscale.search import proxies as P
 from mmvitscale.search.topology import SPACE, arch_to_genotype, genotype_to_arch
 
@@ -209,48 +208,6 @@ def test_feature_maps_keep_strides_and_detection_use():
 
 
 # ---------------------------------------------------------------------------- live reference
-def _stub_timm() -> None:
-    """The three timm 0.3.4 helpers the reference imports, when timm is not installed."""
-    try:
-        import timm.models.layers  # noqa: F401
-        return
-    except ImportError:
-        pass
-
-    def to_2tuple(x):
-        return tuple(x) if isinstance(x, (list, tuple)) else (x, x)
-
-    class DropPath(nn.Module):
-        def __init__(self, drop_prob=None):
-            super().__init__()
-            self.drop_prob = drop_prob
-
-        def forward(self, x):
-            assert not self.drop_prob or not self.training, 'stand-in: no drop path'
-            return x
-
-    layers = types.ModuleType('timm.models.layers')
-    layers.trunc_normal_ = nn.init.trunc_normal_  # the same algorithm, taken from timm
-    layers.to_2tuple, layers.DropPath = to_2tuple, DropPath
-    pkg, models = types.ModuleType('timm'), types.ModuleType('timm.models')
-    pkg.models, models.layers = models, layers
-    sys.modules.update({'timm': pkg, 'timm.models': models, 'timm.models.layers': layers})
-
-
-def load_reference(repo: str):
-    """``(Transformer, CellStructure)`` of an As-ViT checkout at ``repo``."""
-    lib = osp.join(repo, 'lib')
-    if not osp.isfile(osp.join(lib, 'models', 'cell_infers', 'transformer.py')):
-        raise FileNotFoundError(f'{repo} is not an As-ViT checkout (no lib/models/cell_infers/'
-                                'transformer.py)')
-    _stub_timm()
-    if lib not in sys.path:
-        sys.path.insert(0, lib)
-    from models.cell_infers.transformer import Transformer
-    from models.cell_searchs import CellStructure
-    return Transformer, CellStructure
-
-
 def build_reference(repo: str, genotype: str, img_size: int = IMG, ape: bool = False,
                     width: int = 32):
     Transformer, CellStructure = load_reference(repo)

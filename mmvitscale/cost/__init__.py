@@ -2,7 +2,7 @@
 
 Lives apart from the models: it works on any ``nn.Module`` or resolved architecture.
 """
-from .analytic import vit_flops, vit_params
+from ..models.vit import vit_flops, vit_params  # closed forms live with the model
 from .counter import FlopCounter, count_params, get_complexity
 from .latency import cpu_name, device_name, measure_latency
 

@@ -2,7 +2,8 @@
 
 :func:`kernels` lists the kernels one forward pass runs (each family's ``kernels``: GEMMs with
 their ``M x K x N`` shape, fused attention with heads / tokens / head size, LayerNorms, GELUs,
-memory copies, PiT's depthwise pooling conv; :func:`block_kernels` is one Transformer block).
+memory copies, PiT's depthwise pooling conv; :class:`~mmvitscale.models.kernels.Kernel` and
+:func:`~mmvitscale.models.kernels.block_kernels`, one Transformer block, live with the models).
 :func:`kernel_features` maps each kernel to a few cost terms of its type and sums them over the
 network (the nn-Meter / HAT idea: network latency is the sum of its kernels' latencies, each a
 function of the kernel's shape):
@@ -33,12 +34,12 @@ coefficients, so the per-kernel costs are fitted from whole-network latencies by
 least squares (see :class:`~mmvitscale.cost.predictor.KernelLatencyPredictor`). The same
 kernel costs serve ViT and PiT (cross-family prediction).
 """
-from dataclasses import dataclass
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
 from ..families import spec_family
+from ..models.kernels import Kernel
 
 KERNEL_FEATURES = ('gemm_mac', 'gemm_mn', 'gemm_mk', 'gemm_kn', 'attn_mac', 'attn_score',
                    'attn_io', 'norm_elem', 'gelu_elem', 'copy_elem', 'dwconv_mac', 'blocks',
@@ -50,35 +51,6 @@ GROUPS: Dict[str, Tuple[str, ...]] = {
     'memory': ('norm_elem', 'gelu_elem', 'copy_elem', 'dwconv_mac'),
     'overhead': ('blocks', 'const'),
 }
-
-
-@dataclass(frozen=True)
-class Kernel:
-    """One kernel call: ``op`` and its shape (``shape`` keys depend on ``op``)."""
-
-    op: str  # gemm, attention, layernorm, gelu, copy, dwconv
-    shape: Tuple[int, ...]  # gemm (M, K, N); attention (heads, tokens, head_dim); else (elems,)
-    name: str = ''
-
-
-def block_kernels(b: int, n: int, d: int, hid: int, h: int, tag: str) -> List[Kernel]:
-    """The kernels of one pre-norm Transformer block: batch ``b``, ``n`` tokens, width ``d``,
-    MLP hidden ``hid``, ``h`` heads; ``tag`` prefixes the kernel names."""
-    m = b * n
-    return [
-        Kernel('layernorm', (m * d, ), f'{tag}.norm1'),
-        Kernel('gemm', (m, d, 3 * d), f'{tag}.qkv'),
-        Kernel('copy', (3 * m * d, ), f'{tag}.qkv_permute'),
-        Kernel('attention', (b * h, n, d // h), f'{tag}.sdpa'),
-        Kernel('copy', (m * d, ), f'{tag}.attn_transpose'),
-        Kernel('gemm', (m, d, d), f'{tag}.proj'),
-        Kernel('copy', (m * d, ), f'{tag}.residual1'),
-        Kernel('layernorm', (m * d, ), f'{tag}.norm2'),
-        Kernel('gemm', (m, d, hid), f'{tag}.fc1'),
-        Kernel('gelu', (m * hid, ), f'{tag}.gelu'),
-        Kernel('gemm', (m, hid, d), f'{tag}.fc2'),
-        Kernel('copy', (m * d, ), f'{tag}.residual2'),
-    ]
 
 
 def kernels(arch: Any, in_channels: int = 3, batch_size: int = 1) -> List[Kernel]:

@@ -48,11 +48,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..families import Family, register_family
 from ..registry import MODELS
 from ..scaling import (_per_stage, _pick, _scaled_int, check_rule, scaled_resolution,
                        scaled_width, to_2tuple)
 from .base import ScalableBackbone, check_common_args, check_frozen_stages
+from .family import Family, register_family
 from .layers import TokenGrid, TransformerBlock, normalise_indices
 from .linear_attention import (check_kernel_size, drop_aux_keys, per_stage_attn_types,
                                split_attn_rule)

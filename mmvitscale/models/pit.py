@@ -7,10 +7,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import register_checkpoint_hook
-from ..families import Family, register_family
 from ..registry import MODELS
 from ..scaling import PIT_RULE_KEYS, PiTArch, make_pit_arch, scale_pit, to_2tuple
 from .base import ScalableBackbone, check_common_args, check_frozen_stages
+from .family import Family, register_family
+from .kernels import Kernel, block_kernels
 from .layers import TokenGrid, TransformerBlock, normalise_indices
 from .linear_attention import (check_kernel_size, drop_aux_keys, per_stage_attn_types,
                                split_attn_rule)
@@ -281,7 +282,6 @@ class PiTFamily(Family):
         return macs
 
     def kernels(self, spec: PiTArch, in_channels: int = 3, batch_size: int = 1):
-        from ..cost.kernels import Kernel, block_kernels
         b, grids, dims = batch_size, spec.grids, spec.embed_dims
         p0 = grids[0][0] * grids[0][1]
         out = [Kernel('gemm', (b * p0, in_channels * spec.patch_size**2, dims[0]),

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..families import Family, register_family
 from ..registry import MODELS
 from ..scaling import RULE_KEYS, ViTArch, _pick
 from .base import ScalableBackbone, check_common_args, check_frozen_stages
+from .family import Family, register_family
 from .layers import (Attention, TokenGrid, TransformerBlock, normalise_indices,
                      resample_abs_pos_embed)
 from .linear_attention import (check_attn_type, check_kernel_size, drop_aux_keys,

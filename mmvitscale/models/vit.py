@@ -5,16 +5,17 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import register_checkpoint_hook
-from ..families import Family, register_family
 from ..registry import MODELS
 from ..scaling import RULE_KEYS, ViTArch, make_vit_arch, scale_vit, to_2tuple
 from .base import OUT_TYPES, ScalableBackbone, check_common_args, check_frozen_stages
+from .family import Family, register_family
+from .kernels import Kernel, block_kernels
 from .layers import TokenGrid, TransformerBlock, normalise_indices, resample_abs_pos_embed
 from .linear_attention import (check_attn_type, check_kernel_size, drop_aux_keys,
                                split_attn_rule)
 from .ops import patchify
 
-__all__ = ['OUT_TYPES', 'ScaledViT']
+__all__ = ['OUT_TYPES', 'ScaledViT', 'vit_flops', 'vit_params']
 
 
 def _preset(embed_dims: int, num_layers: int, num_heads: int, mlp_ratio: float = 4.0) -> dict:
@@ -237,7 +238,6 @@ class ViTFamily(Family):
 
     def analytic_flops(self, spec: ViTArch, in_channels: int = 3, attn_type: str = 'softmax',
                        linear_kernel_size: int = 9) -> int:
-        from ..cost.analytic import vit_flops
         return int(vit_flops(spec, num_classes=0, in_channels=in_channels, attn_type=attn_type,
                              linear_kernel_size=linear_kernel_size)['total'])
 
@@ -259,7 +259,6 @@ class ViTFamily(Family):
         return g[0] * g[1] * in_channels * spec.patch_size**2 * spec.embed_dims
 
     def kernels(self, spec: ViTArch, in_channels: int = 3, batch_size: int = 1):
-        from ..cost.kernels import Kernel, block_kernels
         b, g = batch_size, spec.grid
         p = g[0] * g[1]
         n, d = p + 1, spec.embed_dims
@@ -280,3 +279,52 @@ class ViTFamily(Family):
 
 
 register_family(ViTFamily())
+
+
+def vit_flops(arch: ViTArch, num_classes: int = 1000, in_channels: int = 3,
+              with_cls_token: bool = True, attn_type: str = 'softmax',
+              linear_kernel_size: int = 9) -> Dict[str, int]:
+    """Per-term and total MACs of one image through ScaledViT (+ a linear head), in
+    :mod:`mmvitscale.cost.counter`'s convention. With ``N = h*w + 1`` tokens, width ``D``, MLP
+    hidden ``F = round(r * D)``, depth ``L``:
+
+    * linear layers per block: ``N * (4 D^2 + 2 D F)`` (qkv, proj, fc1, fc2);
+    * attention per block: ``2 N^2 D`` (``Q K^T`` and ``A V``); with
+      ``attn_type='linear_angular'`` (Castling-ViT, inference model without the auxiliary
+      branch) ``2 N D d + N D`` (``K^T V``, ``Q (K^T V)`` and the normaliser ``Q sum K``; head
+      size ``d``) plus a ``dwconv`` term ``h*w * D * k^2`` (depthwise value conv, kernel ``k``);
+    * LayerNorms: ``(2 L + 1) * 5 N D`` (fvcore's convention, affine);
+    * patch embedding: ``h*w * C_in p^2 D``; classifier head: ``D * classes``.
+    """
+    check_attn_type(attn_type)
+    D, L, F = arch.embed_dims, arch.num_layers, arch.mlp_hidden
+    patches = arch.grid[0] * arch.grid[1]
+    N = patches + int(with_cls_token)
+    if attn_type == 'softmax':
+        attention = L * 2 * N * N * D
+    else:
+        attention = L * (2 * N * D * arch.head_dims + N * D)
+    terms = dict(
+        linear=L * N * (4 * D * D + 2 * D * F),
+        attention=attention,
+        norm=(2 * L + 1) * 5 * N * D,
+        patch_embed=patches * in_channels * arch.patch_size**2 * D,
+        head=D * num_classes,
+    )
+    if attn_type == 'linear_angular':
+        terms['dwconv'] = L * patches * D * linear_kernel_size**2
+    terms['total'] = sum(terms.values())
+    return terms
+
+
+def vit_params(arch: ViTArch, num_classes: int = 1000, in_channels: int = 3,
+               with_cls_token: bool = True, qkv_bias: bool = True) -> int:
+    """Parameter count of ScaledViT (+ a linear head when ``num_classes > 0``)."""
+    D, L, F = arch.embed_dims, arch.num_layers, arch.mlp_hidden
+    patches = arch.grid[0] * arch.grid[1]
+    block = (3 * D * D + (3 * D if qkv_bias else 0)) + (D * D + D) + (D * F + F) + (F * D + D)
+    block += 4 * D  # two LayerNorms
+    embed = in_channels * arch.patch_size**2 * D + D + (patches + int(with_cls_token)) * D
+    embed += D * int(with_cls_token)
+    head = D * num_classes + num_classes if num_classes else 0
+    return L * block + embed + 2 * D + head
