@@ -301,3 +301,36 @@ def test_input_of_another_dtype_than_the_weights_is_named():
         '(model.to(torch.float16)); float16, bfloat16 and float32 models all run on CPU')
     with torch.autocast('cpu', dtype=torch.bfloat16), torch.no_grad():  # mixed precision: fine
         assert model(torch.zeros(1, 3, 32, 32, dtype=torch.bfloat16))[0].shape[0] == 1
+
+
+def test_backbone_checkpoints_load_into_a_detector(tmp_path):
+    """Partial loads that are meant: the share counts the detector's backbone, not the whole
+    detector (its neck and head keep their initialisation)."""
+    pytest.importorskip('mmdet')
+    from mmengine.registry import MODELS, init_default_scope
+
+    from mmvitscale.engine.config import load_config
+    cfg = load_config(osp.join(ROOT, 'configs', 'det', 'scaled_vit_retina_fmnist.py'))
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    det = MODELS.build(cfg.model)
+    backbone = {k[len('backbone.'):]: v for k, v in det.state_dict().items()
+                if k.startswith('backbone.')}
+    have, total = numel(det, ['backbone.' + k for k in backbone])
+    strict = dict(min_coverage=0.95)  # more than the backbone's share of the detector
+    assert have / total < strict['min_coverage']
+    # a bare backbone checkpoint (ScaledViT's own keys), and a classifier's ('backbone.' keys
+    # plus a head the detector does not have)
+    fitted = fit_model_checkpoint(det, backbone, 'bare.pth', options=strict)
+    assert set(fitted['state_dict']) == {'backbone.' + k for k in backbone}
+    from_cls = {'backbone.' + k: v for k, v in backbone.items()}
+    from_cls['head.fc.weight'] = torch.zeros(10, 8)
+    assert fit_model_checkpoint(det, {'state_dict': from_cls}, 'cls.pth',
+                                options=strict)['state_dict'] is from_cls
+    # ... and init_cfg Pretrained on the detector's backbone
+    path = save(tmp_path, backbone)
+    cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=path)
+    det = MODELS.build(cfg.model)
+    with min_coverage(0.95):
+        det.init_weights()
+    torch.testing.assert_close(det.backbone.patch_embed.proj.weight,
+                               backbone['patch_embed.proj.weight'])
