@@ -363,6 +363,10 @@ CASES = [
                                        'model.backbone.scaling.width_mult=-2']), S,
                  r'^--cfg-options model.backbone.scaling.width_mult=-2: .*scaling.width_mult must '
                  r'be a positive number, got -2', id='get_flops-bad-rule-value'),
+    pytest.param(call(get_flops.main, [FMNIST_VIT, '--cfg-options', 'model.backbone.bogus=3']), S,
+                 r'^.*scaled_vit_fmnist.py with --cfg-options model.backbone.bogus=3: the model '
+                 r"cannot be built: .*unexpected keyword argument 'bogus'$",
+                 id='get_flops-unknown-backbone-argument'),
     pytest.param(scale_search(out_rule=lambda tmp: str(tmp)), S,
                  r'--out-rule: .* is a folder; give a file such as .*searched.py',
                  id='scale_search-out-rule-folder'),

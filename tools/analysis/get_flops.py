@@ -84,7 +84,12 @@ def main(argv=None):
         raise SystemExit(str(err)) from None
     init_default_scope(cfg.get('default_scope', 'mmvitscale'))
     model_cfg = cfg.model.backbone if args.backbone_only else cfg.model
-    model = MODELS.build(model_cfg)
+    try:  # e.g. --cfg-options model.backbone.bogus=3: one line naming the options
+        model = MODELS.build(model_cfg)
+    except (TypeError, ValueError, KeyError) as err:
+        given = ''.join(f' {k}={v!r}' for k, v in (args.cfg_options or {}).items())
+        given = f' with --cfg-options{given}' if given else ''
+        raise SystemExit(f'{args.config}{given}: the model cannot be built: {err}') from None
     backbone = model if args.backbone_only else getattr(model, 'backbone', None)
     H, W = _shape(args, cfg, backbone)
     in_ch = cfg.model.get('backbone', {}).get('in_channels', 3)
