@@ -26,6 +26,7 @@ PACKAGES = ('slurm-wlm', 'munge')
 BINARIES = ('slurmctld', 'slurmd', 'srun', 'sinfo', 'scontrol', 'scancel', 'munged', 'munge')
 PARTITION = 'cpu'
 MUNGE_USER = 'munge'
+CRED_EXPIRE_S = 10  # seconds before a requeued job (--requeue) may start again
 
 
 class SlurmUnavailable(RuntimeError):
@@ -172,7 +173,8 @@ class SlurmCluster:
             f'SlurmctldHost={self.host}',
             'AuthType=auth/munge',
             'CredType=cred/munge',
-            f'AuthInfo=socket={self.munge_socket}',
+            # a requeued job may start again after cred_expire seconds (default 120)
+            f'AuthInfo=socket={self.munge_socket},cred_expire={CRED_EXPIRE_S}',
             'ProctrackType=proctrack/linuxproc',
             'TaskPlugin=task/none',
             'SelectType=select/cons_tres',
@@ -180,6 +182,7 @@ class SlurmCluster:
             'SlurmUser=root',
             'ReturnToService=2',
             'MpiDefault=none',
+            'SchedulerParameters=sched_interval=2',  # start a requeued job soon after its delay
             'JobAcctGatherType=jobacct_gather/none',
             'AccountingStorageType=accounting_storage/none',
             f'SlurmctldPort={ctld_port}',

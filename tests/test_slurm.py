@@ -290,8 +290,8 @@ def test_study_dry_run_prints_the_job_array(study, tmp_path, capfd):
     out = tmp_path / 'dry'
     with pytest.raises(SystemExit) as exc:
         tool.main(study + ['--out-dir', str(out), '--launcher', 'slurm', '--partition', 'cpu',
-                           '--cpus-per-trial', '2', '--gpus-per-trial', '1', '--threads', '2',
-                           '--sbatch-args=--time=30 --qos=normal', '--dry-run'])
+                           '--cpus-per-task', '2', '--gpus-per-trial', '1', '--threads', '2',
+                           '--sbatch-args=--time=30 --qos=normal', '--dry-run', '--requeue'])
     assert exc.value.code == 0
     printed = capfd.readouterr().out
     lines = printed.splitlines()
@@ -300,18 +300,37 @@ def test_study_dry_run_prints_the_job_array(study, tmp_path, capfd):
     assert script[:5] == ['#!/usr/bin/env bash', '#SBATCH --job-name=transfer',
                           '#SBATCH --array=0-1', '#SBATCH --ntasks=1',
                           '#SBATCH --cpus-per-task=2']
-    assert script[6:10] == ['#SBATCH --partition=cpu', '#SBATCH --gres=gpu:1',
+    assert script[6:12] == ['#SBATCH --partition=cpu', '#SBATCH --gres=gpu:1',
+                            '#SBATCH --requeue', '#SBATCH --signal=USR1@120',
                             '#SBATCH --time=30', '#SBATCH --qos=normal']
     assert 'export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2' in script
+    assert 'export MASTER_PORT=$((20000 + SLURM_JOB_ID % 40000))' in script
     assert script[-1].startswith(f'exec {sys.executable} -u -m mmvitscale.experiments.slurm run ')
     assert '2 trials: 0 already in' in printed
     assert 'cls/small/seed0, cls/small_deep/seed0' in printed
     assert not (out / 'slurm').exists()  # nothing written, nothing submitted
     with pytest.raises(SystemExit, match='--dry-run needs --launcher slurm'):
         tool.main(study + ['--out-dir', str(out), '--dry-run'])
-    with pytest.raises(SystemExit, match='--cpus-per-trial must be >= 1, got 0'):
+    with pytest.raises(SystemExit, match='--cpus-per-task must be an integer >= 1, got 0'):
         tool.main(study + ['--out-dir', str(out), '--launcher', 'slurm',
-                           '--cpus-per-trial', '0'])
+                           '--cpus-per-trial', '0'])  # the older name of the flag
+    with pytest.raises(SystemExit, match=r'one rank per GPU: --tasks-per-trial 3 must equal '
+                       r'--gpus-per-trial 2'):
+        tool.main(study + ['--out-dir', str(out), '--launcher', 'slurm', '--gpus-per-trial',
+                           '2', '--tasks-per-trial', '3'])
+    with pytest.raises(SystemExit, match='--tasks-per-trial 3 must be a multiple of '
+                       '--nodes-per-trial 2'):
+        tool.main(study + ['--out-dir', str(out), '--launcher', 'slurm', '--tasks-per-trial',
+                           '3', '--nodes-per-trial', '2'])
+    assert not (out / 'slurm').exists()
+    with pytest.raises(SystemExit) as exc:
+        tool.main(study + ['--out-dir', str(out), '--launcher', 'slurm', '--gpus-per-trial',
+                           '16', '--nodes-per-trial', '2', '--cpus-per-task', '8', '--dry-run'])
+    assert exc.value.code == 0
+    script = capfd.readouterr().out.split('---')[1].splitlines()
+    assert ['#SBATCH --ntasks=16', '#SBATCH --cpus-per-task=8'] == script[4:6]
+    assert script[7:10] == ['#SBATCH --nodes=2', '#SBATCH --ntasks-per-node=8',
+                            '#SBATCH --gres=gpu:8']
 
 
 def store_rows(path) -> Dict[str, dict]:
@@ -383,3 +402,69 @@ def test_failed_slurm_study_is_one_line_error(study, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r'^transfer.py: error: .*not found: --launcher slurm'):
         tool.main(study + ['--out-dir', str(tmp_path / 'out'), '--launcher', 'slurm',
                            '--partition', 'cpu'])
+
+
+# --------------------------------------------------------------------------- --collect
+def hand_config(dumped: str, path: str, name: str) -> str:
+    """The trial's config as a user would train it by hand: evaluated after the last epoch."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(dumped)
+    cfg.val_dataloader, cfg.val_evaluator = cfg.test_dataloader, cfg.test_evaluator
+    cfg.val_cfg = dict()
+    cfg.train_cfg.val_interval = cfg.train_cfg.max_epochs
+    cfg.experiment_name = name
+    cfg.visualizer.name = name
+    cfg.dump(path)
+    return path
+
+
+@pytest.mark.slow
+def test_collect_reports_runs_trained_by_hand(study, tmp_path, capsys):
+    """Two arms trained with tools/train.py give the study's own report; folders that cannot
+    be used are named with the reason."""
+    import shutil
+    tool = load_tool()
+    own = tmp_path / 'own'
+    tool.main(study + ['--out-dir', str(own)])
+    train = runpy.run_path(osp.join(ROOT, 'tools', 'train.py'), run_name='train_module')
+    hand = tmp_path / 'hand'
+    for arm in ('small', 'small_deep'):
+        trial = own / 'trials' / 'cls' / arm / 'seed0'
+        dumped = osp.join(trial, 'scaled_vit-p7_fmnist.py')
+        cfg = hand_config(dumped, str(tmp_path / f'{arm}.py'), f'hand_{arm}')
+        train['main']([cfg, '--work-dir', str(hand / 'runs' / arm)])
+    os.makedirs(hand / 'broken' / 'unfinished')  # trained nothing yet: no final metric
+    shutil.copy(tmp_path / 'small.py', hand / 'broken' / 'unfinished' / 'small.py')
+    with open(tmp_path / 'small.py') as f:
+        text = f.read()
+    os.makedirs(hand / 'broken' / 'alien')
+    with open(hand / 'broken' / 'alien' / 'alien.py', 'w') as f:
+        f.write(text.replace("type='mmvitscale.ScaledViT'", "type='SomeoneElsesViT'"))
+    capsys.readouterr()
+
+    out = tmp_path / 'collected'
+    tool.main(study + ['--out-dir', str(out), '--collect', str(hand)])
+    said = capsys.readouterr().out
+    assert f"not used: {hand / 'broken' / 'unfinished'}: no final metric: no accuracy/top1 " \
+           'logged (no scalars at all)' in said
+    assert f"not used: {hand / 'broken' / 'alien'}: unknown task: model/backbone/dataset/" \
+           "evaluator ['ImageClassifier', 'SomeoneElsesViT'" in said
+    assert 'collected 2 of 2 trials from 4 folder(s)' in said
+    reports = [json.loads((d / 'transfer.json').read_text()) for d in (own, out)]
+
+    def untimed(items):
+        return [{k: v for k, v in d.items() if k not in UNTIMED} for d in items]
+    for a, b in zip(untimed(reports[0]['arms']), untimed(reports[1]['arms'])):
+        # a rule re-matched to the task lives in each study's own out dir
+        assert osp.relpath(a.pop('rule_file'), own) == osp.relpath(b.pop('rule_file'), out)
+        assert a == b
+    assert untimed(reports[0]['comparisons']) == untimed(reports[1]['comparisons'])
+    assert reports[0]['headline'] == reports[1]['headline']
+
+    shutil.copytree(hand / 'runs' / 'small', hand / 'runs' / 'small_again')
+    with pytest.raises(SystemExit, match=r'no usable run of 1 trial\(s\): cls/small/seed0'):
+        tool.main(study + ['--out-dir', str(tmp_path / 'twice'), '--collect',
+                           str(hand / 'runs')])
+    said = capsys.readouterr().out
+    assert f"not used: {hand / 'runs' / 'small'}: two runs of one arm (cls/small/seed0): " \
+           f"also {hand / 'runs' / 'small_again'}" in said
