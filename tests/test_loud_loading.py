@@ -281,9 +281,26 @@ def test_modified_clip_list_is_named_before_any_clip(video_root):
 
 
 # ----------------------------------------------------------------------------- float16 on CPU
-def test_float16_forward_on_cpu():
-    model = vit().eval()
-    x = torch.randn(2, 3, 32, 32)
+def _pit():
+    from mmvitscale.models import ScaledPiT
+    return ScaledPiT(dict(base_dims=(16, 16, 16), depths=(1, 1, 1), heads=(2, 2, 2),
+                          patch_size=8, patch_stride=4), img_size=32)
+
+
+def _video():
+    from mmvitscale.models.video_vit import ScaledVideoViT
+    return ScaledVideoViT(ARCH, img_size=32, patch_size=8, num_frames=4, tubelet_size=2)
+
+
+@pytest.mark.parametrize('build, shape', [
+    (vit, (2, 3, 32, 32)), (lambda: vit(attn_type='linear_angular', linear_kernel_size=3),
+                            (2, 3, 32, 32)),
+    (_pit, (2, 3, 32, 32)), (_video, (2, 3, 4, 32, 32))], ids=['vit', 'vit-linear', 'pit',
+                                                               'video'])
+def test_float16_forward_on_cpu(build, shape):
+    torch.manual_seed(0)
+    model = build().eval()
+    x = torch.randn(shape)
     with torch.no_grad():
         ref = model(x)[0]
         half = model.half()(x.half())[0]
