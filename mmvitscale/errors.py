@@ -1,11 +1,16 @@
 """Errors shared by the package's input checks, and the checks every tool shares: seed lists
 (:func:`seed_list_error`), output / data folders (:func:`folder_error`, :func:`check_folder`,
-:func:`folder_arg`) and finite positive numbers (:func:`positive_number_error`)."""
+:func:`folder_arg`) and finite positive numbers (:func:`positive_number_error`).
+
+The one way errors leave a tool: :func:`flag_errors` turns a known error into
+``parser.error`` (usage, then one line ``prog: error: message`` on stderr, exit status 2).
+"""
+import contextlib
 import math
 import os
 import os.path as osp
 import re
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Type, Union
 
 
 class InputError(ValueError):
@@ -30,6 +35,25 @@ class InputError(ValueError):
         if self.item is not None:
             head += f' {self.item}'
         return f'{head}: {self.detail}'
+
+
+def flag_name(name: str) -> str:
+    """A parameter name as its command-line flag: ``train_seeds`` -> ``--train-seeds``."""
+    return '--' + name.replace('_', '-')
+
+
+@contextlib.contextmanager
+def flag_errors(parser: Any, *known: Type[BaseException]) -> Iterator[None]:
+    """Inside the block, an :class:`InputError` (its names shown as the user's flags, see
+    :func:`flag_name`) or an error of the ``known`` types (default ``ValueError``) ends the tool
+    through ``parser.error``: usage, one line ``prog: error: message``, exit status 2. Anything
+    else propagates with its traceback (a bug, not bad input)."""
+    try:
+        yield
+    except InputError as err:
+        parser.error(err.format(flag_name))
+    except known or (ValueError, ) as err:
+        parser.error(str(err))
 
 
 MAX_SEED = 2 ** 32 - 1  # numpy's seed range (``np.random.seed``, mmengine's set_random_seed)

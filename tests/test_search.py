@@ -251,7 +251,7 @@ def test_tool_cli(tmp_path, capsys):
     assert md.count('\n| ') == 1 + 2  # header + one row per feasible candidate
     with pytest.raises(SystemExit):
         mod['main'](argv[:1] + ['0.00001'] + argv[2:])
-    assert 'no candidate meets the flops budget of 1e-05 GFLOPs' in capsys.readouterr().out
+    assert 'no candidate meets the flops budget of 1e-05 GFLOPs' in capsys.readouterr().err
     for bad, msg in ((['--grid', 'depth=oops'], '--grid: expected KEY=V1,V2'),
                      (['--grid', 'foo_mult=1,2'], "unknown vit scaling key 'foo_mult'"),
                      (['--budget', '-1'], '--budget: must be a positive number'),
