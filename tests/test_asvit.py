@@ -388,11 +388,15 @@ def _search_topology_tool():
 def test_grow_cli_scales_members_and_needs_a_budget(tmp_path, capsys):
     tool = _search_topology_tool()
     seed = json.dumps(genotype_to_arch('8,8,3|2,4,2|2,2,4|2,1,2|16'))
-    assert tool.main(['grow', '--seed-topology', seed, '--work-dir', str(tmp_path)]) == 2
-    assert 'grow needs --budget-params, --budget-flops or --reference-growth' in \
+    with pytest.raises(SystemExit) as exit_:
+        tool.main(['grow', '--seed-topology', seed, '--work-dir', str(tmp_path)])
+    assert exit_.value.code == 2
+    assert 'error: grow needs --budget-params, --budget-flops or --reference-growth' in \
         capsys.readouterr().err
-    assert tool.main(['grow', '--seed-topology', seed, '--work-dir', str(tmp_path),
-                      '--reference-growth', '--init-width', '8', '--stop-at', '1e6']) == 2
+    with pytest.raises(SystemExit) as exit_:
+        tool.main(['grow', '--seed-topology', seed, '--work-dir', str(tmp_path),
+                   '--reference-growth', '--init-width', '8', '--stop-at', '1e6'])
+    assert exit_.value.code == 2
     assert 'error: --reference-growth sets --init-width, --stop-at itself; drop them' in \
         capsys.readouterr().err
     assert not (tmp_path / 'growth.jsonl').exists()

@@ -17,8 +17,6 @@ sqrt(numel) with distinct angles); ``--reference-proxies`` sets As-ViT's search 
 parameters with a 1000-class head, none above 110M).
 """
 import argparse
-import ast
-import json
 import os.path as osp
 import sys
 import time
@@ -26,14 +24,14 @@ import time
 import mmvitscale  # noqa: F401  (shims before mmengine / host packages)
 from mmengine.logging import MMLogger
 
-from mmvitscale.search.topology import (GROWTH_REFERENCE, PUBLISHED_SEED,
-                                        REFERENCE_PROXY_SETTINGS, arch_to_choices,
-                                        arch_to_genotype, genotype_to_arch, grow_family,
-                                        plot_growth, plot_search, proxy_score_fn,
-                                        reinforce_search)
+from mmvitscale.errors import flag_errors
+from mmvitscale.search.search_inputs import growth_settings, load_topology, proxy_settings
+from mmvitscale.search.topology import (PUBLISHED_SEED, arch_to_choices, arch_to_genotype,
+                                        genotype_to_arch, grow_family, plot_growth, plot_search,
+                                        proxy_score_fn, reinforce_search)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest='command', required=True)
     for name in ('search', 'grow'):
@@ -83,37 +81,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'lower')
     g.add_argument('--sizes', default='small,base,large')
     g.add_argument('--max-steps', type=int, default=1000)
-    return p.parse_args(argv)
-
-
-def load_topology(text: str) -> dict:
-    if osp.isfile(text):
-        from mmengine.config import Config
-        cfg = Config.fromfile(text)
-        if 'arch' not in cfg:
-            raise SystemExit(f'{text} has no `arch = dict(...)`')
-        return cfg.arch.to_dict() if hasattr(cfg.arch, 'to_dict') else dict(cfg.arch)
-    try:
-        return json.loads(text)
-    except ValueError:
-        return ast.literal_eval(text)
+    return p
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logger = MMLogger.get_instance('mmvitscale_topology', log_level='INFO')
-    if args.reference_proxies:
-        settings = dict(REFERENCE_PROXY_SETTINGS)
-    else:
-        settings = dict(img_size=args.proxy_size, batch_size=args.proxy_batch,
-                        num_inits=args.proxy_inits, num_points=args.proxy_points,
-                        radius=args.proxy_radius, endpoint=args.proxy_endpoint)
+    settings = proxy_settings(args)
     logger.info(f'proxy settings: {settings}')
-    try:
+    with flag_errors(parser):
         score_fn = proxy_score_fn(seed=args.seed, in_channels=args.in_channels, **settings)
-    except ValueError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+        growth = growth_settings(args) if args.command == 'grow' else None
+        topology = load_topology(args.seed_topology) if args.command == 'grow' else None
     t0 = time.perf_counter()
     if args.command == 'search':
         out = args.out or osp.join(args.work_dir, 'seed_topology.py')
@@ -132,28 +112,8 @@ def main(argv=None) -> int:
         logger.info(f'{res.num_scored} candidates scored now, {len(res.records)} in the log '
                     f'{log_path}; wrote {out} in {time.perf_counter() - t0:.1f} s')
         return 0
-    growth_options = ('budget_params', 'budget_flops', 'init_width', 'width_scale',
-                      'head_classes', 'stop_at')
-    given = [f'--{k.replace("_", "-")}' for k in growth_options if getattr(args, k) is not None]
-    if args.reference_growth:
-        if given:
-            print(f'error: --reference-growth sets {", ".join(given)} itself; drop them or '
-                  'drop --reference-growth', file=sys.stderr)
-            return 2
-        growth = dict(GROWTH_REFERENCE, budget_flops=None)
-    elif args.budget_params is None and args.budget_flops is None:
-        print('error: grow needs --budget-params, --budget-flops or --reference-growth',
-              file=sys.stderr)
-        return 2
-    else:
-        init = 16 if args.init_width is None else args.init_width
-        growth = dict(budget_params=args.budget_params, budget_flops=args.budget_flops,
-                      init_width=init or None,
-                      width_scale=1 if args.width_scale is None else args.width_scale,
-                      head_classes=args.head_classes or 0, stop_at=args.stop_at)
     logger.info(f'growth settings: {growth}')
-    try:
-        topology = load_topology(args.seed_topology)
+    with flag_errors(parser):
         res = grow_family(topology, seed=args.seed,
                           log_path=osp.join(args.work_dir, 'growth.jsonl'),
                           sizes=[s for s in args.sizes.split(',') if s], score_fn=score_fn,
@@ -161,9 +121,6 @@ def main(argv=None) -> int:
                           out_dir=args.work_dir, resume=not args.no_resume,
                           max_steps=args.max_steps, progress=not args.no_progress,
                           score_settings=settings, **growth)
-    except ValueError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
     plot_growth(res, osp.join(args.work_dir, 'growth.png'))
     for size, member in res.family.items():
         arch = member['arch']

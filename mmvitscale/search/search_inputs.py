@@ -1,9 +1,15 @@
-"""The inputs and outputs of a scaling search run from the command line
-(``tools/scale_search.py``): the flags checked before any work (:func:`check_search_args`,
+"""The inputs and outputs of the search tools.
+
+``tools/scale_search.py``: the flags checked before any work (:func:`check_search_args`,
 :func:`parse_grids`), each family's default base (:data:`FMNIST_ARCHS`, the backbone of its
 offline Fashion-MNIST config) and the files a run writes (:func:`write_search_outputs`: the
-rule file with its header, ``candidates.json`` / ``.md`` and ``pareto.png``).
+rule file with its header, ``candidates.md`` and ``pareto.png``; :func:`search_summary`, the
+content of ``candidates.json``).
+
+``tools/search_topology.py``: the proxy settings (:func:`proxy_settings`), the growth settings
+(:func:`growth_settings`) and the seed topology (:func:`load_topology`) from its flags.
 """
+import ast
 import datetime
 import json
 import os
@@ -16,8 +22,10 @@ from ..fileio import atomic_write
 from .scale_search import (DEFAULT_GRIDS, UNITS, BaseSpec, SearchResult, arch_text,
                            candidates_markdown, check_grids, check_rule_path,
                            measured_markdown, plot_pareto, write_rule_file)
+from .topology import GROWTH_REFERENCE, REFERENCE_PROXY_SETTINGS
 
-__all__ = ['FMNIST_ARCHS', 'check_search_args', 'parse_grids', 'search_header', 'search_summary',
+__all__ = ['FMNIST_ARCHS', 'check_search_args', 'growth_settings', 'load_topology',
+           'parse_grids', 'proxy_settings', 'search_header', 'search_summary',
            'write_search_outputs']
 
 # each family's base arch in its offline Fashion-MNIST config (configs/cls/scaled_*_fmnist.py;
@@ -185,3 +193,55 @@ def write_search_outputs(args: Any, result: SearchResult,
                                      f'{budget_text(args)}, scorer {args.scorer}')
                  + measured_markdown(measured, args.budget))
     plot_pareto(osp.join(args.work_dir, 'pareto.png'), result)
+
+
+# ---------------------------------------------------------------------------- topology search
+GROWTH_OPTIONS = ('budget_params', 'budget_flops', 'init_width', 'width_scale', 'head_classes',
+                  'stop_at')
+
+
+def proxy_settings(args: Any) -> Dict[str, Any]:
+    """The proxies' settings: As-ViT's with ``--reference-proxies``, else the ``--proxy-*``
+    flags."""
+    if args.reference_proxies:
+        return dict(REFERENCE_PROXY_SETTINGS)
+    return dict(img_size=args.proxy_size, batch_size=args.proxy_batch,
+                num_inits=args.proxy_inits, num_points=args.proxy_points,
+                radius=args.proxy_radius, endpoint=args.proxy_endpoint)
+
+
+def growth_settings(args: Any) -> Dict[str, Any]:
+    """``grow``'s settings: As-ViT's with ``--reference-growth`` (which no budget or width flag
+    may accompany), else the budget (one needed) and width flags; ``ValueError`` names them."""
+    given = [f'--{k.replace("_", "-")}' for k in GROWTH_OPTIONS if getattr(args, k) is not None]
+    if args.reference_growth:
+        if given:
+            raise ValueError(f'--reference-growth sets {", ".join(given)} itself; drop them or '
+                             'drop --reference-growth')
+        return dict(GROWTH_REFERENCE, budget_flops=None)
+    if args.budget_params is None and args.budget_flops is None:
+        raise ValueError('grow needs --budget-params, --budget-flops or --reference-growth')
+    init = 16 if args.init_width is None else args.init_width
+    return dict(budget_params=args.budget_params, budget_flops=args.budget_flops,
+                init_width=init or None,
+                width_scale=1 if args.width_scale is None else args.width_scale,
+                head_classes=args.head_classes or 0, stop_at=args.stop_at)
+
+
+def load_topology(text: str) -> Dict[str, Any]:
+    """A topology from an arch file (``arch = dict(...)``, e.g. ``search``'s
+    ``seed_topology.py``) or a JSON / Python dict literal; ``ValueError`` when neither."""
+    if osp.isfile(text):
+        from mmengine.config import Config
+        cfg = Config.fromfile(text)
+        if 'arch' not in cfg:
+            raise ValueError(f'{text} has no `arch = dict(...)`')
+        return cfg.arch.to_dict() if hasattr(cfg.arch, 'to_dict') else dict(cfg.arch)
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ValueError(f'--seed-topology: {text!r} is neither an arch file nor a dict') from None
