@@ -159,6 +159,25 @@ def safe_load_url(url: str, model_dir=None, map_location=None, progress: bool = 
     return safe_torch_load(path, map_location=map_location, name=f'{url} (cached as {path})')
 
 
+def _wrap_loader_dispatch(load_checkpoint: Callable) -> Callable:
+    """``CheckpointLoader.load_checkpoint`` whose errors name ``filename`` also when a remote
+    backend handed the reader bytes instead of a path."""
+
+    def load_checkpoint_named(cls, filename, map_location=None, logger='current'):
+        from .checkpoint.safe_load import CheckpointError
+        try:
+            return load_checkpoint(cls, filename, map_location, logger)
+        except CheckpointError as err:
+            if str(filename) in str(err):
+                raise
+            named = type(err)(f'{filename}: {err}', str(filename))
+            named.global_name = getattr(err, 'global_name', None)
+            raise named from None
+
+    load_checkpoint_named.__wrapped__ = load_checkpoint
+    return classmethod(load_checkpoint_named)
+
+
 class _TorchForCheckpoints(types.ModuleType):
     """``torch`` as seen by mmengine's checkpoint modules: ``load`` is :func:`torch_load`."""
 
@@ -283,7 +302,9 @@ def patch_checkpoint_loading() -> bool:
         return False
     ckpt_module.torch = _TorchForCheckpoints()  # pavi, ceph, petrel files (read from memory)
     ckpt_module.load_url = safe_load_url  # http(s)://, torchvision://, open-mmlab:// URLs
-    ckpt_module.CheckpointLoader.register_scheme(prefixes='', force=True)(load_from_local)
+    loader = ckpt_module.CheckpointLoader
+    loader.register_scheme(prefixes='', force=True)(load_from_local)
+    loader.load_checkpoint = _wrap_loader_dispatch(loader.load_checkpoint.__func__)
     Runner.resume = _wrap_resume(Runner.resume)
     Runner.load_checkpoint = _wrap_load_checkpoint(Runner.load_checkpoint)
     from mmengine.model.weight_init import PretrainedInit

@@ -816,13 +816,32 @@ def test_tools_test_and_mim_test_refuse_hostile_checkpoints(tmp_path, fmnist_roo
 
 @pytest.mark.slow
 def test_train_tool_resume_refuses_hostile_checkpoints(tmp_path, fmnist_root):  # noqa: F811
-    """``tools/train.py --resume FILE`` and ``--cfg-options resume=True`` (auto-resume through
-    ``last_checkpoint``), each in a fresh interpreter with real data: refused, nothing run."""
+    """``tools/train.py --resume FILE`` in a fresh interpreter with real data: refused, nothing
+    run (``--cfg-options resume=True`` reaches the same Runner.resume: tested in-process)."""
     work, path, marker = _hostile_work_dir(tmp_path)
-    for extra in (['--resume', path, '--cfg-options'], ['--cfg-options', 'resume=True']):
+    for extra in (['--resume', path, '--cfg-options'], ):
         cmd = [sys.executable, 'tools/train.py', CLS_CFG, '--work-dir', work] + extra
         out = run(cmd + tiny_options(fmnist_root), ok=False)
         text = out.stdout + out.stderr
         assert out.returncode != 0 and f'{path}: refused to load global posix.system' in text, \
             text[-3000:]
         assert 'weights_only' not in text and not osp.exists(marker), ' '.join(cmd)
+
+
+def test_remote_backend_refusals_name_the_checkpoint(tmp_path):
+    """pavi / ceph / petrel loaders hand ``torch.load`` bytes; the refusal still names the
+    file the user gave."""
+    from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
+    path, marker = plant(tmp_path, 'reduce')
+
+    def load_from_memtest(filename, map_location=None):  # what load_from_ceph does
+        from mmengine.runner import checkpoint as ckpt_module
+        with open(filename[len('memtest://'):], 'rb') as f:
+            return ckpt_module.torch.load(io.BytesIO(f.read()), map_location=map_location)
+
+    CheckpointLoader.register_scheme(prefixes='memtest://', force=True)(load_from_memtest)
+    url = 'memtest://' + path
+    with pytest.raises(CheckpointRefusedError, match=rf'{re.escape(url)}: .*posix\.system') \
+            as info:
+        _load_checkpoint(url)
+    assert info.value.global_name == 'posix.system' and not osp.exists(marker)

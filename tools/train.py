@@ -21,7 +21,9 @@ def parse_args(argv=None):
                         'config inherits (configs/_base_/scaling/*.py or your own)')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
-                        help='resume from the given checkpoint, or the latest one in work-dir')
+                        help='resume from the given checkpoint (path or URL), or from the latest '
+                        'one in work-dir (refused if last_checkpoint points outside it); read '
+                        'without running code from the file')
     parser.add_argument('--amp', action='store_true', help='enable automatic mixed precision')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings in the config, key=value')
