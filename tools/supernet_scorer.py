@@ -30,14 +30,8 @@ from typing import Any, Dict, List, Optional, Sequence
 import mmvitscale  # noqa: F401  isort:skip  (shims before mmengine / host packages)
 import torch
 
-from mmvitscale.experiments.console import Eta, loadavg_text
-from mmvitscale.experiments.supernet_study import (CHECKPOINT_NAME, SupernetStudySpec, build_report,
-                                                   build_space, check_spec, load_study_data,
-                                                   rank_agreement, save_supernet, score_shared,
-                                                   train_from_scratch, train_shared_supernet,
-                                                   write_report)
-from mmvitscale.errors import InputError, folder_arg
-from mmvitscale.search.supernet import pick_subnets
+from mmvitscale.errors import flag_errors, folder_arg
+from mmvitscale.experiments.supernet_study import check_spec, run_study, spec_from_flags
 
 DEFAULT_DATA = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'data',
                         'fashion_mnist')
@@ -87,26 +81,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.threads < 1:
         p.error(f'--threads: must be >= 1, got {args.threads}')
-    try:
-        check_spec(spec_of(args))
-    except InputError as err:  # every field is its flag with '-' for '_'
-        p.error(err.format(lambda n: '--' + n.replace('_', '-')))
+    with flag_errors(p):  # every field is its flag with '-' for '_'
+        check_spec(spec_from_flags(args))
     return args
-
-
-def spec_of(args: argparse.Namespace) -> SupernetStudySpec:
-    """The study inputs named by the flags."""
-    return SupernetStudySpec(
-        embed_dims=args.embed_dims, num_layers=args.num_layers, num_heads=args.num_heads,
-        mlp_ratio=args.mlp_ratio, img_size=args.img_size, patch_size=args.patch_size,
-        depths=tuple(args.depths), widths=tuple(args.widths), mlp_ratios=tuple(args.mlp_ratios),
-        resolutions=tuple(args.resolutions), super_images=args.super_images,
-        super_epochs=args.super_epochs, num_random=args.num_random, subnets=args.subnets,
-        scratch_images=args.scratch_images, scratch_epochs=args.scratch_epochs,
-        scratch_seeds=tuple(args.scratch_seeds),
-        skip_scratch=args.skip_scratch, val_images=args.val_images, batch_size=args.batch_size,
-        lr=args.lr, weight_decay=args.weight_decay, seed=args.seed, log_every=args.log_every,
-        data_root=args.data_root)
 
 
 def log(msg: str) -> None:
@@ -115,50 +92,11 @@ def log(msg: str) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
-    spec = spec_of(args)
+    spec = spec_from_flags(args)
     torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-    load_start = loadavg_text()
-    sup, space = build_space(spec)
-    log(f'supernet {sup.label}; search space {len(space)} subnets')
-
-    data = load_study_data(spec)
-    log(f'training the supernet on {len(data.train_images)} images x {spec.super_epochs} '
-        'epochs')
-    supernet, sn_stats = train_shared_supernet(spec, sup, space, data, log=log)
-    save_supernet(supernet, osp.join(args.work_dir, CHECKPOINT_NAME))
-
-    archs = pick_subnets(space, sup, spec.subnets, spec.seed)
-    log(f'scoring {len(archs)} subnets with the shared weights')
-    scores = score_shared(supernet, archs, data)
-    for s in scores:
-        log(f"  {s['label']}: supernet acc {s['accuracy']:.4f}")
-
-    kendall = None
-    if not spec.skip_scratch:
-        clock = Eta([s['label'] for _ in spec.scratch_seeds for s in scores])
-
-        def progress(k: int, n: int, s: Dict[str, Any], seed: int, took: float) -> None:
-            count, times = clock.finished(s['label'], took)
-            log(f"  scratch {count} {s['label']} seed {seed}: acc "
-                f"{s['scratch_accuracies'][-1]:.4f} ({took:.1f}s); {times}")
-
-        train_from_scratch(spec, archs, scores, data, on_result=progress)
-        kendall = rank_agreement(scores)
-        log(f'Kendall tau = {kendall.tau:.3f} (p = {kendall.p_value:.3g}, n = {kendall.n}, '
-            f'{kendall.method}; scratch accuracy averaged over {len(spec.scratch_seeds)} '
-            'seed(s))')
-
     command = ' '.join([osp.basename(sys.argv[0])] + (sys.argv[1:] if argv is None
                                                       else list(argv)))
-    report = build_report(sup, len(space), vars(args), sn_stats, scores, kendall,
-                          time.perf_counter() - t_start, load_start, command)
-    over = report['over_seeds']
-    if over is not None:
-        log(f"95% bootstrap interval {over['ci95'][0]:+.3f} to {over['ci95'][1]:+.3f}; per seed "
-            f"{', '.join(f'{t:+.3f}' for t in over['per_seed'])}; seed-to-seed ceiling "
-            f"{over['seed_agreement']['mean_tau']:+.3f}")
-    write_report(report, args.work_dir)
+    report = run_study(spec, args.work_dir, vars(args), command, log)
     log(f"done in {report['wall_seconds']:.0f} s -> {args.work_dir}")
     return report
 

@@ -16,14 +16,15 @@
    reach against one short training).
 
 :func:`check_spec` refuses bad inputs before any work; :func:`build_report`, :func:`to_markdown`,
-:func:`plot` and :func:`write_report` make the outputs. Printing and progress are the caller's
-(callbacks).
+:func:`plot` and :func:`write_report` make the outputs; :func:`run_study` runs it all in order.
+Printing and progress are the caller's (callbacks).
 """
 import json
 import math
 import os
 import os.path as osp
 import platform
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -32,17 +33,18 @@ from torch import Tensor
 
 from ..fileio import atomic_path, atomic_write, pyplot, save_figure
 from ..errors import InputError, seed_list_error
-from ..search.supernet import (SlicedViT, SubnetArch, ViTClassifier, evaluate, prepare_images,
-                               resize, score_subnets, search_space, train_model, train_supernet)
+from ..search.supernet import (SlicedViT, SubnetArch, ViTClassifier, evaluate, pick_subnets,
+                               prepare_images, resize, score_subnets, search_space, train_model,
+                               train_supernet)
 from . import stats
 from .stats import fmt_tau
-from .console import loadavg_text
+from .console import Eta, loadavg_text
 
 __all__ = [
     'REPORT_STEM', 'PLOT_NAME', 'CHECKPOINT_NAME', 'SupernetStudySpec', 'StudyData',
     'check_spec', 'build_space', 'load_study_data', 'train_shared_supernet', 'save_supernet',
     'score_shared', 'train_from_scratch', 'rank_agreement', 'build_report', 'to_markdown',
-    'plot', 'write_report'
+    'plot', 'write_report', 'spec_from_flags', 'run_study'
 ]
 
 REPORT_STEM = 'supernet_scores'
@@ -432,3 +434,67 @@ def write_report(report: Mapping[str, Any], work_dir: str) -> Dict[str, str]:
         paths['png'] = osp.join(work_dir, PLOT_NAME)
         plot(report, paths['png'])
     return paths
+
+
+def spec_from_flags(flags: Any) -> SupernetStudySpec:
+    """The study inputs named by ``tools/supernet_scorer.py``'s flags (a namespace whose
+    attributes are the spec's fields)."""
+    f = flags
+    return SupernetStudySpec(
+        embed_dims=f.embed_dims, num_layers=f.num_layers, num_heads=f.num_heads,
+        mlp_ratio=f.mlp_ratio, img_size=f.img_size, patch_size=f.patch_size,
+        depths=tuple(f.depths), widths=tuple(f.widths), mlp_ratios=tuple(f.mlp_ratios),
+        resolutions=tuple(f.resolutions), super_images=f.super_images,
+        super_epochs=f.super_epochs, num_random=f.num_random, subnets=f.subnets,
+        scratch_images=f.scratch_images, scratch_epochs=f.scratch_epochs,
+        scratch_seeds=tuple(f.scratch_seeds), skip_scratch=f.skip_scratch,
+        val_images=f.val_images, batch_size=f.batch_size, lr=f.lr, weight_decay=f.weight_decay,
+        seed=f.seed, log_every=f.log_every, data_root=f.data_root)
+
+
+def run_study(spec: SupernetStudySpec, work_dir: str, config: Mapping[str, Any], command: str,
+              log: Log) -> Dict[str, Any]:
+    """Train the supernet, score the subnets, train each from scratch per seed (unless
+    ``skip_scratch``), and write the report to ``work_dir``; ``log`` gets a progress line per
+    stage and per trained subnet with the ETA. Returns the report."""
+    t_start = time.perf_counter()
+    load_start = loadavg_text()
+    sup, space = build_space(spec)
+    log(f'supernet {sup.label}; search space {len(space)} subnets')
+
+    data = load_study_data(spec)
+    log(f'training the supernet on {len(data.train_images)} images x {spec.super_epochs} '
+        'epochs')
+    supernet, sn_stats = train_shared_supernet(spec, sup, space, data, log=log)
+    save_supernet(supernet, osp.join(work_dir, CHECKPOINT_NAME))
+
+    archs = pick_subnets(space, sup, spec.subnets, spec.seed)
+    log(f'scoring {len(archs)} subnets with the shared weights')
+    scores = score_shared(supernet, archs, data)
+    for s in scores:
+        log(f"  {s['label']}: supernet acc {s['accuracy']:.4f}")
+
+    kendall = None
+    if not spec.skip_scratch:
+        clock = Eta([s['label'] for _ in spec.scratch_seeds for s in scores])
+
+        def progress(k: int, n: int, s: Dict[str, Any], seed: int, took: float) -> None:
+            count, times = clock.finished(s['label'], took)
+            log(f"  scratch {count} {s['label']} seed {seed}: acc "
+                f"{s['scratch_accuracies'][-1]:.4f} ({took:.1f}s); {times}")
+
+        train_from_scratch(spec, archs, scores, data, on_result=progress)
+        kendall = rank_agreement(scores)
+        log(f'Kendall tau = {kendall.tau:.3f} (p = {kendall.p_value:.3g}, n = {kendall.n}, '
+            f'{kendall.method}; scratch accuracy averaged over {len(spec.scratch_seeds)} '
+            'seed(s))')
+
+    report = build_report(sup, len(space), config, sn_stats, scores, kendall,
+                          time.perf_counter() - t_start, load_start, command)
+    over = report['over_seeds']
+    if over is not None:
+        log(f"95% bootstrap interval {over['ci95'][0]:+.3f} to {over['ci95'][1]:+.3f}; per seed "
+            f"{', '.join(f'{t:+.3f}' for t in over['per_seed'])}; seed-to-seed ceiling "
+            f"{over['seed_agreement']['mean_tau']:+.3f}")
+    write_report(report, work_dir)
+    return report
