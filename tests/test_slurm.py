@@ -300,9 +300,10 @@ def test_study_dry_run_prints_the_job_array(study, tmp_path, capfd):
     assert script[:5] == ['#!/usr/bin/env bash', '#SBATCH --job-name=transfer',
                           '#SBATCH --array=0-1', '#SBATCH --ntasks=1',
                           '#SBATCH --cpus-per-task=2']
-    assert script[6:12] == ['#SBATCH --partition=cpu', '#SBATCH --gres=gpu:1',
+    assert script[6:13] == ['#SBATCH --partition=cpu', '#SBATCH --gres=gpu:1',
                             '#SBATCH --requeue', '#SBATCH --signal=USR1@120',
-                            '#SBATCH --time=30', '#SBATCH --qos=normal']
+                            '#SBATCH --open-mode=append', '#SBATCH --time=30',
+                            '#SBATCH --qos=normal']
     assert 'export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2' in script
     assert 'export MASTER_PORT=$((20000 + SLURM_JOB_ID % 40000))' in script
     assert script[-1].startswith(f'exec {sys.executable} -u -m mmvitscale.experiments.slurm run ')
@@ -468,3 +469,151 @@ def test_collect_reports_runs_trained_by_hand(study, tmp_path, capsys):
     said = capsys.readouterr().out
     assert f"not used: {hand / 'runs' / 'small'}: two runs of one arm (cls/small/seed0): " \
            f"also {hand / 'runs' / 'small_again'}" in said
+
+
+# --------------------------------------------------------------------------- ranks, requeue
+def tiny_rule(folder) -> str:
+    path = osp.join(str(folder), 'small.py')
+    with open(path, 'w') as f:
+        f.write('scaling = dict(depth_mult=0.34, width_mult=0.5)\n')
+    return path
+
+
+@pytest.fixture
+def on_cluster(slurm_cluster, monkeypatch):
+    """Slurm commands of this process (the study controller) go to the test cluster."""
+    for key in [k for k in os.environ if k.startswith('SLURM_') or k in LAUNCH_VARS]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv('SLURM_CONF', slurm_cluster.conf)
+    return slurm_cluster
+
+
+@pytest.mark.slow
+def test_trial_as_two_ranks_on_slurm_equals_torchrun(on_cluster, fmnist_root,  # noqa: F811
+                                                     tmp_path):
+    from mmvitscale.experiments.slurm import (SlurmOptions, run_trials_slurm,
+                                              run_trials_torchrun)
+    from mmvitscale.experiments.store import ResultStore
+    from mmvitscale.experiments.trial import make_trial, trial_dir
+    trial = make_trial('cls', tiny_rule(tmp_path), 0, epochs=1, train=64, val=32, batch=16)
+    data_root = osp.dirname(fmnist_root)
+    said: List[str] = []
+    out = str(tmp_path / 'slurm')
+    opts = SlurmOptions(partition=on_cluster.partition, tasks_per_trial=2, poll_s=0.5,
+                        keep_checkpoints=True)
+    [row] = run_trials_slurm([trial], ResultStore(osp.join(out, 'trials.jsonl')), out,
+                             data_root, say=said.append, options=opts)
+    assert 'submitted 1 trial(s) as job array' in said[1] and '2 rank(s) x 1 CPU(s)' in said[1]
+    assert row['dist']['world_size'] == 2 and row['dist']['launcher'] == 'slurm'
+    digest = ckpt_digest(osp.join(trial_dir(out, trial), 'epoch_1.pth'))
+    assert row['dist']['weights_sha'] == [digest, digest]  # both ranks end on the checkpoint
+    [log] = [osp.join(r, f) for r, _, fs in os.walk(osp.join(out, 'slurm')) for f in fs
+             if f.endswith('_0.log')]
+    with open(log) as f:
+        assert f'{trial}: {row["metric"]:.2f} top-1 % (world size 2, launcher slurm)' in f.read()
+
+    local = str(tmp_path / 'torchrun')
+    [same] = run_trials_torchrun([trial], ResultStore(osp.join(local, 'trials.jsonl')), local,
+                                 data_root, say=said.append, tasks=2, keep_checkpoints=True)
+    assert same['dist']['world_size'] == 2 and same['dist']['launcher'] == 'pytorch'
+    assert same['metrics'] == row['metrics'] and same['cost'] == row['cost']
+    assert same['dist']['weights_sha'] == row['dist']['weights_sha']
+    assert same['key'] == row['key']
+
+
+STALL_PROBE = '''import os
+import time
+
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+
+@HOOKS.register_module()
+class StallOnce(Hook):
+    """Waits after iteration ``at`` (once: STALL_FLAG is written) until STALL_GO exists."""
+    priority = 'NORMAL'  # before the trial's own hook, which sees a signal that came meanwhile
+
+    def __init__(self, at):
+        self.at = at
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        flag, go = os.environ.get('STALL_FLAG'), os.environ.get('STALL_GO')
+        if not flag or runner.iter + 1 != self.at or os.path.exists(flag):
+            return
+        with open(flag, 'w') as f:
+            f.write(str(runner.iter + 1))
+        deadline = time.time() + 120
+        while not os.path.exists(go) and time.time() < deadline:
+            time.sleep(0.1)
+'''
+
+
+@pytest.mark.slow
+def test_requeued_trial_resumes_and_equals_an_uninterrupted_run(on_cluster,
+                                                                fmnist_root,  # noqa: F811
+                                                                tmp_path, monkeypatch):
+    """scancel --signal=USR1 mid-epoch: checkpoint, requeue, resume from that epoch and
+    iteration (the study's log says so), and the row an uninterrupted run gives."""
+    import threading
+
+    from mmvitscale.experiments.slurm import SlurmOptions, run_trials_slurm
+    from mmvitscale.experiments.store import ResultStore
+    from mmvitscale.experiments.tasks import TASKS, TaskSpec
+    from mmvitscale.experiments.trial import make_trial, run_trial, trial_dir
+    probe = tmp_path / 'probe'
+    probe.mkdir()
+    (probe / 'stall_probe.py').write_text(STALL_PROBE)
+    with open(osp.join(ROOT, 'configs', 'cls', 'scaled_vit-p7_fmnist.py')) as f:
+        text = f.read().replace("'../_base_/", repr(osp.join(ROOT, 'configs', '_base_'))[:-1]
+                                + "/")
+    (probe / 'stall_cls.py').write_text(
+        text + "custom_imports = dict(imports=['stall_probe'], allow_failed_imports=False)\n"
+        "custom_hooks = [dict(type='StallOnce', at=8)]\n")
+    cls = TASKS['cls']
+    spec = TaskSpec('cls_stall', str(probe / 'stall_cls.py'), 'cls', cls.metric, 1.0,
+                    cls.metric_label, cls.unit, cls.chance, cls.data_dir, cls.defaults)
+    monkeypatch.setitem(TASKS, spec.name, spec)  # a user's own task, this test only
+    monkeypatch.setenv('PYTHONPATH', f"{probe}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.syspath_prepend(str(probe))
+    flag, go = tmp_path / 'stalled', tmp_path / 'go'
+    monkeypatch.setenv('STALL_FLAG', str(flag))
+    monkeypatch.setenv('STALL_GO', str(go))
+    trial = make_trial('cls_stall', tiny_rule(tmp_path), 0, epochs=2, train=96, val=32,
+                       batch=16)  # 6 iterations per epoch: it stops in the second
+    data_root = osp.dirname(fmnist_root)
+    out = str(tmp_path / 'slurm')
+    said: List[str] = []
+    opts = SlurmOptions(partition=on_cluster.partition, poll_s=0.5, requeue=True,
+                        keep_checkpoints=True)
+    result: Dict[str, list] = {}
+
+    def study():
+        result['rows'] = run_trials_slurm([trial], ResultStore(osp.join(out, 'trials.jsonl')),
+                                          out, data_root, say=said.append, options=opts)
+    controller = threading.Thread(target=study, daemon=True)
+    controller.start()
+    try:
+        deadline = time.monotonic() + 180
+        while not flag.exists() and controller.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert flag.read_text() == '8', said
+        job = json.loads((tmp_path / 'slurm' / 'slurm' / 'jobs.jsonl').read_text())['job_id']
+        subprocess.run(['scancel', '--signal=USR1', f'{job}_0'], check=True, timeout=30)
+    finally:
+        go.write_text('go')
+    controller.join(timeout=300)
+    assert not controller.is_alive() and 'rows' in result, said
+    [row] = result['rows']
+    assert row['resumed'] == dict(epoch=1, iter=8)
+    assert f'{trial}: ' in said[-1] and '(resumed from epoch 1, iteration 8)' in said[-1]
+    log = open(next(osp.join(r, f) for r, _, fs in os.walk(osp.join(out, 'slurm'))
+                    for f in fs if f.endswith('_0.log'))).read()
+    assert (f'{trial}: SIGUSR1: saved {trial_dir(out, trial)}/iter_8.pth at epoch 1, '
+            'iteration 8; Slurm requeues the job') in log
+
+    whole = run_trial(trial, str(tmp_path / 'whole'), data_root, threads=1,
+                      keep_checkpoints=True)  # STALL_FLAG exists: no stall
+    assert 'resumed' not in whole
+    assert whole['metrics'] == row['metrics'] and whole['key'] == row['key']
+    assert ckpt_digest(osp.join(trial_dir(str(tmp_path / 'whole'), trial), 'epoch_2.pth')) \
+        == ckpt_digest(osp.join(trial_dir(out, trial), 'epoch_2.pth'))

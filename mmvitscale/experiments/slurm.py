@@ -217,7 +217,8 @@ def job_script(manifest: str, n: int, log_dir: str, opts: SlurmOptions, threads:
     if opts.gpus_per_trial > 0:
         lines.append(f'#SBATCH --gres=gpu:{opts.gpus_per_trial // nodes}')
     if opts.requeue:
-        lines += ['#SBATCH --requeue', f'#SBATCH --signal=USR1@{opts.signal_s}']
+        lines += ['#SBATCH --requeue', f'#SBATCH --signal=USR1@{opts.signal_s}',
+                  '#SBATCH --open-mode=append']  # a requeued run adds to the log
     lines += [f'#SBATCH {arg}' for arg in opts.sbatch_args]
     lines += ['set -euo pipefail',
               f'export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}',
