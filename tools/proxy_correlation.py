@@ -30,10 +30,10 @@ import torch
 from mmvitscale.experiments.console import Eta, Stages
 from mmvitscale.experiments.console import clock as _clock
 from mmvitscale.experiments.console import loadavg_text as _loadavg
-from mmvitscale.experiments.proxy_correlation import (LOG_NAME, REPORT_STEM, CorrelationSpec,
-                                                      ProxyFn, TrainFn, build_report,
-                                                      check_spec, ensure_study_data, fmt_tau,
-                                                      measure_archs, proxy_arch, sample_rules,
+from mmvitscale.experiments.proxy_correlation import (LOG_NAME, REPORT_STEM, ProxyFn, TrainFn,
+                                                      build_report, check_spec,
+                                                      ensure_study_data, fmt_tau, measure_archs,
+                                                      proxy_arch, sample_rules, spec_from_flags,
                                                       study_meta, train_arch, write_report)
 from mmvitscale.experiments.tasks import ROOT
 from mmvitscale.errors import InputError, folder_arg
@@ -65,27 +65,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='length-distortion circle points')
     args = parser.parse_args(argv)
     try:
-        check_spec(spec_of(args))
+        check_spec(spec_from_flags(args))
     except InputError as err:  # every field is its flag with '-' for '_'
         flags = ' / '.join('--' + n.replace('_', '-') for n in err.names)
         parser.error(f'{flags} {err.detail}')
     return args
 
 
-def spec_of(args: argparse.Namespace) -> CorrelationSpec:
-    """The study inputs named by the flags (``--data-root`` made absolute)."""
-    return CorrelationSpec(
-        num_archs=args.num_archs, train=args.train, val=args.val, epochs=args.epochs,
-        batch=args.batch, seed=args.seed, train_seeds=tuple(args.train_seeds),
-        threads=args.threads, workers=args.workers,
-        proxy_batch=args.proxy_batch, proxy_inits=args.proxy_inits,
-        proxy_points=args.proxy_points, data_root=osp.abspath(args.data_root))
-
-
 def main(argv: Optional[Sequence[str]] = None, train_fn: TrainFn = train_arch,
          proxy_fn: ProxyFn = proxy_arch, stages: Optional[Stages] = None) -> Dict[str, Any]:
     args = parse_args(argv)
-    spec, out_dir = spec_of(args), osp.abspath(args.out_dir)
+    spec, out_dir = spec_from_flags(args), osp.abspath(args.out_dir)
     torch.set_num_threads(spec.threads)
     stages = stages or Stages()
     say = stages.console.print

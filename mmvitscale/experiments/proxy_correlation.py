@@ -99,6 +99,17 @@ class CorrelationSpec:
         return {k: getattr(self, k) for k in PROXY_KEYS}
 
 
+def spec_from_flags(flags: Any) -> CorrelationSpec:
+    """The study inputs named by ``tools/proxy_correlation.py``'s flags (``--data-root`` made
+    absolute)."""
+    f = flags
+    return CorrelationSpec(
+        num_archs=f.num_archs, train=f.train, val=f.val, epochs=f.epochs, batch=f.batch,
+        seed=f.seed, train_seeds=tuple(f.train_seeds), threads=f.threads, workers=f.workers,
+        proxy_batch=f.proxy_batch, proxy_inits=f.proxy_inits, proxy_points=f.proxy_points,
+        data_root=osp.abspath(f.data_root))
+
+
 def check_spec(spec: CorrelationSpec) -> None:
     """Check every input before any work.
 
