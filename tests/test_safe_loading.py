@@ -104,7 +104,8 @@ GLOBALS = {  # the global each payload's refusal names
     'numpy-object-array': r'posix\.system', 'nested-containers': r'posix\.system',
     'numpy-reconstruct-callable': r'posix\.system'}
 FORMATS = {f'zip-p{p}': dict(pickle_protocol=p) for p in (0, 1, 2, 3, 4, 5)}
-FORMATS['legacy-p2'] = dict(_use_new_zipfile_serialization=False)
+FORMATS.update({f'legacy-p{p}': dict(_use_new_zipfile_serialization=False, pickle_protocol=p)
+                for p in (1, 2, 5)})
 CORPUS = [(p, f) for p in PAYLOADS for f in FORMATS if f in ('zip-p2', 'legacy-p2')
           or p == 'history-buffer-getattr-chain']
 
@@ -121,7 +122,7 @@ def plant(folder, payload: str, fmt: str = 'zip-p2'):
     return path, marker
 
 
-@pytest.mark.parametrize('payload,fmt', CORPUS)
+@pytest.mark.parametrize('payload,fmt', itertools.product(PAYLOADS, FORMATS))
 def test_corpus_is_real(tmp_path, payload, fmt):
     """Guard: full unpickling of each planted file does run its payload."""
     path, marker = plant(tmp_path, payload, fmt)
