@@ -579,6 +579,18 @@ def test_resume_restores_optimizer_scheduler_and_message_hub(tmp_path):
     _same(safe_torch_load(path), torch.load(path, weights_only=False))
 
 
+def test_real_checkpoint_in_every_protocol_reads_as_a_full_unpickling(trained, tmp_path):
+    """An mmengine checkpoint (optimizer, message hub with history buffers and numpy values)
+    re-saved in pickle protocols 1-5 (zip) and 1, 2, 5 (legacy) reads exactly as a full
+    unpickling of the same file."""
+    full = torch.load(osp.join(trained[0], 'epoch_2.pth'), weights_only=False)
+    for kw in [dict(pickle_protocol=p) for p in (1, 2, 3, 4, 5)] + [
+            dict(_use_new_zipfile_serialization=False, pickle_protocol=p) for p in (1, 2, 5)]:
+        path = str(tmp_path / 'resaved.pth')
+        torch.save(full, path, **kw)
+        _same(safe_torch_load(path), torch.load(path, weights_only=False), str(kw))
+
+
 def _hostile_work_dir(tmp_path, payload='reduce'):
     work = tmp_path / 'work'
     os.makedirs(work)
