@@ -169,11 +169,12 @@ def test_ranks_match_scipy_and_put_non_finite_last():
 
 def test_search_and_tools_use_the_one_kendall_and_ranks():
     from mmvitscale.experiments import stats
-    from mmvitscale.search import device_transfer, scale_search
+    from mmvitscale.experiments import device_ranking
+    from mmvitscale.search import scale_search
     assert scale_search.ranks is stats.ranks
-    assert device_transfer.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == \
+    assert device_ranking.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == \
         stats.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]).tau
-    k = device_transfer.kendall_with_p([1, 2, 3, 4, 5], [1, 3, 2, 5, 4])
+    k = device_ranking.kendall_with_p([1, 2, 3, 4, 5], [1, 3, 2, 5, 4])
     assert k.p_value == pytest.approx(sps.kendalltau([1, 2, 3, 4, 5], [1, 3, 2, 5, 4]).pvalue)
     for rel in ('tools/proxy_correlation.py', 'tools/supernet_scorer.py'):
         src = open(osp.join(ROOT, rel)).read()
@@ -609,8 +610,17 @@ def test_transfer_tool_end_to_end_cls_to_det(tiny, tmp_path, monkeypatch):
         assert c['diff_mean'] == pytest.approx(np.mean(c['diffs']))
     (agree,) = data['rank_agreement']
     assert (agree['source'], agree['target'], agree['n']) == ('cls', 'det', 3)
-    cls_arms = {a['rule']: a for a in data['arms'] if a['task'] == 'cls'}
-    assert cls_arms['small_wide']['params_m'] > cls_arms['small']['params_m']
+    # every rule re-matched to each task's baseline FLOPs (--match flops, the default)
+    assert data['match'] == 'flops'
+    for c in data['comparisons']:
+        assert c['match']['knob'] == 'width' and c['cost_ratio'] == pytest.approx(
+            c['flops_ratio'])
+        assert c['matched'] == (abs(c['cost_ratio'] - 1) <= 0.05)
+        assert c['matched'] or c['match_reason'].startswith(f"rule {c['rule']} on task ")
+    (effect,) = data['effect_transfer']
+    assert (effect['source'], effect['target'], effect['rules']) == \
+        ('cls', 'det', ['small_deep', 'small_wide'])
+    assert (out / 'transfer_matrix.png').read_bytes().startswith(b'\x89PNG')
     md = (out / 'transfer.md').read_text()
     for line in data['headline']:
         assert line in md
@@ -804,3 +814,96 @@ def test_killed_study_leaves_no_worker_running(tmp_path):
                  open(f'/proc/{p}/stat').read().split()[2] != 'Z']
         time.sleep(0.1)
     assert not alive, f'workers {alive} outlived the killed study'
+
+
+# ---------------------------------------------------------------------------- effect transfer
+def test_effect_transfer_intervals_are_a_paired_bootstrap_over_seeds():
+    from mmvitscale.experiments.stats import effect_transfer
+    rng = np.random.default_rng(5)
+    rules, k = ['a', 'b', 'c', 'd', 'e'], 6
+    true = np.array([-3.0, -1.0, 0.0, 1.0, 2.5])
+    src = {r: (true[i] + rng.normal(scale=0.8, size=k)).tolist() for i, r in enumerate(rules)}
+    tgt = {r: (0.7 * true[i] + rng.normal(scale=0.8, size=k)).tolist()
+           for i, r in enumerate(rules)}
+    got = effect_transfer(src, tgt, draws=500, seed=3)
+    # by hand: the same seed indices for every rule and both tasks, then scipy's coefficients
+    s, t = np.array([src[r] for r in rules]), np.array([tgt[r] for r in rules])
+    idx = np.random.default_rng(3).integers(0, k, (500, k))
+    taus = [sps.kendalltau(s[:, i].mean(1), t[:, i].mean(1)).statistic for i in idx]
+    rs = [sps.pearsonr(s[:, i].mean(1), t[:, i].mean(1)).statistic for i in idx]
+    assert got['ci95']['kendall_tau'] == pytest.approx(np.quantile(taus, [0.025, 0.975]))
+    assert got['ci95']['pearson_r'] == pytest.approx(np.quantile(rs, [0.025, 0.975]))
+    assert got['kendall_tau'] == pytest.approx(sps.kendalltau(s.mean(1), t.mean(1)).statistic)
+    assert got['pearson_r'] == pytest.approx(sps.pearsonr(s.mean(1), t.mean(1)).statistic)
+    assert got['verdict'] == 'transfers' and got['rules'] == rules and got['undefined'] == 0
+    flipped = effect_transfer(src, {r: [-v for v in tgt[r]] for r in rules}, draws=500, seed=3)
+    assert flipped['verdict'] == 'reverses'
+    assert flipped['ci95']['kendall_tau'] == pytest.approx(
+        [-got['ci95']['kendall_tau'][1], -got['ci95']['kendall_tau'][0]])
+    noise = {r: rng.normal(size=k).tolist() for r in rules}
+    assert effect_transfer(noise, tgt, draws=300)['verdict'] == 'inconclusive'
+    two = effect_transfer({'a': [1, 2, 3], 'b': [2, 3, 4]}, {'a': [1, 1, 2], 'b': [3, 3, 3]})
+    assert two['verdict'] == 'inconclusive' and math.isnan(two['ci95']['kendall_tau'][0])
+    with pytest.raises(ValueError, match='same seeds on both tasks'):
+        effect_transfer({'a': [1, 2], 'b': [1, 2, 3]}, {'a': [1, 2], 'b': [1, 2, 3]})
+
+
+def test_summary_matches_effect_transfer_and_the_matrix_plot_equals_the_json(tmp_path):
+    from mmvitscale.experiments.report import matrix_cells, plot_matrix
+    seeds = [0, 1, 2]
+    noise = [0.3, -0.2, 0.1]
+    effect = dict(src=dict(base=0.0, good=2.0, meh=0.5, bad=-3.0),
+                  det=dict(base=0.0, good=1.0, meh=0.2, bad=-6.0))
+    rows = [_row(t, r, s, 50 + e + noise[s] * (r != 'base') * (1 + (t == 'det')))
+            for t, eff in effect.items() for r, e in eff.items() for s in seeds]
+    rules = ['base', 'good', 'meh', 'bad']
+    matches = {'det': {r: dict(knob='width', value=40, metric='flops', matched=r != 'meh',
+                               ratio=1.01, rule_ratio=1.3, tolerance=0.05,
+                               reason='' if r != 'meh' else 'rule meh on task det: no width')
+                       for r in rules[1:]}}
+    summary = summarize(rows, ['src', 'det'], rules, 'base', seeds, matches=matches,
+                        match='flops', draws=200)
+    comp = {(c['task'], c['rule']): c for c in summary['comparisons']}
+    assert comp[('det', 'meh')]['matched'] is False
+    assert comp[('det', 'meh')]['match_reason'] == 'rule meh on task det: no width'
+    assert comp[('det', 'good')]['matched'] and comp[('det', 'good')]['cost_ratio'] == 1.0
+    assert comp[('det', 'good')]['match']['value'] == 40
+    assert comp[('src', 'good')]['matched'] and comp[('src', 'good')]['match'] is None
+    (e,) = summary['effect_transfer']
+    assert (e['source'], e['target'], e['rules']) == ('src', 'det', ['good', 'meh', 'bad'])
+    assert e['kendall_tau'] == pytest.approx(1.0) and e['verdict'] == 'transfers'
+    assert set(e['ci95']) == {'kendall_tau', 'pearson_r'}
+    assert any(s.startswith('bad: worse on src at equal FLOPs (-2.93 points, ')
+               for s in summary['headline'])
+    line = next(s for s in summary['headline'] if s.startswith('meh:'))
+    assert 'on det at x1.00 FLOPs, not matched' in line
+    assert any(s.startswith('Effect transfer src -> det over 3 rules') for s in
+               summary['headline'])
+    md = to_markdown(summary, 'T')
+    assert '## Effect transfer' in md and 'not matched: rule meh on task det: no width' in md
+    cells = plot_matrix(summary, str(tmp_path / 'm.png'))
+    assert (tmp_path / 'm.png').read_bytes().startswith(b'\x89PNG')
+    assert cells == matrix_cells(summary) and len(cells) == 6
+    for cell in cells:  # every cell is the JSON's comparison
+        c = comp[(cell['task'], cell['rule'])]
+        assert (cell['mean'], [cell['low'], cell['high']], cell['verdict'], cell['matched']) == \
+            (c['diff_mean'], c['ci_family'], c['verdict'], c['matched'])
+    # the figure's own texts are the cells' texts, where the cells say
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot as plt
+    from mmvitscale.experiments import report
+    seen = {}
+    real = report.save_figure
+
+    def keep(fig, path, **kw):
+        seen['texts'] = [(t.get_position(), t.get_text()) for t in fig.axes[0].texts]
+        real(fig, path, **kw)
+    report.save_figure = keep
+    try:
+        plot_matrix(summary, str(tmp_path / 'm2.png'))
+    finally:
+        report.save_figure = real
+        plt.close('all')
+    assert sorted(seen['texts']) == sorted(((c['col'], c['row']), c['text']) for c in cells)
+    assert any(c['text'].endswith(' *') for c in cells if not c['matched'])

@@ -1,27 +1,17 @@
 """Scaling-transfer study: do scaling rules beat the baseline shape at equal cost, with seeds?
 
-    python tools/transfer.py [--rules R1.py R2.py ...] [--baseline B.py]
-        [--tasks cls cls_pit] [--seeds 0 1 2 3] [--workers 2] [--quick]
-        [--correction bonferroni|none]
-        [--out-dir work_dirs/transfer] [--epochs N] [--cls-train N] [--det-epochs N] ...
-        [--launcher slurm --partition P --cpus-per-trial C --gpus-per-trial G
-         --sbatch-args="..." --dry-run]
+    python tools/transfer.py [--rules R1.py ...] [--baseline B.py] [--tasks cls cls_pit det
+        video] [--seeds 0 1 2] [--match flops|latency|none] [--workers 2] [--quick] ...
 
-Every rule (and the baseline) trains on every task with every seed (paired design: arms of
-a task share their seeds). On the source task (the first of ``--tasks``) each rule's paired
-per-seed difference to the baseline gets a 95% Student-t interval and a family-wise one
-(Bonferroni over the rules compared on that task) that its verdict follows; the winner is
-the rule whose verdict interval lies above 0 at equal FLOPs; on each target task the same
-rules run with the same seeds, and the report gives the winner's difference there and
-Kendall tau (with its p-value) between the rules' means on the source and on the target.
-Verdict words follow the intervals (docs: ../shared/docs/studies.md, norm 3).
-
-Trials are recorded in ``<out-dir>/trials.jsonl`` as they finish; rerunning the same command
-after a crash skips finished trials and writes the same report: ``transfer.json``,
-``transfer.md`` and ``transfer.png``. The logic lives in :mod:`mmvitscale.experiments`.
-With ``--launcher slurm`` every trial is a Slurm job (one job array per run) and this command
-waits for them; rerunning it resubmits only missing or failed trials
-(:mod:`mmvitscale.experiments.slurm`).
+Every rule (and the baseline) trains on every task with every seed (paired design). On each
+task a rule is first re-matched to that task baseline's cost by solving its width
+(``--match``, within ``--tolerance``; :mod:`mmvitscale.cost.matching`). Per task, each rule's
+paired difference to the baseline gets a 95% and a family-wise (Bonferroni) interval that its
+verdict follows; per target, the source winner's difference there and the effect transfer
+(Kendall tau and Pearson r between the rules' effects on source and target, intervals by
+resampling seeds). Trials are kept in ``<out-dir>/trials.jsonl`` (a rerun skips finished ones)
+and the report is ``transfer.{json,md,png}`` plus the rules x tasks ``transfer_matrix.png``.
+``--launcher slurm``: every trial is a Slurm job (:mod:`mmvitscale.experiments.slurm`).
 """
 import argparse
 import os.path as osp
@@ -31,20 +21,17 @@ from typing import Any, Dict, Optional, Sequence
 import mmvitscale  # noqa: F401  (stack shims + registries, before any host import)
 from mmvitscale.errors import InputError
 from mmvitscale.experiments import TASKS, TaskError, run_grid_study
-from mmvitscale.experiments.study import check_study_inputs
+from mmvitscale.experiments.study import (MATCH_MODES, add_size_args, check_study_inputs,
+                                          sizes_from_args)
 from mmvitscale.experiments.slurm import SlurmError
 from mmvitscale.experiments.slurm import add_launcher_args, launcher_from_args
 from mmvitscale.experiments.tasks import ROOT, SCALING_DIR
 
-OFFLINE = [name for name, spec in TASKS.items() if spec.offline]
-# The default study: the source and the PiT variant, 4 seeds (about 18 minutes on 2 cores).
-# det and video (``--tasks cls cls_pit det video``, ``make demo-all``) are opt-in: at their
-# schedules video is saturated and det on the steep start of its curve (README).
-DEFAULT_TASKS = ['cls', 'cls_pit']
-# At 0.97-1.01x the baseline's FLOPs on the source: one hand-written rule and the scaling
-# search's two best candidates by As-ViT's proxies (the command is in each file)
-DEFAULT_RULES = [osp.join(SCALING_DIR, f'{n}.py')
-                 for n in ('deeper_narrower_mild', 'search_proxy_top1', 'search_deeper_lowres')]
+# The default study (timed in docs/results/transfer.md): the search's two winners by As-ViT's
+# proxies and shapes spanning the space, each re-matched to every task's cost.
+DEFAULT_TASKS = ['cls', 'cls_pit', 'det', 'video']
+DEFAULT_RULES = [osp.join(SCALING_DIR, f'{n}.py') for n in (
+    'search_proxy_top1', 'search_deeper_lowres', 'shape_deep_narrow', 'shape_smallpatch_lowres')]
 DEFAULT_BASELINE = osp.join(SCALING_DIR, 'deit_tiny_shape.py')
 QUICK = dict(epochs=1, train=256, val=128, batch=32)
 
@@ -59,34 +46,21 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--baseline', default=DEFAULT_BASELINE, help='baseline rule file')
     parser.add_argument('--tasks', nargs='+', choices=sorted(TASKS), default=DEFAULT_TASKS,
                         help='tasks; the first is the source the rules are ranked on')
-    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2, 3],
-                        help='seeds of every arm (default 4: about 18 min with --workers 2 on 2 '
-                        'cores; how often two runs agree by seed count: README, '
-                        'Reproducibility)')
-    parser.add_argument('--quick', action='store_true',
-                        help=f'smoke run: every task at {QUICK} unless set per task')
+    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2],
+                        help='seeds of every arm (timings: docs/results/transfer.md)')
+    parser.add_argument('--match', choices=MATCH_MODES, default='flops',
+                        help="equal cost on every task: solve each rule's width to the task "
+                        "baseline's backbone FLOPs or measured eager latency; 'none': the "
+                        'rule files as written')
     parser.add_argument('--out-dir', default='work_dirs/transfer', help='report folder')
     parser.add_argument('--data-root', default=osp.join(ROOT, 'data'),
                         help='folder holding fashion_mnist/, fmnist_det/, fmnist_video_hard/')
-    parser.add_argument('--epochs', type=int, default=None,
-                        help='training epochs for every task (overrides --TASK-epochs)')
-    for name in OFFLINE:
-        d = TASKS[name].defaults
-        unit = TASKS[name].unit
-        parser.add_argument(f'--{name}-epochs', type=int, default=None,
-                            help=f'{name}: training epochs (default {d["epochs"]})')
-        parser.add_argument(f'--{name}-train', type=int, default=None,
-                            help=f'{name}: training {unit}, first N (default {d["train"]})')
-        parser.add_argument(f'--{name}-val', type=int, default=None,
-                            help=f'{name}: evaluation {unit}, first N (default {d["val"]})')
-        parser.add_argument(f'--{name}-batch', type=int, default=None,
-                            help=f'{name}: batch size (default {d["batch"] or "the config"})')
+    add_size_args(parser, QUICK)
     parser.add_argument('--correction', choices=['bonferroni', 'none'], default='bonferroni',
-                        help="per task, verdicts follow intervals that hold together for all "
-                        "the rules compared with the baseline ('bonferroni', default: the "
-                        "study names a winner among them) or each its own 95%% interval")
+                        help="per task, verdicts follow intervals holding together for all "
+                        "its rules ('bonferroni') or each its own 95%% interval")
     parser.add_argument('--tolerance', type=float, default=0.05,
-                        help='equal cost: backbone FLOPs within this fraction of the baseline')
+                        help="equal cost: within this fraction of the task baseline's cost")
     parser.add_argument('--det-score-thr', type=float, default=0.01,
                         help='detection test score threshold (low: short runs still score)')
     parser.add_argument('--latency-backends', nargs='+', default=['eager', 'onnxruntime'],
@@ -104,17 +78,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def sizes(args: argparse.Namespace) -> Dict[str, Dict[str, Any]]:
     """Per task: the command line's epochs / train / val / batch (None: task default)."""
-    out = {}
-    for name in args.tasks:
-        size = dict(QUICK) if args.quick and TASKS[name].offline else {}
-        for key in ('epochs', 'train', 'val', 'batch'):
-            value = getattr(args, f'{name}_{key}', None)
-            if value is not None:
-                size[key] = value
-        if args.epochs is not None:
-            size['epochs'] = args.epochs
-        out[name] = size
-    return out
+    try:
+        return sizes_from_args(args, QUICK)
+    except TaskError as err:
+        raise SystemExit(f'transfer.py: error: {err}') from None
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -122,11 +89,7 @@ def check_args(args: argparse.Namespace) -> None:
     for path, flag in [(p, '--rules') for p in args.rules] + [(args.baseline, '--baseline')]:
         if not osp.isfile(path):
             raise SystemExit(f'transfer.py: error: {flag} {path}: rule file not found')
-    for name, size in sizes(args).items():
-        for key, value in size.items():
-            if value is not None and value < 1:
-                raise SystemExit(f'transfer.py: error: --{name}-{key} must be >= 1, '
-                                 f'got {value}')
+    sizes(args)
     try:  # repeated tasks, seeds, unknown latency backends, --out-dir / --data-root
         check_study_inputs(args.tasks, args.seeds, args.latency_backends, args.out_dir,
                            args.data_root)
@@ -159,9 +122,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     args = parse_args(argv)
     check_args(args)
     launcher = launcher_from_args(args, 'transfer.py', job_name='transfer')
-    rel = [osp.relpath(osp.abspath(p), ROOT) for p in [args.baseline] + list(args.rules)]
-    rel = [r if not r.startswith('..') else osp.abspath(p)
-           for r, p in zip(rel, [args.baseline] + list(args.rules))]
+    rel = [p if r.startswith('..') else r for r, p in (
+        (osp.relpath(osp.abspath(p), ROOT), osp.abspath(p)) for p in [args.baseline, *args.rules])]
     meta = dict(description=(
         f'Scaling transfer: rules {", ".join(rel[1:])} vs baseline {rel[0]}; source task '
         f'{args.tasks[0]}, targets {", ".join(args.tasks[1:]) or "none"}.'),
@@ -174,12 +136,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             tolerance=args.tolerance, correction=args.correction, meta=meta,
             latency_backends=args.latency_backends,
             latency_rounds=args.latency_rounds, latency_repeats=args.latency_repeats,
-            launcher=launcher)
+            launcher=launcher, match=args.match)
     except (TaskError, SlurmError) as err:
         raise SystemExit(f'transfer.py: error: {err}') from err
     for line in summary['headline']:
         print(line, file=sys.__stdout__)
-    print(f'wrote {osp.join(args.out_dir, "transfer")}.json, .md and .png', file=sys.__stdout__)
+    print(f'wrote {osp.join(args.out_dir, "transfer")}.json, .md, .png and _matrix.png',
+          file=sys.__stdout__)
     return summary
 
 

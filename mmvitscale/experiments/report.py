@@ -70,8 +70,9 @@ def summarize(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], rules: Se
               correction: str = 'bonferroni',
               meta: Optional[Mapping[str, Any]] = None,
               latency: Sequence[Mapping[str, Any]] = (),
-              not_applicable: Optional[Mapping[str, Mapping[str, str]]] = None
-              ) -> Dict[str, Any]:
+              not_applicable: Optional[Mapping[str, Mapping[str, str]]] = None,
+              matches: Optional[Mapping[str, Mapping[str, Mapping[str, Any]]]] = None,
+              match: str = 'none', draws: int = 2000) -> Dict[str, Any]:
     """Arms, paired comparisons to ``baseline``, the winner and rank agreement of a study.
 
     Args:
@@ -90,6 +91,12 @@ def summarize(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], rules: Se
         not_applicable: ``{task: {rule: reason}}``: arms that cannot be built (a rule that
             would leave a PiT stage without blocks); they have no trials, and rank agreement
             uses the rules both tasks have.
+        matches: ``{task: {rule: Match.as_dict()}}`` (:mod:`mmvitscale.cost.matching`): each
+            rule re-matched to the task baseline's cost by ``match`` (``'flops'`` or
+            ``'latency'``); ``'none'``: the rule files as written, ``matched`` when the FLOPs
+            are within ``tolerance``. Each comparison gets ``cost_ratio`` and ``matched``.
+        draws: bootstrap draws of the effect-transfer intervals
+            (:func:`mmvitscale.experiments.stats.effect_transfer`).
     """
     if baseline not in rules:
         raise ValueError(f'baseline {baseline!r} is not among the rules {list(rules)}')
@@ -141,10 +148,14 @@ def summarize(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], rules: Se
             if rule == baseline:
                 continue
             diffs = stats.paired_differences(vals, base_vals)
+            cost = _cost_view((matches or {}).get(task, {}).get(rule), match, ratio, tolerance,
+                              rule, task)
+            arms[-1]['match'] = cost['match']
             comparisons.append(dict(
                 task=task, rule=rule, baseline=baseline, seeds=list(seeds), diffs=diffs,
                 **stats.compare(diffs, confidence, family, correction, unit='points'),
-                flops_ratio=ratio, equal_cost=bool(abs(ratio - 1) <= tolerance),
+                flops_ratio=ratio, equal_cost=cost['matched'], **cost,
+                metric_unit=unit,
                 **_latency_view(lat, task, rule, baseline, backends, tolerance)))
     rank_agreement = []
     for task in tasks:
@@ -155,8 +166,17 @@ def summarize(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], rules: Se
         rank_agreement.append(dict(source=source, target=task, rules=both,
                                    kendall_tau=k.tau, p_value=k.p_value, n=k.n,
                                    method=k.method))
+    effect = []
+    for task in tasks:
+        if task == source:
+            continue
+        src = {c['rule']: c['diffs'] for c in comparisons if c['task'] == source}
+        tgt = {c['rule']: c['diffs'] for c in comparisons if c['task'] == task}
+        effect.append(dict(source=source, target=task,
+                           **stats.effect_transfer(src, tgt, confidence, draws=draws)))
     summary = dict(meta=dict(meta or {}), tasks=list(tasks), rules=list(rules),
-                   baseline=baseline, seeds=list(seeds), source=source,
+                   baseline=baseline, seeds=list(seeds), source=source, match=match,
+                   effect_transfer=effect,
                    confidence=confidence, correction=correction, tolerance=tolerance,
                    latency_backends=backends,
                    machine=machine_summary(rows), arms=arms, comparisons=comparisons,
@@ -166,6 +186,29 @@ def summarize(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str], rules: Se
     summary = json_safe(summary)
     summary.update(headline(summary))
     return summary
+
+
+def _cost_view(m: Optional[Mapping[str, Any]], match: str, flops_ratio: float,
+               tolerance: float, rule: str, task: str) -> Dict[str, Any]:
+    """``cost_ratio``, ``matched``, ``match_reason`` and the ``match`` record of one arm.
+
+    With a match record (a rule re-matched on the task), FLOPs matching reports the FLOPs the
+    trial counted (``flops_ratio``), latency matching the solver's measured ratio.
+    """
+    if m is None:
+        ok = bool(math.isfinite(flops_ratio) and abs(flops_ratio - 1) <= tolerance)
+        why = '' if ok else (f'rule {rule} on task {task}: the rule file as written costs '
+                             f'x{flops_ratio:.2f} the baseline FLOPs (tolerance '
+                             f'{tolerance:.0%}; --match none)')
+        return dict(cost_ratio=flops_ratio, matched=ok, match_reason=why, match=None)
+    ratio = flops_ratio if m.get('metric') == 'flops' else m.get('ratio')
+    ok = bool(m['matched'] and ratio is not None and abs(ratio - 1) <= m['tolerance'] + 1e-9)
+    why = m.get('reason') or ('' if ok else f'rule {rule} on task {task}: the trained arm '
+                              f'costs x{ratio:.3f} the baseline {m.get("metric")}')
+    return dict(cost_ratio=ratio, matched=ok, match_reason=why,
+                match=dict(knob=m['knob'], value=m['value'], metric=m['metric'],
+                           rule_ratio=m.get('rule_ratio'), solver_ratio=m.get('ratio'),
+                           tolerance=m['tolerance']))
 
 
 def _latency_view(lat: Mapping[tuple, Mapping[str, Mapping[str, float]]], task: str, rule: str,
@@ -266,7 +309,52 @@ def headline(summary: Mapping[str, Any]) -> Dict[str, Any]:
             lines.append(f"At the baseline's {backends[0]} latency "
                          f"(+{summary['tolerance']:.0%}): no rule beats the baseline on "
                          f'{source} ({len(in_budget)} rule(s) within that budget).')
+    for e in summary.get('effect_transfer', []):
+        if e['n_rules'] >= 2:
+            lines.append(effect_sentence(e))
+    for rule in summary['rules']:
+        if rule != summary['baseline']:
+            text = rule_sentence(summary, rule)
+            if text:
+                lines.append(text)
     return dict(winner=winner, followed=(pick['rule'] if cands else None), headline=lines)
+
+
+CELL_WORDS = dict(better='better', worse='worse', inconclusive='tied')
+
+
+def _unit_word(c: Mapping[str, Any]) -> str:
+    unit = str(c.get('metric_unit') or 'points')
+    return 'mAP' if 'mAP' in unit else 'points'
+
+
+def rule_sentence(summary: Mapping[str, Any], rule: str) -> str:
+    """``"R: tied on cls (+0.08, -0.40 to +0.57), worse on det at equal FLOPs (-6.30 mAP,
+    -7.50 to -5.10)"``: the verdict of ``rule`` on every task with its verdict interval."""
+    metric = 'FLOPs' if summary.get('match', 'none') in ('flops', 'none') else 'latency'
+    parts = []
+    for task in summary['tasks']:
+        c = _comparison(summary, task, rule)
+        if c is None:
+            continue
+        lo, hi = c.get('ci_family', c['ci95'])
+        span = (f"{_fmt(c['diff_mean'])} {_unit_word(c)}, {_fmt(lo)} to {_fmt(hi)}"
+                if lo is not None else f"{_fmt(c['diff_mean'])} {_unit_word(c)}, no interval")
+        cost = (f'at equal {metric}' if c.get('matched', c.get('equal_cost'))
+                else f"at x{c.get('cost_ratio') or math.nan:.2f} {metric}, not matched")
+        parts.append(f"{CELL_WORDS[c['verdict']]} on {task} {cost} ({span})")
+    return f"{rule}: " + ', '.join(parts) + '.' if parts else ''
+
+
+def effect_sentence(e: Mapping[str, Any]) -> str:
+    """Effect transfer from the source to one target in words."""
+    tlo, thi = e['ci95']['kendall_tau']
+    rlo, rhi = e['ci95']['pearson_r']
+    return (f"Effect transfer {e['source']} -> {e['target']} over {e['n_rules']} rules: Kendall "
+            f"tau {stats.fmt_tau(e['kendall_tau'])} (95% interval over seeds "
+            f"{stats.fmt_tau(tlo)} to {stats.fmt_tau(thi)}), Pearson r "
+            f"{stats.fmt_tau(e['pearson_r'])} ({stats.fmt_tau(rlo)} to {stats.fmt_tau(rhi)}): "
+            f"{e['verdict']}.")
 
 
 # ---------------------------------------------------------------------------- markdown / png
@@ -324,14 +412,25 @@ def to_markdown(summary: Mapping[str, Any], title: str = 'Study') -> str:
                         f"{comps[0]['family_size']} rules): the verdict's"
                         if corrected(comps[0]) else "verdict's interval (= 95%)")
             lines += ['', f'| rule vs baseline | difference | 95% interval | {fam_head} | '
-                      'paired t p | equal FLOPs | verdict |', '|---|---|---|---|---|---|---|']
+                      'paired t p | cost ratio | matched (solved knob) | verdict |',
+                      '|---|---|---|---|---|---|---|---|']
             for c in comps:
                 lo, hi = c['ci95']
                 flo, fhi = c.get('ci_family', c['ci95'])
+                m = c.get('match') or {}
+                knob = (f" ({m['knob']}={m['value']}; as written x{m['rule_ratio']:.2f})"
+                        if m.get('value') is not None and m.get('rule_ratio') is not None
+                        else '')
+                ratio = c.get('cost_ratio', c['flops_ratio'])
                 lines.append(f"| {c['rule']} | {_fmt(c['diff_mean'])} | {_fmt(lo)} to "
                              f"{_fmt(hi)} | {_fmt(flo)} to {_fmt(fhi)} | "
                              f"{_fmt(c['p_value'], 3, sign=False)} | "
-                             f"{'yes' if c['equal_cost'] else 'no'} | {c['verdict']} |")
+                             f"x{ratio if ratio is not None else math.nan:.3f} | "
+                             f"{'yes' if c.get('matched', c['equal_cost']) else 'no'}{knob} | "
+                             f"{c['verdict']} |")
+            unmatched = [c for c in comps if not c.get('matched', c['equal_cost'])]
+            lines += [''] + [f"- not matched: {c.get('match_reason') or c['rule']}"
+                             for c in unmatched] if unmatched else []
             hws = [c.get('verdict_half_width', c['half_width']) for c in comps]
             hws = [h for h in hws if h is not None]
             if hws:
@@ -341,6 +440,21 @@ def to_markdown(summary: Mapping[str, Any], title: str = 'Study') -> str:
     if summary.get('not_applicable'):
         lines += ['', '## Arms not run', '']
         lines += [f"- {n['rule']} on {n['task']}: {n['reason']}" for n in summary['not_applicable']]
+    if summary.get('effect_transfer'):
+        lines += ['', '## Effect transfer', '',
+                  "Kendall tau-b and Pearson r between the rules' mean paired effects (rule - "
+                  'baseline) on the source and on each target; 95% intervals by resampling the '
+                  'seeds with replacement (the same draw on both tasks); the verdict follows the '
+                  'tau interval.', '',
+                  '| source | target | rules | Kendall tau (95%) | Pearson r (95%) | verdict |',
+                  '|---|---|---|---|---|---|']
+        for e in summary['effect_transfer']:
+            tlo, thi = e['ci95']['kendall_tau']
+            rlo, rhi = e['ci95']['pearson_r']
+            lines.append(f"| {e['source']} | {e['target']} | {e['n_rules']} | "
+                         f"{stats.fmt_tau(e['kendall_tau'])} ({stats.fmt_tau(tlo)} to "
+                         f"{stats.fmt_tau(thi)}) | {stats.fmt_tau(e['pearson_r'])} "
+                         f"({stats.fmt_tau(rlo)} to {stats.fmt_tau(rhi)}) | {e['verdict']} |")
     if summary['rank_agreement']:
         lines += ['', '## Rank agreement', '',
                   f"Kendall tau-b between the rules' mean {summary['source']} metric and "
@@ -400,13 +514,70 @@ def plot(summary: Mapping[str, Any], path: str) -> None:
     save_figure(fig, path, dpi=100)
 
 
+def matrix_cells(summary: Mapping[str, Any]) -> List[Dict[str, Any]]:
+    """The rules x tasks matrix as data: one cell per comparison (rule vs baseline on a
+    task) with its mean paired difference, the verdict's interval, verdict and cost match."""
+    cells = []
+    rules = [r for r in summary['rules'] if r != summary['baseline']]
+    for i, rule in enumerate(rules):
+        for j, task in enumerate(summary['tasks']):
+            c = _comparison(summary, task, rule)
+            if c is None:
+                continue
+            lo, hi = c.get('ci_family', c['ci95'])
+            cells.append(dict(row=i, col=j, rule=rule, task=task, mean=c['diff_mean'],
+                              low=lo, high=hi, verdict=c['verdict'],
+                              matched=bool(c.get('matched', c.get('equal_cost'))),
+                              cost_ratio=c.get('cost_ratio', c.get('flops_ratio')),
+                              text=f"{_fmt(c['diff_mean'])}\n[{_fmt(lo)}, {_fmt(hi)}]"
+                              + ('' if c.get('matched', c.get('equal_cost')) else ' *')))
+    return cells
+
+
+def plot_matrix(summary: Mapping[str, Any], path: str) -> List[Dict[str, Any]]:
+    """Rules x tasks: colour = mean paired difference to the baseline (one symmetric scale),
+    text = mean and the verdict's interval, hatched when inconclusive, ``*`` where the cost
+    is not matched. Returns the cells drawn (:func:`matrix_cells`)."""
+    import numpy as np
+    plt = pyplot()
+    from matplotlib.patches import Rectangle
+    cells = matrix_cells(summary)
+    rules = [r for r in summary['rules'] if r != summary['baseline']]
+    tasks = list(summary['tasks'])
+    grid = np.full((max(1, len(rules)), max(1, len(tasks))), np.nan)
+    for c in cells:
+        grid[c['row'], c['col']] = c['mean'] if c['mean'] is not None else np.nan
+    vmax = float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0
+    fig, ax = plt.subplots(figsize=(2.0 + 2.1 * len(tasks), 1.2 + 0.75 * len(rules)))
+    im = ax.imshow(grid, cmap='RdBu', vmin=-vmax or -1, vmax=vmax or 1, aspect='auto')
+    for c in cells:
+        if c['verdict'] == 'inconclusive':
+            ax.add_patch(Rectangle((c['col'] - 0.5, c['row'] - 0.5), 1, 1, fill=False,
+                                   hatch='//', edgecolor='0.6', lw=0))
+        ax.text(c['col'], c['row'], c['text'], ha='center', va='center', fontsize=8)
+    ax.set_xticks(range(len(tasks)), [f"{t}\n({'source' if t == summary['source'] else 'target'})"
+                                      for t in tasks], fontsize=8)
+    ax.set_yticks(range(len(rules)), rules, fontsize=8)
+    metric = dict(flops='FLOPs', latency='eager latency').get(summary.get('match'), 'FLOPs')
+    ax.set_title(f"Paired difference to {summary['baseline']} (points; [verdict interval]); "
+                 f"hatched: inconclusive; *: not at equal {metric}", fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label='difference (points)')
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)
+    return cells
+
+
 def write_report(summary: Mapping[str, Any], out_dir: str, name: str,
                  title: str = 'Study') -> Dict[str, str]:
-    """``<name>.json``, ``.md`` and ``.png`` under ``out_dir`` (each written atomically)."""
+    """``<name>.json``, ``.md``, ``.png`` and, with at least one rule compared,
+    ``<name>_matrix.png`` under ``out_dir`` (each written atomically)."""
     paths = {ext: osp.join(out_dir, f'{name}.{ext}') for ext in ('json', 'md', 'png')}
     write_json(paths['json'], summary)
     write_markdown(paths['md'], to_markdown(summary, title))
     plot(summary, paths['png'])
+    if summary['comparisons']:
+        paths['matrix'] = osp.join(out_dir, f'{name}_matrix.png')
+        plot_matrix(summary, paths['matrix'])
     return paths
 
 

@@ -390,3 +390,72 @@ def kendall_tau(x: Sequence[float], y: Sequence[float], method: str = 'auto') ->
            + (x0 * y0 / (9 * m * (n - 2)) if n > 2 else 0.0))
     z = s / math.sqrt(var)
     return KendallResult(tau, float(math.erfc(abs(z) / math.sqrt(2))), n, 'asymptotic')
+
+
+# ---------------------------------------------------------------------------- effect transfer
+TRANSFER_VERDICTS = ('transfers', 'reverses', 'inconclusive')
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson's r of two equally long arrays (``nan`` when a side is constant)."""
+    da, db = a - a.mean(), b - b.mean()
+    den = math.sqrt(float((da * da).sum()) * float((db * db).sum()))
+    return float(np.clip((da * db).sum() / den, -1.0, 1.0)) if den > 0 else math.nan
+
+
+def effect_transfer(source: Dict[str, Sequence[float]], target: Dict[str, Sequence[float]],
+                    confidence: float = 0.95, draws: int = 2000, seed: int = 0
+                    ) -> Dict[str, Any]:
+    """Do the rules' effects on a source task carry over to a target task?
+
+    ``source[rule]`` / ``target[rule]``: the rule's per-seed paired differences to the
+    baseline, every list in the same seed order (the same seeds on both tasks). The point
+    estimates are Kendall's tau-b and Pearson's r between the rules' mean effects on the two
+    tasks. Their intervals resample the *seeds* (the sampling unit of a training study) with
+    replacement, the same draw on both tasks (paired), recompute every rule's mean effect and
+    the two coefficients, and take percentiles; draws where a side is constant are left out
+    (``undefined``). The verdict follows the tau interval: ``transfers`` when it lies above 0,
+    ``reverses`` below, else ``inconclusive`` (also with fewer than 3 rules or 2 seeds).
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f'confidence must be in (0, 1), got {confidence}')
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f'draws must be a positive integer, got {draws!r}')
+    rules = [r for r in source if r in target]
+    lengths = {len(source[r]) for r in rules} | {len(target[r]) for r in rules}
+    if len(lengths) > 1:
+        raise ValueError(f'effect_transfer: every rule needs the same seeds on both tasks, '
+                         f'got {sorted(lengths)} values')
+    nan2 = [math.nan, math.nan]
+    out: Dict[str, Any] = dict(rules=rules, n_rules=len(rules), kendall_tau=math.nan,
+                               pearson_r=math.nan, ci95=dict(kendall_tau=nan2, pearson_r=nan2),
+                               confidence=confidence, draws=draws, undefined=draws,
+                               method='bootstrap over seeds (paired), percentile',
+                               verdict='inconclusive', source_effects=[], target_effects=[])
+    if len(rules) < 2:
+        return out
+    s = np.asarray([source[r] for r in rules], dtype=np.float64)
+    t = np.asarray([target[r] for r in rules], dtype=np.float64)
+    k = s.shape[1]
+    sm, tm = s.mean(axis=1), t.mean(axis=1)
+    out.update(kendall_tau=_tau_b(sm, tm)[0], pearson_r=_pearson(sm, tm),
+               source_effects=sm.tolist(), target_effects=tm.tolist(), n_seeds=k)
+    if len(rules) < 3 or k < 2:
+        return out
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, k, (draws, k))
+    taus, rs = [], []
+    for row in idx:
+        a, b = s[:, row].mean(axis=1), t[:, row].mean(axis=1)
+        taus.append(_tau_b(a, b)[0])
+        rs.append(_pearson(a, b))
+    taus_a, rs_a = np.asarray(taus), np.asarray(rs)
+    ok = ~np.isnan(taus_a) & ~np.isnan(rs_a)
+    out['undefined'] = int(draws - ok.sum())
+    if ok.any():
+        q = [(1 - confidence) / 2, 1 - (1 - confidence) / 2]
+        out['ci95'] = dict(kendall_tau=[float(v) for v in np.quantile(taus_a[ok], q)],
+                           pearson_r=[float(v) for v in np.quantile(rs_a[ok], q)])
+        lo, hi = out['ci95']['kendall_tau']
+        out['verdict'] = 'transfers' if lo > 0 else 'reverses' if hi < 0 else 'inconclusive'
+    return out

@@ -6,7 +6,7 @@ others. Rows go to ``<out_dir>/trials.jsonl``; rerunning the same call skips fin
 """
 import os
 import os.path as osp
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import InputError, check_folder, seed_list_error
 from . import stats
@@ -75,13 +75,129 @@ def applicability(tasks: Sequence[str], rules: Sequence[str]) -> Dict[str, Dict[
     return out
 
 
+MATCH_MODES = ('flops', 'latency', 'none')
+
+
+def _arm_cost(task: str, rule: str, match: str, threads: int = 1
+              ) -> Tuple[Dict[str, Any], Callable[[Dict[str, Any]], float], Dict[str, Any]]:
+    """The rule's scaling as the task's backbone sees it, the cost of that backbone under
+    another scaling (``match``: backbone MACs, or the median eager batch-1 latency in ms of
+    the latency protocol), and the rule file's full scaling dict."""
+    from mmengine.config import Config
+
+    from ..cost.matching import backbone_flops
+    from ..fileio import json_ready
+    from ..rules import load_with_rule
+    from .tasks import input_shape
+    spec = get_task(task)
+    cfg = load_with_rule(spec.config_path, rule)
+    backbone = json_ready(cfg.model.backbone)
+    shape = input_shape(spec, cfg)
+
+    def cost(scaling: Dict[str, Any]) -> float:
+        candidate = dict(backbone, scaling=scaling)
+        if match == 'flops':
+            return backbone_flops(candidate, shape)
+        import torch
+
+        from ..cost.backends import build_model, measure
+        from ..cost.matching import family_of_backbone
+        fam = family_of_backbone(candidate)  # a refused width raises before building
+        geometry = {k: candidate[k] for k in ('num_frames', 'tubelet_size') if k in candidate}
+        fam.resolve(candidate['arch'], candidate.get('img_size', 224),
+                    candidate.get('patch_size'), scaling, **geometry)
+        torch.set_num_threads(threads)
+        return measure(build_model(candidate), shape, backend='eager', warmup_s=0.1,
+                       repeats=20)['median_ms']
+    return dict(backbone.get('scaling') or {}), cost, json_ready(Config.fromfile(rule).scaling)
+
+
+def match_rules(tasks: Sequence[str], rules: Sequence[str], baseline: str, out_dir: str,
+                match: str = 'flops', tolerance: float = 0.05, threads: int = 1,
+                not_applicable: Optional[Mapping[str, Mapping[str, str]]] = None,
+                say: Optional[Say] = None
+                ) -> Tuple[Dict[str, Dict[str, str]], Dict[str, Dict[str, Dict[str, Any]]]]:
+    """Re-match every rule to each task baseline's cost by solving its width
+    (:func:`mmvitscale.cost.matching.solve_width`).
+
+    Writes each solved rule to ``<out_dir>/matched/<match>/<task>/<rule>.py`` (the same label,
+    so trials and reports name the rule as before) with its record beside it (``.json``); a
+    rerun reuses a record made from the same rule file, task config and tolerance (latency is
+    measured once). ``match='latency'`` widens the tolerance to the baseline's measured
+    round-to-round spread when that is larger (its noise floor). Returns ``({task: {rule:
+    file}}, {task: {rule: record}})``; ``'none'`` returns empty dicts (the files as written).
+    """
+    import json
+
+    from ..cost.matching import solve_width, with_width
+    from ..fileio import atomic_write
+    from .trial import config_digest, rule_digest
+    if match not in MATCH_MODES:
+        raise TaskError(f'match must be one of {MATCH_MODES}, got {match!r}')
+    files: Dict[str, Dict[str, str]] = {}
+    records: Dict[str, Dict[str, Dict[str, Any]]] = {}
+    if match == 'none':
+        return files, records
+    say = say or _default_say
+    for task in tasks:
+        todo = [r for r in rules if osp.abspath(r) != osp.abspath(baseline)
+                and rule_label(r) not in (not_applicable or {}).get(task, {})]
+        if not todo:
+            continue
+        base_scaling, base_cost, _ = _arm_cost(task, baseline, match, threads)
+        target, tol, noise = None, tolerance, None
+        folder = osp.join(out_dir, 'matched', match, task)
+        for rule in todo:
+            label = rule_label(rule)
+            ident = dict(rule_sha=rule_digest(rule), baseline_sha=rule_digest(baseline),
+                         config_sha=config_digest(get_task(task).config_path, rule),
+                         tolerance=tolerance, match=match)
+            rec_path, py_path = osp.join(folder, f'{label}.json'), osp.join(folder, f'{label}.py')
+            record = None
+            if osp.isfile(rec_path) and osp.isfile(py_path):
+                with open(rec_path, encoding='utf-8') as f:
+                    record = json.load(f)
+                record = record if record.get('ident') == ident else None
+            if record is None:
+                if target is None:
+                    if match == 'latency':
+                        runs = sorted(base_cost(base_scaling) for _ in range(3))
+                        target = runs[1]
+                        noise = (runs[-1] - runs[0]) / target
+                        tol = max(tolerance, noise)
+                    else:
+                        target = base_cost(base_scaling)
+                scaling, cost, file_scaling = _arm_cost(task, rule, match, threads)
+                m = solve_width(cost, scaling, target, tol, label, task, metric=match)
+                record = dict(m.as_dict(), ident=ident, noise_floor=noise,
+                              file_scaling=with_width(file_scaling, m.value)
+                              if m.value is not None else file_scaling)
+                text = (f'# {label} re-matched to the {task} baseline\'s {match} '
+                        f'(mmvitscale.cost.matching): {rule}\n# with its width solved: '
+                        f'{m.knob}={m.value}, x{m.ratio or 0:.3f} the baseline (as written '
+                        f'x{m.rule_ratio or 0:.3f}); matched: {m.matched}. {m.reason}\n'
+                        f"scaling = {record['file_scaling']!r}\n")
+                os.makedirs(folder, exist_ok=True)
+                atomic_write(py_path, text)
+                atomic_write(rec_path, json.dumps(record, indent=1, default=str) + '\n')
+                say(f"{task}: {label} {'matched' if m.matched else 'NOT matched'} at "
+                    f"{m.knob}={m.value} (x{m.ratio or 0:.3f} {match}; as written "
+                    f"x{m.rule_ratio or 0:.3f}){': ' + m.reason if m.reason else ''}")
+            files.setdefault(task, {})[label] = py_path
+            records.setdefault(task, {})[label] = record
+    return files, records
+
+
 def plan_grid(tasks: Sequence[str], rules: Sequence[str], seeds: Sequence[int],
               sizes: Optional[Mapping[str, Mapping[str, Any]]] = None,
               det_score_thr: Optional[float] = None,
-              not_applicable: Optional[Mapping[str, Mapping[str, str]]] = None) -> List[Trial]:
+              not_applicable: Optional[Mapping[str, Mapping[str, str]]] = None,
+              rule_files: Optional[Mapping[str, Mapping[str, str]]] = None) -> List[Trial]:
     """Every (task, rule, seed) trial, task-major then seed then rule (arms of a seed finish
     together, so a partial study already has paired seeds), less the ``not_applicable``
-    ``{task: {rule label: reason}}`` arms. Validates before any work."""
+    ``{task: {rule label: reason}}`` arms. ``rule_files`` ``{task: {rule label: file}}``
+    replaces a rule's file on a task (the rule re-matched to that task's cost, same label).
+    Validates before any work."""
     if not tasks:
         raise ValueError('a study needs at least one task')
     if len(set(seeds)) != len(seeds) or not seeds:
@@ -98,7 +214,8 @@ def plan_grid(tasks: Sequence[str], rules: Sequence[str], seeds: Sequence[int],
         for seed in seeds:
             for rule in rules:
                 if rule_label(rule) not in (not_applicable or {}).get(task, {}):
-                    trials.append(make_trial(task, rule, seed, **opts))
+                    path = (rule_files or {}).get(task, {}).get(rule_label(rule), rule)
+                    trials.append(make_trial(task, path, seed, **opts))
     return trials
 
 
@@ -128,15 +245,18 @@ def run_grid_study(tasks: Sequence[str], rules: Sequence[str], baseline: str,
                    correction: str = 'bonferroni', meta: Optional[Mapping[str, Any]] = None,
                    latency_backends: Sequence[str] = ('eager',), latency_rounds: int = 3,
                    latency_repeats: int = 20, say: Optional[Say] = None,
-                   launcher: Optional[Callable[..., List[Dict[str, Any]]]] = None
-                   ) -> Dict[str, Any]:
+                   launcher: Optional[Callable[..., List[Dict[str, Any]]]] = None,
+                   match: str = 'none') -> Dict[str, Any]:
     """Run (or resume) a tasks x rules x seeds study and write ``<name>.json/.md/.png``.
 
     ``rules`` are rule files, ``baseline`` one of them. After training, each arm's backbone
     latency is measured on ``latency_backends`` (those this machine runs; ``latency_rounds=0``
     skips it). ``launcher`` runs the trials instead of the local pool, with the signature of
     :func:`~mmvitscale.experiments.pool.run_trials` (e.g. Slurm jobs:
-    :func:`mmvitscale.experiments.slurm.launcher_from_args`). Returns the summary
+    :func:`mmvitscale.experiments.slurm.launcher_from_args`). ``match`` (``'flops'``,
+    ``'latency'`` or ``'none'``): on every task each rule is first re-matched to the task
+    baseline's cost by solving its width (:func:`match_rules`, within ``tolerance``), or
+    trained as written. Returns the summary
     (:func:`mmvitscale.experiments.report.summarize`; ``correction`` as there).
     """
     check_study_inputs(list(tasks), list(seeds), list(latency_backends), out_dir, data_root)
@@ -154,9 +274,13 @@ def run_grid_study(tasks: Sequence[str], rules: Sequence[str], baseline: str,
     for task, why in skip.items():
         for rule, reason in why.items():
             (say or _default_say)(f'{task}: {rule} not run: {reason}')
-    trials = plan_grid(tasks, rules, seeds, sizes, det_score_thr, skip)
+    if match not in MATCH_MODES:
+        raise TaskError(f'match must be one of {MATCH_MODES}, got {match!r}')
     out_dir, data_root = osp.abspath(out_dir), osp.abspath(data_root)
     os.makedirs(out_dir, exist_ok=True)
+    files, matches = match_rules(tasks, rules, baseline, out_dir, match, tolerance, threads,
+                                 skip, say)
+    trials = plan_grid(tasks, rules, seeds, sizes, det_score_thr, skip, files)
     prepare_data(trials, data_root, say)
     store = ResultStore(osp.join(out_dir, STORE_NAME))
     rows = (launcher or run_trials)(trials, store, out_dir, data_root, workers=workers,
@@ -170,12 +294,58 @@ def run_grid_study(tasks: Sequence[str], rules: Sequence[str], baseline: str,
     if latency_rounds > 0:
         for task in tasks:
             latency += measure_arms(
-                [task], [r for r in rules if rule_label(r) not in skip.get(task, {})], store,
+                [task], [files.get(task, {}).get(rule_label(r), r) for r in rules
+                         if rule_label(r) not in skip.get(task, {})], store,
                 backends, rounds=latency_rounds,
                 repeats=latency_repeats, threads=threads, say=say)
     summary = summarize(rows, list(tasks), [rule_label(r) for r in rules], rule_label(baseline),
                         list(seeds), source=source, tolerance=tolerance,
                         correction=correction, meta=meta,
-                        latency=latency, not_applicable=skip)
+                        latency=latency, not_applicable=skip, matches=matches,
+                        match=match)
     write_report(summary, out_dir, name, title)
     return summary
+
+
+# ---------------------------------------------------------------------------- command line
+def add_size_args(parser: Any, quick: Mapping[str, int]) -> None:
+    """``--quick``, ``--epochs`` and ``--TASK-epochs/-train/-val/-batch`` for every offline
+    task (``None``: the task's default), as a grid-study tool takes them."""
+    from .tasks import TASKS
+    parser.add_argument('--quick', action='store_true',
+                        help=f'smoke run: every task at {dict(quick)} unless set per task')
+    parser.add_argument('--epochs', type=int, default=None,
+                        help='training epochs for every task (overrides --TASK-epochs)')
+    for name, spec in TASKS.items():
+        if not spec.offline:
+            continue
+        d, unit = spec.defaults, spec.unit
+        parser.add_argument(f'--{name}-epochs', type=int, default=None,
+                            help=f'{name}: training epochs (default {d["epochs"]})')
+        parser.add_argument(f'--{name}-train', type=int, default=None,
+                            help=f'{name}: training {unit}, first N (default {d["train"]})')
+        parser.add_argument(f'--{name}-val', type=int, default=None,
+                            help=f'{name}: evaluation {unit}, first N (default {d["val"]})')
+        parser.add_argument(f'--{name}-batch', type=int, default=None,
+                            help=f'{name}: batch size (default {d["batch"] or "the config"})')
+
+
+def sizes_from_args(args: Any, quick: Mapping[str, int]) -> Dict[str, Dict[str, Any]]:
+    """Per task of ``args.tasks``: the command line's epochs / train / val / batch (the
+    ``quick`` sizes under ``--quick``; unset: the task's default). ``TaskError`` names the
+    flag of a value < 1."""
+    from .tasks import TASKS
+    out = {}
+    for name in args.tasks:
+        size = dict(quick) if args.quick and TASKS[name].offline else {}
+        for key in ('epochs', 'train', 'val', 'batch'):
+            value = getattr(args, f'{name}_{key}', None)
+            if value is not None:
+                size[key] = value
+        if args.epochs is not None:
+            size['epochs'] = args.epochs
+        for key, value in size.items():
+            if value is not None and value < 1:
+                raise TaskError(f'--{name}-{key} must be >= 1, got {value}')
+        out[name] = size
+    return out
