@@ -414,6 +414,24 @@ def test_mmengine_paths_say_what_a_non_file_is(tmp_path):
         load_checkpoint(ScaledViT(ARCH, img_size=32), str(tmp_path / 'nothere.pth'))
 
 
+def test_a_flipped_byte_in_a_tensor_record_is_refused(tmp_path):
+    """torch.load does not check the zip records' CRC-32 (a flipped byte loads silently);
+    the safe reader does, naming the record."""
+    path = str(tmp_path / 'flipped.pth')
+    torch.save({'w': torch.zeros(1000)}, path)
+    with zipfile.ZipFile(path) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith('/data/0'))
+    data = bytearray(open(path, 'rb').read())
+    start = info.header_offset
+    name_len, extra_len = struct.unpack('<HH', data[start + 26:start + 30])
+    data[start + 30 + name_len + extra_len + 100] ^= 0xFF
+    open(path, 'wb').write(bytes(data))
+    assert torch.load(path, weights_only=True)['w'].any(), 'the guard: torch loads it'
+    with pytest.raises(CheckpointReadError, match=rf'{re.escape(path)} .*damaged zip member '
+                                                  r'\S+/data/0 \(Bad CRC-32'):
+        safe_torch_load(path)
+
+
 def test_max_bytes_bounds_a_real_checkpoint(tmp_path):
     path = str(tmp_path / 'real.pth')
     state = ScaledViT(ARCH, img_size=32).state_dict()
