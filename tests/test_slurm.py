@@ -334,6 +334,22 @@ def test_study_dry_run_prints_the_job_array(study, tmp_path, capfd):
                             '#SBATCH --gres=gpu:8']
 
 
+def assert_same_reports(one, other) -> None:
+    """Two studies' transfer.json agree but for timings (and the out dir a re-matched rule
+    file lives in)."""
+    reports = [json.loads((d / 'transfer.json').read_text()) for d in (one, other)]
+
+    def untimed(items, root):
+        out = [{k: v for k, v in d.items() if k not in UNTIMED} for d in items]
+        for d in out:
+            if str(d.get('rule_file', '')).startswith(str(root)):
+                d['rule_file'] = osp.relpath(d['rule_file'], root)
+        return out
+    assert untimed(reports[0]['arms'], one) == untimed(reports[1]['arms'], other)
+    assert untimed(reports[0]['comparisons'], one) == untimed(reports[1]['comparisons'], other)
+    assert reports[0]['headline'] == reports[1]['headline']
+
+
 def store_rows(path) -> Dict[str, dict]:
     with open(path) as f:
         rows = [json.loads(line) for line in f]
@@ -387,13 +403,7 @@ def test_study_on_slurm_resumes_and_matches_local(slurm_cluster, study, tmp_path
     for key, row in rows.items():  # same seed, same result, whichever launcher ran it
         assert row['metrics'] == local_rows[key]['metrics']
         assert row['cost'] == local_rows[key]['cost']
-    reports = [json.loads((d / 'transfer.json').read_text()) for d in (out, local)]
-
-    def untimed(items):
-        return [{k: v for k, v in d.items() if k not in UNTIMED} for d in items]
-    assert untimed(reports[0]['arms']) == untimed(reports[1]['arms'])
-    assert untimed(reports[0]['comparisons']) == untimed(reports[1]['comparisons'])
-    assert reports[0]['headline'] == reports[1]['headline']
+    assert_same_reports(out, local)
 
 
 def test_failed_slurm_study_is_one_line_error(study, tmp_path, monkeypatch):
@@ -451,16 +461,7 @@ def test_collect_reports_runs_trained_by_hand(study, tmp_path, capsys):
     assert f"not used: {hand / 'broken' / 'alien'}: unknown task: model/backbone/dataset/" \
            "evaluator ['ImageClassifier', 'SomeoneElsesViT'" in said
     assert 'collected 2 of 2 trials from 4 folder(s)' in said
-    reports = [json.loads((d / 'transfer.json').read_text()) for d in (own, out)]
-
-    def untimed(items):
-        return [{k: v for k, v in d.items() if k not in UNTIMED} for d in items]
-    for a, b in zip(untimed(reports[0]['arms']), untimed(reports[1]['arms'])):
-        # a rule re-matched to the task lives in each study's own out dir
-        assert osp.relpath(a.pop('rule_file'), own) == osp.relpath(b.pop('rule_file'), out)
-        assert a == b
-    assert untimed(reports[0]['comparisons']) == untimed(reports[1]['comparisons'])
-    assert reports[0]['headline'] == reports[1]['headline']
+    assert_same_reports(own, out)
 
     shutil.copytree(hand / 'runs' / 'small', hand / 'runs' / 'small_again')
     with pytest.raises(SystemExit, match=r'no usable run of 1 trial\(s\): cls/small/seed0'):
@@ -617,3 +618,26 @@ def test_requeued_trial_resumes_and_equals_an_uninterrupted_run(on_cluster,
     assert whole['metrics'] == row['metrics'] and whole['key'] == row['key']
     assert ckpt_digest(osp.join(trial_dir(str(tmp_path / 'whole'), trial), 'epoch_2.pth')) \
         == ckpt_digest(osp.join(trial_dir(out, trial), 'epoch_2.pth'))
+
+
+def test_dry_run_bill_of_a_real_data_trial(tmp_path):
+    """GPU-hours = 2 x backbone MACs x samples x epochs x 3 / the stated throughput."""
+    from mmvitscale.experiments.bill import TRAIN_SAMPLES, bill_lines, trial_bill
+    from mmvitscale.experiments.tasks import SCALING_DIR
+    from mmvitscale.experiments.trial import make_trial
+    base = osp.join(SCALING_DIR, 'deit_tiny_shape.py')
+    whole = trial_bill(make_trial('in1k', base, 0), gpu_tflops=50)
+    assert 1.2 < whole['gflops'] < 1.35  # DeiT-Ti: 1.3 GFLOPs (MACs) in the DeiT paper
+    assert (whole['samples'], whole['epochs']) == (TRAIN_SAMPLES['in1k'][0], 300)
+    flops = 2 * whole['gflops'] * 1e9 * 1_281_167 * 300 * 3
+    assert whole['gpu_hours'] == pytest.approx(flops / 50e12 / 3600)
+    short = make_trial('in1k', base, 0, epochs=2, train=1000)
+    lines = bill_lines([short, make_trial('cls', base, 0)], gpus_per_trial=4, gpu_tflops=50)
+    assert lines[0].startswith('bill (estimate): training FLOPs = 2 x backbone MACs per sample '
+                               'x samples x epochs x 3 (forward + backward), at 50 TFLOP/s')
+    hours = 2 * whole['gflops'] * 1e9 * 1000 * 2 * 3 / 50e12 / 3600
+    assert lines[1].startswith(f'  in1k/deit_tiny_shape/seed0: {whole["gflops"]:.2f} GMACs/'
+                               'sample at [3, 224, 224] x 1,000 samples (first 1000 images) x '
+                               '2 epochs')
+    assert lines[1].endswith(f'-> {hours:.1f} GPU-hours, {hours / 4:.1f} h on 4 GPU(s)')
+    assert lines[2] == f'  total: {hours:.1f} GPU-hours over 1 real-data trial(s)'  # not cls

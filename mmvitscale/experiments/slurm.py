@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
+from .bill import DEFAULT_GPU_TFLOPS, bill_lines
 from .pool import Progress, Say, _default_say, _init_worker
 from .runner import Preempted, resumed_text, write_row
 from .store import ResultStore, TrialClaim, owning_study
@@ -79,6 +80,7 @@ class SlurmOptions:
     requeue: bool = False
     signal_s: int = 120
     keep_checkpoints: Optional[bool] = None
+    gpu_tflops: float = DEFAULT_GPU_TFLOPS
 
     @property
     def tasks(self) -> int:
@@ -94,6 +96,8 @@ class SlurmOptions:
                 raise ValueError(f'{flag} must be an integer >= {low}, got {value!r}')
         if self.poll_s <= 0:
             raise ValueError(f'--poll must be > 0, got {self.poll_s}')
+        if not self.gpu_tflops > 0:
+            raise ValueError(f'--gpu-tflops must be > 0, got {self.gpu_tflops}')
         if self.gpus_per_trial and self.tasks != self.gpus_per_trial:
             raise ValueError(f'one rank per GPU: --tasks-per-trial {self.tasks} must equal '
                              f'--gpus-per-trial {self.gpus_per_trial}')
@@ -298,6 +302,8 @@ def _submit(pending: List[Trial], out_dir: str, data_root: str, threads: int,
         say(f'--dry-run: would write {manifest} ({len(pending)} trials: '
             f'{", ".join(str(t) for t in pending)}) and run: {" ".join(cmd)}')
         say(f'--- {osp.join(sub_dir, "job.sh")}\n{script}---')
+        for line in bill_lines(pending, opts.gpus_per_trial, opts.gpu_tflops):
+            say(line)
         return None
     write_manifest(manifest, pending, out_dir, data_root, threads, 'slurm', opts.tasks,
                    opts.requeue, opts.keep_checkpoints, opts.python)
@@ -500,6 +506,9 @@ def add_launcher_args(parser: argparse.ArgumentParser) -> None:
                        '--sbatch-args="--time=30 --qos=normal")')
     group.add_argument('--poll', type=float, default=5.0,
                        help='slurm: seconds between queue checks')
+    group.add_argument('--gpu-tflops', type=float, default=DEFAULT_GPU_TFLOPS,
+                       help='slurm --dry-run: sustained TFLOP/s per GPU the GPU-hour bill of '
+                       'the real-data trials assumes')
     group.add_argument('--dry-run', action='store_true',
                        help='slurm: print the job script of the trials to run (and the GPU-hours '
                        'of the real-data tasks), submit nothing')
@@ -536,7 +545,8 @@ def launcher_from_args(args: argparse.Namespace, prog: str,
                         cpus_per_task=args.cpus_per_task, sbatch_args=sbatch_args,
                         job_name=job_name, poll_s=args.poll, dry_run=args.dry_run,
                         tasks_per_trial=tasks, nodes_per_trial=args.nodes_per_trial,
-                        requeue=requeue, keep_checkpoints=keep)
+                        requeue=requeue, keep_checkpoints=keep,
+                        gpu_tflops=getattr(args, 'gpu_tflops', DEFAULT_GPU_TFLOPS))
     try:
         opts.check()
     except ValueError as err:
