@@ -58,7 +58,7 @@ def test_load_with_rule_resolution_and_frame_knobs():
     frames = {t: load_with_rule(p, rule('more_frames_shallower')) for t, p in OFFLINE.items()}
     sample = next(t for t in frames['video'].train_dataloader.dataset.pipeline
                   if t.type == 'SampleFrames')
-    assert sample.clip_len == frames['video'].scaled['num_frames'] == 8  # 4 x 2
+    assert sample.clip_len == frames['video'].scaled['num_frames'] == 16
     assert frames['video'].scaled['arch']['num_layers'] == 2
     assert frames['cls'].scaled['arch']['num_layers'] == 3  # image tasks ignore frames
 
@@ -157,3 +157,34 @@ def test_cost_matching_refuses_an_impossible_target_naming_rule_and_task():
     assert not steps.matched and 'outside the tolerance (1%)' in steps.reason
     with pytest.raises(ValueError, match='tolerance must be in'):
         solve_width(cost, scaling, 1.0, 1.5, 'r', 't')
+
+
+def test_video_items_are_decoded_once_when_cached(tmp_path, monkeypatch):
+    """The study's video task keeps decoded clips (its pipeline is deterministic): the cached
+    items equal freshly decoded ones, and a second epoch decodes nothing."""
+    import torch
+    from mmengine.registry import init_default_scope
+
+    from mmvitscale import datasets
+    from mmvitscale.datasets import hosts
+    from mmvitscale.registry import DATASETS
+    data = tmp_path / 'video'
+    datasets.generate_video(str(data), num_train=6, num_val=2, distractors=2, noise=24.0,
+                            show_progress=False)
+    cfg = load_with_rule(OFFLINE['video'], rule('deit_tiny_shape'))
+    ds_cfg = dict(cfg.train_dataloader.dataset, ann_file=str(data / 'train_list_videos.txt'),
+                  data_prefix=dict(video=str(data / 'videos_train')))
+    assert ds_cfg['cache_items'] is True
+    init_default_scope('mmaction')
+    cached = DATASETS.build(ds_cfg)
+    fresh = DATASETS.build(dict(ds_cfg, cache_items=False))
+    calls = []
+    parent = hosts.NamesFailingFile.prepare_data
+    monkeypatch.setattr(hosts.NamesFailingFile, 'prepare_data',
+                        lambda self, idx: calls.append(idx) or parent(self, idx))
+    for epoch in range(2):
+        for i in range(len(cached)):
+            a, b = cached[i], fresh[i]
+            assert torch.equal(a['inputs'], b['inputs'])
+            assert a['data_samples'].gt_label == b['data_samples'].gt_label
+    assert calls.count(0) == 3  # cached: once; fresh: every epoch

@@ -63,7 +63,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="equal cost: within this fraction of the task baseline's cost")
     parser.add_argument('--det-score-thr', type=float, default=0.01,
                         help='detection test score threshold (low: short runs still score)')
-    parser.add_argument('--latency-backends', nargs='+', default=['eager', 'onnxruntime'],
+    parser.add_argument('--latency-backends', nargs='+', default=['eager'],
                         help='backends timed at batch 1 after training (those available here)')
     parser.add_argument('--latency-rounds', type=int, default=3,
                         help='rounds alternating the arms of a task (0: no latency)')

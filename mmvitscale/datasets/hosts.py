@@ -14,6 +14,7 @@ They are mmdet's ``CocoDataset`` and mmaction2's ``VideoDataset`` unchanged, exc
 
 Each class exists only when its host package is installed.
 """
+import copy
 from typing import Any, Optional
 
 from ..registry import DATASETS
@@ -84,7 +85,25 @@ if _VideoDataset is not None:
 
     @DATASETS.register_module(name='VideoDataset')
     class VideoDataset(NamesFailingFile, _VideoDataset):
-        """mmaction2's ``VideoDataset``; a clip that fails to decode is named."""
+        """mmaction2's ``VideoDataset``; a clip that fails to decode is named.
+
+        ``cache_items=True`` keeps each item's pipeline output after its first read and
+        returns a copy of it afterwards (no decoding from the second epoch on). Only for a
+        deterministic pipeline (e.g. the offline study's: frames sampled over the whole clip,
+        no random augmentation): a random transform would be frozen at its first draw.
+        """
+
+        def __init__(self, *args: Any, cache_items: bool = False, **kwargs: Any) -> None:
+            self.cache_items = bool(cache_items)
+            self._items: dict = {}
+            super().__init__(*args, **kwargs)
+
+        def prepare_data(self, idx: int) -> Any:
+            if not self.cache_items:
+                return super().prepare_data(idx)
+            if idx not in self._items:
+                self._items[idx] = super().prepare_data(idx)
+            return copy.deepcopy(self._items[idx])
 
         def load_data_list(self) -> list:
             self.manifest_check()  # a modified list file is refused before any clip is read
