@@ -1,6 +1,7 @@
 # One entry point for the environment, the main job and the tests.
-#   make demo   build .venv if needed, then run the main job (the scaling-transfer report)
-#   make demo-all  the main job with the det and video targets too (not timed yet)
+#   make demo   build .venv if needed, then run the main job (the scaling-transfer study:
+#               source cls, targets cls_pit det video, 3 seeds, every rule at each task's FLOPs)
+#   make demo-all  the same with every shape rule and onnxruntime latency too (longer)
 #   make test   build .venv if needed, then run the whole test suite
 #   make env    build / verify .venv only
 #   make docs   build the documentation (Sphinx + MyST, requirements/docs.txt) into docs/_build/html
@@ -15,8 +16,11 @@ env:
 demo: env
 	$(PY) tools/transfer.py --workers 2
 
+SHAPES := deep_narrow wide_shallow bigpatch_hires smallpatch_lowres mlp2 mlp6 heads1 heads4
 demo-all: env
-	$(PY) tools/transfer.py --workers 2 --tasks cls cls_pit det video
+	$(PY) tools/transfer.py --workers 2 --latency-backends eager onnxruntime --rules \
+	  $(foreach r,search_proxy_top1 search_deeper_lowres $(addprefix shape_,$(SHAPES)),\
+	  configs/_base_/scaling/$(r).py) --out-dir work_dirs/transfer_all
 
 table: env
 	$(PY) tools/analysis/scaling_table.py
