@@ -380,9 +380,9 @@ def to_markdown(summary: Mapping[str, Any], title: str = 'Study') -> str:
             'compared with the baseline, so the verdicts of all rules hold together at '
             + stats.percent(summary['confidence']) + ' (the study names a winner among them)'
             if summary.get('correction', 'none') != 'none' else '') + '.'
-        f" Equal cost: backbone FLOPs within {summary['tolerance']:.0%} of the "
-        'baseline. Latency: backbone, batch 1, CPU, median of the round medians (the arms of a '
-        'task alternate in rounds); the round spread is the noise floor.', '',
+        + _equal_cost_text(summary) + ' Latency: backbone, batch 1, CPU, median of the round '
+        'medians (the arms of a task alternate in rounds); the round spread is the noise '
+        'floor.', '',
         '## Headline', '']
     lines += [f'- {s}' for s in summary['headline']]
     for task in summary['tasks']:
@@ -465,6 +465,18 @@ def to_markdown(summary: Mapping[str, Any], title: str = 'Study') -> str:
             lines.append(f"| {r['source']} | {r['target']} | {r['n']} | "
                          f"{_fmt(r['kendall_tau'], 3)} | {_fmt(r['p_value'], 3, sign=False)} |")
     return '\n'.join(lines) + '\n'
+
+
+def _equal_cost_text(summary: Mapping[str, Any]) -> str:
+    match, tol = summary.get('match', 'none'), summary['tolerance']
+    if match == 'none':
+        return (f' Equal cost: backbone FLOPs within {tol:.0%} of the baseline (the rule files '
+                'as written, --match none).')
+    metric = 'backbone FLOPs' if match == 'flops' else 'eager batch-1 latency'
+    return (f' Equal cost: on every task each rule is re-matched to that task baseline\'s '
+            f'{metric} by solving its width (the rule\'s other knobs kept), within {tol:.0%}'
+            + (' or the latency noise floor when larger' if match == 'latency' else '')
+            + '; "cost ratio" is what the trained arm costs, "not matched" says why.')
 
 
 def family_bar(ax: Any, c: Mapping[str, Any], y: float) -> None:
@@ -554,7 +566,9 @@ def plot_matrix(summary: Mapping[str, Any], path: str) -> List[Dict[str, Any]]:
         if c['verdict'] == 'inconclusive':
             ax.add_patch(Rectangle((c['col'] - 0.5, c['row'] - 0.5), 1, 1, fill=False,
                                    hatch='//', edgecolor='0.6', lw=0))
-        ax.text(c['col'], c['row'], c['text'], ha='center', va='center', fontsize=8)
+        dark = c['mean'] is not None and abs(c['mean']) > 0.6 * vmax
+        ax.text(c['col'], c['row'], c['text'], ha='center', va='center', fontsize=8,
+                color='white' if dark else 'black')
     ax.set_xticks(range(len(tasks)), [f"{t}\n({'source' if t == summary['source'] else 'target'})"
                                       for t in tasks], fontsize=8)
     ax.set_yticks(range(len(rules)), rules, fontsize=8)
