@@ -85,7 +85,7 @@ def _positive_number(rule: Mapping, key: str) -> float:
     return float(value)
 
 
-def _pick(rule: Mapping, knob: str) -> Tuple[Optional[float], Optional[float]]:
+def pick_knob(rule: Mapping, knob: str) -> Tuple[Optional[float], Optional[float]]:
     """Return (absolute, multiplier) for a knob; at most one is not None."""
     absolute = _positive_number(rule, knob) if knob in rule else None
     mult = _positive_number(rule, knob + '_mult') if knob + '_mult' in rule else None
@@ -95,8 +95,10 @@ def _pick(rule: Mapping, knob: str) -> Tuple[Optional[float], Optional[float]]:
     return absolute, mult
 
 
-def _scaled_int(rule: Mapping, knob: str, base: int) -> int:
-    absolute, mult = _pick(rule, knob)
+def scaled_int(rule: Mapping, knob: str, base: int) -> int:
+    """An integer knob of ``rule`` applied to ``base``: its absolute value, or ``base`` times
+    its multiplier, rounded."""
+    absolute, mult = pick_knob(rule, knob)
     if absolute is not None:
         if absolute != int(absolute):
             raise ValueError(f'scaling.{knob} must be an integer, got {rule[knob]!r}')
@@ -139,7 +141,7 @@ def validate_rule(rule: Optional[Mapping]) -> Dict[str, float]:
 def scaled_width(rule: Mapping, base: int, heads: int, heads_changed: bool) -> int:
     """The ``width`` knob: absolute as given, else ``base * width_mult`` rounded to a multiple of
     ``lcm(heads, 8)`` (also when only the head count changed)."""
-    width_abs, width_mult = _pick(rule, 'width')
+    width_abs, width_mult = pick_knob(rule, 'width')
     if width_abs is not None:
         if width_abs != int(width_abs):
             raise ValueError(f'scaling.width must be an integer, got {rule["width"]!r}')
@@ -157,7 +159,7 @@ def scaled_width(rule: Mapping, base: int, heads: int, heads_changed: bool) -> i
 def scaled_resolution(rule: Mapping, base: Tuple[int, int], step: int) -> Tuple[int, int]:
     """The ``resolution`` knob: absolute as given, else ``base * resolution_mult`` rounded to a
     multiple of ``step`` (the patch, the patch stride, or 32 for AsViT)."""
-    res_abs, res_mult = _pick(rule, 'resolution')
+    res_abs, res_mult = pick_knob(rule, 'resolution')
     if res_abs is not None:
         if res_abs != int(res_abs):
             raise ValueError(f'scaling.resolution must be an integer, got {rule["resolution"]!r}')
@@ -170,14 +172,14 @@ def scaled_resolution(rule: Mapping, base: Tuple[int, int], step: int) -> Tuple[
 def scale_vit(base: ViTArch, rule: Optional[Mapping] = None) -> ViTArch:
     """Apply a scaling rule (see module docstring) to a base architecture."""
     rule = validate_rule(rule)
-    depth = _scaled_int(rule, 'depth', base.num_layers)
-    heads = _scaled_int(rule, 'heads', base.num_heads)
-    patch = _scaled_int(rule, 'patch_size', base.patch_size)
+    depth = scaled_int(rule, 'depth', base.num_layers)
+    heads = scaled_int(rule, 'heads', base.num_heads)
+    patch = scaled_int(rule, 'patch_size', base.patch_size)
 
     width = scaled_width(rule, base.embed_dims, heads,
                          'heads' in rule or 'heads_mult' in rule)
 
-    ratio_abs, ratio_mult = _pick(rule, 'mlp_ratio')
+    ratio_abs, ratio_mult = pick_knob(rule, 'mlp_ratio')
     mlp_ratio = ratio_abs if ratio_abs is not None else base.mlp_ratio * (ratio_mult or 1.0)
 
     img_size = scaled_resolution(rule, base.img_size, patch)
@@ -261,7 +263,7 @@ class PiTArch:
         return asdict(self)
 
 
-def _per_stage(rule: Mapping, knob: str, base: Tuple[int, ...]) -> Tuple[int, ...]:
+def per_stage(rule: Mapping, knob: str, base: Tuple[int, ...]) -> Tuple[int, ...]:
     """A per-stage integer knob: absolute int / list, or a multiplier applied to each stage."""
     if knob in rule and isinstance(rule[knob], (list, tuple)):
         values = rule[knob]
@@ -273,7 +275,7 @@ def _per_stage(rule: Mapping, knob: str, base: Tuple[int, ...]) -> Tuple[int, ..
             raise ValueError(f'scaling gives both {knob}={values!r} and '
                              f'{knob}_mult={rule[knob + "_mult"]!r}; use one of them')
         return tuple(values)
-    return tuple(_scaled_int(rule, knob, b) for b in base)
+    return tuple(scaled_int(rule, knob, b) for b in base)
 
 
 PIT_LIST_KNOBS = ('depth', 'heads', 'width')
@@ -288,7 +290,7 @@ def _scaled_depths(rule: Mapping, base: Tuple[int, ...]) -> Tuple[int, ...]:
     (``[1, 2, 1] * 1.25`` is ``[1, 3, 1]``, not ``[1, 2, 1]``).
     """
     if 'depth_mult' not in rule:
-        return _per_stage(rule, 'depth', base)
+        return per_stage(rule, 'depth', base)
     mult = rule['depth_mult']
     total = int(round(sum(base) * mult))
     shares = [b * total / sum(base) for b in base]
@@ -310,7 +312,7 @@ def _scaled_stride(rule: Mapping, base: 'PiTArch') -> int:
     overlapping as the base's and the token grid shrinks as on ViT.
     """
     if 'patch_stride' in rule or 'patch_stride_mult' in rule:
-        return _scaled_int(rule, 'patch_stride', base.patch_stride)
+        return scaled_int(rule, 'patch_stride', base.patch_stride)
     if 'patch_size_mult' in rule:
         mult = rule['patch_size_mult']
         stride = int(round(base.patch_stride * mult))
@@ -339,11 +341,11 @@ def scale_pit(base: PiTArch, rule: Optional[Mapping] = None) -> PiTArch:
     """
     rule = validate_pit_rule(rule)
     depths = _scaled_depths(rule, base.depths)
-    heads = _per_stage(rule, 'heads', base.heads)
-    base_dims = _per_stage(rule, 'width', base.base_dims)
-    patch = _scaled_int(rule, 'patch_size', base.patch_size)
+    heads = per_stage(rule, 'heads', base.heads)
+    base_dims = per_stage(rule, 'width', base.base_dims)
+    patch = scaled_int(rule, 'patch_size', base.patch_size)
     stride = _scaled_stride(rule, base)
-    ratio_abs, ratio_mult = _pick(rule, 'mlp_ratio')
+    ratio_abs, ratio_mult = pick_knob(rule, 'mlp_ratio')
     mlp_ratio = ratio_abs if ratio_abs is not None else base.mlp_ratio * (ratio_mult or 1.0)
     img_size = scaled_resolution(rule, base.img_size, stride)
     return make_pit_arch(base_dims, depths, heads, mlp_ratio, img_size, patch, stride,

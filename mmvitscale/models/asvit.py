@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import MODELS
-from ..scaling import (_per_stage, _pick, _scaled_int, check_rule, scaled_resolution,
+from ..scaling import (check_rule, per_stage, pick_knob, scaled_int, scaled_resolution,
                        scaled_width, to_2tuple)
 from .base import ScalableBackbone, check_common_args, check_frozen_stages
 from .family import Family, register_family
@@ -217,11 +217,11 @@ def scale_asvit(base: AsViTArch, rule: Optional[Mapping] = None) -> AsViTArch:
     ``mlp_ratio_mult``; ``resolution`` / ``resolution_mult`` (rounded to a multiple of 32).
     """
     rule = validate_asvit_rule(rule)
-    depths = _per_stage(rule, 'depth', base.depths)
+    depths = per_stage(rule, 'depth', base.depths)
     if 'heads' in rule and not isinstance(rule['heads'], (list, tuple)):
-        heads = stage_heads(_scaled_int(rule, 'heads', base.heads[-1]))
+        heads = stage_heads(scaled_int(rule, 'heads', base.heads[-1]))
     else:
-        heads = _per_stage(rule, 'heads', base.heads)
+        heads = per_stage(rule, 'heads', base.heads)
     width = scaled_width(rule, base.width, heads[0], heads != base.heads)
     if isinstance(rule.get('mlp_ratio'), (list, tuple)):
         if 'mlp_ratio_mult' in rule:
@@ -229,7 +229,7 @@ def scale_asvit(base: AsViTArch, rule: Optional[Mapping] = None) -> AsViTArch:
                              f'mlp_ratio_mult={rule["mlp_ratio_mult"]!r}; use one of them')
         mlp_ratios = tuple(rule['mlp_ratio'])
     else:
-        ratio_abs, ratio_mult = _pick(rule, 'mlp_ratio')
+        ratio_abs, ratio_mult = pick_knob(rule, 'mlp_ratio')
         mlp_ratios = ((ratio_abs, ) * NUM_STAGES if ratio_abs is not None else tuple(
             r * (ratio_mult or 1.0) for r in base.mlp_ratios))
     img_size = scaled_resolution(rule, base.img_size, 32)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import MODELS
-from ..scaling import RULE_KEYS, ViTArch, _pick
+from ..scaling import RULE_KEYS, ViTArch, pick_knob
 from .base import ScalableBackbone, check_common_args, check_frozen_stages
 from .family import Family, register_family
 from .layers import (Attention, TokenGrid, TransformerBlock, normalise_indices,
@@ -59,7 +59,7 @@ def scale_frames(num_frames: int, tubelet_size: int, rule: Optional[Mapping] = N
     if num_frames % tubelet_size:
         raise ValueError(f'arch: num_frames={num_frames} is not a multiple of '
                          f'tubelet_size={tubelet_size}')
-    absolute, mult = _pick(rule or {}, 'frames')
+    absolute, mult = pick_knob(rule or {}, 'frames')
     if absolute is not None:
         if absolute != int(absolute):
             raise ValueError(f'scaling.frames must be an integer, got {rule["frames"]!r}')

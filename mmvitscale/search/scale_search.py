@@ -39,8 +39,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from ..experiments.stats import ranks  # noqa: F401
 from ..errors import creatable_error, positive_number_error
 from ..families import family_names, family_of_dict, get_family
-from ..fileio import atomic_write, pyplot, save_figure
-from ..rules import _plain
+from ..fileio import atomic_write, json_ready, pyplot, save_figure
+
 
 FAMILIES = family_names('image', searchable=True)  # families with a multiplier grid
 SCORERS = ('proxies', 'flops')
@@ -203,7 +203,7 @@ def enumerate_candidates(base: BaseSpec, grids: Optional[Mapping[str, Sequence[f
             if (arch, attn) in seen:
                 continue
             seen.add((arch, attn))
-            out.append(Candidate(rule=rule, arch=_plain(arch.as_dict())))
+            out.append(Candidate(rule=rule, arch=json_ready(arch.as_dict())))
     if not out:
         raise ValueError(f'none of the {infeasible} rules of the grid gives a feasible '
                          'architecture')
