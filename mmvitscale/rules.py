@@ -140,7 +140,7 @@ def _is_scaling_entry(entry: Any) -> bool:
             and SCALING_DIR in entry.replace('\\', '/'))
 
 
-def _check_rule_file(rule_path: str) -> None:
+def check_rule_file(rule_path: str) -> None:
     """ValueError naming ``rule_path`` unless it exists and defines a ``scaling`` dict."""
     import os.path as osp
 
@@ -161,6 +161,11 @@ def _check_rule_file(rule_path: str) -> None:
                 or not 0 < value < float('inf')):
             raise ValueError(f'rule file {rule_path}: scaling.{key} must be a positive number, '
                              f'got {value!r}')
+
+
+# the old private name, until device_measure / study / benchmark_latency (issues 23, 27) import
+# check_rule_file
+_check_rule_file = check_rule_file
 
 
 def load_with_rule(config_path: str, rule_path: str):
@@ -188,7 +193,7 @@ def load_with_rule(config_path: str, rule_path: str):
     config_path, rule_path = osp.abspath(config_path), osp.abspath(rule_path)
     if not osp.isfile(config_path):
         raise ValueError(f'config file not found: {config_path}')
-    _check_rule_file(rule_path)
+    check_rule_file(rule_path)
     with open(config_path, encoding='utf-8') as f:
         text = f.read()
     node = next((n for n in ast.parse(text, filename=config_path).body
