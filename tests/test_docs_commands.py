@@ -160,31 +160,22 @@ class Parsed(BaseException):
     pass
 
 state = threading.local()
-orig_known = argparse.ArgumentParser.parse_known_args
-orig_args = argparse.ArgumentParser.parse_args
+def stop_after(orig):
+    """``orig`` (a parse method) that raises Parsed once the outermost parse is done."""
+    def parse(self, args=None, namespace=None):
+        if getattr(state, 'inside', False):
+            return orig(self, args, namespace)
+        state.inside = True
+        try:
+            orig(self, args, namespace)
+        finally:
+            state.inside = False
+        raise Parsed()
+    return parse
 
-def parse_known_args(self, args=None, namespace=None):
-    if getattr(state, 'inside', False):
-        return orig_known(self, args, namespace)
-    state.inside = True
-    try:
-        orig_known(self, args, namespace)
-    finally:
-        state.inside = False
-    raise Parsed()
-
-def parse_args(self, args=None, namespace=None):
-    if getattr(state, 'inside', False):
-        return orig_args(self, args, namespace)
-    state.inside = True
-    try:
-        orig_args(self, args, namespace)
-    finally:
-        state.inside = False
-    raise Parsed()
-
-argparse.ArgumentParser.parse_known_args = parse_known_args
-argparse.ArgumentParser.parse_args = parse_args
+for method in ('parse_known_args', 'parse_args'):
+    setattr(argparse.ArgumentParser, method,
+            stop_after(getattr(argparse.ArgumentParser, method)))
 results = []
 for argv in jobs:
     err = io.StringIO()
