@@ -57,8 +57,12 @@ def bill_lines(trials: Sequence[Any], gpus_per_trial: int,
              'per GPU (--gpu-tflops); backbone only (heads, data loading and evaluation not '
              'counted: a lower bound)']
     total = 0.0
+    done: Dict[Any, Dict[str, Any]] = {}  # seeds of one arm cost the same
     for trial in real:
-        b = trial_bill(trial, gpu_tflops)
+        arm = (trial.task, trial.rule, trial.options)
+        if arm not in done:
+            done[arm] = trial_bill(trial, gpu_tflops)
+        b = dict(done[arm], trial=str(trial))
         if b['gpu_hours'] is None:
             lines.append(f"  {b['trial']}: {b['gflops']:.2f} GMACs/sample at "
                          f"{b['input_shape']}; training samples unknown: no estimate")
