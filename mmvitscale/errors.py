@@ -43,15 +43,17 @@ def flag_name(name: str) -> str:
 
 
 @contextlib.contextmanager
-def flag_errors(parser: Any, *known: Type[BaseException]) -> Iterator[None]:
-    """Inside the block, an :class:`InputError` (its names shown as the user's flags, see
-    :func:`flag_name`) or an error of the ``known`` types (default ``ValueError``) ends the tool
-    through ``parser.error``: usage, one line ``prog: error: message``, exit status 2. Anything
-    else propagates with its traceback (a bug, not bad input)."""
+def flag_errors(parser: Any, *known: Type[BaseException],
+                rename: Callable[[str], str] = flag_name) -> Iterator[None]:
+    """Inside the block, an :class:`InputError` (its names shown as the user's flags through
+    ``rename``, default :func:`flag_name`) or an error of the ``known`` types (default
+    ``ValueError``) ends the tool through ``parser.error``: usage, one line
+    ``prog: error: message``, exit status 2. Anything else propagates with its traceback (a
+    bug, not bad input)."""
     try:
         yield
     except InputError as err:
-        parser.error(err.format(flag_name))
+        parser.error(err.format(rename))
     except known or (ValueError, ) as err:
         parser.error(str(err))
 

@@ -29,24 +29,17 @@ import argparse
 import os.path as osp
 import sys
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict
 
 import mmvitscale  # noqa: F401  (shims before mmengine / host packages)
 from rich.console import Console
 
-from mmvitscale.errors import InputError, folder_arg
-from mmvitscale.search.device_measure import MeasureSpec, check_measure_spec, measure_archs
-from mmvitscale.search.device_transfer import (REDUCE, STATS, LatencyMatrix, TransferError,
-                                               check_report_inputs, load_scores, read_matrix,
-                                               transfer_report, write_report)
-
-# package argument names whose flag is not ``--`` + the name with dashes
-FLAGS = dict(tables='TABLE', budget_quantiles='--budget-quantile')
-
-
-def flag(name: str) -> str:
-    """The command-line flag of a package argument name."""
-    return FLAGS.get(name, '--' + name.replace('_', '-'))
+from mmvitscale.errors import flag_errors, folder_arg
+from mmvitscale.experiments.device_inputs import (all_tables, check_transfer_args, flag,
+                                                  loadavg, summary_lines)
+from mmvitscale.experiments.device_measure import measure_archs
+from mmvitscale.experiments.device_ranking import (REDUCE, STATS, TransferError, load_scores,
+                                                   read_matrix, transfer_report, write_report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,53 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _all_tables(args: argparse.Namespace) -> List[str]:
-    return list(args.tables) + ([args.table] if args.measure else [])
-
-
-def measure_spec(args: argparse.Namespace) -> MeasureSpec:
-    return MeasureSpec(rules=args.rules, num_random=args.num_random, seed=args.seed,
-                       arch=args.arch, img_size=args.img_size, patch_size=args.patch_size,
-                       backends=args.backends, compile_max_archs=args.compile_max_archs,
-                       threads=args.threads, rounds=args.rounds, repeats=args.repeats,
-                       warmup=args.warmup)
-
-
-def validate(args: argparse.Namespace
-             ) -> Tuple[Optional[LatencyMatrix], Optional[MeasureSpec]]:
-    """Check every input before any measurement (ValueError naming the flag and value).
-
-    Fills in ``args.budget_quantile`` and, with ``--measure``, ``args.table``. Returns the
-    checked :class:`LatencyMatrix` of the tables without ``--measure``, else the checked
-    :class:`MeasureSpec`.
-    """
-    if not args.tables and not args.measure:
-        raise ValueError('give one or more latency TABLEs, or --measure')
-    try:
-        args.budget_quantile = check_report_inputs(args.tables, args.scores,
-                                                   args.budget_quantile, args.budget_ms)
-        if not args.measure:
-            return read_matrix(args.tables, args.stat, args.reduce, args.fingerprints,
-                               args.scatter), None
-        args.table = args.table or osp.join(args.out_dir, 'table.jsonl')
-        spec = measure_spec(args)
-        check_measure_spec(spec, args.tables, args.fingerprints)
-    except InputError as err:
-        raise ValueError(err.format(flag)) from None
-    return None, spec
-
-
 def main(argv=None) -> Dict[str, Any]:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        matrix, spec = validate(args)
-    except ValueError as err:
-        parser.error(str(err))
+    with flag_errors(parser, rename=flag):
+        matrix, spec = check_transfer_args(args)
     console = Console(soft_wrap=True)
-    t0 = time.perf_counter()
-    with open('/proc/loadavg') as f:
-        load_before = f.read().split()[:3]
+    t0, load_before = time.perf_counter(), loadavg()
     run: Dict[str, Any] = {}
     if args.measure:
         def on_result(label: str, backend: str, res: Dict[str, Any]) -> None:
@@ -146,49 +99,26 @@ def main(argv=None) -> Dict[str, Any]:
         def on_failure(label: str, backend: str, err: Exception) -> None:
             console.print(f'[red]failed:[/red] {label} {backend}: {err}')
 
-        assert spec is not None
         run = measure_archs(spec, args.table, on_result=on_result, on_failure=on_failure)
-        try:
-            matrix = read_matrix(_all_tables(args), args.stat, args.reduce, args.fingerprints,
+        with flag_errors(parser, rename=flag):
+            matrix = read_matrix(all_tables(args), args.stat, args.reduce, args.fingerprints,
                                  args.scatter)
-        except InputError as err:
-            console.print(f'[red]error:[/red] {err.format(flag)}')
-            sys.exit(2)
-        except ValueError as err:
-            console.print(f'[red]error:[/red] {err}')
-            sys.exit(2)
-    assert matrix is not None
     try:
         scores = load_scores(args.scores, matrix) if args.scores else None
     except ValueError as err:
         parser.error(f'--scores: {err}')
-    report = transfer_report(matrix, scores, args.budget_quantile, args.budget_ms,
-                             score_name='scores:' + args.scores if args.scores else 'flops')
-    with open('/proc/loadavg') as f:
-        load_after = f.read().split()[:3]
-    report['run'] = dict(tables=_all_tables(args), argv=sys.argv[1:] if argv is None else argv,
+    with flag_errors(parser, TransferError):  # after the checks, only from a racing writer
+        report = transfer_report(matrix, scores, args.budget_quantile, args.budget_ms,
+                                 score_name='scores:' + args.scores if args.scores else 'flops')
+    report['run'] = dict(tables=all_tables(args), argv=sys.argv[1:] if argv is None else argv,
                          wall_s=time.perf_counter() - t0, loadavg_before=load_before,
-                         loadavg_after=load_after, **run)
+                         loadavg_after=loadavg(), **run)
     paths = write_report(report, args.out_dir, args.name, tuple(args.scatter or ()) or None)
-    for p in report['pairs']:
-        na, nb = (f'{v:.1f}%' if v is not None else '?' for v in p['noise_floor_pct'])
-        within = (' (every rank difference within the noise floor)' if p['discordant']
-                  and p['within_noise'] else f" ({p['discordant'] - p['discordant_within_noise']}"
-                  f" of {p['discordant']} discordant pairs beyond the noise floor)"
-                  if p['discordant'] else '')
-        console.print(f"tau {p['a']} vs {p['b']}: {p['tau']:.3f} (n={p['n']}, noise floor "
-                      f'{na} / {nb}){within}')
-    for b in report['budgets']:
-        winners = ', '.join(f"{k}: {v['winner']}" for k, v in b['per_setting'].items())
-        console.print(f"budget {b['name']}: {winners}"
-                      + (' [bold]-> winner changes[/bold]' if b['winner_changes'] else ''))
+    for line in summary_lines(report):
+        console.print(line)
     console.print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}")
     return report
 
 
 if __name__ == '__main__':
-    try:
-        main()
-    except TransferError as err:  # raised after validation only by a racing table writer
-        print(f'error: {err}', file=sys.stderr)
-        sys.exit(2)
+    main()
