@@ -252,6 +252,13 @@ def test_scripts_import_only_the_package(folder):
     assert not bad, bad
 
 
+def test_tools_are_thin():
+    """A tool parses flags, calls the package and prints: at most 150 lines."""
+    long = {p.relative_to(ROOT).as_posix(): n for p in sorted((ROOT / 'tools').rglob('*.py'))
+            for n in [len(p.read_text(encoding='utf-8').splitlines())] if n > 150}
+    assert not long, f'tools over 150 lines (move the logic into mmvitscale/): {long}'
+
+
 def mermaid() -> str:
     """The imports between the package's parts (subpackages and top-level modules), by floor."""
     def part(m: str) -> str:
