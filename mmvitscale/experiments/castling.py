@@ -15,11 +15,12 @@ from typing import Any, Dict, List, Mapping, Sequence
 import torch
 from mmengine.config import Config
 
+from ..engine.config import load_config
 from ..fileio import json_ready
 from . import seeded
 from .console import clock, loadavg_text
 from .runner import remove_checkpoints, train_and_test
-from .seeded import load_config, rel_path
+from .seeded import rel_path
 from .store import machine_fingerprint
 from .tasks import configure, ensure_data, get_task
 

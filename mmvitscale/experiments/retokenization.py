@@ -17,10 +17,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from mmengine.hooks import Hook
 
+from ..engine.config import load_config
 from . import seeded
 from .console import loadavg_text
 from .runner import train_and_test
-from .seeded import load_config, rel_path
+from .seeded import rel_path
 from .store import machine_fingerprint
 from .tasks import configure, ensure_data, get_task
 

@@ -44,14 +44,6 @@ def check_seeds(seeds: Sequence[int], flag: str = '--seeds') -> List[int]:
     return list(seeds)
 
 
-def load_config(config: str, rule: Optional[str] = None) -> Any:
-    """The task config, under the scaling ``rule`` file when given."""
-    from mmengine.config import Config
-
-    from ..rules import load_with_rule
-    return load_with_rule(config, rule) if rule else Config.fromfile(config)
-
-
 def rel_path(path: str) -> str:
     """``path`` relative to the repository root (absolute when outside it), for reports."""
     rel = osp.relpath(osp.abspath(path), ROOT)

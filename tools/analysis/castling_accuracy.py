@@ -45,7 +45,8 @@ from typing import Any, Dict, Optional, Sequence
 import mmvitscale  # noqa: F401  (stack shims + registries, before any host import)
 from mmvitscale.errors import folder_arg
 from mmvitscale.experiments.castling import CONFIG, RUNS, run_study
-from mmvitscale.experiments.seeded import check_seeds, load_config
+from mmvitscale.engine.config import load_config
+from mmvitscale.experiments.seeded import check_seeds
 from mmvitscale.experiments.tasks import ROOT
 
 

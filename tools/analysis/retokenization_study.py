@@ -25,7 +25,8 @@ from typing import Any, Dict, List, Optional
 
 import mmvitscale  # noqa: F401  (stack shims + registries, before any host import)
 from mmvitscale.errors import folder_arg
-from mmvitscale.experiments.seeded import check_seeds, load_config
+from mmvitscale.engine.config import load_config
+from mmvitscale.experiments.seeded import check_seeds
 from mmvitscale.experiments.tasks import ROOT
 
 CONFIG = osp.join(ROOT, 'configs', 'cls', 'scaled_vit_fmnist.py')
