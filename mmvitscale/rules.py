@@ -130,14 +130,14 @@ def rescale_pipeline(pipeline, size: int, base_size: int = 224,
     return out
 
 
-SCALING_DIR = '_base_/scaling/'
+SCALING_BASE = '_base_/scaling/'  # how a rule's entry in a config's _base_ list reads
 _PREDEFINED = ('fileDirname', 'fileBasename', 'fileBasenameNoExtension', 'fileExtname')
 
 
 def _is_scaling_entry(entry: Any) -> bool:
     """Whether a ``_base_`` entry points into a ``_base_/scaling/`` folder."""
     return (isinstance(entry, str) and '::' not in entry
-            and SCALING_DIR in entry.replace('\\', '/'))
+            and SCALING_BASE in entry.replace('\\', '/'))
 
 
 def check_rule_file(rule_path: str) -> None:
@@ -210,7 +210,7 @@ def load_with_rule(config_path: str, rule_path: str):
     hits = [i for i, b in enumerate(bases) if _is_scaling_entry(b)]
     if len(hits) != 1:
         raise ValueError(f'{config_path} has {len(hits)} scaling rule bases (entries under '
-                         f'{SCALING_DIR}) in its _base_ {bases}; expected exactly one')
+                         f'{SCALING_BASE}) in its _base_ {bases}; expected exactly one')
     cfg_dir = osp.dirname(config_path)
     new_bases = []
     for i, base in enumerate(bases):

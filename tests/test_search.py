@@ -9,9 +9,10 @@ import pytest
 
 from mmvitscale.cost.predictor import FEATURES, LatencyPredictor, features, mape, nnls
 from mmvitscale.scaling import make_pit_arch, make_vit_arch, scale_vit
-from mmvitscale.search.scale_search import (FAMILIES, BaseSpec, BudgetError, Candidate, check_grids,
-                                            enumerate_candidates, filter_budget, pareto_front,
-                                            ranks, rule_file_text, run_search, write_rule_file)
+from mmvitscale.search.scale_search import (SEARCH_FAMILIES, BaseSpec, BudgetError, Candidate,
+                                            check_grids, enumerate_candidates, filter_budget,
+                                            pareto_front, ranks, rule_file_text, run_search,
+                                            write_rule_file)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 FMNIST = dict(embed_dims=64, num_layers=6, num_heads=2, mlp_ratio=4.0)
@@ -261,7 +262,7 @@ def test_tool_cli(tmp_path, capsys):
         assert msg in capsys.readouterr().err
 
 
-@pytest.mark.parametrize('family', FAMILIES)
+@pytest.mark.parametrize('family', SEARCH_FAMILIES)
 def test_tool_default_base_is_the_family_fmnist_config_backbone(family, tmp_path):
     """With no --arch the search's base is the backbone of configs/cls/scaled_<family>_fmnist.py
     (so the written rule drops into that config)."""

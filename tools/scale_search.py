@@ -37,7 +37,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mmvitscale.errors import flag_errors
 from mmvitscale.experiments.report import write_json
-from mmvitscale.search.scale_search import (ATTN_TYPES, COSTS, FAMILIES, SCORERS, UNITS,
+from mmvitscale.search.scale_search import (ATTN_TYPES, COSTS, SCORERS, SEARCH_FAMILIES, UNITS,
                                             BudgetError, SearchResult, arch_text, cost_text,
                                             run_search)
 from mmvitscale.search.search_inputs import (check_search_args, search_summary,
@@ -46,7 +46,7 @@ from mmvitscale.search.search_inputs import (check_search_args, search_summary,
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--family', default='vit', choices=FAMILIES)
+    p.add_argument('--family', default='vit', choices=SEARCH_FAMILIES)
     p.add_argument('--arch', default=None,
                    help='base preset or JSON dict (default: the fmnist ViT / PiT)')
     p.add_argument('--img-size', type=int, default=32, help='base resolution')

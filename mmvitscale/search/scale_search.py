@@ -42,12 +42,12 @@ from ..families import family_names, family_of_dict, get_family
 from ..fileio import atomic_write, json_ready, pyplot, save_figure
 
 
-FAMILIES = family_names('image', searchable=True)  # families with a multiplier grid
+SEARCH_FAMILIES = family_names('image', searchable=True)  # families with a multiplier grid
 SCORERS = ('proxies', 'flops')
 COSTS = ('flops', 'latency')
 UNITS = {'flops': 'GFLOPs', 'latency': 'ms'}
 DEFAULT_GRIDS: Dict[str, Dict[str, Tuple[float, ...]]] = {
-    name: dict(get_family(name).search_grid) for name in FAMILIES}
+    name: dict(get_family(name).search_grid) for name in SEARCH_FAMILIES}
 ATTN_TYPES = ('softmax', 'linear_angular')  # as mmvitscale.models.linear_attention
 Progress = Optional[Callable[[int, int], None]]
 
