@@ -14,13 +14,16 @@ moment the mmengine module concerned is first imported (or at once if it already
    built in the scope the config declares (``mmengine.config.config``).
 
 It also applies, at the moment they are needed and whatever was imported first (``timm``,
-``torchvision``, a host package, or nothing of mmvitscale at all), the two import-time shims of
+``torchvision``, a host package, or nothing of mmvitscale at all), the import-time shims of
 the pinned stack that ``mmvitscale.compat`` documents:
 
 3. just before ``torchvision`` is first imported, and only when its compiled ops cannot load into
    this torch, define the op schemas it registers fake kernels for (:func:`prepare_torchvision`);
 4. when ``mmaction.models.localizers.drn`` is imported and the installed mmaction2 lacks it (the
-   1.2.0 wheel), provide stub modules whose ``DRN`` raises a clear error.
+   1.2.0 wheel), provide stub modules whose ``DRN`` raises a clear error;
+5. when ``mmengine.fileio.handlers.pickle_handler`` is imported, route ``PickleHandler``'s loads
+   (``mmengine.load`` of ``.pkl`` files) through mmvitscale's restricted unpickler
+   (:func:`patch_pickle_handler`; mmvitscale itself is imported only when a pickle is read).
 
 Activation: ``mmvitscale-mmengine-hook.pth``, which mmvitscale's ``setup.py`` installs into
 site-packages (wheels / ``pip install .``, ``setup.py develop`` / ``pip install --no-use-pep517
@@ -186,9 +189,39 @@ def patch_config_scope(module: Any) -> bool:
     return True
 
 
+def patch_pickle_handler(module: Any) -> bool:
+    """Make mmengine's ``PickleHandler`` (``mmengine.load`` / ``mmengine.fileio.load`` of
+    ``.pkl`` / ``.pickle`` files: annotation and result files) read through mmvitscale's
+    restricted unpickler (``mmvitscale.compat.pickle_load_from_fileobj``), which runs no code
+    from the file. Done here, at mmengine's import, so that it also holds in processes that never
+    import mmvitscale (spawned dataloader workers, host tools). True if changed."""
+    handler = getattr(module, 'PickleHandler', None)
+    current = getattr(handler, '__dict__', {}).get('load_from_fileobj')
+    if handler is None or getattr(current, _MARK, False):
+        return False
+    originals = (current, handler.__dict__.get('load_from_path'))
+
+    def load_from_fileobj(self: Any, file: Any, **kwargs: Any) -> Any:
+        from mmvitscale.compat import pickle_load_from_fileobj
+        return pickle_load_from_fileobj(file, **kwargs)
+
+    def load_from_path(self: Any, filepath: Any, **kwargs: Any) -> Any:
+        from mmvitscale.compat import pickle_load_from_path
+        return pickle_load_from_path(filepath, **kwargs)
+
+    for method, original in zip((load_from_fileobj, load_from_path), originals):
+        method.__wrapped__ = original
+        method.__doc__ = getattr(original, '__doc__', None)
+        setattr(method, _MARK, True)
+        setattr(handler, method.__name__, method)
+    APPLIED.append('safe-pickle-files')
+    return True
+
+
 PATCHES: Dict[str, Callable[[Any], bool]] = {
     'mmengine.config.utils': patch_module2package,
     'mmengine.config.config': patch_config_scope,
+    'mmengine.fileio.handlers.pickle_handler': patch_pickle_handler,
 }
 
 

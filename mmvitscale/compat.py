@@ -44,11 +44,19 @@ records what was done so tests and bug reports can see it.
    ``torch.cuda.set_device`` call after the SLURM_* variables are read. Fix, only without an
    accelerator: run mmengine's ``_init_dist_slurm`` with that call as a no-op (the model wrapper
    fix of 4 applies to every launcher).
+6. mmengine's ``PickleHandler`` (``mmengine.load`` / ``mmengine.fileio.load`` of ``.pkl`` /
+   ``.pickle`` files: the annotation files of mmdet / mmaction / mmpretrain datasets, result
+   files) calls ``pickle.load``, so a hostile annotation file runs code. Fix: its loads go
+   through :func:`mmvitscale.checkpoint.safe_load.safe_pickle_load` (plain data, numpy and
+   tensors rebuilt without code; any other global refused, naming the file and the global).
+   Installed by the start-up hook at mmengine's import (:func:`patch_pickle_files`), so it also
+   holds in spawned dataloader workers and host tools that never import mmvitscale.
 """
 import contextlib
 import os
 import os.path as osp
 import re
+import sys
 import threading
 import types
 from typing import Callable, Iterator, List
@@ -315,6 +323,61 @@ def patch_checkpoint_loading() -> bool:
     return True
 
 
+# --------------------------------------------------------------------------- pickle files
+_MMENGINE_LOAD = osp.join('mmengine', 'fileio', 'io.py')
+
+
+def pickle_source_name(file) -> str:
+    """The name of the pickle file ``file`` was read from: its ``name``, else the path given to
+    ``mmengine.fileio.load`` (which hands the handler an unnamed ``BytesIO`` of the file)."""
+    name = getattr(file, 'name', None)
+    if isinstance(name, str):
+        return name
+    frame = sys._getframe(1)
+    for _ in range(6):  # the handler wrappers sit a few frames under mmengine's load
+        if frame is None:
+            break
+        code = frame.f_code
+        if code.co_name == 'load' and code.co_filename.endswith(_MMENGINE_LOAD):
+            given = frame.f_locals.get('file')
+            if isinstance(given, (str, os.PathLike)):
+                return os.fspath(given)
+        frame = frame.f_back
+    return '<pickle stream>'
+
+
+def pickle_load_from_fileobj(file, encoding: str = 'ASCII', errors: str = 'strict',
+                             fix_imports: bool = True, **kwargs):
+    """``PickleHandler.load_from_fileobj`` without running code from the file
+    (:func:`~mmvitscale.checkpoint.safe_load.safe_pickle_load`); ``encoding`` / ``errors`` as
+    for ``pickle.load`` (Python 2 module names are always mapped)."""
+    from .checkpoint.safe_load import safe_pickle_load
+    _check_pickle_options(kwargs)
+    return safe_pickle_load(file, pickle_source_name(file), encoding=encoding, errors=errors)
+
+
+def pickle_load_from_path(filepath, encoding: str = 'ASCII', errors: str = 'strict',
+                          fix_imports: bool = True, **kwargs):
+    """``PickleHandler.load_from_path``: a regular file (a FIFO or a device is refused saying
+    what it is), read as :func:`pickle_load_from_fileobj` does."""
+    from .checkpoint.safe_load import safe_pickle_load
+    _check_pickle_options(kwargs)
+    return safe_pickle_load(os.fspath(filepath), encoding=encoding, errors=errors)
+
+
+def _check_pickle_options(kwargs) -> None:
+    if kwargs:
+        raise TypeError(f'reading a pickle file without running code takes encoding= and '
+                        f'errors=, not {", ".join(sorted(kwargs))}')
+
+
+def patch_pickle_files() -> bool:
+    """Route mmengine's ``PickleHandler`` loads through :func:`pickle_load_from_fileobj` (the
+    start-up hook usually did it already, at mmengine's import). True if applied now."""
+    from mmengine.fileio.handlers import pickle_handler
+    return _hook.patch_pickle_handler(pickle_handler)
+
+
 # --------------------------------------------------------------------------- CPU distributed
 def _no_accelerator() -> bool:
     from mmengine.device import (is_cuda_available, is_mlu_available, is_musa_available,
@@ -419,6 +482,7 @@ def apply_all() -> List[str]:
     patch_torchvision()
     patch_mmaction_drn()
     patch_checkpoint_loading()
+    patch_pickle_files()
     patch_cpu_distributed()
     patch_cpu_slurm()
     return APPLIED[before:]

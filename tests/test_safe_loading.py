@@ -876,3 +876,207 @@ def test_remote_backend_refusals_name_the_checkpoint(tmp_path):
             as info:
         _load_checkpoint(url)
     assert info.value.global_name == 'posix.system' and not osp.exists(marker)
+
+
+# --------------------------------------------------------------------------- pickle data files
+def _annotations():
+    """What mmdet / mmaction / mmpretrain annotation and result pickles hold."""
+    shared = ['xsub_train', 'xsub_val']
+    return {
+        'metainfo': {'classes': ('cat', 'dog'), 'palette': [(220, 20, 60), (0, 0, 142)]},
+        'data_list': [{'img_path': f'train/{i:06d}.jpg', 'height': 480, 'width': 640,
+                       'instances': [{'bbox': [0.5, 1.0, 20.25, 30.0], 'bbox_label': i % 2,
+                                      'ignore_flag': 0}],
+                       'gt_bboxes': np.arange(8, dtype=np.float32).reshape(2, 4) + i,
+                       'gt_labels': np.array([0, 1], dtype=np.int64)} for i in range(3)],
+        'split': {'xsub': shared, 'again': shared},  # shared references stay shared
+        'annotations': [{'frame_dir': 'S001C001P001R001A001', 'total_frames': 30,
+                         'img_shape': (1080, 1920), 'label': 3,
+                         'keypoint': np.linspace(0, 1, 1020).astype(np.float16)
+                                       .reshape(1, 30, 17, 2),
+                         'keypoint_score': np.ones((1, 30, 17), dtype=np.float16)}],
+        'results': [{'pred_score': torch.tensor([0.1, 0.9]), 'pred_label': torch.tensor([1]),
+                     'gt_label': torch.arange(6).reshape(2, 3)[:, 1]}],  # a strided view
+        'extras': OrderedDict(a=np.float64(2.5), b=np.int32(-7), c=np.dtype('float16'),
+                              d=np.asfortranarray(np.arange(6).reshape(2, 3)),
+                              e=np.array(['ab', 'c']), f=np.array([True, False]),
+                              g={1, 2}, h=frozenset({'x'}), i=b'\x00\xff', j=None, k=3 + 4j,
+                              m=float('inf'), n=2**70),
+    }
+
+
+@pytest.mark.parametrize('protocol', [None, 0, 1, 3, 4, 5])
+def test_annotation_pickle_round_trips_through_mmengine_load(tmp_path, protocol):
+    """An annotation / result pickle written by ``mmengine.dump`` (protocol 2, or the one
+    given) reads back through ``mmengine.fileio.load`` equal to what was written: dtypes,
+    shapes, Fortran order, numpy scalars, tensors, shared references."""
+    import mmengine
+    from mmengine.fileio.handlers import PickleHandler
+    assert getattr(PickleHandler.load_from_fileobj, '__wrapped__', None) is not None
+    data = _annotations()
+    path = str(tmp_path / 'ann.pkl')
+    mmengine.dump(data, path, **({} if protocol is None else dict(protocol=protocol)))
+    back = mmengine.fileio.load(path)
+    _same(data, back, 'annotations')
+    assert back['split']['xsub'] is back['split']['again']
+    assert back['extras']['d'].flags.f_contiguous
+    with open(path, 'rb') as f:  # a file object, by mmengine.load and by the handler
+        _same(data, mmengine.load(f, file_format='pkl'), 'file object')
+
+
+def test_pickle_stream_is_left_after_the_pickle(tmp_path):
+    """Like ``pickle.load``, a load from a file object stops after its pickle."""
+    from mmengine.fileio.handlers import PickleHandler
+    path = tmp_path / 'two.pkl'
+    with open(path, 'wb') as f:
+        pickle.dump({'first': np.arange(3)}, f, protocol=2)
+        pickle.dump(['second'], f, protocol=4)
+    with open(path, 'rb') as f:
+        _same({'first': np.arange(3)}, PickleHandler().load_from_fileobj(f))
+        assert PickleHandler().load_from_fileobj(f) == ['second']
+        assert f.read() == b''
+
+
+def test_mmengine_dataset_reads_its_annotation_pickle_safely(tmp_path):
+    """``BaseDataset(ann_file=...pkl)``, the path host datasets take: a real file loads, a
+    hostile one is refused naming the file and the global, and runs nothing."""
+    from mmengine.dataset import BaseDataset
+    good, evil = str(tmp_path / 'good.pkl'), str(tmp_path / 'evil.pkl')
+    marker = str(tmp_path / 'dataset.pwned')
+    with open(good, 'wb') as f:
+        pickle.dump({'metainfo': {'classes': ('a', )},
+                     'data_list': [{'img_path': 'x.jpg', 'gt_label': np.int64(0)}]}, f)
+    with open(evil, 'wb') as f:
+        pickle.dump({'metainfo': {}, 'data_list': [{'img_path': _system(marker)}]}, f)
+    assert len(BaseDataset(ann_file=good, serialize_data=False)) == 1
+    with pytest.raises(CheckpointRefusedError, match=rf'{re.escape(evil)}: .*posix\.system'):
+        BaseDataset(ann_file=evil, serialize_data=False)
+    assert not osp.exists(marker)
+
+
+@pytest.mark.parametrize('payload,protocol', itertools.product(PAYLOADS, (0, 2, 5)))
+def test_hostile_annotation_pickles_are_refused(tmp_path, payload, protocol):
+    """Every corpus payload inside an annotation list, in pickle protocols 0, 2 and 5: mmengine's
+    own handler runs it (the guard); ``mmengine.fileio.load`` refuses it as an
+    ``UnpicklingError`` naming the file and the global, and no marker is written."""
+    import mmengine
+    from mmengine.fileio.handlers import PickleHandler
+    marker = str(tmp_path / f'{payload}.pwned')
+    path = str(tmp_path / f'{payload}-p{protocol}.pkl')
+    with open(path, 'wb') as f:
+        pickle.dump([{'img_path': 'a.jpg', 'ann': PAYLOADS[payload](marker)}], f, protocol)
+    with open(path, 'rb') as f:
+        try:
+            PickleHandler.load_from_fileobj.__wrapped__(None, f)  # mmengine's own: pickle.load
+        except Exception:  # noqa: BLE001 - the payload ran before whatever failed after it
+            pass
+    assert osp.exists(marker), 'guard: the payload does not run under pickle.load'
+    os.remove(marker)
+    with pytest.raises(pickle.UnpicklingError) as info:
+        mmengine.fileio.load(path)
+    err = info.value
+    assert isinstance(err, CheckpointRefusedError) and not osp.exists(marker)
+    assert str(err).startswith(f'{path}: refused to load global ') and err.path == path
+    assert re.search(GLOBALS[payload], err.global_name) and err.global_name in str(err)
+    assert 'weights_only' not in str(err)
+
+
+class _ArrayBomb:
+    """A numpy array whose state declares 10^10 float64 elements with 16 bytes of data."""
+
+    def __reduce__(self):
+        from numpy.core.multiarray import _reconstruct
+        return _reconstruct, (np.ndarray, (0, ), b'b'), \
+            (1, (100_000, 100_000), np.dtype('float64'), False, bytes(16))
+
+
+def _pickle_bombs(folder):
+    """Hostile .pkl files: name -> (path, what the refusal must say)."""
+    from torch._utils import _rebuild_tensor_v2
+    from torch.storage import _load_from_bytes
+    folder = pathlib.Path(folder)
+    inner = legacy_file(folder / 'inner.bin',
+                        dumps(Pid('storage', torch.FloatStorage, '0', 'cpu', 25_000_000_000)),
+                        ['0'], [(25_000_000_000, bytes(16))])
+    storage_bomb = Call(_load_from_bytes, pathlib.Path(inner).read_bytes())
+    files = {
+        'bytearray-2gb': (dumps({'x': Call(bytearray, 2_000_000_000)}),
+                          r'builtins\.bytearray.*2000000000'),
+        'bytes-2gb': (dumps([Call(bytes, 2_000_000_000)]), r'builtins\.bytes.*2000000000'),
+        'numpy-shape-bomb': (dumps([_ArrayBomb()]), r'shape \(100000, 100000\).*16 bytes'),
+        'tensor-storage-declares-100gb': (
+            dumps({'t': Call(_rebuild_tensor_v2, storage_bomb, 0, (4, ), (1, ), False,
+                             OrderedDict())}), r'storage inside it.*100000000000 bytes'),
+        'memo-index-bomb': (b'\x80\x02N' + b'r' + struct.pack('<I', 2**31 - 1) + b'.',
+                            r'memo index 2147483647'),
+        'binbytes8-claims-1tb': (b'\x80\x04\x8e' + struct.pack('<Q', 1 << 40) + b'x' * 16
+                                 + b'.', r'not a complete pickle'),
+        'deep-nesting': (b'\x80\x02' + b']' * 100_000 + b'a' * 99_999 + b'.',
+                         r'nested deeper than 100'),
+        'garbage': (bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)),
+                    r'(malformed|not a complete pickle)'),
+        'empty': (b'', r'empty'),
+    }
+    out = {}
+    for name, (content, pattern) in files.items():
+        (folder / f'{name}.pkl').write_bytes(content)
+        out[str(folder / f'{name}.pkl')] = pattern
+    fifo = folder / 'fifo.pkl'
+    os.mkfifo(fifo)
+    os.symlink('/dev/zero', folder / 'zero-link.pkl')
+    out.update({f'handler:{fifo}': r'is a FIFO',
+                f'handler:{folder / "zero-link.pkl"}': r'is a character device',
+                f'handler:{folder}': r'is a directory'})
+    return out
+
+
+_PICKLE_BATCH = r'''
+import json, sys
+import mmengine
+from mmengine.fileio.handlers import PickleHandler
+assert 'mmvitscale' not in sys.modules  # the start-up hook alone routes the handler
+mmengine.load(sys.argv[1])  # a real annotation file first: imports the safe reader
+assert 'mmvitscale' in sys.modules
+
+def status(key):
+    for line in open('/proc/self/status'):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+
+for arg in sys.argv[2:]:
+    open('/proc/self/clear_refs', 'w').write('5')  # peak RSS := current RSS
+    base = status('VmRSS')
+    path = arg.split(':', 1)[1] if arg.startswith('handler:') else arg
+    try:
+        if arg.startswith('handler:'):  # mmengine.load reads a path whole before the handler
+            PickleHandler().load_from_path(path)
+        else:
+            mmengine.load(path)
+        row = dict(error=None)
+    except BaseException as err:
+        row = dict(error=type(err).__name__, message=str(err),
+                   unpickling=isinstance(err, __import__('pickle').UnpicklingError))
+    row.update(path=path, peak=status('VmHWM') - base)
+    print(json.dumps(row), flush=True)
+'''
+
+
+def test_pickle_bombs_in_a_fresh_interpreter(tmp_path):
+    """Memory bombs, malformed and non-regular .pkl files through ``mmengine.load`` in a fresh
+    interpreter that never imports mmvitscale itself (the start-up hook routes mmengine's
+    handler): each refused naming the file and the cause, peak memory under 200 MB."""
+    good = str(tmp_path / 'good.pkl')
+    with open(good, 'wb') as f:
+        pickle.dump([{'img_path': 'a.jpg', 'gt_bboxes': np.zeros((1, 4), np.float32)}], f)
+    expect = _pickle_bombs(tmp_path)
+    out = subprocess.run([sys.executable, '-c', _PICKLE_BATCH, good, *expect],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r['path'] for r in rows] == [a.split(':', 1)[-1] for a in expect]
+    wrong = [row for row, pattern in zip(rows, expect.values())
+             if not (row['error'] in ('CheckpointRefusedError', 'CheckpointReadError',
+                                      'CheckpointTooLargeError')
+                     and row['path'] in row['message'] and re.search(pattern, row['message'])
+                     and row['peak'] < (200 << 20))]
+    assert not wrong, '\n'.join(map(str, wrong))

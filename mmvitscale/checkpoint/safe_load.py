@@ -23,12 +23,14 @@ Every failure is :class:`CheckpointRefusedError` (a global outside the allow-lis
 :class:`CheckpointReadError` (truncated, malformed, not a regular file, too large), with the
 file's name; no message relays torch's advice to turn ``weights_only`` off.
 """
+import contextlib
 import io
+import itertools
 import os
 import stat
 import struct
 import zipfile
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 
@@ -37,7 +39,8 @@ from .safe_pickle import (CheckpointError, CheckpointReadError, CheckpointRefuse
                           StorageRef, TensorRecord, materialize, scan_pickle, storage_id)
 
 __all__ = ['CheckpointError', 'CheckpointReadError', 'CheckpointRefusedError',
-           'CheckpointTooLargeError', 'safe_torch_load', 'check_regular_file', 'SIZE_FACTOR']
+           'CheckpointTooLargeError', 'safe_torch_load', 'safe_pickle_load', 'check_regular_file',
+           'SIZE_FACTOR']
 
 SIZE_FACTOR = 2  # default max_bytes: this many times the file's size
 _MAGIC = 0x1950A86A20F9469CFC6C  # torch's legacy format
@@ -111,6 +114,8 @@ def _check_not_sparse(fd: int, path: str, size: int) -> None:
 class _Reader:
     """One checkpoint being read: its name, size, bounds and storages."""
 
+    what = 'checkpoints'  # what the refusals say is read
+
     def __init__(self, f: Any, name: str, size: int, max_bytes: Optional[int],
                  map_location: Any) -> None:
         self.f, self.name, self.size = f, name, size
@@ -135,7 +140,7 @@ class _Reader:
     def refused(self, err: Refused) -> CheckpointRefusedError:
         return CheckpointRefusedError(
             f'{self.name}: refused to load global {err.global_name}: {err} (only tensors and '
-            'plain data are read from checkpoints; no code from the file is run)',
+            f'plain data are read from {self.what}; no code from the file is run)',
             self.name, err.global_name)
 
     # ----------------------------------------------------------------- storages
@@ -457,22 +462,112 @@ def _load(reader: _Reader) -> Any:
                                   reader.name)
     reader.f.seek(0)
     head = reader.f.read(4)
-    try:
+    with _named_errors(reader, 'checkpoint'):
         if head == b'PK\x05\x06' or b'PK\x03\x04'.startswith(head):  # (a cut one too)
             return _load_zip(reader)
         return _load_legacy(reader)
+
+
+@contextlib.contextmanager
+def _named_errors(reader: _Reader, what: str) -> Iterator[None]:
+    """Turn every failure inside into a :class:`CheckpointError` naming the file."""
+    try:
+        yield
     except CheckpointError:
         raise
     except Refused as err:
         raise reader.refused(err) from None
     except Malformed as err:
-        raise reader.read_error(f'malformed checkpoint: {err}') from None
+        raise reader.read_error(f'malformed {what}: {err}') from None
     except RecursionError:
-        raise reader.read_error('malformed checkpoint: nested too deeply') from None
+        raise reader.read_error(f'malformed {what}: nested too deeply') from None
     except MemoryError:
-        raise reader.read_error('malformed checkpoint: it asked for more memory than this '
+        raise reader.read_error(f'malformed {what}: it asked for more memory than this '
                                 'machine has') from None
     except Exception as err:  # pickle / zipfile / struct / torch errors on bad data
         text = str(err).splitlines()[0][:200] if str(err) else ''
-        raise reader.read_error(f'truncated or malformed checkpoint ({type(err).__name__}: '
+        raise reader.read_error(f'truncated or malformed {what} ({type(err).__name__}: '
                                 f'{text})') from None
+
+
+# --------------------------------------------------------------------------- pickle files
+class _PickleReader(_Reader):
+    """One plain-data pickle file (``pickle.dump`` / ``mmengine.dump``) being read."""
+
+    what = 'pickle files'
+
+    def load_from_bytes(self) -> Callable[[Any], StorageRef]:
+        """The stand-in of ``torch.storage._load_from_bytes``, which a plain pickle of a tensor
+        names for its storage: the bytes (a legacy torch stream inside this file) are read by
+        :func:`safe_torch_load`, within what is left of this file's ``max_bytes``."""
+        count = itertools.count()
+
+        def load_from_bytes(data: Any) -> StorageRef:
+            if not isinstance(data, (bytes, bytearray)):
+                raise Refused('torch.storage._load_from_bytes',
+                              f'a tensor storage from a {type(data).__name__}')
+            storage = safe_torch_load(io.BytesIO(bytes(data)), map_location='cpu',
+                                      max_bytes=max(0, self.cap - self.declared),
+                                      name=f'{self.name} (a tensor storage inside it)')
+            if not isinstance(storage, torch.TypedStorage):
+                raise Malformed('torch.storage._load_from_bytes of data that is not a storage')
+            key, untyped = f'bytes{next(count)}', storage._untyped_storage
+            self.declare(key, untyped.nbytes(), 'cpu')
+            self.storages[key] = untyped
+            return StorageRef(key, storage.dtype, 0, untyped.nbytes(), 'cpu')
+
+        return load_from_bytes
+
+
+def _no_persistent_id(saved_id: Any) -> Any:
+    raise Malformed(f'a persistent id ({type(saved_id).__name__}), which plain pickle files '
+                    'do not hold')
+
+
+def safe_pickle_load(file: Any, name: Optional[str] = None, max_bytes: Optional[int] = None,
+                     encoding: str = 'ASCII', errors: str = 'strict') -> Any:
+    """``pickle.load`` for plain-data files (annotation / result ``.pkl`` files written by
+    ``pickle.dump`` or ``mmengine.dump``) without running code from them.
+
+    ``file``: a path or a binary file object positioned at the pickle (left just after it, as
+    ``pickle.load`` leaves it); ``name`` names it in messages. Dicts, lists, tuples, sets,
+    strings, bytes, numbers, ``None``, ``OrderedDict`` / ``Counter``, numpy arrays, scalars and
+    dtypes, and torch tensors (put on the CPU) are rebuilt by this package's code, through the
+    restricted unpickler of :mod:`~mmvitscale.checkpoint.safe_pickle`; any other global is
+    refused by name. Bounds: a path must be a regular file; the opcodes are scanned first (no
+    memo index ahead of the memo, no size handed to a constructor), so the memory used is a
+    constant multiple of the file's size; tensor storages may declare at most ``max_bytes``
+    (default :data:`SIZE_FACTOR` x the file's size). ``encoding`` / ``errors``: as for
+    :func:`pickle.load` (Python 2 strings).
+
+    Raises ``FileNotFoundError``, :class:`CheckpointRefusedError` (a ``pickle.UnpicklingError``
+    naming the global) or :class:`CheckpointReadError` (a ``ValueError`` naming the cause),
+    each naming the file.
+    """
+    if isinstance(file, (str, os.PathLike)):
+        path = os.fspath(file)
+        f, _ = _open_regular(path)
+        with f:
+            return safe_pickle_load(f, name or path, max_bytes, encoding, errors)
+    if not hasattr(file, 'read'):
+        raise TypeError(f'safe_pickle_load reads a path or a binary file, got '
+                        f'{type(file).__name__}')
+    label = str(name or getattr(file, 'name', None) or '<pickle stream>')
+    seekable = bool(getattr(file, 'seekable', lambda: False)())
+    start = file.tell() if seekable else 0
+    data = file.read()
+    if not isinstance(data, (bytes, bytearray)):
+        raise TypeError(f'{label}: a pickle is read from a binary file, got '
+                        f'{type(data).__name__} from read()')
+    reader = _PickleReader(io.BytesIO(data), label, len(data), max_bytes, 'cpu')
+    if not data:
+        raise reader.read_error('empty: no pickle to read')
+    with _named_errors(reader, 'pickle file'):
+        end = scan_pickle(data, max_ops=len(data))  # every opcode takes at least one byte
+        extra = {('torch.storage', '_load_from_bytes'): reader.load_from_bytes()}
+        obj = RestrictedUnpickler(io.BytesIO(data), _no_persistent_id, extra, encoding,
+                                  errors).load()
+        out = reader.finish(obj)
+    if seekable:
+        file.seek(start + end)
+    return out

@@ -159,6 +159,8 @@ class _ArrayRecord(_Record):
         if not (isinstance(state, tuple) and len(state) == 5):
             raise Malformed('malformed numpy array state')
         _, shape, dtype, fortran, raw = state
+        if isinstance(raw, str):  # a Python 2 pickle read with encoding='latin1' (as numpy)
+            raw = raw.encode('latin1')
         if not isinstance(dtype, _DTypeRecord) or not isinstance(raw, (bytes, bytearray)):
             raise Refused('numpy.ndarray', 'a numpy array that is not plain data (object '
                           'arrays are not read from checkpoints)')
@@ -325,6 +327,8 @@ def _rebuild_from_type_v2(func, new_type, args, state):
 def _numpy_scalar(dtype: Any, data: Any = None):
     """``numpy.core.multiarray.scalar(dtype, raw)`` for plain dtypes, from the raw bytes."""
     import numpy as np
+    if isinstance(data, str):  # a Python 2 pickle read with encoding='latin1' (as numpy)
+        data = data.encode('latin1')
     if not isinstance(dtype, _DTypeRecord) or not isinstance(data, (bytes, bytearray)):
         raise Refused('numpy.core.multiarray.scalar', 'a numpy scalar that is not plain data')
     resolved = dtype.value()
@@ -490,17 +494,21 @@ ALLOWED: Dict[Tuple[str, str], Any] = _allowed()
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """``find_class`` limited to :data:`ALLOWED` (stand-ins only); ``persistent_load`` hands
-    each storage id to ``on_storage(saved_id) -> StorageRef``."""
+    """``find_class`` limited to :data:`ALLOWED` (stand-ins only) plus ``extra`` names;
+    ``persistent_load`` hands each storage id to ``on_storage(saved_id) -> StorageRef``.
+    ``encoding`` / ``errors`` decode Python 2 strings, as for :func:`pickle.load`."""
 
-    def __init__(self, file: Any, on_storage: Callable[[Any], Any]) -> None:
-        super().__init__(file, encoding='utf-8')
+    def __init__(self, file: Any, on_storage: Callable[[Any], Any],
+                 extra: Optional[Dict[Tuple[str, str], Any]] = None, encoding: str = 'utf-8',
+                 errors: str = 'strict') -> None:
+        super().__init__(file, encoding=encoding, errors=errors)
         self._on_storage = on_storage
+        self._allowed = {**ALLOWED, **extra} if extra else ALLOWED
 
     def find_class(self, module: Any, name: Any) -> Any:
         if not (isinstance(module, str) and isinstance(name, str)):
             raise Malformed('a global whose name is not text')
-        found = ALLOWED.get((_PY2_MODULES.get(module, module), name))
+        found = self._allowed.get((_PY2_MODULES.get(module, module), name))
         if found is None:
             raise Refused(f'{module}.{name}', 'not in the allow-list of tensor and plain-data '
                           'names')
