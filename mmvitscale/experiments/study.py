@@ -164,11 +164,16 @@ def match_rules(tasks: Sequence[str], rules: Sequence[str], baseline: str, out_d
                         runs = sorted(base_cost(base_scaling) for _ in range(3))
                         target = runs[1]
                         noise = (runs[-1] - runs[0]) / target
-                        tol = max(tolerance, noise)
+                        tol = max(tolerance, min(noise, 0.5))  # a floor above 50%: no match
                     else:
                         target = base_cost(base_scaling)
                 scaling, cost, file_scaling = _arm_cost(task, rule, match, threads)
                 m = solve_width(cost, scaling, target, tol, label, task, metric=match)
+                if noise is not None and noise > 0.5:
+                    m.matched, m.reason = False, (
+                        f'rule {label} on task {task}: the baseline\'s eager latency varies by '
+                        f'{noise:.0%} between measurements here (its noise floor), so no width '
+                        'can be matched to it')
                 record = dict(m.as_dict(), ident=ident, noise_floor=noise,
                               file_scaling=with_width(file_scaling, m.value)
                               if m.value is not None else file_scaling)
