@@ -25,6 +25,7 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
+from ..errors import flag_errors
 from . import fashion_mnist as fm
 
 MANIFEST = 'manifest.json'
@@ -404,3 +405,27 @@ def run_cli(out_dir: str, build: Callable[[], dict]) -> dict:
     action = 'kept valid existing' if manifest['reused'] else 'wrote'
     print(f"{action} {out_dir}: {manifest['counts']} in {time.perf_counter() - start:.1f} s")
     return manifest
+
+
+def add_generator_flags(parser: Any) -> Any:
+    """The flags every data tool shares: ``--seed``, ``--source``, ``--overwrite``,
+    ``--no-progress``."""
+    parser.add_argument('--seed', type=int, default=0, help='random seed')
+    parser.add_argument('--source', default=None, help='folder with the Fashion-MNIST idx files')
+    parser.add_argument('--overwrite', action='store_true', help='replace an existing output')
+    parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
+    return parser
+
+
+def generator_tool(parser: Any, argv: Optional[List[str]], params: Iterable[str],
+                   check: Callable[..., Any], generate: Callable[..., dict]) -> dict:
+    """A data tool (``tools/data/make_*.py``): parse ``argv``, check the ``params`` flags with
+    ``check`` before any work (``parser.error`` naming the flag), then ``generate`` into
+    ``--out`` (:func:`run_cli`)."""
+    args = parser.parse_args(argv)
+    values = {k: getattr(args, k) for k in params}
+    with flag_errors(parser):
+        check(values, flag=cli_flag)
+    return run_cli(args.out, lambda: generate(
+        args.out, **values, overwrite=args.overwrite, source=args.source,
+        show_progress=not args.no_progress))

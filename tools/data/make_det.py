@@ -10,13 +10,13 @@ import argparse
 
 import mmvitscale  # noqa: F401  (stack shims first)
 from mmvitscale.datasets.det import check_det_params, generate_det
-from mmvitscale.datasets.generators import cli_flag, run_cli
+from mmvitscale.datasets.generators import add_generator_flags, generator_tool
 
 PARAMS = ('num_train', 'num_val', 'canvas', 'min_objects', 'max_objects', 'min_size',
           'max_size', 'seed')
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', default='data/fmnist_det',
                         help='output folder (where configs/_base_/det_fashion_mnist.py looks)')
@@ -27,23 +27,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--max-objects', type=int, default=4, help='most items per image')
     parser.add_argument('--min-size', type=int, default=28, help='smallest item side (px)')
     parser.add_argument('--max-size', type=int, default=56, help='largest item side (px)')
-    parser.add_argument('--seed', type=int, default=0, help='random seed')
-    parser.add_argument('--source', default=None, help='folder with the Fashion-MNIST idx files')
-    parser.add_argument('--overwrite', action='store_true', help='replace an existing output')
-    parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
-    args = parser.parse_args(argv)
-    try:
-        check_det_params({k: getattr(args, k) for k in PARAMS}, flag=cli_flag)
-    except ValueError as e:
-        parser.error(str(e))
-    return args
+    return add_generator_flags(parser)
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    return run_cli(args.out, lambda: generate_det(
-        args.out, **{k: getattr(args, k) for k in PARAMS}, overwrite=args.overwrite,
-        source=args.source, show_progress=not args.no_progress))
+    return generator_tool(build_parser(), argv, PARAMS, check_det_params, generate_det)
 
 
 if __name__ == '__main__':

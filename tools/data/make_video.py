@@ -11,14 +11,14 @@ output with the same arguments is kept as is; anything else at ``--out`` is refu
 import argparse
 
 import mmvitscale  # noqa: F401  (stack shims first)
-from mmvitscale.datasets.generators import cli_flag, run_cli
+from mmvitscale.datasets.generators import add_generator_flags, generator_tool
 from mmvitscale.datasets.video import check_video_params, generate_video
 
 PARAMS = ('num_train', 'num_val', 'frames', 'size', 'item_size', 'min_travel', 'fps', 'seed',
           'max_travel', 'distractors', 'noise')
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--out', default='data/fmnist_video',
                         help='output folder (where configs/_base_/video_fashion_mnist.py looks)')
@@ -36,23 +36,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--noise', type=float, default=0.0,
                         help='sd of Gaussian pixel noise per frame (gray levels)')
     parser.add_argument('--fps', type=int, default=8, help='frame rate stored in the files')
-    parser.add_argument('--seed', type=int, default=0, help='random seed')
-    parser.add_argument('--source', default=None, help='folder with the Fashion-MNIST idx files')
-    parser.add_argument('--overwrite', action='store_true', help='replace an existing output')
-    parser.add_argument('--no-progress', action='store_true', help='hide the progress bar')
-    args = parser.parse_args(argv)
-    try:
-        check_video_params({k: getattr(args, k) for k in PARAMS}, flag=cli_flag)
-    except ValueError as e:
-        parser.error(str(e))
-    return args
+    return add_generator_flags(parser)
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    return run_cli(args.out, lambda: generate_video(
-        args.out, **{k: getattr(args, k) for k in PARAMS}, overwrite=args.overwrite,
-        source=args.source, show_progress=not args.no_progress))
+    return generator_tool(build_parser(), argv, PARAMS, check_video_params, generate_video)
 
 
 if __name__ == '__main__':
