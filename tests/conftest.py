@@ -32,6 +32,16 @@ def tiny_arch():
     return dict(TINY)
 
 
+@pytest.fixture(scope='module')
+def one_thread():
+    """torch on one thread for a module's tests (tiny models: a second thread only adds
+    synchronisation, costly on a shared machine); the count is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _fail_skip_in_ci(report) -> None:
     """In CI a skip (missing dependency, data package, daemon...) is a failure, never silent."""
     if IN_CI and report.skipped and not hasattr(report, 'wasxfail'):

@@ -48,12 +48,7 @@ PROXY_CASES = (0, 1, 3)  # indices of CASES whose proxies the fixture holds
 IMG, PROXY_IMG, BATCH, NTK_BATCH, HEAD = 224, 64, 2, 4, 8
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py
 
 
 # ---------------------------------------------------------------------------- shared helpers

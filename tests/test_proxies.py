@@ -11,13 +11,7 @@ from mmvitscale.search import length_distortion, ntk_condition, pool_features, s
 from mmvitscale.search import proxies as P
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    # tiny models: a second thread only adds synchronisation, costly on a shared machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tests/conftest.py
 
 
 def linear_builder(weight: torch.Tensor):
