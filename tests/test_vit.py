@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mmvitscale.models import ScaledViT, resample_abs_pos_embed
+from mmvitscale.models import ScaledPiT, ScaledViT, resample_abs_pos_embed
 
 timm = pytest.importorskip('timm')
 
@@ -129,11 +129,14 @@ def test_drop_path_is_active_only_in_training():
     assert not torch.allclose(a, model(x)[0])
 
 
-@pytest.mark.parametrize('timm_name, arch', [('deit_tiny_patch16_224', 'deit-tiny')])
-def test_matches_timm_deit(timm_name, arch):
+@pytest.mark.parametrize('backbone, timm_name, arch', [
+    (ScaledViT, 'deit_tiny_patch16_224', 'deit-tiny'), (ScaledPiT, 'pit_ti_224', 'pit-ti'),
+    (ScaledPiT, 'pit_xs_224', 'pit-xs')])
+def test_matches_timm(backbone, timm_name, arch):
+    """timm's weights load with only its head left over, and the pre-logits features agree."""
     torch.manual_seed(0)
     ref = timm.create_model(timm_name, pretrained=False).eval()
-    model = ScaledViT(arch).eval()
+    model = backbone(arch).eval()
     result = model.load_state_dict(ref.state_dict(), strict=False)
     assert result.missing_keys == []
     assert sorted(result.unexpected_keys) == ['head.bias', 'head.weight']
