@@ -207,6 +207,21 @@ class ScalableBackbone(BaseModule):
             raise ValueError(f'{name} expects input {expected}, got shape {shape}: '
                              f'{err}') from None
 
+    def run_blocks(self, x: Tensor, block_arg: Any, grid: Any
+                   ) -> Union[Tuple[Tensor, ...], Tensor]:
+        """Tokens through ``self.blocks`` (each called with ``block_arg``), the final ``norm``
+        after the last, each block of ``out_indices`` formatted by ``self._format(x, grid)``:
+        the outputs of a single-stage backbone (a tuple unless ``return_tuple`` is off)."""
+        outs = []
+        last = self.num_layers - 1
+        for i, block in enumerate(self.blocks):
+            x = block(x, block_arg)
+            if i == last:
+                x = self.norm(x)
+            if i in self.out_indices:
+                outs.append(self._format(x, grid))
+        return tuple(outs) if self.return_tuple else outs[-1]
+
     def _token_grid(self, size: Sequence[int], factor: int,
                     field: str = 'input size') -> Tuple[int, int]:
         """Token grid of a (H, W) input at ``factor``; ``ValueError`` when it does not tile.

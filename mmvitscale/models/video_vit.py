@@ -396,16 +396,9 @@ class ScaledVideoViT(ScalableBackbone):
 
     def forward(self, x: Tensor) -> Union[Tuple[Tensor, ...], Tensor]:
         x, grid = self.embed(x)
-        tokens = TokenGrid(grid[1], grid[2], 1)  # frames of h x w after one class token
-        outs = []
-        last = self.num_layers - 1
-        for i, block in enumerate(self.blocks):
-            x = block(x, grid) if self.attention_type == 'divided' else block(x, tokens)
-            if i == last:
-                x = self.norm(x)
-            if i in self.out_indices:
-                outs.append(self._format(x, grid))
-        return tuple(outs) if self.return_tuple else outs[-1]
+        # divided blocks take the (T', h, w) grid; the others frames of h x w after one class token
+        tokens = grid if self.attention_type == 'divided' else TokenGrid(grid[1], grid[2], 1)
+        return self.run_blocks(x, tokens, grid)
 
 
 MODELS.register_module(module=ScaledVideoViT)

@@ -201,16 +201,7 @@ class ScaledViT(ScalableBackbone):
 
     def forward(self, x: Tensor) -> Union[Tuple[Tensor, ...], Tensor]:
         x, grid = self.embed(x)
-        tokens = TokenGrid(grid[0], grid[1], self.num_prefix_tokens)
-        outs = []
-        last = self.num_layers - 1
-        for i, block in enumerate(self.blocks):
-            x = block(x, tokens)
-            if i == last:
-                x = self.norm(x)
-            if i in self.out_indices:
-                outs.append(self._format(x, grid))
-        return tuple(outs) if self.return_tuple else outs[-1]
+        return self.run_blocks(x, TokenGrid(grid[0], grid[1], self.num_prefix_tokens), grid)
 
 
 MODELS.register_module(module=ScaledViT)
