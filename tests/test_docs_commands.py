@@ -1,5 +1,5 @@
-"""Docs that cannot lie: every shell command in README.md and docs/ that runs a project tool
-parses.
+"""Docs that cannot lie: every shell command in README.md, docs/ and the READMEs of the shipped
+data (data/*/README.md) that runs a project tool parses.
 
 A command is found in a shell code block (```bash / sh / shell / console, or a fence with no
 language; in ``console`` blocks only ``$ `` lines) or in an inline code span, and is checked
@@ -47,7 +47,7 @@ class Command(NamedTuple):
 
 def doc_files() -> List[Path]:
     docs = [p for p in (ROOT / 'docs').rglob('*.md') if '_build' not in p.parts]
-    return [ROOT / 'README.md'] + sorted(docs)
+    return [ROOT / 'README.md'] + sorted(docs) + sorted((ROOT / 'data').glob('*/README.md'))
 
 
 def snippets(text: str):
