@@ -93,7 +93,7 @@ for _spec in (
         # two half-bright distractors and pixel noise: not saturated
         TaskSpec('video', 'configs/video/scaled_vit_fmnist_video.py', 'video', 'acc/top1',
                  100.0, 'top-1 %', 'clips', 12.5, 'fmnist_video_hard',
-                 _offline(5, 1000, 500, 8), data_params=dict(distractors=2, noise=24.0)),
+                 _offline(6, 1000, 500, 8), data_params=dict(distractors=2, noise=24.0)),
         # real data: trained on what the config names (DataCheckedRunner says what is missing)
         TaskSpec('in1k', 'configs/cls/scaled-vit-tiny_4xb256_in1k.py', 'cls', 'accuracy/top1',
                  1.0, 'top-1 %', 'images', 0.1),
