@@ -7,8 +7,8 @@ import pytest
 from scipy import stats
 
 from mmvitscale.cost.latency_table import append_rows, fingerprint_id
-from mmvitscale.search.device_transfer import (TransferError, collect, kendall_tau,
-                                               transfer_report)
+from mmvitscale.experiments.device_ranking import (TransferError, collect, kendall_tau,
+                                                   transfer_report)
 from scripts import load_script
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -171,7 +171,7 @@ def _rule(name):
 
 
 def test_plan_archs_seeded_and_deduplicated():
-    from mmvitscale.search.device_measure import MeasureSpec, plan_archs
+    from mmvitscale.experiments.device_measure import MeasureSpec, plan_archs
     files = [_rule('deit_tiny_shape'), _rule('deeper_narrower'), _rule('deit_tiny_shape')]
     spec = MeasureSpec(rules=files, num_random=3, seed=1)
     assert spec.rules == tuple(files)
@@ -187,9 +187,9 @@ def test_plan_archs_seeded_and_deduplicated():
 
 
 def test_package_checks_name_the_argument(tmp_path):
-    from mmvitscale.search.device_measure import MeasureSpec, check_measure_spec
+    from mmvitscale.experiments.device_measure import MeasureSpec, check_measure_spec
     from mmvitscale.errors import InputError
-    from mmvitscale.search.device_transfer import check_report_inputs
+    from mmvitscale.experiments.device_ranking import check_report_inputs
     files = [_rule('deit_tiny_shape'), _rule('deeper_narrower'), _rule('wider_shallower')]
     check_measure_spec(MeasureSpec(rules=files, num_random=0, backends=['eager', 'compile']))
     cases = [(dict(rules=['no_rule.py']), ('rules', ), 'rules: rule file not found: no_rule.py'),
@@ -224,7 +224,7 @@ def test_package_checks_name_the_argument(tmp_path):
 
 def test_measure_archs_tiny(tmp_path, tiny_arch):
     from mmvitscale.cost.latency_table import read_rows
-    from mmvitscale.search.device_measure import MeasureSpec, measure_archs, plan_archs
+    from mmvitscale.experiments.device_measure import MeasureSpec, measure_archs, plan_archs
     spec = MeasureSpec(rules=[_rule('deit_tiny_shape')], num_random=0, arch=tiny_arch,
                        img_size=32, patch_size=16, backends=['eager'], rounds=1, repeats=2,
                        warmup=0.0)

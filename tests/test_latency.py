@@ -345,7 +345,7 @@ def test_fingerprint_identifies_the_setting():
 @pytest.mark.parametrize('argv, message', [
     (['--arch', 'deit-tiny', '--backends', 'eager', 'tvm'],
      "--backends: unknown backend 'tvm' (choose from eager, compile, eager-fp16, "
-     'compile-fp16, onnxruntime, onnxruntime-trt)'),
+     'compile-fp16, eager-bf16, compile-bf16, onnxruntime, onnxruntime-trt)'),
     (['--rule', 'no/such_rule.py'], '--rule: rule file not found: no/such_rule.py'),
     (['no/such_config.py'], 'CONFIG: file not found: no/such_config.py'),
     (['--arch', 'deit-tiny', '--backends', 'eager-fp16'],
@@ -359,7 +359,8 @@ def test_fingerprint_identifies_the_setting():
     ([], 'give CONFIG, or --rule RULE_FILE / --arch ARCH'),
 ])
 def test_cli_rejects_bad_input_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(benchmark_latency, 'measure', None)  # any work would crash
+    from mmvitscale.cost import backends
+    monkeypatch.setattr(backends, 'measure', None)  # any work would crash
     table = str(tmp_path / 'table.jsonl')
     with pytest.raises(SystemExit) as exc:
         benchmark_latency.main([*argv, '--table', table])
@@ -389,14 +390,15 @@ def test_cli_rule_file_appends_rows(tmp_path, capsys):
 
 
 def test_cli_reports_a_failed_backend_and_keeps_the_others(tmp_path, capsys, monkeypatch):
-    real = benchmark_latency.measure
+    from mmvitscale.cost import backends
+    real = backends.measure
 
     def fake(model, shape, backend, **kwargs):
         if backend == 'compile':
             raise BackendError("backend 'compile' failed: boom")
         return real(model, shape, backend, **kwargs)
 
-    monkeypatch.setattr(benchmark_latency, 'measure', fake)
+    monkeypatch.setattr(backends, 'measure', fake)
     table = str(tmp_path / 'table.jsonl')
     with pytest.raises(SystemExit) as exc:
         benchmark_latency.main(['--arch', 'pit-ti', '--family', 'pit', '--shape', '64', '64',
@@ -418,7 +420,8 @@ def test_cli_threads_are_pinned_and_restored(tmp_path, monkeypatch):
                     max_ms=1.0, repeats=1, warmup_runs=1, batch_size=1, backend=backend,
                     device='cpu', threads=torch.get_num_threads(), setup_s=0.0)
 
-    monkeypatch.setattr(benchmark_latency, 'measure', fake)
+    from mmvitscale.cost import backends
+    monkeypatch.setattr(backends, 'measure', fake)
     monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
     before = torch.get_num_threads()
     table = str(tmp_path / 'table.jsonl')

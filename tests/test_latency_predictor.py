@@ -348,7 +348,8 @@ def test_fit_tool_refits_from_the_dataset(tmp_path, capsys):
     tool = _tool('fit_latency_predictor')
     out = str(tmp_path / 'out')
     summary = tool.main(['--from-dataset', path, '--out-dir', out, '--cal-sizes', '3', '5',
-                         '--cal-draws', '2'])
+                         '--cal-draws', '2', '--stat', 'median_ms'])
+    assert summary['stat'] == 'median_ms'
     kernel = summary['runs']['eager/1t A']['kinds']['kernel']
     assert kernel['metrics']['random']['mape'] < 1e-3  # noise-free synthetic latencies
     assert list(summary['calibration']) == ['eager/1t -> onnxruntime/1t (A)']
@@ -385,7 +386,7 @@ def test_make_predictor_kinds():
 
 # ---------------------------------------------------------------------------- device transfer
 def test_device_transfer_noise_floor_column():
-    from mmvitscale.search.device_transfer import collect, to_markdown, transfer_report
+    from mmvitscale.experiments.device_ranking import collect, to_markdown, transfer_report
     fp_b = dict(FP, backend='onnxruntime')
     archs = _vits()[:4]
     rows = []

@@ -201,7 +201,8 @@ def test_bad_arguments(tmp_path, capsys):
 
 
 def test_rule_sampling_shares_one_distinct_filter():
-    from mmvitscale.search import device_measure, rule_sampling
+    from mmvitscale.experiments import device_measure
+    from mmvitscale.search import rule_sampling
 
     def resolve(rule):  # depth 0.5 is infeasible; width alone decides the arch
         if rule.get('depth_mult') == 0.5:

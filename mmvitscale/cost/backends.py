@@ -4,7 +4,8 @@ Backends (:data:`BACKENDS`):
 
 * ``eager``: PyTorch eager, fp32 (on CPU with mmvitscale's oneDNN linear fast path);
 * ``compile``: ``torch.compile`` (default mode), compiled before the warm-up;
-* ``eager-fp16`` / ``compile-fp16``: the same in half precision (CUDA only);
+* ``eager-fp16`` / ``compile-fp16``, ``eager-bf16`` / ``compile-bf16``: the same in half
+  precision / bfloat16 (CUDA only);
 * ``onnxruntime``: ONNX export (TorchScript exporter, static shapes) then an onnxruntime
   session, CPU provider on ``cpu``, CUDA provider on ``cuda``;
 * ``onnxruntime-trt``: onnxruntime's TensorRT provider (CUDA only).
@@ -48,6 +49,8 @@ BACKENDS: Dict[str, Tuple[str, ...]] = {  # backend -> devices it runs on
     'compile': ('cpu', 'cuda'),
     'eager-fp16': ('cuda', ),
     'compile-fp16': ('cuda', ),
+    'eager-bf16': ('cuda', ),
+    'compile-bf16': ('cuda', ),
     'onnxruntime': ('cpu', 'cuda'),
     'onnxruntime-trt': ('cuda', ),
 }
@@ -299,7 +302,8 @@ def make_runner(model: nn.Module, input_shape: Sequence[int], backend: str = 'ea
         if backend.startswith('onnxruntime'):
             run, info = _ort_runner(model, input_shape, batch_size, backend, dev, opset)
             return run, (lambda: None), info  # session.run returns host arrays
-        dtype = torch.float16 if backend.endswith('fp16') else torch.float32
+        half = {'fp16': torch.float16, 'bf16': torch.bfloat16}
+        dtype = half.get(backend.rsplit('-', 1)[-1], torch.float32)
         net = copy.deepcopy(model) if dtype != torch.float32 else model
         net = net.to(device=dev, dtype=dtype)
         x = _example(net, input_shape, batch_size, dev, dtype)
@@ -311,6 +315,43 @@ def make_runner(model: nn.Module, input_shape: Sequence[int], backend: str = 'ea
 
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == 'cuda' else (lambda: None)
     return run, sync, info
+
+
+def backbone_config(config: Optional[str] = None, rule: Optional[str] = None,
+                    arch: Optional[str] = None, family: str = 'vit'
+                    ) -> Tuple[Dict[str, Any], Optional[str]]:
+    """A backbone's registry config and scope: ``model.backbone`` of the config file
+    ``config`` (in its ``default_scope``), or ``family``'s ``arch`` (default: the family's
+    default preset) scaled by the ``scaling`` dict of the rule file ``rule``."""
+    from mmengine.config import Config
+
+    from ..families import get_family
+    from ..rules import derive_image
+    if config is not None:
+        cfg = Config.fromfile(config)
+        backbone = cfg.get('model', {}).get('backbone')
+        if backbone is None:
+            raise ValueError(f'CONFIG: {config} has no model.backbone')
+        return backbone.to_dict(), cfg.get('default_scope')
+    scaling = Config.fromfile(rule).scaling if rule is not None else None
+    arch = arch or get_family(family).default_arch
+    return derive_image(family, arch, scaling)['backbone'], None
+
+
+def describe_model(model: nn.Module, cfg: Mapping[str, Any]
+                   ) -> Tuple[str, Dict[str, Any], List[int]]:
+    """Family name, resolved arch dict and default input shape ``[C, H, W]`` of a model built
+    from ``cfg``."""
+    from ..families import FAMILIES
+    kind = str(cfg.get('type', type(model).__name__)).split('.')[-1]
+    family = next((f.name for f in FAMILIES.values() if f.backbone_type.endswith('.' + kind)),
+                  kind)
+    spec = getattr(model, 'arch_spec', None)
+    arch = spec.as_dict() if spec is not None and hasattr(spec, 'as_dict') else dict(cfg)
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    channels = conv.in_channels if conv is not None else 3
+    size = list(spec.img_size) if spec is not None else [224, 224]
+    return family, arch, [channels, *size]
 
 
 # ---------------------------------------------------------------------------- protocol

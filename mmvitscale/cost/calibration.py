@@ -16,18 +16,17 @@ correction from a few (<= 20) measured architectures of the new setting:
 All minimise the relative squared error, like the predictors. :func:`calibration_curve` reports
 held-out MAPE against the number of calibration samples next to fitting from scratch.
 """
-import json
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ..fileio import atomic_write
 from .kernels import GROUPS
-from .predictor import (ArchLike, KernelLatencyPredictor, LatencyPredictor, arch_from_dict,
-                        make_predictor, mape, nnls)
+from .predictor import (CALIBRATED_FORMAT as FORMAT, CALIBRATION_METHODS as METHODS,
+                        ArchLike, CalibratedPredictor, KernelLatencyPredictor, LatencyPredictor,
+                        arch_from_dict, calibration_parts, make_predictor, mape, nnls)
 
-METHODS = ('scale', 'affine', 'kernel', 'feature')
-FORMAT = 'mmvitscale-calibrated-predictor'
+__all__ = ['METHODS', 'FORMAT', 'CalibratedPredictor', 'within', 'calibrate',
+           'calibration_curve']
 
 
 def within(pred: Sequence[float], true: Sequence[float], tol_pct: float = 10.0) -> float:
@@ -36,72 +35,6 @@ def within(pred: Sequence[float], true: Sequence[float], tol_pct: float = 10.0) 
     if p.shape != t.shape or not t.size:
         raise ValueError(f'within: {p.size} predictions for {t.size} true values')
     return float(np.mean(np.abs(p - t) / t <= tol_pct / 100.0) * 100.0)
-
-
-class CalibratedPredictor:
-    """A fitted base predictor times a calibration fitted on another setting.
-
-    ``params``: ``scale`` -> ``{'s'}``, ``affine`` -> ``{'a', 'b'}``, ``kernel`` -> one factor
-    per group of :data:`~.kernels.GROUPS`.
-    """
-
-    def __init__(self, base: LatencyPredictor, method: str, params: Mapping[str, float],
-                 meta: Optional[Mapping[str, Any]] = None) -> None:
-        if method not in METHODS:
-            raise ValueError(f'method must be one of {METHODS}, got {method!r}')
-        if method in ('kernel', 'feature') and not isinstance(base, KernelLatencyPredictor):
-            raise ValueError(f'method {method!r} needs a KernelLatencyPredictor base, got a '
-                             f'{type(base).__name__}')
-        self.base, self.method = base, method
-        self.params = {k: float(v) for k, v in params.items()}
-        self.meta: Dict[str, Any] = dict(meta or {})
-
-    def predict(self, arch: ArchLike, in_channels: int = 3, batch_size: int = 1,
-                any_family: bool = False) -> float:
-        """Calibrated latency in ms (same arguments as the base predictor's ``predict``)."""
-        if self.method in ('kernel', 'feature'):
-            parts = _parts(self.base, self.method, arch, in_channels, batch_size, any_family)
-            return float(sum(self.params[g] * v for g, v in parts.items()))
-        p = self.base.predict(arch, in_channels, batch_size, any_family)
-        if self.method == 'scale':
-            return self.params['s'] * p
-        return max(self.params['a'] * p + self.params['b'], 1e-3 * self.params['a'] * p)
-
-    def predict_many(self, archs: Sequence[ArchLike], in_channels: int = 3,
-                     batch_size: int = 1, any_family: bool = False) -> np.ndarray:
-        return np.array([self.predict(a, in_channels, batch_size, any_family) for a in archs])
-
-    @property
-    def families(self) -> List[str]:
-        return self.base.families
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dict(format=FORMAT, version=1, method=self.method, params=self.params,
-                    base=self.base.to_dict(), meta=self.meta)
-
-    def save(self, path: str) -> str:
-        """Write JSON atomically; :func:`~.predictor.load_predictor` reads it back."""
-        atomic_write(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + '\n')
-        return path
-
-    @classmethod
-    def from_dict(cls, data: Any, path: str = '<dict>') -> 'CalibratedPredictor':
-        from .predictor import PREDICTORS
-        if not isinstance(data, dict) or data.get('format') != FORMAT:
-            raise ValueError(f'{path} is not a calibrated latency predictor')
-        base = data.get('base') or {}
-        kind = base.get('kind', 'analytic') if isinstance(base, dict) else None
-        if kind not in PREDICTORS:
-            raise ValueError(f'{path}: unknown base predictor kind {kind!r}')
-        return cls(PREDICTORS[kind].from_dict(base, path), data.get('method'),
-                   data.get('params') or {}, data.get('meta'))
-
-
-def _parts(base: KernelLatencyPredictor, method: str, arch: ArchLike, in_channels: int,
-           batch_size: int, any_family: bool) -> Dict[str, float]:
-    if method == 'kernel':
-        return base.group_contributions(arch, in_channels, batch_size, any_family)
-    return base.contributions(arch, in_channels, batch_size, any_family)
 
 
 def _scale(p: np.ndarray, y: np.ndarray) -> float:
@@ -150,7 +83,7 @@ def calibrate(base: LatencyPredictor, archs: Sequence[ArchLike], latencies_ms: S
             raise ValueError(f'calibrate: method {method!r} needs a KernelLatencyPredictor, '
                              f'got a {type(base).__name__}')
         groups = list(GROUPS) if method == 'kernel' else list(base.FEATURES)
-        parts = np.array([[_parts(base, method, a, in_channels, batch_size, True)[g]
+        parts = np.array([[calibration_parts(base, method, a, in_channels, batch_size, True)[g]
                            for g in groups] for a in archs])
         a_mat = parts / y[:, None]
         lam = np.sqrt(ridge * y.size)  # penalty scales with the data term (a sum over rows)

@@ -8,10 +8,12 @@
   MAPE / % within +-10% on the held-out ``core`` ViTs (``random``), the ``beyond`` ViTs
   (``out-of-range``, checked to lie outside the training archs' range) and the PiTs
   (``cross-family``);
-* :func:`markdown` / :func:`plot_scatter` / :func:`plot_calibration`: the report.
+* :func:`markdown` / :func:`plot_scatter` / :func:`plot_calibration`: the report;
+* :func:`measure_items` / :func:`fit_report`: what ``tools/analysis/fit_latency_predictor.py``
+  measures and writes.
 """
 import random
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -357,3 +359,99 @@ def plot_calibration(path: str, calibration: Mapping[str, Sequence[Mapping[str, 
         ax.legend(fontsize=6)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
+
+
+def measure_items(archs: Sequence[Mapping[str, Any]], img_size: int = 224
+                  ) -> List[Dict[str, Any]]:
+    """:func:`sample_archs` entries as :func:`~.protocol.measure_rows` items (each its family's
+    default arch scaled by its rule, with ``group`` and ``rule`` kept in the rows)."""
+    from ..families import get_family
+    items = []
+    for a in archs:
+        fam = get_family(a['family'])
+        items.append(dict(cfg=fam.backbone_cfg(fam.default_arch, img_size, rule=a['rule']),
+                          family=a['family'], arch=a['arch'],
+                          input_shape=(3, *a['arch']['img_size']),
+                          fields=dict(group=a['group'], rule=a['rule'],
+                                      source='fit_latency_predictor')))
+    return items
+
+
+def fit_report(rows: Sequence[Mapping[str, Any]], out_dir: str, stat: str = 'p10_ms',
+               train_frac: float = 0.6, seed: int = 0, cal_sizes: Sequence[int] = (5, 10, 20),
+               cal_draws: int = 20, say: Callable[[str], None] = print,
+               argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """The latency-predictor study on dataset rows; writes its files to ``out_dir``.
+
+    Per (setting, run): both predictor kinds fitted on a seeded ``train_frac`` of the core ViTs
+    (:func:`evaluate`), saved as ``<setting>_<run>_<kind>.json``. With several settings in a
+    run, the kernel predictor of the first is calibrated to each other one
+    (:func:`~.calibration.calibration_curve` over ``cal_sizes`` archs, ``cal_draws`` draws).
+    With several runs of a setting, run-to-run agreement (:func:`run_to_run`) and each run's
+    predictors on the other run's held-out archs (:func:`cross_run`). Writes ``report.md``,
+    ``summary.json``, ``scatter.png`` and ``calibration.png``; returns the summary.
+    """
+    import json
+    import os
+    import os.path as osp
+
+    from ..fileio import atomic_write
+    from .calibration import METHODS, calibration_curve
+    data = latencies(rows, stat)
+    if not data:
+        raise ValueError(f'no rows carry the statistic {stat!r}')
+    os.makedirs(out_dir, exist_ok=True)
+    results: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    summary: Dict[str, Any] = dict(argv=list(argv or []), runs={}, calibration={}, stat=stat)
+    for key in sorted(data, key=lambda k: (k[1], k[0])):
+        res = results[key] = evaluate(data[key], train_frac=train_frac, seed=seed)
+        entry = dict(noise_floor_pct=res['noise_floor_pct'], cpu_share=res['cpu_share'],
+                     train_range=res['train_range'],
+                     latency_ms_range=res['latency_ms_range'], kinds={})
+        for kind, k in res['kinds'].items():
+            stem = f'{key[0].replace("/", "_")}_{key[1]}_{kind}'
+            path = k['predictor'].save(osp.join(out_dir, stem + '.json'))
+            entry['kinds'][kind] = dict(metrics=k['metrics'], predictor=path,
+                                        coefficients=k['predictor'].coefficients)
+            m = k['metrics']
+            say(f'{key[0]} run {key[1]} {kind:>8}: held-out MAPE '
+                + ', '.join(f"{s} {m[s]['mape']:.2f}% ({m[s]['within10']:.0f}% within 10%, "
+                            f"n={m[s]['n']}, target "
+                            f"{'met' if m[s]['meets_target'] else 'not met'})"
+                            for s in SPLITS[1:] if m[s]['n']))
+        summary['runs'][f'{key[0]} {key[1]}'] = entry
+    calibration: Dict[str, List[Dict[str, Any]]] = {}
+    for run in dict.fromkeys(k[1] for k in data):
+        keys = [k for k in results if k[1] == run]
+        for dst in keys[1:]:
+            base = results[keys[0]]['kinds']['kernel']['predictor']
+            d, sp = data[dst], results[dst]['splits']
+            pool = sorted(sp['train'] + sp['out-of-range'])  # up to 20 calibration samples
+            test = sorted(set(range(len(d['archs']))) - set(pool))
+            pair = f'{keys[0][0]} -> {dst[0]} ({run})'
+            calibration[pair] = calibration_curve(
+                base, [d['archs'][i] for i in pool], d['y'][pool],
+                [d['archs'][i] for i in test], d['y'][test], sizes=cal_sizes,
+                methods=METHODS, draws=cal_draws, seed=seed)
+            best = min((r for r in calibration[pair] if r['k'] == max(cal_sizes)
+                        and not r['method'].startswith('scratch')),
+                       key=lambda r: r['mape'], default=None)
+            if best:
+                say(f"calibration {pair}: {best['method']} with {best['k']} archs -> held-out "
+                    f"MAPE {best['mape']:.2f}%")
+    summary['calibration'] = calibration
+    runs, crossed = run_to_run(data), cross_run(data, results)
+    summary.update(run_to_run=runs, cross_run=crossed)
+    for setting, r in runs.items():
+        say(f"{setting} run to run ({' / '.join(r['runs'])}): median {r['median_pct']:.1f}%, "
+            f"p90 {r['p90_pct']:.1f}% over {r['n']} archs")
+    atomic_write(osp.join(out_dir, 'report.md'),
+                 markdown(results, calibration, runs=runs, crossed=crossed))
+    atomic_write(osp.join(out_dir, 'summary.json'),
+                 json.dumps(summary, indent=1, default=float) + '\n')
+    plot_scatter(osp.join(out_dir, 'scatter.png'), results, data)
+    if calibration:
+        plot_calibration(osp.join(out_dir, 'calibration.png'), calibration)
+    say(f'wrote {out_dir}/report.md, summary.json, scatter.png'
+        + (', calibration.png' if calibration else ''))
+    return summary

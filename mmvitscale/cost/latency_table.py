@@ -171,7 +171,7 @@ def dataset_problem(row: Any) -> Optional[str]:
     if row['fingerprint_id'] != fingerprint_id(fp):
         return (f"fingerprint_id {row['fingerprint_id']!r} does not match the fingerprint "
                 f'({fingerprint_id(fp)})')
-    from ..families import family_of_dict, latency_families
+    from ..families import family_of_dict, latency_families, spec_from_dict
     names = tuple(f.name for f in latency_families())
     if row['family'] not in names:
         return f"family must be one of {names}, got {row['family']!r}"
@@ -191,8 +191,7 @@ def dataset_problem(row: Any) -> Optional[str]:
         return (f"needs p10_ms <= median_ms <= p90_ms, got {row['p10_ms']!r}, "
                 f"{row['median_ms']!r}, {row['p90_ms']!r}")
     try:
-        from .predictor import arch_from_dict
-        arch_from_dict(row['arch'])
+        spec_from_dict(row['arch'])
     except (ValueError, TypeError) as err:
         return f'arch: {err}'
     own = family_of_dict(row['arch']).name

@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..fileio import atomic_write  # noqa: F401  (re-exported for older imports)
+from ..fileio import atomic_write
 from ..families import spec_family, spec_from_dict
 from ..scaling import PiTArch, ViTArch
 from .kernels import GROUPS, KERNEL_FEATURES, kernel_features
@@ -302,6 +302,80 @@ def make_predictor(kind: str, meta: Optional[Mapping[str, Any]] = None) -> Laten
     return PREDICTORS[kind](meta)
 
 
+CALIBRATION_METHODS = ('scale', 'affine', 'kernel', 'feature')
+CALIBRATED_FORMAT = 'mmvitscale-calibrated-predictor'
+
+
+class CalibratedPredictor:
+    """A fitted base predictor times a calibration fitted on another setting
+    (:func:`mmvitscale.cost.calibration.calibrate` fits one).
+
+    ``params``: ``scale`` -> ``{'s'}``, ``affine`` -> ``{'a', 'b'}``, ``kernel`` -> one factor
+    per group of :data:`~.kernels.GROUPS`, ``feature`` -> one per kernel cost term.
+    """
+
+    def __init__(self, base: LatencyPredictor, method: str, params: Mapping[str, float],
+                 meta: Optional[Mapping[str, Any]] = None) -> None:
+        if method not in CALIBRATION_METHODS:
+            raise ValueError(f'method must be one of {CALIBRATION_METHODS}, got {method!r}')
+        if method in ('kernel', 'feature') and not isinstance(base, KernelLatencyPredictor):
+            raise ValueError(f'method {method!r} needs a KernelLatencyPredictor base, got a '
+                             f'{type(base).__name__}')
+        self.base, self.method = base, method
+        self.params = {k: float(v) for k, v in params.items()}
+        self.meta: Dict[str, Any] = dict(meta or {})
+
+    def predict(self, arch: ArchLike, in_channels: int = 3, batch_size: int = 1,
+                any_family: bool = False) -> float:
+        """Calibrated latency in ms (same arguments as the base predictor's ``predict``)."""
+        if self.method in ('kernel', 'feature'):
+            parts = calibration_parts(self.base, self.method, arch, in_channels, batch_size,
+                                      any_family)
+            return float(sum(self.params[g] * v for g, v in parts.items()))
+        p = self.base.predict(arch, in_channels, batch_size, any_family)
+        if self.method == 'scale':
+            return self.params['s'] * p
+        return max(self.params['a'] * p + self.params['b'], 1e-3 * self.params['a'] * p)
+
+    def predict_many(self, archs: Sequence[ArchLike], in_channels: int = 3,
+                     batch_size: int = 1, any_family: bool = False) -> np.ndarray:
+        return np.array([self.predict(a, in_channels, batch_size, any_family) for a in archs])
+
+    @property
+    def families(self) -> List[str]:
+        return self.base.families
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dict(format=CALIBRATED_FORMAT, version=1, method=self.method,
+                    params=self.params, base=self.base.to_dict(), meta=self.meta)
+
+    def save(self, path: str) -> str:
+        """Write JSON atomically; :func:`load_predictor` reads it back."""
+        atomic_write(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + '\n')
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = '<dict>') -> 'CalibratedPredictor':
+        if not isinstance(data, dict) or data.get('format') != CALIBRATED_FORMAT:
+            raise ValueError(f'{path} is not a calibrated latency predictor')
+        base = data.get('base') or {}
+        kind = base.get('kind', 'analytic') if isinstance(base, dict) else None
+        if kind not in PREDICTORS:
+            raise ValueError(f'{path}: unknown base predictor kind {kind!r}')
+        return cls(PREDICTORS[kind].from_dict(base, path), data.get('method'),
+                   data.get('params') or {}, data.get('meta'))
+
+
+def calibration_parts(base: KernelLatencyPredictor, method: str, arch: ArchLike,
+                      in_channels: int = 3, batch_size: int = 1,
+                      any_family: bool = False) -> Dict[str, float]:
+    """Predicted ms per kernel group (``method='kernel'``) or per kernel cost term
+    (``'feature'``): the parts a calibration scales one factor each."""
+    if method == 'kernel':
+        return base.group_contributions(arch, in_channels, batch_size, any_family)
+    return base.contributions(arch, in_channels, batch_size, any_family)
+
+
 def _read_json(path: str) -> Any:
     try:
         with open(path, encoding='utf-8') as f:
@@ -314,11 +388,10 @@ def _read_json(path: str) -> Any:
         raise ValueError(f'{path} is not a latency predictor (bad JSON: {err})') from None
 
 
-def load_predictor(path: str):
-    """Any saved predictor: analytic, kernel, or calibrated (:mod:`.calibration`)."""
+def load_predictor(path: str) -> Union[LatencyPredictor, CalibratedPredictor]:
+    """Any saved predictor: analytic, kernel, or calibrated (:class:`CalibratedPredictor`)."""
     data = _read_json(path)
-    if isinstance(data, dict) and data.get('format') == 'mmvitscale-calibrated-predictor':
-        from .calibration import CalibratedPredictor
+    if isinstance(data, dict) and data.get('format') == CALIBRATED_FORMAT:
         return CalibratedPredictor.from_dict(data, path)
     kind = data.get('kind', 'analytic') if isinstance(data, dict) else None
     if kind not in PREDICTORS:

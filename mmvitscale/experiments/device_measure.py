@@ -3,8 +3,8 @@
 :func:`plan_archs` lists the architectures (scaling-rule files, then seeded random rules,
 applied to one ViT preset), :func:`check_measure_spec` checks every input before anything is
 built, and :func:`measure_archs` times them round robin per backend and appends one latency-table
-row per (arch, backend), labelled by rule, that :func:`~.device_transfer.read_matrix` reads
-back for the report. Kept apart from :mod:`.device_transfer` (the report: tables in, tau and
+row per (arch, backend), labelled by rule, that :func:`~.device_ranking.read_matrix` reads
+back for the report. Kept apart from :mod:`.device_ranking` (the report: tables in, tau and
 winners out; it builds no model) because this side builds models and needs the backends.
 """
 import glob
@@ -15,7 +15,7 @@ from typing import (Any, Callable, Dict, Hashable, Iterable, List, Mapping, Opti
                     Tuple, Union)
 
 from ..errors import InputError
-from .rule_sampling import sample_random_rules
+from ..search.rule_sampling import sample_random_rules
 
 RANDOM_GRID: Dict[str, Tuple[float, ...]] = dict(
     depth_mult=(0.5, 0.75, 1.0, 1.25), width_mult=(0.75, 1.0, 1.25),
@@ -29,7 +29,7 @@ Rule = Dict[str, float]
 
 def default_rule_files() -> Tuple[str, ...]:
     """Every ``configs/_base_/scaling/*.py`` of the repository, sorted."""
-    from ..experiments.tasks import SCALING_DIR
+    from .tasks import SCALING_DIR
     return tuple(sorted(glob.glob(osp.join(SCALING_DIR, '*.py'))))
 
 
@@ -130,8 +130,9 @@ def sample_rules(resolve: Callable[[Rule], Hashable], n: int, seed: int = 0,
                  exclude: Iterable[Hashable] = (),
                  grid: Mapping[str, Sequence[float]] = RANDOM_GRID) -> List[Rule]:
     """``n`` seeded random rules whose resolved archs are feasible, distinct and not excluded
-    (:func:`.rule_sampling.sample_random_rules`: knobs drawn with replacement, multipliers of 1
-    left out; fewer than ``n`` after ``200 n`` draws raise ``ValueError``).
+    (:func:`mmvitscale.search.rule_sampling.sample_random_rules`: knobs drawn with
+    replacement, multipliers of 1 left out; fewer than ``n`` after ``200 n`` draws raise
+    ``ValueError``).
 
     ``resolve(rule)`` returns a hashable arch or raises ``ValueError`` (infeasible).
     """
@@ -143,6 +144,12 @@ def rule_label(name: str, rule: Mapping[str, float]) -> str:
     return f"{name}({','.join(f'{SHORT.get(k, k)}{v:g}' for k, v in rule.items()) or 'base'})"
 
 
+def resolve_arch(spec: MeasureSpec, rule: Rule):
+    """The :class:`~mmvitscale.scaling.ViTArch` of ``spec``'s preset scaled by ``rule``."""
+    from ..models import ScaledViT
+    return ScaledViT.resolve_arch(spec.arch, spec.img_size, spec.patch_size, rule)
+
+
 def plan_archs(spec: MeasureSpec) -> List[Tuple[str, Rule]]:
     """(label, rule) of every architecture to measure, each a distinct resolved arch.
 
@@ -152,11 +159,10 @@ def plan_archs(spec: MeasureSpec) -> List[Tuple[str, Rule]]:
     """
     from mmengine.config import Config
 
-    from ..models import ScaledViT
     from ..rules import image_rule
 
     def resolve(rule: Rule) -> Hashable:
-        return ScaledViT.resolve_arch(spec.arch, spec.img_size, spec.patch_size, rule)
+        return resolve_arch(spec, rule)
 
     out: List[Tuple[str, Rule]] = []
     seen = set()
@@ -179,17 +185,18 @@ def measure_archs(spec: MeasureSpec, table: str,
                   ) -> Dict[str, Any]:
     """Measure every arch on every backend of ``spec`` at batch 1; append the rows to ``table``.
 
-    Protocol (:func:`mmvitscale.cost.backends.measure_interleaved`): threads and CPU affinity
+    Protocol (:func:`mmvitscale.cost.protocol.measure_rows`): threads and CPU affinity
     pinned, per backend all archs prepared, then visited round robin ``spec.rounds`` times with
     ``spec.repeats`` timed runs per visit; each row carries its ``noise_pct`` (spread of the
-    per-round medians), the report's noise floor. ``compile*`` backends take only the first
-    ``spec.compile_max_archs`` archs. Inputs are assumed checked (:func:`check_measure_spec`).
+    per-round medians), the report's noise floor, its ``cpu_share`` and the load average.
+    ``compile*`` backends take only the first ``spec.compile_max_archs`` archs. Inputs are
+    assumed checked (:func:`check_measure_spec`).
 
     Args:
         spec: what to measure.
         table: latency table (JSON lines) the rows are appended to, one backend at a time.
         archs: (label, rule) pairs; default :func:`plan_archs` of ``spec``.
-        on_result: called with (label, backend, result dict) for each measured arch.
+        on_result: called with (label, backend, latency-table row) for each measured arch.
         on_failure: called with (label, backend, error) for an arch a backend cannot prepare;
             the arch is then left out on that backend.
 
@@ -197,43 +204,35 @@ def measure_archs(spec: MeasureSpec, table: str,
         ``dict(archs=[labels], failures=['<label> <backend>: <error>'], setup_s={backend:
         [seconds per arch]}, measure_wall_s=...)``.
     """
-    from ..cost.backends import (BackendError, build_model, make_runner, measure_interleaved,
-                                 pinned)
-    from ..cost.latency_table import append_rows, fingerprint, make_row
+    from ..cost.latency_table import append_rows
+    from ..cost.protocol import measure_rows
     archs = plan_archs(spec) if archs is None else list(archs)
     info: Dict[str, Any] = dict(archs=[a[0] for a in archs], failures=[], setup_s={})
     t0 = time.perf_counter()
     for backend in spec.backends:
         use = archs[:spec.compile_max_archs] if backend.startswith('compile') else archs
-        with pinned(spec.threads) as pin:
-            prepared, runners = [], []
-            for label, rule in use:
-                cfg = dict(type='mmvitscale.ScaledViT', arch=spec.arch, img_size=spec.img_size,
-                           patch_size=spec.patch_size, scaling=rule)
-                model = build_model(cfg)
-                arch = model.arch_spec.as_dict()
-                shape = (3, *arch['img_size'])
-                s0 = time.perf_counter()
-                try:
-                    run, sync, _ = make_runner(model, shape, backend)
-                except BackendError as err:
-                    info['failures'].append(f'{label} {backend}: {err}')
-                    if on_failure is not None:
-                        on_failure(label, backend, err)
-                    continue
-                info['setup_s'].setdefault(backend, []).append(time.perf_counter() - s0)
-                prepared.append((label, rule, arch, shape))
-                runners.append((run, sync))
-            if not runners:
-                continue
-            results = measure_interleaved(runners, spec.rounds, spec.repeats, spec.warmup)
-        fp = fingerprint('cpu', backend, spec.threads)
-        rows = [make_row(fp, 'vit', arch, shape, 1, res, min_ms=res['min_ms'], label=label,
-                         rule=rule, cpus=pin['cpus'], source='device_transfer')
-                for (label, rule, arch, shape), res in zip(prepared, results)]
+        items = []
+        for label, rule in use:
+            cfg = dict(type='mmvitscale.ScaledViT', arch=spec.arch, img_size=spec.img_size,
+                       patch_size=spec.patch_size, scaling=rule)
+            arch = resolve_arch(spec, rule).as_dict()
+            items.append(dict(cfg=cfg, family='vit', arch=arch,
+                              input_shape=(3, *arch['img_size']),
+                              fields=dict(label=label, rule=rule, source='device_transfer')))
+        rows, run = measure_rows(items, backend, spec.threads, spec.rounds, spec.repeats,
+                                 spec.warmup)
+        for i, err in run['failures']:
+            label = use[i][0]
+            info['failures'].append(f'{label} {backend}: {err}')
+            if on_failure is not None:
+                on_failure(label, backend, err)
+        if run['setup_s']:
+            info['setup_s'][backend] = run['setup_s']
+        if not rows:
+            continue
         if on_result is not None:
-            for (label, *_), res in zip(prepared, results):
-                on_result(label, backend, res)
+            for row in rows:
+                on_result(row['label'], backend, row)
         append_rows(table, rows)
     info['measure_wall_s'] = time.perf_counter() - t0
     return info

@@ -17,7 +17,7 @@ settings so they compete on the same candidates.
 
 Inputs are checked before any work (:func:`check_report_inputs`, :func:`read_matrix`,
 :func:`check_scatter`); a bad one raises :class:`InputError` naming the argument. Measuring
-scaled architectures into a table is :mod:`mmvitscale.search.device_measure`.
+scaled architectures into a table is :mod:`mmvitscale.experiments.device_measure`.
 """
 import json
 import os.path as osp
@@ -47,7 +47,7 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
 def kendall_with_p(x: Sequence[float], y: Sequence[float]):
     """Kendall's tau-b and its two-sided p-value
     (:class:`mmvitscale.experiments.stats.KendallResult`); fewer than 2 values raise."""
-    from ..experiments.stats import kendall_tau as _kendall
+    from .stats import kendall_tau as _kendall
     a = np.asarray(x, dtype=np.float64).ravel()
     if a.size < 2 and a.size == np.asarray(y).size:
         raise ValueError(f'kendall_tau: needs at least 2 values, got {a.size}')

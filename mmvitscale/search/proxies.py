@@ -58,7 +58,8 @@ LD_METHODS = ('auto', 'jvp', 'points')
 # 0.35 / 0.43; small PiT 64 px 1.74 / 0.91, the one case this threshold gets wrong)
 LD_JVP_MAX_NUMEL = 3 * 96 * 96
 
-__all__ = ['ntk_condition', 'length_distortion', 'score_proxies', 'pool_features']
+__all__ = ['ntk_condition', 'length_distortion', 'score_proxies', 'pool_features',
+           'proxy_timing']
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -616,3 +617,66 @@ def score_proxies(model_or_builder: ModelOrBuilder, input_shape: Sequence[int],
     length = length_distortion(model_or_builder, input_shape, num_points, num_inits, seed,
                                radius, endpoint)
     return dict(ntk_condition=kappa, length_distortion=length)
+
+
+# ---------------------------------------------------------------------------- cost
+def _sync_for(model: nn.Module) -> Callable[[], None]:
+    _, device = _model_dtype_device(model)
+    if device.type == 'cuda':
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+@_autograd_on
+def proxy_timing(builder: Callable[[], nn.Module], input_shape: Sequence[int],
+                 batch_size: int = 16, num_points: int = 10, num_inits: int = 1, seed: int = 0,
+                 rounds: int = 3, radius: Optional[float] = None,
+                 endpoint: bool = False) -> Dict[str, float]:
+    """Seconds of both proxies against the network's own forward + backward, one process.
+
+    Each round times, in this order, :func:`ntk_condition` (``batch_size`` inputs),
+    :func:`length_distortion` (``num_points`` points) and one forward + backward of the same
+    batch through a model from ``builder`` (eval mode, the summed pooled features as the loss,
+    parameter gradients), so machine drift hits all three alike; one untimed round warms up.
+    Returns the proxies' values, the median seconds of each (``ntk_s``, ``ld_s``, their sum
+    ``proxies_s``, ``fwd_bwd_s``) and ``ratio = proxies_s / (num_inits * fwd_bwd_s)``: the
+    proxies' cost in units of the forward + backward they cannot avoid (one per init).
+    """
+    _check_batch_size(batch_size)
+    _check_count('rounds', rounds)
+    import statistics
+    import time
+    shape = tuple(int(s) for s in input_shape)
+    inputs = _make_inputs((batch_size, *shape), seed)
+    net = builder().eval()
+    dtype, device = _model_dtype_device(net)
+    x = inputs.to(device, dtype)
+    sync = _sync_for(net)
+    params = [p for p in net.parameters() if p.requires_grad]
+
+    def fwd_bwd() -> float:
+        for p in params:
+            p.grad = None
+        pool_features(net(x)).sum().backward()
+        return 0.0
+
+    fns = dict(ntk=lambda: ntk_condition(builder, inputs, num_inits, seed),
+               ld=lambda: length_distortion(builder, shape, num_points, num_inits, seed,
+                                            radius, endpoint),
+               fwd_bwd=fwd_bwd)
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    values: Dict[str, float] = {}
+    for r in range(rounds + 1):
+        for key, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            values[key] = fn()
+            sync()
+            if r:  # round 0 warms up
+                times[key].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    proxies_s = med['ntk'] + med['ld']
+    return dict(ntk_condition=values['ntk'], length_distortion=values['ld'],
+                ntk_s=med['ntk'], ld_s=med['ld'], proxies_s=proxies_s,
+                fwd_bwd_s=med['fwd_bwd'], ratio=proxies_s / (num_inits * med['fwd_bwd']),
+                rounds=rounds, threads=torch.get_num_threads(), device=str(device))

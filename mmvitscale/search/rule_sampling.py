@@ -9,7 +9,7 @@ candidate orders:
   (:mod:`mmvitscale.experiments.proxy_correlation`).
 * :func:`sample_random_rules`: independent draws of every knob *with* replacement, multipliers
   of 1 left out of the rule; fewer than ``n`` architectures after ``200 n`` draws raise. Used by
-  the device-transfer measure mode (:mod:`.device_measure`).
+  the device-transfer measure mode (:mod:`mmvitscale.experiments.device_measure`).
 
 The two orders are kept apart on purpose: for one seed they give different rules, and each is
 the identity of results already recorded (resume-log keys, latency-table labels).

@@ -153,9 +153,10 @@ def arch_to_genotype(arch: Mapping[str, Any], grown: bool = False) -> str:
 
 def proxy_score_fn(img_size: int = 32, batch_size: int = 8, num_inits: int = 1,
                    num_points: int = 10, seed: int = 0, in_channels: int = 3,
-                   radius: Optional[float] = None, endpoint: bool = False) -> ScoreFn:
+                   radius: Optional[float] = None, endpoint: bool = False,
+                   device: Optional[str] = None) -> ScoreFn:
     """As-ViT proxies of an arch dict on ``img_size`` inputs (last stage, average pooled,
-    no final norm: As-ViT's ``forward_features(x)[1]``).
+    no final norm: As-ViT's ``forward_features(x)[1]``), on ``device`` (default: the CPU).
 
     Defaults are CPU-sized; ``proxy_score_fn(**REFERENCE_PROXY_SETTINGS)`` is As-ViT's search
     setting (224 px, batch 16, 5 inits, 10 points on a radius-1 circle with
@@ -171,7 +172,7 @@ def proxy_score_fn(img_size: int = 32, batch_size: int = 8, num_inits: int = 1,
             model = AsViT(arch, img_size=img_size, in_channels=in_channels,
                           out_type='avg_featmap', final_norm=False)
             model.init_weights()
-            return model
+            return model if device is None else model.to(device)
 
         shape = (in_channels, img_size, img_size)
         return dict(ntk_condition=ntk_condition(build, (batch_size, *shape), num_inits, seed),

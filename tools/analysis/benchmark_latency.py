@@ -5,32 +5,25 @@
         [--family vit|pit] [options]
     python tools/analysis/benchmark_latency.py --arch deit-tiny [--family vit|pit] [options]
 
-Options: ``--backends eager compile onnxruntime`` (default ``eager onnxruntime``),
-``--batch 1 32``, ``--repeats 50``, ``--warmup 1.0``, ``--fresh-process``, ``--device cpu``,
-``--threads T`` (thread count and CPU affinity pinned, restored after; ``--affinity none``
-pins the threads only), ``--shape H W`` (default: the architecture's resolution),
-``--table work_dirs/latency/table.jsonl`` (``--csv FILE`` also exports it).
-
-From a config the backbone is ``cfg.model.backbone`` built in the config's ``default_scope``;
-from a rule file its ``scaling`` dict is applied to ``--arch`` (ScaledViT, or ScaledPiT with
-``--family pit``). Each (backend, batch) is measured with :func:`mmvitscale.cost.backends.measure`
-(warm-up, timed repeats, median) and appended to the table under this machine's fingerprint.
+The backbone: :func:`mmvitscale.cost.backends.backbone_config`; each (backend, batch) measured
+by :func:`mmvitscale.cost.protocol.measure_backends` and appended to the table under this
+machine's fingerprint; ``--threads T`` pins threads and CPU affinity (restored after).
 """
 import argparse
 import os.path as osp
 import sys
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
 import mmvitscale  # noqa: F401  (shims before mmengine / host packages)
 import torch
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
-from torch import nn
 
-from mmvitscale.cost.backends import (BACKENDS, BackendError, build_model, check_backend,
-                                      measure, pinned)
-from mmvitscale.cost.latency_table import append_rows, fingerprint, make_row, to_csv
+from mmvitscale.cost.backends import (BACKENDS, backbone_config, build_model, check_backend,
+                                      describe_model, pinned)
+from mmvitscale.cost.latency_table import append_rows, fingerprint, to_csv
+from mmvitscale.cost.protocol import measure_backends
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -102,39 +95,6 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError(f'--warmup: must be >= 0, got {args.warmup}')
 
 
-def model_spec(args: argparse.Namespace) -> Tuple[Dict[str, Any], Optional[str]]:
-    """The backbone config dict and its registry scope, from CONFIG or --rule / --arch."""
-    from mmvitscale.rules import derive_image
-    if args.config is not None:
-        from mmengine.config import Config
-        cfg = Config.fromfile(args.config)
-        backbone = cfg.get('model', {}).get('backbone')
-        if backbone is None:
-            raise ValueError(f'CONFIG: {args.config} has no model.backbone')
-        return backbone.to_dict(), cfg.get('default_scope')
-    scaling = None
-    if args.rule is not None:
-        from mmengine.config import Config
-        scaling = Config.fromfile(args.rule).scaling
-    from mmvitscale.families import get_family
-    arch = args.arch or get_family(args.family).default_arch
-    return derive_image(args.family, arch, scaling)['backbone'], None
-
-
-def describe(model: nn.Module, cfg: Dict[str, Any]) -> Tuple[str, Dict[str, Any], List[int]]:
-    """Family name, resolved arch dict and default input shape (C, H, W) of a built model."""
-    kind = str(cfg.get('type', type(model).__name__)).split('.')[-1]
-    from mmvitscale.families import FAMILIES
-    family = next((f.name for f in FAMILIES.values() if f.backbone_type.endswith('.' + kind)),
-                  kind)
-    spec = getattr(model, 'arch_spec', None)
-    arch = spec.as_dict() if spec is not None and hasattr(spec, 'as_dict') else dict(cfg)
-    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    channels = conv.in_channels if conv is not None else 3
-    size = list(spec.img_size) if spec is not None else [224, 224]
-    return family, arch, [channels, *size]
-
-
 def main(argv=None) -> List[Dict[str, Any]]:
     args = parse_args(argv)
     if not args.threads:
@@ -148,39 +108,24 @@ def run(args: argparse.Namespace, cpus: Optional[List[int]]) -> List[Dict[str, A
     torch.manual_seed(0)
     console = Console()
     try:
-        cfg, scope = model_spec(args)
+        cfg, scope = backbone_config(args.config, args.rule, args.arch, args.family)
         model = build_model(cfg, scope)
     except ValueError as err:
         console.print(f'[red]error:[/red] {err}')
         sys.exit(2)
-    family, arch, shape = describe(model, cfg)
+    family, arch, shape = describe_model(model, cfg)
     if args.shape:
         shape = [shape[0], *args.shape]
-    jobs = [(b, n) for b in args.backends for n in args.batch]
-    rows, failures = [], []
     with Progress(console=console, transient=True) as progress:
-        task = progress.add_task('measuring', total=len(jobs))
-        for backend, batch in jobs:
-            progress.update(task, description=f'{backend} batch {batch}')
-            try:
-                result = measure(cfg if args.fresh_process else model, shape, backend,
-                                 batch_size=batch, warmup_s=args.warmup, repeats=args.repeats,
-                                 device=args.device, fresh_process=args.fresh_process,
-                                 scope=scope)
-            except BackendError as err:  # report, keep measuring the other backends
-                failures.append(f'{backend} batch {batch}: {err}')
-                progress.advance(task)
-                continue
-            fp = fingerprint(args.device, backend, result['threads'])
-            rows.append(make_row(fp, family, arch, shape, batch, result,
-                                 setup_s=result['setup_s'],
-                                 fresh_process=bool(args.fresh_process), cpus=cpus,
-                                 source=args.config or args.rule or args.arch))
-            progress.advance(task)
+        task = progress.add_task('measuring', total=len(args.backends) * len(args.batch))
+        rows, failures = measure_backends(
+            model, cfg, shape, args.backends, args.batch, args.repeats, args.warmup,
+            args.device, args.fresh_process, scope, family, arch,
+            dict(cpus=cpus, source=args.config or args.rule or args.arch),
+            lambda what: progress.update(task, description=what, advance=1))
     append_rows(args.table, rows)
     if args.csv:
         to_csv(args.table, args.csv)
-
     fp0 = fingerprint(args.device, 'eager')
     table = Table(title=f'{family} {args.config or args.rule or args.arch} '
                   f'input {"x".join(map(str, shape))} on {fp0["device"]}, '
