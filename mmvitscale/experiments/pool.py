@@ -15,7 +15,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .console import Eta
-from .runner import resumed_text
+from .runner import Preempted, resumed_text
 from .store import ResultStore, owning_study
 from .trial import Trial, run_trial
 
@@ -112,7 +112,11 @@ def _run_pending(trials: Sequence[Trial], store: ResultStore, out_dir: str, data
     if workers == 1 or len(pending) <= 1:
         _init_worker(threads)
         for trial in pending:
-            row = fn(trial, out_dir, data_root, threads)
+            try:
+                row = fn(trial, out_dir, data_root, threads)
+            except Preempted as stop:  # --requeue: checkpoint saved, the rerun resumes it
+                say(f'{trial}: {stop}; the same command resumes it')
+                raise
             store.append(row)
             progress.finished(trial, row)
     else:
