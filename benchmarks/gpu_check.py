@@ -65,12 +65,12 @@ def settings(dry: bool) -> Dict[str, Any]:
     """The sizes of a run: the GPU defaults or the dry run's tiny ones."""
     if dry:
         return dict(device='cpu', img_size=32, patch_size=8, arch=DRY_ARCH, family=('tiny', ),
-                    batch_sizes=(1, 4), repeats=3, rounds=2, warmup_s=0.0,
+                    max_models=3, batch_sizes=(1, 2), repeats=2, rounds=1, warmup_s=0.0,
                     compile_models=0, proxy_img=32, proxy_batch=4, proxy_points=3,
-                    proxy_inits=1, proxy_rounds=1, search_steps=3, search_inits=1,
+                    proxy_inits=1, proxy_rounds=1, search_steps=2, search_inits=1,
                     table_random=4, table_batch_sizes=(1, ))
     return dict(device='cuda', img_size=224, patch_size=16, arch='deit-tiny', family=FAMILY,
-                batch_sizes=(1, 32), repeats=20, rounds=3, warmup_s=0.5, compile_models=2,
+                max_models=None, batch_sizes=(1, 32), repeats=20, rounds=3, warmup_s=0.5, compile_models=2,
                 proxy_img=224, proxy_batch=16, proxy_points=10, proxy_inits=1,
                 proxy_rounds=3, search_steps=20, search_inits=5, table_random=24,
                 table_batch_sizes=(1, 32))
@@ -102,7 +102,7 @@ def _models(cfg: Dict[str, Any]) -> List[Dict[str, Any]]:
     for label, rule in plan_archs(spec):
         if rule:
             out.append(dict(name=f'{label}', cfg=dict(base, arch=cfg['arch'], scaling=rule)))
-    return out
+    return out[:cfg['max_models']]
 
 
 def _skip_reason(backend: str, device: str) -> Optional[str]:

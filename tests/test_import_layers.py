@@ -36,25 +36,10 @@ FLOOR_NAMES = {1: 'floor 1: pure data', 2: 'floor 2: models, checkpoints, data',
 
 # Violations another change in flight removes; each names its issue. Remove an entry when it
 # is fixed (it then no longer hides anything); empty when none remain.
-KNOWN_CIRCLES: Set[Tuple[str, ...]] = {
-    # issue 27: the latency predictor and its calibration / table
-    ('mmvitscale.cost.calibration', 'mmvitscale.cost.latency_table', 'mmvitscale.cost.predictor'),
-}
-KNOWN_UPWARD: Set[Tuple[str, str]] = {
-    # issue 27: search/ takes ranks / kendall from experiments/stats (stats moves to floor 1)
-    ('mmvitscale.search.scale_search', 'mmvitscale.experiments.stats'),
-    ('mmvitscale.search.topology', 'mmvitscale.experiments.stats'),
-}
-KNOWN_LONG: Set[str] = {
-    # issue 27: slimmed in its work in flight
-    'tools/analysis/benchmark_latency.py', 'tools/analysis/fit_latency_predictor.py',
-}
+KNOWN_CIRCLES: Set[Tuple[str, ...]] = set()
+KNOWN_UPWARD: Set[Tuple[str, str]] = set()
+KNOWN_LONG: Set[str] = set()
 KNOWN_PRIVATE: Set[Tuple[str, str]] = {
-    # issue 27: rules.check_rule_file is public now; proxies' checks to be made public
-    ('mmvitscale.experiments.device_measure', 'mmvitscale.rules._check_rule_file'),
-    ('tools.analysis.benchmark_latency', 'mmvitscale.rules._check_rule_file'),
-    ('mmvitscale.search.topology', 'mmvitscale.search.proxies._check_batch_size'),
-    ('mmvitscale.search.topology', 'mmvitscale.search.proxies._check_radius'),
     # issue 23: study.py
     ('mmvitscale.experiments.study', 'mmvitscale.rules._check_rule_file'),
     ('mmvitscale.experiments.study', 'mmvitscale.experiments.pool._default_say'),
@@ -212,7 +197,7 @@ def test_the_checks_see_a_circle_and_an_upward_import(tmp_path):
     assert upward({'mmvitscale.search.x': {'mmvitscale.experiments.y'},
                    'mmvitscale.experiments.y': {'mmvitscale.search.x'}}) == [
                        ('mmvitscale.search.x', 'mmvitscale.experiments.y')]
-    src = PKG / 'search' / 'scale_search.py'
+    src = PKG / 'search' / 'rule_search.py'
     mods = set(import_graph())
     assert 'mmvitscale.families' in imported_modules(src, mods)
     fake = tmp_path / 'mmvitscale' / 'search' / 'late.py'

@@ -89,10 +89,10 @@ def check_measure_spec(spec: MeasureSpec, tables: Sequence[str] = (),
     """
     from ..cost.backends import BACKENDS, check_backend
     from ..cost.latency_table import fingerprint, fingerprint_id, read_rows
-    from ..rules import _check_rule_file
+    from ..rules import check_rule_file
     for path in spec.rules:
         try:
-            _check_rule_file(path)
+            check_rule_file(path)
         except ValueError as err:
             raise InputError('rules', str(err)) from None
     for name in ('threads', 'rounds', 'repeats', 'img_size', 'patch_size'):

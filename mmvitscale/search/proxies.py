@@ -59,7 +59,7 @@ LD_METHODS = ('auto', 'jvp', 'points')
 LD_JVP_MAX_NUMEL = 3 * 96 * 96
 
 __all__ = ['ntk_condition', 'length_distortion', 'score_proxies', 'pool_features',
-           'proxy_timing']
+           'proxy_timing', 'check_batch_size', 'check_radius']
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -224,7 +224,8 @@ def _autograd_on(fn: Callable) -> Callable:
     return wrapper
 
 
-def _check_batch_size(batch_size: int, what: str = 'batch_size') -> None:
+def check_batch_size(batch_size: int, what: str = 'batch_size') -> None:
+    """``ValueError`` naming ``what`` unless ``batch_size`` is an int >= 2 (the NTK needs it)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
         raise ValueError(f'{what} must be an integer >= 2 for the NTK condition number (a '
                          f'1x1 NTK has condition number 1.0 whatever the network), got '
@@ -237,8 +238,8 @@ def _make_inputs(inputs: Union[Tensor, Sequence[int]], seed: int) -> Tensor:
     if isinstance(inputs, Tensor):
         if inputs.ndim < 1:
             raise ValueError(f'inputs must have a batch dim, got a {inputs.ndim}-D tensor')
-        _check_batch_size(inputs.shape[0], f'the batch size of inputs (shape '
-                          f'{tuple(inputs.shape)})')
+        check_batch_size(inputs.shape[0], f'the batch size of inputs (shape '
+                         f'{tuple(inputs.shape)})')
         if inputs.is_floating_point() or inputs.is_complex():
             bad = int((~torch.isfinite(inputs)).sum())
             if bad:
@@ -249,12 +250,13 @@ def _make_inputs(inputs: Union[Tensor, Sequence[int]], seed: int) -> Tensor:
     shape = tuple(int(s) for s in inputs)
     if not shape:
         raise ValueError('inputs must be a tensor or a non-empty shape, got ()')
-    _check_batch_size(shape[0], f'batch_size (inputs shape {shape})')
+    check_batch_size(shape[0], f'batch_size (inputs shape {shape})')
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=gen)
 
 
-def _check_radius(radius: Optional[float]) -> None:
+def check_radius(radius: Optional[float]) -> None:
+    """``ValueError`` unless ``radius`` is None or a finite positive number."""
     if radius is not None and (isinstance(radius, bool) or not isinstance(radius, (int, float))
                                or not math.isfinite(radius) or radius <= 0):
         raise ValueError(f'radius must be a finite positive number or None (sqrt(numel)), '
@@ -269,7 +271,7 @@ def _circle(input_shape: Sequence[int], num_points: int, radius: Optional[float]
     dim = math.prod(shape)
     if dim < 2:
         raise ValueError(f'input_shape {shape} needs at least two elements')
-    _check_radius(radius)
+    check_radius(radius)
     gen = torch.Generator().manual_seed(seed)
     basis, _ = torch.linalg.qr(torch.randn(dim, 2, generator=gen, dtype=torch.float64))
     basis = basis * (math.sqrt(dim) if radius is None else float(radius))
@@ -610,9 +612,9 @@ def score_proxies(model_or_builder: ModelOrBuilder, input_shape: Sequence[int],
     ``radius`` / ``endpoint``: the circle of :func:`length_distortion`.
     """
     if inputs is None:
-        _check_batch_size(batch_size)
+        check_batch_size(batch_size)
     batch = inputs if inputs is not None else (batch_size, *input_shape)
-    _check_radius(radius)
+    check_radius(radius)
     kappa = ntk_condition(model_or_builder, batch, num_inits, seed, params)
     length = length_distortion(model_or_builder, input_shape, num_points, num_inits, seed,
                                radius, endpoint)
@@ -642,13 +644,13 @@ def proxy_timing(builder: Callable[[], nn.Module], input_shape: Sequence[int],
     ``proxies_s``, ``fwd_bwd_s``) and ``ratio = proxies_s / (num_inits * fwd_bwd_s)``: the
     proxies' cost in units of the forward + backward they cannot avoid (one per init).
     """
-    _check_batch_size(batch_size)
+    check_batch_size(batch_size)
     _check_count('rounds', rounds)
     import statistics
     import time
     shape = tuple(int(s) for s in input_shape)
     inputs = _make_inputs((batch_size, *shape), seed)
-    net = builder().eval()
+    net = _model_for_init(builder, seed)
     dtype, device = _model_dtype_device(net)
     x = inputs.to(device, dtype)
     sync = _sync_for(net)

@@ -163,9 +163,9 @@ def proxy_score_fn(img_size: int = 32, batch_size: int = 8, num_inits: int = 1,
     ``linspace(0, 2 pi, 10)`` angles). ``radius`` / ``endpoint``: see
     :func:`~mmvitscale.search.proxies.length_distortion`.
     """
-    from .proxies import _check_batch_size, _check_radius, length_distortion, ntk_condition
-    _check_batch_size(batch_size)
-    _check_radius(radius)
+    from .proxies import check_batch_size, check_radius, length_distortion, ntk_condition
+    check_batch_size(batch_size)
+    check_radius(radius)
 
     def score(arch: Dict[str, Any]) -> Dict[str, float]:
         def build() -> AsViT:
@@ -469,7 +469,7 @@ def _heads_of(arch: Mapping[str, Any]) -> Tuple[int, ...]:
 def _ranks(values: Sequence[float], descending: bool) -> List[int]:
     """0 = best, ties share a rank and the next value takes the next rank (As-ViT's ranking
     in ``grow_step``); non-finite values rank last."""
-    from ..experiments.stats import ranks
+    from ..stats import ranks
     return [int(r) for r in ranks(values, higher_is_better=descending, method='dense')]
 
 

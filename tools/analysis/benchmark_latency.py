@@ -58,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def validate(args: argparse.Namespace) -> None:
     """ValueError naming the flag and value of the first bad input (before any work)."""
-    from mmvitscale.rules import FAMILIES, _check_rule_file
+    from mmvitscale.rules import FAMILIES, check_rule_file
     if args.config is not None and (args.rule or args.arch):
         raise ValueError('give either CONFIG or --rule / --arch, not both')
     if args.config is None and not (args.rule or args.arch):
@@ -74,7 +74,7 @@ def validate(args: argparse.Namespace) -> None:
                          f'(choose from {", ".join(FAMILIES)})')
     if args.rule is not None:
         try:
-            _check_rule_file(args.rule)
+            check_rule_file(args.rule)
         except ValueError as err:
             raise ValueError(f'--rule: {err}') from None
     for backend in args.backends:
