@@ -21,7 +21,7 @@ from mmvitscale.models import ScaledPiT, ScaledViT
 from mmvitscale.models.video_vit import ScaledVideoViT
 from mmvitscale.rules import derive_image, load_with_rule
 from mmvitscale.scaling import make_vit_arch, scale_vit
-from mmvitscale.search.scale_search import BaseSpec, run_search, write_rule_file
+from mmvitscale.search.rule_search import BaseSpec, run_search, write_rule_file
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, osp.join(ROOT, 'tools', 'analysis'))

@@ -10,8 +10,8 @@ from mmvitscale.cost import get_complexity, vit_flops
 from mmvitscale.models import ScaledViT
 from mmvitscale.models.linear_attention import LinearAngularAttention
 from mmvitscale.rules import derive_image, load_with_rule
-from mmvitscale.search.scale_search import (BaseSpec, enumerate_candidates, run_search,
-                                            write_rule_file)
+from mmvitscale.search.rule_search import (BaseSpec, enumerate_candidates, run_search,
+                                           write_rule_file)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 FMNIST = dict(embed_dims=64, num_layers=6, num_heads=2, mlp_ratio=4.0)

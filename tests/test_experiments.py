@@ -170,8 +170,8 @@ def test_ranks_match_scipy_and_put_non_finite_last():
 def test_search_and_tools_use_the_one_kendall_and_ranks():
     from mmvitscale.experiments import stats
     from mmvitscale.experiments import device_ranking
-    from mmvitscale.search import scale_search
-    assert scale_search.ranks is stats.ranks
+    from mmvitscale.search import rule_search
+    assert rule_search.ranks is stats.ranks
     assert device_ranking.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == \
         stats.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]).tau
     k = device_ranking.kendall_with_p([1, 2, 3, 4, 5], [1, 3, 2, 5, 4])

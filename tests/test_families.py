@@ -8,7 +8,7 @@ from mmvitscale.cost import get_complexity
 from mmvitscale.families import FAMILIES, Family, family_names, get_family, register_family
 from mmvitscale.registry import MODELS
 from mmvitscale.rules import derive_image
-from mmvitscale.search.scale_search import BaseSpec, attach_costs, enumerate_candidates
+from mmvitscale.search.rule_search import BaseSpec, attach_costs, enumerate_candidates
 
 SMALL = {
     'vit': (dict(embed_dims=32, num_layers=2, num_heads=2, mlp_ratio=2.0), 32, 8, {}),

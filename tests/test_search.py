@@ -9,10 +9,10 @@ import pytest
 
 from mmvitscale.cost.predictor import FEATURES, LatencyPredictor, features, mape, nnls
 from mmvitscale.scaling import make_pit_arch, make_vit_arch, scale_vit
-from mmvitscale.search.scale_search import (SEARCH_FAMILIES, BaseSpec, BudgetError, Candidate,
-                                            check_grids, enumerate_candidates, filter_budget,
-                                            pareto_front, ranks, rule_file_text, run_search,
-                                            write_rule_file)
+from mmvitscale.search.rule_search import (SEARCH_FAMILIES, BaseSpec, BudgetError, Candidate,
+                                           check_grids, enumerate_candidates, filter_budget,
+                                           pareto_front, ranks, rule_file_text, run_search,
+                                           write_rule_file)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 FMNIST = dict(embed_dims=64, num_layers=6, num_heads=2, mlp_ratio=4.0)
@@ -301,7 +301,7 @@ def test_backbone_kwargs_cost_candidates_as_the_task_builds_them():
     from mmvitscale.experiments.tasks import get_task, input_shape
     from mmvitscale.registry import MODELS
     from mmvitscale.rules import load_with_rule
-    from mmvitscale.search.scale_search import attach_costs
+    from mmvitscale.search.rule_search import attach_costs
     arch = dict(embed_dims=64, num_layers=4, num_heads=2, mlp_ratio=2.0)
     kwargs = dict(with_cls_token=False, out_type='avg_featmap')
     plain = BaseSpec('vit', arch, 28, 7, 1)

@@ -37,9 +37,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mmvitscale.errors import flag_errors
 from mmvitscale.experiments.report import write_json
-from mmvitscale.search.scale_search import (ATTN_TYPES, COSTS, SCORERS, SEARCH_FAMILIES, UNITS,
-                                            BudgetError, SearchResult, arch_text, cost_text,
-                                            run_search)
+from mmvitscale.search.rule_search import (ATTN_TYPES, COSTS, SCORERS, SEARCH_FAMILIES, UNITS,
+                                           BudgetError, SearchResult, arch_text, cost_text,
+                                           run_search)
 from mmvitscale.search.search_inputs import (check_search_args, search_summary,
                                              write_search_outputs)
 
@@ -119,7 +119,7 @@ def main(argv=None) -> SearchResult:
     w = result.winner
     measured = []
     if args.measure_winners:
-        from mmvitscale.search.scale_search import measure_candidates, predictor_setting
+        from mmvitscale.search.rule_search import measure_candidates, predictor_setting
         setting = predictor_setting(args.predictor_obj)
         top = result.ranked[:args.measure_winners]
         console.print(f"measuring the {len(top)} best candidates on {setting['backend']}, "

@@ -25,7 +25,7 @@ import torch
 from ..fileio import atomic_write, pyplot, save_figure
 from ..errors import InputError, seed_list_error
 from ..search.rule_sampling import sample_grid_rules
-from ..search.scale_search import BaseSpec, write_rule_file
+from ..search.rule_search import BaseSpec, write_rule_file
 from . import stats
 from .console import loadavg_text
 from .stats import fmt_tau
@@ -297,7 +297,7 @@ def train_arch(rule: Rule, spec: CorrelationSpec, work_dir: str, seed: int) -> D
 def proxy_arch(rule: Rule, spec: CorrelationSpec) -> Dict[str, float]:
     """Both proxies of ``rule`` on :data:`BASE` (final LayerNorm off, see
     :mod:`mmvitscale.search.proxies`) and ``proxy_s``."""
-    from ..search.scale_search import proxy_metrics
+    from ..search.rule_search import proxy_metrics
     t0 = time.perf_counter()
     out = proxy_metrics(BASE, rule, batch_size=spec.proxy_batch, num_inits=spec.proxy_inits,
                         num_points=spec.proxy_points, seed=spec.seed)

@@ -19,9 +19,9 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 from ..errors import folder_error, positive_number_error
 from ..families import get_family
 from ..fileio import atomic_write
-from .scale_search import (DEFAULT_GRIDS, UNITS, BaseSpec, SearchResult, arch_text,
-                           candidates_markdown, check_grids, check_rule_path,
-                           measured_markdown, plot_pareto, write_rule_file)
+from .rule_search import (DEFAULT_GRIDS, UNITS, BaseSpec, SearchResult, arch_text,
+                          candidates_markdown, check_grids, check_rule_path,
+                          measured_markdown, plot_pareto, write_rule_file)
 from .topology import GROWTH_REFERENCE, REFERENCE_PROXY_SETTINGS
 
 __all__ = ['FMNIST_ARCHS', 'check_search_args', 'growth_settings', 'load_topology',
