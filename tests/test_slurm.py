@@ -454,6 +454,11 @@ def test_collect_reports_runs_trained_by_hand(study, tmp_path, capsys):
     capsys.readouterr()
 
     out = tmp_path / 'collected'
+    with pytest.raises(SystemExit, match=rf'^transfer.py: error: --collect {tmp_path}/nowhere: '
+                       'not a folder$'):
+        tool.main(study + ['--out-dir', str(out), '--collect', str(hand),
+                           str(tmp_path / 'nowhere')])
+    assert not out.exists()  # refused before any work
     tool.main(study + ['--out-dir', str(out), '--collect', str(hand)])
     said = capsys.readouterr().out
     assert f"not used: {hand / 'broken' / 'unfinished'}: no final metric: no accuracy/top1 " \

@@ -525,6 +525,9 @@ def launcher_from_args(args: argparse.Namespace, prog: str,
     keep = getattr(args, 'keep_checkpoints', None)
     if getattr(args, 'collect', None):
         from .collect import run_trials_collected
+        for path in args.collect:
+            if not osp.isdir(path):
+                raise SystemExit(f'{prog}: error: --collect {path}: not a folder')
         return functools.partial(run_trials_collected, paths=list(args.collect))
     if args.launcher in ('local', 'pytorch'):
         if args.dry_run:
