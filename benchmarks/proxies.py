@@ -13,13 +13,14 @@ per point), checks that the values agree (relative difference, goal <= 1e-4) and
 alternating the two round by round so machine drift hits both equally. Times are medians of
 wall-clock and of process CPU seconds (the latter is less sensitive to other jobs on a shared
 machine).
+It also times both fast proxies against the network's own forward + backward of the same batch
+(:func:`mmvitscale.search.proxies.proxy_timing`, goal <= 1.6x) and prints that ratio.
 Writes ``proxies.json`` and ``proxies.md``; speed goals live here, not in tests.
 """
 import argparse
 import json
 import os
 import os.path as osp
-import platform
 import statistics
 import time
 from typing import Callable, Dict, List, Tuple
@@ -28,6 +29,7 @@ import mmvitscale  # noqa: F401  (shims first)
 import torch
 from torch import nn
 
+from mmvitscale.cost.latency import cpu_name
 from mmvitscale.fileio import atomic_write
 from mmvitscale.models import AsViT, ScaledPiT, ScaledViT
 from mmvitscale.search import proxies as P
@@ -80,6 +82,8 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int, default=None,
                         help='torch intra-op threads (default: torch\'s choice)')
     parser.add_argument('--models', nargs='+', choices=sorted(MODELS), default=None)
+    parser.add_argument('--ratio-only', action='store_true',
+                        help='only the proxies against forward + backward (no per-sample loops)')
     parser.add_argument('--quick', action='store_true',
                         help='one round, one init (smoke test of the script)')
     return parser.parse_args(argv)
@@ -117,6 +121,15 @@ def bench_model(name: str, make: Callable[[int], nn.Module], args) -> Dict:
             'loop': lambda: P._length_distortion_loop(builder, shape, args.num_points, **kw),
         },
     }
+    num_params = sum(p.numel() for p in P._model_for_init(builder, 0).parameters())
+    row = dict(model=name, params=num_params)
+    # both fast proxies against the network's own forward + backward, timed in turn
+    cost = P.proxy_timing(builder, shape, args.batch, args.num_points, args.num_inits,
+                          args.seed, rounds=args.rounds)
+    row.update({f'floor_{k}': cost[k] for k in ('ntk_s', 'ld_s', 'proxies_s', 'fwd_bwd_s')},
+               ratio_to_fwd_bwd=cost['ratio'])
+    if args.ratio_only:
+        return row
     values: Dict[str, Dict[str, float]] = {p: {} for p in impls}
     wall: Dict[str, Dict[str, List[float]]] = {p: {'fast': [], 'loop': []} for p in impls}
     cpu: Dict[str, Dict[str, List[float]]] = {p: {'fast': [], 'loop': []} for p in impls}
@@ -132,8 +145,6 @@ def bench_model(name: str, make: Callable[[int], nn.Module], args) -> Dict:
                                        f'{value!r} vs {values[proxy][impl]!r}')
                 wall[proxy][impl].append(w)
                 cpu[proxy][impl].append(c)
-    num_params = sum(p.numel() for p in P._model_for_init(builder, 0).parameters())
-    row = dict(model=name, params=num_params)
     for proxy in impls:
         for impl in ('fast', 'loop'):
             row[f'{proxy}_{impl}'] = values[proxy][impl]
@@ -167,6 +178,8 @@ def to_markdown(result: Dict) -> str:
         '|---|---|---|---|---|---|---|---|---|---|'
     ]
     for r in result['rows']:
+        if 'ntk_fast' not in r:
+            continue
         for proxy, label in (('ntk', 'NTK kappa'), ('length', 'length distortion')):
             lines.append(
                 f"| {r['model']} | {r['params']} | {label} | {r[f'{proxy}_fast']:.6g} | "
@@ -176,6 +189,13 @@ def to_markdown(result: Dict) -> str:
                 f"{r[f'{proxy}_speedup_wall']:.2f}x | {r[f'{proxy}_speedup_cpu']:.2f}x |")
         lines.append(f"| {r['model']} | | both | | | | | | {r['both_speedup_wall']:.2f}x | "
                      f"{r['both_speedup_cpu']:.2f}x |")
+    lines += ['', 'Both proxies against the network\'s own forward + backward (same batch, '
+              'one per init; `proxy_timing`, timed in turn; goal <= 1.6x):', '',
+              '| model | NTK s | length distortion s | forward + backward s | ratio |',
+              '|---|---|---|---|---|']
+    for r in result['rows']:
+        lines.append(f"| {r['model']} | {r['floor_ntk_s']:.3f} | {r['floor_ld_s']:.3f} | "
+                     f"{r['floor_fwd_bwd_s']:.3f} | {r['ratio_to_fwd_bwd']:.2f}x |")
     return '\n'.join(lines) + '\n'
 
 
@@ -186,7 +206,7 @@ def main(argv=None) -> Dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     models = {k: MODELS[k] for k in (args.models or MODELS)}
-    meta = dict(device_name=platform.processor() or platform.machine(),
+    meta = dict(device_name=cpu_name(), loadavg_before=list(os.getloadavg()),
                 threads=torch.get_num_threads(), torch=torch.__version__,
                 input_shape=[INPUT_SHAPE[0], args.img_size, args.img_size], batch=args.batch,
                 num_points=args.num_points,
@@ -196,14 +216,16 @@ def main(argv=None) -> Dict:
         print(f'[{i + 1}/{len(models)}] {name}', flush=True)
         rows.append(bench_model(name, builder, args))
         r = rows[-1]
-        for proxy in ('ntk', 'length'):
+        for proxy in ('ntk', 'length') if 'ntk_fast' in r else ():
             print(f"    {proxy:6s} fast {r[f'{proxy}_fast']:.6g} loop {r[f'{proxy}_loop']:.6g} "
                   f"(rel diff {r[f'{proxy}_rel_diff']:.1e}); speed-up "
                   f"{r[f'{proxy}_speedup_wall']:.2f}x wall, {r[f'{proxy}_speedup_cpu']:.2f}x cpu",
                   flush=True)
-        print(f"    both   speed-up {r['both_speedup_wall']:.2f}x wall, "
-              f"{r['both_speedup_cpu']:.2f}x cpu", flush=True)
-    meta['all_agree'] = all(r[f'{p}_agree'] for r in rows for p in ('ntk', 'length'))
+        print(f"    both   {r['ratio_to_fwd_bwd']:.2f}x the network's forward + backward "
+              f"({r['floor_proxies_s']:.2f} s / {r['floor_fwd_bwd_s']:.2f} s)", flush=True)
+    meta['loadavg_after'] = list(os.getloadavg())
+    meta['all_agree'] = all(r[f'{p}_agree'] for r in rows for p in ('ntk', 'length')
+                            if f'{p}_agree' in r)
     result = dict(meta=meta, rows=rows)
     os.makedirs(args.out_dir, exist_ok=True)
     atomic_write(osp.join(args.out_dir, 'proxies.json'), json.dumps(result, indent=2))
