@@ -146,6 +146,7 @@ class TrialStateHook(Hook):
         self._states: Optional[List[Dict[str, Any]]] = None
         self._restore: Optional[Dict[str, Any]] = None
         self._previous: Dict[int, Any] = {}
+        self._wrapped: Optional[Tuple[Any, Any]] = None  # (batch sampler, its own sampler)
 
     # signals -------------------------------------------------------------------------
     def install(self) -> None:
@@ -191,6 +192,9 @@ class TrialStateHook(Hook):
             _set_rng_state(self._restore)
 
     def before_train_epoch(self, runner) -> None:
+        """The epoch a mid-epoch checkpoint was saved in leaves out the batches it trained
+        (exact with PyTorch's BatchSampler; a grouping one such as mmdet's
+        AspectRatioBatchSampler leaves out as many samples, not the same batches)."""
         from mmengine.runner import EpochBasedTrainLoop
         if self.resumed is None or not isinstance(runner.train_loop, EpochBasedTrainLoop):
             return
@@ -203,10 +207,10 @@ class TrialStateHook(Hook):
                                          self._restore)
         self._restore = None
 
-    def after_train_epoch_restore(self) -> None:
-        wrapped = getattr(self, '_wrapped', None)
-        if wrapped is not None:
-            wrapped[0].sampler = wrapped[1]
+    def unwrap_sampler(self) -> None:
+        """Give the batch sampler its own sampler back (after the resumed epoch)."""
+        if self._wrapped is not None:
+            self._wrapped[0].sampler = self._wrapped[1]
             self._wrapped = None
 
     # preemption ----------------------------------------------------------------------
@@ -258,7 +262,7 @@ class _EpochEnd(Hook):
         self.state = state
 
     def after_train_epoch(self, runner) -> None:
-        self.state.after_train_epoch_restore()
+        self.state.unwrap_sampler()
         for path in glob.glob(osp.join(runner.work_dir, 'iter_*.pth')):  # superseded
             os.remove(path)
 
