@@ -480,12 +480,19 @@ def _relative_range(values: Sequence[float]) -> float:
     return (max(finite) - min(finite)) / abs(max(finite))
 
 
-def _pick(cands: Sequence[Mapping[str, Any]]) -> Tuple[int, int]:
+TIE_BREAKS = ('expressive', 'reference')
+
+
+def _pick(cands: Sequence[Mapping[str, Any]], tie_break: str = 'expressive'
+          ) -> Tuple[int, int]:
     """Index of the best candidate and its rank sum: smallest sum of the NTK rank (ascending)
     and the length-distortion rank (descending). When the two best sums tie, the criterion with
-    the larger relative range ``(max - min) / max`` decides between those two (lower NTK or
-    higher distortion; As-ViT's code takes the lower value for either, which for the distortion
-    picks the less expressive network), then enumeration order."""
+    the larger relative range ``(max - min) / max`` decides between those two: the lower NTK,
+    or (``tie_break='expressive'``) the higher distortion; ``'reference'`` is As-ViT's code,
+    whose ``argmin`` takes the lower value for either, so for the distortion the less
+    expressive network. Then enumeration order."""
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f'tie_break must be one of {TIE_BREAKS}, got {tie_break!r}')
     ntk = [c['ntk'] for c in cands]
     ld = [c['ld'] for c in cands]
     sums = [a + b for a, b in zip(_ranks(ntk, False), _ranks(ld, True))]
@@ -495,6 +502,8 @@ def _pick(cands: Sequence[Mapping[str, Any]]) -> Tuple[int, int]:
         a, b = order[0], order[1]
         if _relative_range(ntk) >= _relative_range(ld):
             best = b if ntk[b] < ntk[a] else a
+        elif tie_break == 'reference':
+            best = b if ld[b] < ld[a] else a
         else:
             best = b if ld[b] > ld[a] else a
     return best, sums[best]
@@ -560,7 +569,8 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
                 out_dir: Optional[str] = None, resume: bool = True, max_steps: int = 1000,
                 progress: bool = True,
                 score_settings: Optional[Mapping[str, Any]] = None, width_scale: int = 1,
-                head_classes: int = 0, stop_at: Optional[float] = None) -> GrowthOutcome:
+                head_classes: int = 0, stop_at: Optional[float] = None,
+                tie_break: str = 'expressive') -> GrowthOutcome:
     """Grow a family of AsViTs from a seed topology under a parameter or FLOPs budget.
 
     Each step tries one more block in each stage times each width ``round(width * (1 + r))``
@@ -590,6 +600,8 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
         width_scale: members are this many times wider than the networks scored (As-ViT: 4).
         head_classes: count a classification head of this many classes in ``budget_params``
             (As-ViT: 1000); 0 counts the backbone only.
+        tie_break: ``'expressive'`` (default) or ``'reference'`` (As-ViT's ``argmin``), see
+            :func:`_pick`; recorded in the log header when not the default.
         stop_at: stop after the first growth step whose member costs at least this much
             (As-ViT: 80M parameters; at least one step is taken, as there); ``None`` grows
             until no candidate fits the budget.
@@ -612,6 +624,8 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
     if head_classes and kind != 'params':
         raise ValueError(f'head_classes={head_classes} counts parameters; it needs '
                          'budget_params, not budget_flops')
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f'tie_break must be one of {TIE_BREAKS}, got {tie_break!r}')
     if stop_at is not None and not 0 < stop_at <= budget:
         raise ValueError(f'stop_at must be in (0, budget_{kind}={budget:g}], got {stop_at!r}')
     sizes = list(sizes)
@@ -656,6 +670,8 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
                   seed_topology=dict(seed_topology), init_width=width, ratios=list(ratios),
                   img_size=img_size, in_channels=in_channels, width_scale=width_scale,
                   head_classes=head_classes, stop_at=stop_at, version=2)
+    if tie_break != 'expressive':  # logs of the default rule keep their header (and replay)
+        header['tie_break'] = tie_break
     depths = [1, 1, 1, 1]
     try:
         start = build_arch(width, depths)
@@ -719,7 +735,7 @@ def grow_family(seed_topology: Mapping[str, Any], budget_params: Optional[float]
             print()
         if not cands:
             break
-        best, rank_sum = _pick(cands)
+        best, rank_sum = _pick(cands, tie_break)
         chosen = cands[best]
         width, depths = chosen['width'], chosen['depths']
         trajectory.append(dict(step=step, arch=chosen['arch'], cost=chosen['cost'],
