@@ -239,11 +239,3 @@ def load_with_rule(config_path: str, rule_path: str):
         return Config.fromfile(tmp_path)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-
-
-def __getattr__(name: str) -> Any:
-    """``FAMILIES``: the image families :func:`derive_image` accepts (from the registry)."""
-    if name == 'FAMILIES':
-        from .families import family_names
-        return family_names('image')
-    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

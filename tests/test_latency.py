@@ -20,7 +20,7 @@ from mmvitscale.cost.counter import FlopCounter
 from mmvitscale.cost.latency_table import (append_rows, fingerprint, fingerprint_id, make_row,
                                            read_rows, to_csv)
 from mmvitscale.models import ScaledPiT, ScaledViT
-from mmvitscale.rules import FAMILIES
+from mmvitscale.families import family_names
 from mmvitscale.models import ops as model_ops
 
 ort = pytest.importorskip('onnxruntime')
@@ -354,7 +354,7 @@ def test_fingerprint_identifies_the_setting():
     (['--arch', 'deit-tiny', '--batch', '1', '0'], '--batch: must be >= 1, got 0'),
     (['--arch', 'deit-tiny', '--shape', '224', '0'], '--shape: must be >= 1, got 0'),
     (['--arch', 'deit-tiny', '--family', 'swin'],
-     f"--family: unknown family 'swin' (choose from {', '.join(FAMILIES)})"),
+     f"--family: unknown family 'swin' (choose from {', '.join(family_names('image'))})"),
     (['--arch', 'deit-tiny', '--device', 'gpu0'], "--device: invalid device 'gpu0'"),
     ([], 'give CONFIG, or --rule RULE_FILE / --arch ARCH'),
 ])

@@ -58,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def validate(args: argparse.Namespace) -> None:
     """ValueError naming the flag and value of the first bad input (before any work)."""
-    from mmvitscale.rules import FAMILIES, check_rule_file
+    from mmvitscale import families, rules
     if args.config is not None and (args.rule or args.arch):
         raise ValueError('give either CONFIG or --rule / --arch, not both')
     if args.config is None and not (args.rule or args.arch):
@@ -69,12 +69,12 @@ def validate(args: argparse.Namespace) -> None:
         torch.device(args.device)
     except RuntimeError:
         raise ValueError(f'--device: invalid device {args.device!r}') from None
-    if args.family not in FAMILIES:
-        raise ValueError(f'--family: unknown family {args.family!r} '
-                         f'(choose from {", ".join(FAMILIES)})')
+    if args.family not in families.family_names('image'):
+        raise ValueError(f'--family: unknown family {args.family!r} (choose from '
+                         f'{", ".join(families.family_names("image"))})')
     if args.rule is not None:
         try:
-            check_rule_file(args.rule)
+            rules.check_rule_file(args.rule)
         except ValueError as err:
             raise ValueError(f'--rule: {err}') from None
     for backend in args.backends:
