@@ -497,34 +497,42 @@ def on_cluster(slurm_cluster, monkeypatch):
 @pytest.mark.slow
 def test_trial_as_two_ranks_on_slurm_equals_torchrun(on_cluster, fmnist_root,  # noqa: F811
                                                      tmp_path):
+    """A two-trial study whose trials each run as 2 CPU ranks, on Slurm and with torchrun."""
     from mmvitscale.experiments.slurm import (SlurmOptions, run_trials_slurm,
                                               run_trials_torchrun)
     from mmvitscale.experiments.store import ResultStore
     from mmvitscale.experiments.trial import make_trial, trial_dir
-    trial = make_trial('cls', tiny_rule(tmp_path), 0, epochs=1, train=64, val=32, batch=16)
+    deep = tmp_path / 'small_deep.py'
+    deep.write_text('scaling = dict(depth_mult=0.5, width_mult=0.5)\n')
+    trials = [make_trial('cls', rule, 0, epochs=1, train=64, val=32, batch=16)
+              for rule in (tiny_rule(tmp_path), str(deep))]
     data_root = osp.dirname(fmnist_root)
     said: List[str] = []
     out = str(tmp_path / 'slurm')
     opts = SlurmOptions(partition=on_cluster.partition, tasks_per_trial=2, poll_s=0.5,
                         keep_checkpoints=True)
-    [row] = run_trials_slurm([trial], ResultStore(osp.join(out, 'trials.jsonl')), out,
-                             data_root, say=said.append, options=opts)
-    assert 'submitted 1 trial(s) as job array' in said[1] and '2 rank(s) x 1 CPU(s)' in said[1]
-    assert row['dist']['world_size'] == 2 and row['dist']['launcher'] == 'slurm'
-    digest = ckpt_digest(osp.join(trial_dir(out, trial), 'epoch_1.pth'))
-    assert row['dist']['weights_sha'] == [digest, digest]  # both ranks end on the checkpoint
-    [log] = [osp.join(r, f) for r, _, fs in os.walk(osp.join(out, 'slurm')) for f in fs
-             if f.endswith('_0.log')]
-    with open(log) as f:
-        assert f'{trial}: {row["metric"]:.2f} top-1 % (world size 2, launcher slurm)' in f.read()
+    rows = run_trials_slurm(trials, ResultStore(osp.join(out, 'trials.jsonl')), out,
+                            data_root, say=said.append, options=opts)
+    assert 'submitted 2 trial(s) as job array' in said[1] and '2 rank(s) x 1 CPU(s)' in said[1]
+    logs = sorted(osp.join(r, f) for r, _, fs in os.walk(osp.join(out, 'slurm')) for f in fs
+                  if f.endswith('.log'))
+    assert len(logs) == 2
+    for trial, row, log in zip(trials, rows, logs):
+        assert row['dist']['world_size'] == 2 and row['dist']['launcher'] == 'slurm'
+        digest = ckpt_digest(osp.join(trial_dir(out, trial), 'epoch_1.pth'))
+        assert row['dist']['weights_sha'] == [digest, digest]  # both ranks end on it
+        with open(log) as f:
+            assert (f'{trial}: {row["metric"]:.2f} top-1 % (world size 2, launcher slurm)'
+                    in f.read())
 
     local = str(tmp_path / 'torchrun')
-    [same] = run_trials_torchrun([trial], ResultStore(osp.join(local, 'trials.jsonl')), local,
-                                 data_root, say=said.append, tasks=2, keep_checkpoints=True)
-    assert same['dist']['world_size'] == 2 and same['dist']['launcher'] == 'pytorch'
-    assert same['metrics'] == row['metrics'] and same['cost'] == row['cost']
-    assert same['dist']['weights_sha'] == row['dist']['weights_sha']
-    assert same['key'] == row['key']
+    same = run_trials_torchrun(trials[:1], ResultStore(osp.join(local, 'trials.jsonl')), local,
+                               data_root, say=said.append, tasks=2, keep_checkpoints=True)
+    for row, twin in zip(rows, same):  # one trial is enough to compare the launchers
+        assert twin['dist']['world_size'] == 2 and twin['dist']['launcher'] == 'pytorch'
+        assert twin['metrics'] == row['metrics'] and twin['cost'] == row['cost']
+        assert twin['dist']['weights_sha'] == row['dist']['weights_sha']
+        assert twin['key'] == row['key']
 
 
 STALL_PROBE = '''import os
