@@ -58,6 +58,16 @@ def flag_errors(parser: Any, *known: Type[BaseException],
         parser.error(str(err))
 
 
+def min_flag_error(flags: Any, names: Sequence[str], minimum: int = 1) -> Optional[str]:
+    """The first of ``names`` (attributes of parsed ``flags``) below ``minimum``, as
+    ``'--name must be >= minimum, got value'``; ``None`` when all are at least ``minimum``."""
+    for name in names:
+        value = getattr(flags, name)
+        if value < minimum:
+            return f'{flag_name(name)} must be >= {minimum}, got {value}'
+    return None
+
+
 MAX_SEED = 2 ** 32 - 1  # numpy's seed range (``np.random.seed``, mmengine's set_random_seed)
 
 

@@ -43,7 +43,7 @@ import os.path as osp
 from typing import Any, Dict, Optional, Sequence
 
 import mmvitscale  # noqa: F401  (stack shims + registries, before any host import)
-from mmvitscale.errors import folder_arg
+from mmvitscale.errors import flag_errors, folder_arg, min_flag_error
 from mmvitscale.experiments.castling import CONFIG, RUNS, run_study
 from mmvitscale.engine.config import load_config
 from mmvitscale.experiments.seeded import check_seeds
@@ -77,13 +77,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--workers', type=int, default=0, help='data loader workers')
     p.add_argument('--threads', type=int, default=1, help='torch CPU threads')
     args = p.parse_args(argv)
-    try:
+    with flag_errors(p):
         check_seeds(args.seeds)
-    except ValueError as err:
-        p.error(str(err))
-    for flag in ('epochs', 'train', 'val', 'batch', 'threads'):
-        if getattr(args, flag) < 1:
-            p.error(f'--{flag} must be >= 1, got {getattr(args, flag)}')
+    problem = min_flag_error(args, ('epochs', 'train', 'val', 'batch', 'threads'))
+    if problem:
+        p.error(problem)
     if args.kernel_size < 1 or args.kernel_size % 2 == 0:
         p.error(f'--kernel-size must be an odd positive int, got {args.kernel_size}')
     if args.aux_weight < 0 or not args.aux_lr_mult > 0:

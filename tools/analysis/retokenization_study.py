@@ -24,7 +24,7 @@ import sys
 from typing import Any, Dict, List, Optional
 
 import mmvitscale  # noqa: F401  (stack shims + registries, before any host import)
-from mmvitscale.errors import folder_arg
+from mmvitscale.errors import flag_errors, folder_arg, min_flag_error
 from mmvitscale.engine.config import load_config
 from mmvitscale.experiments.seeded import check_seeds
 from mmvitscale.experiments.tasks import ROOT
@@ -54,13 +54,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--threads', type=int, default=1, help='torch intra-op threads')
     parser.add_argument('--out-dir', default='work_dirs/retokenization_study', type=folder_arg)
     args = parser.parse_args(argv)
-    try:
+    with flag_errors(parser):
         check_seeds(args.seeds)
-    except ValueError as err:
-        parser.error(str(err))
-    for flag in ('epochs', 'train_images', 'val_images', 'batch_size', 'threads'):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    problem = min_flag_error(args, ('epochs', 'train_images', 'val_images', 'batch_size',
+                                    'threads'))
+    if problem:
+        parser.error(problem)
     if args.switch_epoch is None:
         args.switch_epoch = args.epochs // 2
     if not 0 < args.switch_epoch < args.epochs:
