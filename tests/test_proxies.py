@@ -367,3 +367,25 @@ def test_ntk_hooks_fall_back_when_they_do_not_apply():
     assert P._hook_plan(pit, P._select_params(pit, 'weight')[0]) is None
     with pytest.raises(ValueError, match='method must be one of'):
         ntk_condition(MixNet, x, num_inits=1, method='fast')
+
+
+def test_ghost_gram_equals_the_materialised_per_sample_gram(monkeypatch):
+    gen = torch.Generator().manual_seed(1)
+    x, delta = torch.randn(4, 3, 7, generator=gen), torch.randn(4, 3, 5, generator=gen)
+    per_sample = torch.einsum('bto,bti->boi', delta.double(), x.double()).reshape(4, -1)
+    torch.testing.assert_close(P._ghost_gram(x, delta), per_sample @ per_sample.T)
+    assert P._ghost_pays(torch.zeros(16, 1, 256), torch.zeros(16, 1, 256))  # wide, 1 token
+    assert not P._ghost_pays(torch.zeros(16, 64, 32), torch.zeros(16, 64, 32))  # many tokens
+    # a whole network: the Gram from rows (not verified) equals the materialised one
+    model = P._model_for_init(tiny_asvit, 0)
+    x = torch.randn(6, 3, 32, 32, generator=gen)
+    chosen, _ = P._select_params(model, 'weight')
+    plan = P._hook_plan(model, chosen)
+    calls = []
+    real = P._ghost_gram
+    monkeypatch.setattr(P, '_ghost_gram', lambda a, b: calls.append(1) or real(a, b))
+    with torch.enable_grad():
+        ghost = P._ntk_gram_hooks(model, x, chosen, plan, verify=False)
+        full = P._ntk_gram_hooks(model, x, chosen, plan, verify=True)  # never from rows
+    assert len(calls) > 0
+    torch.testing.assert_close(ghost, full, rtol=1e-6, atol=1e-9 * full.abs().max().item())

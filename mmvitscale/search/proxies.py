@@ -309,23 +309,46 @@ def _hook_plan(model: nn.Module, chosen: Dict[str, Tensor]) -> Optional[Dict[str
     return plan
 
 
-def _per_sample(m: nn.Module, x: Tensor, delta: Tensor, batch: int) -> Dict[str, Tensor]:
-    """Per-sample ``{'weight': (B, ...), 'bias': (B, ...)}`` gradients of one call of ``m``
-    with input ``x`` and output gradient ``delta``, rows of a sample being contiguous (the
-    leading dim is ``batch`` or ``batch * k``, sample-major: windows, frames)."""
+def _rows(m: nn.Module, x: Tensor, delta: Tensor, batch: int) -> Tuple[Tensor, Tensor]:
+    """Inputs ``(B, T, I)`` and output gradients ``(B, T, O)`` of one call of a Linear or a
+    Conv2d (unfolded), rows of a sample contiguous (the leading dim is ``batch`` or
+    ``batch * k``, sample-major: windows, frames)."""
     if isinstance(m, nn.Conv2d):
         cols = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)
         x = cols.transpose(1, 2).reshape(batch, -1, cols.shape[1])
-        delta = delta.flatten(2).transpose(1, 2).reshape(batch, -1, delta.shape[1])
-        w = torch.einsum('bto,bti->boi', delta, x).reshape(batch, *m.weight.shape)
-    elif isinstance(m, nn.LayerNorm):
+        return x, delta.flatten(2).transpose(1, 2).reshape(batch, -1, delta.shape[1])
+    return x.reshape(batch, -1, x.shape[-1]), delta.reshape(batch, -1, delta.shape[-1])
+
+
+def _per_sample(m: nn.Module, x: Tensor, delta: Tensor, batch: int) -> Dict[str, Tensor]:
+    """Per-sample ``{'weight': (B, ...), 'bias': (B, ...)}`` gradients of one call of ``m``
+    with input ``x`` and output gradient ``delta`` (rows as in :func:`_rows`)."""
+    if isinstance(m, nn.LayerNorm):
         x = F.layer_norm(x, m.normalized_shape, eps=m.eps)  # x-hat: no affine
         x, delta = x.reshape(batch, -1, x.shape[-1]), delta.reshape(batch, -1, x.shape[-1])
-        w = (delta * x).sum(1)
-    else:
-        x, delta = x.reshape(batch, -1, x.shape[-1]), delta.reshape(batch, -1, delta.shape[-1])
-        w = torch.einsum('bto,bti->boi', delta, x)
+        return dict(weight=(delta * x).sum(1), bias=delta.sum(1))
+    x, delta = _rows(m, x, delta, batch)
+    w = torch.einsum('bto,bti->boi', delta, x).reshape(batch, *m.weight.shape)
     return dict(weight=w, bias=delta.sum(1))
+
+
+GHOST_MAX_ROWS = 2048  # batch x tokens of one call whose (rows x rows) Gram may be formed
+
+
+def _ghost_pays(x: Tensor, delta: Tensor) -> bool:
+    """Whether the weight-gradient Gram of one call is cheaper from its rows
+    (:func:`_ghost_gram`, ``(B T)^2 (I + O)``) than from per-sample gradients (``B T I O``)."""
+    b, t, i = x.shape
+    o = delta.shape[-1]
+    return b * t <= GHOST_MAX_ROWS and b * t * (i + o) < i * o
+
+
+def _ghost_gram(x: Tensor, delta: Tensor) -> Tensor:
+    """float64 Gram of the per-sample weight gradients ``G_b = sum_t delta_bt x_bt^T`` without
+    forming them: ``<G_a, G_b> = sum_{t, s} (delta_at . delta_bs) (x_at . x_bs)``."""
+    b, t = x.shape[:2]
+    xr, dr = x.reshape(b * t, -1).double(), delta.reshape(b * t, -1).double()
+    return (dr @ dr.T).mul_(xr @ xr.T).reshape(b, t, b, t).sum(dim=(1, 3))
 
 
 def _ntk_gram_hooks(model: nn.Module, inputs: Tensor, chosen: Dict[str, Tensor],
@@ -334,7 +357,9 @@ def _ntk_gram_hooks(model: nn.Module, inputs: Tensor, chosen: Dict[str, Tensor],
     Linear / Conv2d / LayerNorm tensors from their inputs and output gradients (as Opacus /
     BackPACK do). ``None`` when the model is not sample-separable this way (a module's leading
     dim not a multiple of the batch, a tensor never used, or, with ``verify``, samples mixed:
-    checked against the exact gradient of sample 0's features, one extra backward)."""
+    checked against the exact gradient of sample 0's features, one extra backward) Without
+    ``verify``, the Gram of a Linear / Conv2d weight called once comes from its rows where that
+    is cheaper (:func:`_ghost_gram`: few tokens, wide layers)."""
     batch = inputs.shape[0]
     calls: List[Tuple[str, Tensor, Tensor]] = []
     handles = [m.register_forward_hook(
@@ -352,14 +377,27 @@ def _ntk_gram_hooks(model: nn.Module, inputs: Tensor, chosen: Dict[str, Tensor],
     deltas = torch.autograd.grad(pooled.sum(), [out for _, _, out in calls],
                                  retain_graph=verify, allow_unused=True)
     grads: Dict[str, Tensor] = {}
+    ghost = inputs.new_zeros((batch, batch), dtype=torch.float64)
+    ghosted = set()  # weights whose Gram came from their rows (one call each, not verified)
+    uses = {owner: sum(c[0] == owner for c in calls) for owner in plan}
     for (owner, x, out), delta in zip(calls, deltas):
         if delta is None:
             continue
-        for attr, g in _per_sample(plan[owner], x.detach(), delta, batch).items():
+        m, key = plan[owner], f'{owner}.weight'
+        if (not verify and uses[owner] == 1 and key in chosen
+                and isinstance(m, (nn.Linear, nn.Conv2d))):
+            rows, drows = _rows(m, x.detach(), delta, batch)
+            if _ghost_pays(rows, drows):
+                ghost += _ghost_gram(rows, drows)
+                ghosted.add(key)
+                if f'{owner}.bias' in chosen:
+                    grads[f'{owner}.bias'] = drows.sum(1)
+                continue
+        for attr, g in _per_sample(m, x.detach(), delta, batch).items():
             key = f'{owner}.{attr}'
             if key in chosen:
                 grads[key] = grads[key] + g if key in grads else g
-    if set(grads) != set(chosen):
+    if set(grads) | ghosted != set(chosen):
         return None
     names = list(chosen)
     tensors = dict(model.named_parameters())
@@ -374,10 +412,11 @@ def _ntk_gram_hooks(model: nn.Module, inputs: Tensor, chosen: Dict[str, Tensor],
             logger.debug('ntk_condition: per-sample gradients by hooks disagree on %s; '
                          'falling back to vmap', n)
             return None
-    gram = inputs.new_zeros((batch, batch), dtype=torch.float64)
+    gram = ghost
     for n in names:
-        g = grads.pop(n).reshape(batch, -1).double()
-        gram += g @ g.T
+        if n not in ghosted:
+            g = grads.pop(n).reshape(batch, -1).double()
+            gram += g @ g.T
     return gram
 
 
