@@ -11,7 +11,8 @@ video pipelines -- is derived from the one inherited ``scaling`` dict::
     train_pipeline = [..., dict(type='RandomResizedCrop', scale=scaled['input_size']), ...]
 
 Rules may hold image knobs and the video knobs ``frames`` / ``frames_mult``; image tasks ignore
-the video knobs, so one rule file serves classification, detection and video.
+the video knobs, so one rule file serves classification, detection and video. Loading a task
+config under another rule file is :func:`mmvitscale.engine.config.load_with_rule`.
 """
 from typing import Any, Dict, Mapping, Optional
 
@@ -130,16 +131,6 @@ def rescale_pipeline(pipeline, size: int, base_size: int = 224,
     return out
 
 
-SCALING_BASE = '_base_/scaling/'  # how a rule's entry in a config's _base_ list reads
-_PREDEFINED = ('fileDirname', 'fileBasename', 'fileBasenameNoExtension', 'fileExtname')
-
-
-def _is_scaling_entry(entry: Any) -> bool:
-    """Whether a ``_base_`` entry points into a ``_base_/scaling/`` folder."""
-    return (isinstance(entry, str) and '::' not in entry
-            and SCALING_BASE in entry.replace('\\', '/'))
-
-
 def check_rule_file(rule_path: str) -> None:
     """ValueError naming ``rule_path`` unless it exists and defines a ``scaling`` dict."""
     import os.path as osp
@@ -166,76 +157,3 @@ def check_rule_file(rule_path: str) -> None:
 # the old private name, until device_measure / study / benchmark_latency (issues 23, 27) import
 # check_rule_file
 _check_rule_file = check_rule_file
-
-
-def load_with_rule(config_path: str, rule_path: str):
-    """Load a task config with its scaling-rule base swapped for another rule file.
-
-    The config's ``_base_`` list must hold exactly one entry under ``_base_/scaling/``; it is
-    replaced by ``rule_path`` (other relative entries are made absolute, ``pkg::`` entries kept),
-    the rewritten text is loaded from a temporary folder and the folder removed, so every value
-    the config derives from ``_base_.scaling`` follows the new rule.
-
-    Returns:
-        the loaded :class:`mmengine.config.Config`.
-
-    Raises:
-        ValueError: naming the file, when the config is missing or has no (or several) scaling
-            bases, or the rule file is missing or defines no ``scaling`` dict.
-    """
-    import ast
-    import os.path as osp
-    import re
-    import shutil
-    import tempfile
-
-    from mmengine.config import Config
-    config_path, rule_path = osp.abspath(config_path), osp.abspath(rule_path)
-    if not osp.isfile(config_path):
-        raise ValueError(f'config file not found: {config_path}')
-    check_rule_file(rule_path)
-    with open(config_path, encoding='utf-8') as f:
-        text = f.read()
-    node = next((n for n in ast.parse(text, filename=config_path).body
-                 if isinstance(n, ast.Assign) and len(n.targets) == 1
-                 and isinstance(n.targets[0], ast.Name) and n.targets[0].id == '_base_'), None)
-    if node is None:
-        raise ValueError(f'{config_path} has no `_base_ = [...]` list, so no scaling rule base '
-                         'to replace')
-    try:
-        bases = ast.literal_eval(node.value)
-    except ValueError as err:
-        raise ValueError(f'{config_path}: `_base_` is not a literal list of paths') from err
-    bases = [bases] if isinstance(bases, str) else list(bases)
-    hits = [i for i, b in enumerate(bases) if _is_scaling_entry(b)]
-    if len(hits) != 1:
-        raise ValueError(f'{config_path} has {len(hits)} scaling rule bases (entries under '
-                         f'{SCALING_BASE}) in its _base_ {bases}; expected exactly one')
-    cfg_dir = osp.dirname(config_path)
-    new_bases = []
-    for i, base in enumerate(bases):
-        if i == hits[0]:
-            base = rule_path
-        elif isinstance(base, str) and '::' not in base:
-            base = osp.normpath(osp.join(cfg_dir, base))
-        new_bases.append(base)
-
-    lines = text.splitlines(keepends=True)
-    start = sum(len(line) for line in lines[:node.lineno - 1]) + node.col_offset
-    end = sum(len(line) for line in lines[:node.end_lineno - 1]) + node.end_col_offset
-    text = text[:start] + f'_base_ = {new_bases!r}' + text[end:]
-    name = osp.basename(config_path)
-    values = dict(fileDirname=cfg_dir, fileBasename=name,
-                  fileBasenameNoExtension=osp.splitext(name)[0],
-                  fileExtname=osp.splitext(name)[1])
-    for key in _PREDEFINED:  # keep {{ fileDirname }} etc. meaning the original file
-        text = re.sub(r'\{\{\s*' + key + r'\s*\}\}', values[key].replace('\\', '/'), text)
-
-    tmp_dir = tempfile.mkdtemp(prefix='mmvitscale_rule_')
-    try:
-        tmp_path = osp.join(tmp_dir, name)
-        with open(tmp_path, 'w', encoding='utf-8') as f:
-            f.write(text)
-        return Config.fromfile(tmp_path)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -19,7 +19,8 @@ import torch
 from mmvitscale.datasets import DatasetError
 from mmvitscale.models import ScaledPiT, ScaledViT
 from mmvitscale.models.video_vit import ScaledVideoViT
-from mmvitscale.rules import derive_image, load_with_rule
+from mmvitscale.engine.config import load_with_rule
+from mmvitscale.rules import derive_image
 from mmvitscale.scaling import make_vit_arch, scale_vit
 from mmvitscale.search.rule_search import BaseSpec, run_search, write_rule_file
 

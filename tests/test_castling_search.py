@@ -9,7 +9,8 @@ from mmengine.config import Config
 from mmvitscale.cost import get_complexity, vit_flops
 from mmvitscale.models import ScaledViT
 from mmvitscale.models.linear_attention import LinearAngularAttention
-from mmvitscale.rules import derive_image, load_with_rule
+from mmvitscale.engine.config import load_with_rule
+from mmvitscale.rules import derive_image
 from mmvitscale.search.rule_search import (BaseSpec, enumerate_candidates, run_search,
                                            write_rule_file)
 

@@ -181,7 +181,8 @@ def test_flops_search_writes_loadable_rule(tmp_path):
     from mmengine.config import Config
 
     from mmvitscale.cost import vit_flops
-    from mmvitscale.rules import derive_image, load_with_rule
+    from mmvitscale.engine.config import load_with_rule
+    from mmvitscale.rules import derive_image
     base = BaseSpec('vit', FMNIST, 32, 4, 1)
     grids = dict(depth_mult=(0.5, 1.0, 1.5), width_mult=(0.5, 1.0, 1.5))
     budget = 0.03e9
@@ -266,7 +267,7 @@ def test_tool_cli(tmp_path, capsys):
 def test_tool_default_base_is_the_family_fmnist_config_backbone(family, tmp_path):
     """With no --arch the search's base is the backbone of configs/cls/scaled_<family>_fmnist.py
     (so the written rule drops into that config)."""
-    from mmvitscale.rules import load_with_rule
+    from mmvitscale.engine.config import load_with_rule
     mod = runpy.run_path(osp.join(ROOT, 'tools', 'scale_search.py'))
     args = mod['parse_args'](['--family', family, '--budget', '1',
                               '--out-rule', str(tmp_path / 'r.py')])
@@ -277,7 +278,7 @@ def test_tool_default_base_is_the_family_fmnist_config_backbone(family, tmp_path
 
 def test_pit_flops_search(tmp_path):
     from mmvitscale.cost import get_complexity
-    from mmvitscale.rules import load_with_rule
+    from mmvitscale.engine.config import load_with_rule
     arch = dict(base_dims=(16, 16, 16), depths=(1, 3, 2), heads=(2, 4, 8), patch_size=4,
                 patch_stride=2)
     base = BaseSpec('pit', arch, 32, 4, 1)
@@ -300,7 +301,7 @@ def test_backbone_kwargs_cost_candidates_as_the_task_builds_them():
     from mmvitscale.cost import get_complexity
     from mmvitscale.experiments.tasks import get_task, input_shape
     from mmvitscale.registry import MODELS
-    from mmvitscale.rules import load_with_rule
+    from mmvitscale.engine.config import load_with_rule
     from mmvitscale.search.rule_search import attach_costs
     arch = dict(embed_dims=64, num_layers=4, num_heads=2, mlp_ratio=2.0)
     kwargs = dict(with_cls_token=False, out_type='avg_featmap')

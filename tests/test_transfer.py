@@ -5,7 +5,7 @@ import os.path as osp
 
 import pytest
 
-from mmvitscale.rules import load_with_rule
+from mmvitscale.engine.config import load_with_rule
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CFG = osp.join(ROOT, 'configs')

@@ -17,7 +17,7 @@ from mmvitscale.experiments.runner import (Preempted, _weights_sha, prepare_resu
 from mmvitscale.experiments.store import (ResultStore, StoreError, TrialClaim, hold_study,
                                           release)
 from mmvitscale.experiments.tasks import configure, ensure_data, get_task
-from mmvitscale.rules import load_with_rule
+from mmvitscale.engine.config import load_with_rule
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SIZE = dict(epochs=2, train=96, val=32, batch=32)  # 3 iterations per epoch

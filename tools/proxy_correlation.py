@@ -7,7 +7,7 @@ Samples ``--num-archs`` distinct architectures of the scaling space around the F
 ViT base of ``configs/cls/scaled_vit_fmnist.py`` (embed 64, 6 layers, 2 heads, patch 4, 32 px;
 resolution kept at 32), trains each briefly with mmengine's stock Runner once per training seed
 (the config loaded under a per-architecture rule file with
-:func:`mmvitscale.rules.load_with_rule`, on a subset, 1 thread), scores it with the As-ViT
+:func:`mmvitscale.engine.config.load_with_rule`, on a subset, 1 thread), scores it with the As-ViT
 proxies (NTK condition number, lower is better; length distortion, higher is better; on a
 backbone without the final LayerNorm) and reports Kendall's tau of each proxy and of their
 combined rank (As-ViT style rank sum) against the seed-mean top-1 accuracy, with a 95%

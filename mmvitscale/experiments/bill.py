@@ -23,7 +23,7 @@ DEFAULT_GPU_TFLOPS = 100.0  # sustained per GPU (e.g. an A100: 312 peak bf16 at 
 def trial_bill(trial: Any, gpu_tflops: float = DEFAULT_GPU_TFLOPS) -> Dict[str, Any]:
     """GFLOPs (MACs) per sample, samples, epochs, training FLOPs and GPU-hours of a trial."""
     from ..cost import get_complexity
-    from ..rules import load_with_rule
+    from ..engine.config import load_with_rule
     from .tasks import configure, get_task, input_shape
     spec = get_task(trial.task)
     opts = trial.opts

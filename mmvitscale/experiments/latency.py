@@ -54,7 +54,7 @@ def measure_arms(tasks: Sequence[str], rules: Sequence[str], store: ResultStore,
     import torch
 
     from ..cost.backends import build_model, measure
-    from ..rules import load_with_rule
+    from ..engine.config import load_with_rule
     if rounds < 1 or repeats < 1:
         raise ValueError(f'latency rounds and repeats must be >= 1, got {rounds}, {repeats}')
     say = say or _default_say

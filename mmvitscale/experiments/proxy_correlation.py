@@ -276,7 +276,7 @@ def train_arch(rule: Rule, spec: CorrelationSpec, work_dir: str, seed: int) -> D
     ``params_m`` and ``train_s`` / ``eval_s``; checkpoints are deleted once it is tested.
     """
     from ..cost import count_params
-    from ..rules import load_with_rule
+    from ..engine.config import load_with_rule
     from .runner import remove_checkpoints, train_and_test
     os.makedirs(work_dir, exist_ok=True)
     rule_path = write_rule_file(osp.join(work_dir, 'rule.py'), rule,

@@ -62,7 +62,8 @@ def applicability(tasks: Sequence[str], rules: Sequence[str]) -> Dict[str, Dict[
 
     A rule file that is no rule at all (missing, no ``scaling`` dict) raises ``ValueError``.
     """
-    from ..rules import _check_rule_file, load_with_rule
+    from ..engine.config import load_with_rule
+    from ..rules import _check_rule_file
     for rule in rules:
         _check_rule_file(rule)
     out: Dict[str, Dict[str, str]] = {}
@@ -87,7 +88,7 @@ def _arm_cost(task: str, rule: str, match: str, threads: int = 1
 
     from ..cost.matching import backbone_flops
     from ..fileio import json_ready
-    from ..rules import load_with_rule
+    from ..engine.config import load_with_rule
     from .tasks import input_shape
     spec = get_task(task)
     cfg = load_with_rule(spec.config_path, rule)

@@ -1,6 +1,6 @@
 """Registry of study tasks: which config, which data, which metric, how to size a trial.
 
-A task config is loaded under a scaling rule (:func:`mmvitscale.rules.load_with_rule`), then
+A task config is loaded under a scaling rule (:func:`mmvitscale.engine.config.load_with_rule`), then
 :func:`configure` points it at a data subset, a schedule, a seed and a quiet work folder.
 Offline tasks (Fashion-MNIST and its generated detection / video sets) prepare their own data;
 the real-data configs are registered by path and train on the data their config names.

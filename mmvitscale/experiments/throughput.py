@@ -31,7 +31,7 @@ DATA_CHOICES = ('config', 'mmpretrain')
 
 def _build_cfg(task: str, rule: str, batch: int, n_iters: int, work_dir: str,
                data_root: str, seed: int, data: str = 'config'):
-    from ..rules import load_with_rule
+    from ..engine.config import load_with_rule
     spec = get_task(task)
     size = trial_size(spec, epochs=1, train=batch * n_iters, batch=batch)
     ensure_data(spec, data_root, size)

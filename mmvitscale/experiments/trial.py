@@ -40,7 +40,7 @@ def config_digest(config_path: str, rule: str) -> str:
     Cached per (config file and its modification time, rule content) within a process:
     loading takes a third of a second.
     """
-    from ..rules import load_with_rule
+    from ..engine.config import load_with_rule
     cache_key = (osp.abspath(config_path), os.stat(config_path).st_mtime_ns, rule_digest(rule))
     if cache_key not in _CONFIG_DIGESTS:
         cfg = load_with_rule(config_path, rule)
@@ -154,7 +154,7 @@ def run_trial(trial: Trial, out_dir: str, data_root: str, threads: Optional[int]
     """
     import torch
 
-    from ..rules import load_with_rule
+    from ..engine.config import load_with_rule
     from .runner import remove_checkpoints, train_and_test
     from .store import machine_fingerprint
     if threads:
