@@ -152,8 +152,3 @@ def check_rule_file(rule_path: str) -> None:
                 or not 0 < value < float('inf')):
             raise ValueError(f'rule file {rule_path}: scaling.{key} must be a positive number, '
                              f'got {value!r}')
-
-
-# the old private name, until device_measure / study / benchmark_latency (issues 23, 27) import
-# check_rule_file
-_check_rule_file = check_rule_file

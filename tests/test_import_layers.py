@@ -39,15 +39,7 @@ FLOOR_NAMES = {1: 'floor 1: pure data', 2: 'floor 2: models, checkpoints, data',
 KNOWN_CIRCLES: Set[Tuple[str, ...]] = set()
 KNOWN_UPWARD: Set[Tuple[str, str]] = set()
 KNOWN_LONG: Set[str] = set()
-KNOWN_PRIVATE: Set[Tuple[str, str]] = {
-    # issue 23: study.py
-    ('mmvitscale.experiments.study', 'mmvitscale.rules._check_rule_file'),
-    ('mmvitscale.experiments.study', 'mmvitscale.experiments.pool._default_say'),
-    # issue 24: the trial runner's pool
-    ('mmvitscale.experiments.latency', 'mmvitscale.experiments.pool._default_say'),
-    ('mmvitscale.experiments.slurm', 'mmvitscale.experiments.pool._default_say'),
-    ('mmvitscale.experiments.slurm', 'mmvitscale.experiments.pool._init_worker'),
-}
+KNOWN_PRIVATE: Set[Tuple[str, str]] = set()
 
 
 def module_name(path: Path) -> str:

@@ -12,7 +12,7 @@ import json
 import statistics
 from typing import Any, Dict, List, Optional, Sequence
 
-from .pool import Say, _default_say
+from .pool import Say, default_say
 from .store import ResultStore, machine_fingerprint
 from .tasks import get_task, input_shape
 from .trial import config_digest, rule_digest, rule_label
@@ -57,7 +57,7 @@ def measure_arms(tasks: Sequence[str], rules: Sequence[str], store: ResultStore,
     from ..engine.config import load_with_rule
     if rounds < 1 or repeats < 1:
         raise ValueError(f'latency rounds and repeats must be >= 1, got {rounds}, {repeats}')
-    say = say or _default_say
+    say = say or default_say
     torch.set_num_threads(threads)
     out = []
     for task in tasks:

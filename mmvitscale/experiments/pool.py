@@ -22,7 +22,7 @@ from .trial import Trial, run_trial
 Say = Callable[[str], None]
 
 
-def _default_say(msg: str) -> None:
+def default_say(msg: str) -> None:
     # the real stdout: a running trial redirects sys.stdout to its log file
     print(msg, file=sys.__stdout__, flush=True)
 
@@ -43,7 +43,7 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _init_worker(threads: int, worker: bool = False) -> None:
+def init_worker(threads: int, worker: bool = False) -> None:
     if worker:
         _die_with_parent()
     import torch
@@ -94,7 +94,7 @@ def run_trials(trials: Sequence[Trial], store: ResultStore, out_dir: str, data_r
         raise ValueError(f'workers must be >= 1, got {workers}')
     if threads < 1:
         raise ValueError(f'threads must be >= 1, got {threads}')
-    say = say or _default_say
+    say = say or default_say
     with owning_study(osp.dirname(store.path), say=say):  # a second study waits for us
         store.reload()  # rows a study that held the out dir before us appended
         return _run_pending(trials, store, out_dir, data_root, workers, threads, fn, say)
@@ -110,7 +110,7 @@ def _run_pending(trials: Sequence[Trial], store: ResultStore, out_dir: str, data
         f'{threads} thread(s)')
     progress = Progress(pending, say, workers)
     if workers == 1 or len(pending) <= 1:
-        _init_worker(threads)
+        init_worker(threads)
         for trial in pending:
             try:
                 row = fn(trial, out_dir, data_root, threads)
@@ -122,7 +122,7 @@ def _run_pending(trials: Sequence[Trial], store: ResultStore, out_dir: str, data
     else:
         ctx = multiprocessing.get_context('spawn')  # no torch / mmengine state forked
         with ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
-                                 initializer=_init_worker, initargs=(threads, True)) as pool:
+                                 initializer=init_worker, initargs=(threads, True)) as pool:
             running = {pool.submit(fn, t, out_dir, data_root, threads): t for t in pending}
             try:
                 while running:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from .bill import DEFAULT_GPU_TFLOPS, bill_lines
-from .pool import Progress, Say, _default_say, _init_worker
+from .pool import Progress, Say, default_say, init_worker
 from .runner import Preempted, resumed_text, write_row
 from .store import ResultStore, TrialClaim, owning_study
 from .tasks import TASKS, TaskSpec, get_task, register_task
@@ -183,7 +183,7 @@ def run_rank(manifest: str, index: int) -> Optional[str]:
     launcher = 'none' if tasks == 1 else man.get('launcher', 'none')
     if launcher == 'local':
         launcher = 'none'
-    _init_worker(man['threads'])
+    init_worker(man['threads'])
     try:
         row = run_trial(trial, man['out_dir'], man['data_root'], man['threads'],
                         launcher=launcher, requeue=man.get('requeue', False),
@@ -339,7 +339,7 @@ def run_trials_slurm(trials: Sequence[Trial], store: ResultStore, out_dir: str,
     """
     opts = options or SlurmOptions()
     opts.check()
-    say = say or _default_say
+    say = say or default_say
     if opts.dry_run:
         return _run_slurm(trials, store, out_dir, data_root, threads, say, opts)
     with owning_study(osp.dirname(store.path), say=say):  # a second study waits for us
@@ -419,7 +419,7 @@ def run_trials_torchrun(trials: Sequence[Trial], store: ResultStore, out_dir: st
     """``--launcher pytorch``: every trial not yet in ``store`` runs as ``tasks`` torchrun
     ranks on this machine (gloo on CPU), one trial after another (``workers`` at once);
     rank 0 writes the row, which is appended here. Returns the rows of ``trials``."""
-    say = say or _default_say
+    say = say or default_say
     with owning_study(osp.dirname(store.path), say=say):  # a second study waits for us
         store.reload()
         return _run_torchrun(trials, store, out_dir, data_root, workers, threads, say, tasks,

@@ -11,7 +11,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from ..errors import InputError, check_folder, seed_list_error
 from . import stats
 from .latency import available_backends, measure_arms
-from .pool import Say, _default_say, run_trials
+from .pool import Say, default_say, run_trials
 from .report import summarize, write_report
 from .store import ResultStore
 from .tasks import TaskError, ensure_data, get_task
@@ -63,9 +63,9 @@ def applicability(tasks: Sequence[str], rules: Sequence[str]) -> Dict[str, Dict[
     A rule file that is no rule at all (missing, no ``scaling`` dict) raises ``ValueError``.
     """
     from ..engine.config import load_with_rule
-    from ..rules import _check_rule_file
+    from ..rules import check_rule_file
     for rule in rules:
-        _check_rule_file(rule)
+        check_rule_file(rule)
     out: Dict[str, Dict[str, str]] = {}
     for task in tasks:
         for rule in rules:
@@ -139,7 +139,7 @@ def match_rules(tasks: Sequence[str], rules: Sequence[str], baseline: str, out_d
     records: Dict[str, Dict[str, Dict[str, Any]]] = {}
     if match == 'none':
         return files, records
-    say = say or _default_say
+    say = say or default_say
     for task in tasks:
         todo = [r for r in rules if osp.abspath(r) != osp.abspath(baseline)
                 and rule_label(r) not in (not_applicable or {}).get(task, {})]
@@ -279,7 +279,7 @@ def run_grid_study(tasks: Sequence[str], rules: Sequence[str], baseline: str,
         raise TaskError(f'baseline {baseline} does not apply to task {task}: {why}')
     for task, why in skip.items():
         for rule, reason in why.items():
-            (say or _default_say)(f'{task}: {rule} not run: {reason}')
+            (say or default_say)(f'{task}: {rule} not run: {reason}')
     if match not in MATCH_MODES:
         raise TaskError(f'match must be one of {MATCH_MODES}, got {match!r}')
     out_dir, data_root = osp.abspath(out_dir), osp.abspath(data_root)
@@ -295,8 +295,8 @@ def run_grid_study(tasks: Sequence[str], rules: Sequence[str], baseline: str,
     backends = available_backends(latency_backends) if latency_rounds > 0 else []
     for backend in latency_backends if latency_rounds > 0 else ():
         if backend not in backends:
-            (say or _default_say)(f'latency: backend {backend} not timed: it cannot run on '
-                                  "this machine's CPU")
+            (say or default_say)(f'latency: backend {backend} not timed: it cannot run on '
+                                 "this machine's CPU")
     if latency_rounds > 0:
         for task in tasks:
             latency += measure_arms(
