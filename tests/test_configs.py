@@ -71,7 +71,8 @@ def _summary(cfg, task):
 def test_changing_the_rule_file_changes_all_three_tasks(tmp_path):
     base = {t: _summary(load(rel), t) for t, rel in OFFLINE.items()}
     assert base['cls'] == dict(depth=6, width=64, input=(32, 32), pipe=(32, 32))
-    assert base['det']['strides'] == (8, 16, 32, 64, 128) and base['det']['pipe'] == (128, 128)
+    # three pyramid levels (p/2, p, 2p) since the lighter study detector
+    assert base['det']['strides'] == (8, 16, 32) and base['det']['pipe'] == (128, 128)
     assert base['video']['frames'] == 8
 
     deeper = _with_rule(tmp_path / 'a', 'deeper_narrower')
@@ -83,13 +84,14 @@ def test_changing_the_rule_file_changes_all_three_tasks(tmp_path):
     hires = _with_rule(tmp_path / 'b', 'hires_bigpatch')
     cls, det, video = (_summary(load(rel, hires), t) for t, rel in OFFLINE.items())
     assert cls['pipe'] == (40, 40) and cls['depth'] == 6
-    assert det['pipe'] == (160, 160) and det['strides'] == (10, 20, 40, 80, 160)
+    assert det['pipe'] == (160, 160) and det['strides'] == (10, 20, 40)
     assert video['pipe'] == (40, 40) and video['frames'] == 8
 
     frames = _with_rule(tmp_path / 'c', 'more_frames_shallower')
     cls, det, video = (_summary(load(rel, frames), t) for t, rel in OFFLINE.items())
     assert video['frames'] == 16 and video['depth'] == 2
-    assert cls['depth'] == 3 and det['depth'] == 3  # image tasks ignore the frame knob
+    # image tasks ignore the frame knob: half their own depth
+    assert (cls['depth'], det['depth']) == (base['cls']['depth'] // 2, base['det']['depth'] // 2)
 
 
 @pytest.mark.parametrize('rule', ['deeper_narrower', 'wider_shallower', 'hires_bigpatch'])
@@ -186,7 +188,7 @@ def test_rule_overrides_rederive_the_whole_config():
     assert wide.model.head.in_channels == 2 * base.model.head.in_channels
     det = load_config(osp.join(CFG, 'det', 'scaled_vit_retina_fmnist.py'),
                       cfg_options={'scaling.patch_size': 8})
-    assert det.model.bbox_head.anchor_generator.strides == [4, 8, 16, 32, 64]
+    assert det.model.bbox_head.anchor_generator.strides == [4, 8, 16]
     assert det.model.data_preprocessor.pad_size_divisor == 16
     with pytest.raises(ValueError, match=r'--cfg-options scaling.bogus=3: .*bogus'):
         load_config(cls_cfg, cfg_options={'scaling.bogus': 3})

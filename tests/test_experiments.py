@@ -548,10 +548,14 @@ def test_killed_study_resumes_and_parallel_matches_sequential(tiny, tmp_path):
         assert par_rows[r['key']]['metrics'] == r['metrics']
         assert par_rows[r['key']]['cost'] == r['cost']
     par_report = json.loads((par / 'transfer.json').read_text())
-    timed = {'train_s_mean', 'latency', 'latency_ratio', 'within_latency_budget'}
+    # timings and latency are measurements of the machine, not the seed; rule_file is the
+    # cost-matched rule written under each study's own out dir (compared by name below)
+    timed = {'train_s_mean', 'latency', 'latency_ratio', 'within_latency_budget', 'rule_file'}
 
-    def untimed(items):  # timings and latency are measurements of the machine, not the seed
+    def untimed(items):
         return [{k: v for k, v in d.items() if k not in timed} for d in items]
+    assert [osp.relpath(a['rule_file'], par) for a in par_report['arms']] == \
+        [osp.relpath(a['rule_file'], out) for a in report['arms']]
     assert untimed(par_report['arms']) == untimed(report['arms'])
     assert untimed(par_report['comparisons']) == untimed(report['comparisons'])
     assert par_report['headline'][0] == report['headline'][0]
