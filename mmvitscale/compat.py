@@ -65,6 +65,8 @@ import torch
 
 import mmvitscale_mmengine_hook as _hook  # noqa: E402  (the import-time shims live there)
 
+from .fileio import sha256_file
+
 APPLIED: List[str] = _hook.APPLIED  # one list: shims applied here or by the start-up hook
 _RESUMING = threading.local()  # inside Runner.resume (its meta is checked)
 
@@ -110,15 +112,6 @@ def cache_name(url: str, sha256: str) -> str:
     return f'{url_hash}-{sha256[:16]}-{base}'
 
 
-def _file_sha256(path: str) -> str:
-    import hashlib
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cached_download(url: str, model_dir=None, progress: bool = True,
                     check_hash: bool = False) -> str:
     """Download ``url`` into a content-addressed cache (``model_dir``, default torch's hub
@@ -141,14 +134,14 @@ def cached_download(url: str, model_dir=None, progress: bool = True,
     match = HASH_REGEX.search(osp.basename(urlparse(url).path)) if check_hash else None
     for path in sorted(glob.glob(osp.join(glob.escape(model_dir), f'{url_hash}-*'))):
         content_hash = osp.basename(path).split('-')[1]
-        if osp.isfile(path) and _file_sha256(path).startswith(content_hash) \
+        if osp.isfile(path) and sha256_file(path).startswith(content_hash) \
                 and (match is None or content_hash.startswith(match.group(1)[:16])):
             return path
     fd, tmp = tempfile.mkstemp(dir=model_dir, prefix='.download-', suffix='.tmp')
     os.close(fd)
     try:
         download_url_to_file(url, tmp, match.group(1) if match else None, progress=progress)
-        final = osp.join(model_dir, cache_name(url, _file_sha256(tmp)))
+        final = osp.join(model_dir, cache_name(url, sha256_file(tmp)))
         os.replace(tmp, final)
     finally:
         if osp.exists(tmp):

@@ -5,6 +5,7 @@ Every report, table and plot the tools write goes through here. So do the JSON-l
 :func:`repair_jsonl`, :func:`read_jsonl`.
 """
 import contextlib
+import hashlib
 import json
 import os
 import os.path as osp
@@ -42,6 +43,15 @@ def atomic_write(path: str, data: Union[str, bytes], mode: int = 0o644) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+
+
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file's content (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def pyplot() -> Any:

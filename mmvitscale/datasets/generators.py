@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 from ..errors import flag_errors
+from ..fileio import sha256_file
 from . import fashion_mnist as fm
 
 MANIFEST = 'manifest.json'
@@ -35,15 +36,6 @@ CLS_KIND = 'fashion-mnist-cls'
 
 class DatasetError(RuntimeError):
     """An existing or freshly written dataset is invalid."""
-
-
-def sha256_file(path: str) -> str:
-    """Hex sha256 of a file's content."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_bytes(path: str, data: bytes) -> None:
