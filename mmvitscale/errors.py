@@ -159,11 +159,18 @@ def creatable_error(path: str) -> Optional[str]:
         existing = osp.dirname(existing)
     if not osp.isdir(existing):
         return f'{path} is under {existing}, which is {_what(existing)}'
-    point, kind = _filesystem(existing)
+    return _unusable_folder(path, existing,
+                            f'{existing} is not writable, so {path} cannot be written')
+
+
+def _unusable_folder(path: object, folder: str, not_writable: str) -> Optional[str]:
+    """What stops the existing ``folder`` (``path`` or its nearest existing ancestor) from
+    holding ``path``: a pseudo file system, or ``not_writable`` when it is not writable."""
+    point, kind = _filesystem(folder)
     if kind in PSEUDO_FILESYSTEMS:
         return f'{path} is on {point} (a {kind} file system), which holds no user files'
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f'{existing} is not writable, so {path} cannot be written'
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return not_writable
     return None
 
 
@@ -181,12 +188,7 @@ def folder_error(path: object) -> Optional[str]:
         return creatable_error(path)
     if not osp.isdir(full):
         return f'{path} is {_what(full)}, not a folder'
-    point, kind = _filesystem(full)
-    if kind in PSEUDO_FILESYSTEMS:
-        return f'{path} is on {point} (a {kind} file system), which holds no user files'
-    if not os.access(full, os.W_OK | os.X_OK):
-        return f'{path} is a folder that is not writable'
-    return None
+    return _unusable_folder(path, full, f'{path} is a folder that is not writable')
 
 
 def folder_arg(path: str) -> str:
