@@ -130,6 +130,7 @@ def test_rescale_pipeline_and_detection_rules():
 
 @pytest.mark.parametrize('rel, host', [
     ('cls/scaled-vit-tiny_4xb256_in1k.py', 'data/imagenet'),
+    ('cls/scaled-pit-ti_4xb256_in1k.py', 'data/imagenet'),
     ('det/scaled_vit_retina.py', 'data/coco'),
     ('video/scaled_vit_timesformer_k400.py', 'data/kinetics400'),
 ])
@@ -202,6 +203,26 @@ def _build(cfg):
     model = MODELS.build(cfg.model)
     model.init_weights()
     return model
+
+
+def test_pit_in1k_config_is_pit_ti_with_the_vit_recipe():
+    """The in1k_pit arm: PiT-Ti (4.85M params with its 1000-way head, as published) trained
+    with exactly the ViT in1k config's data pipeline, schedule and optimiser."""
+    from mmvitscale.models import ScaledPiT
+    pit, vit = load('cls/scaled-pit-ti_4xb256_in1k.py'), load('cls/scaled-vit-tiny_4xb256_in1k.py')
+    model = _build(pit)
+    assert type(model.backbone) is ScaledPiT and pit.model.backbone.arch == 'pit-ti'
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(4.85, rel=1e-2)
+    assert pit.model.head.in_channels == 256 and pit.scaled['input_size'] == (224, 224)
+    for key in ('train_dataloader', 'val_dataloader', 'optim_wrapper', 'param_scheduler',
+                'train_cfg', 'runner_type'):
+        assert pit[key] == vit[key], key
+    assert pit.model.train_cfg == vit.model.train_cfg  # Mixup / CutMix
+    from mmvitscale.engine.config import load_with_rule
+    ruled = load_with_rule(osp.join(CFG, 'cls', 'scaled-pit-ti_4xb256_in1k.py'),
+                           osp.join(CFG, '_base_', 'scaling', 'wider_shallower.py'))
+    assert ruled.model.backbone.scaling == dict(depth_mult=0.5, width_mult=1.4)
+    assert ruled.model.head.in_channels == ruled.scaled['arch']['base_dims'][-1] * 8
 
 
 def test_real_detection_config_builds_and_runs():
@@ -297,6 +318,7 @@ def test_train_script_rule_flag_swaps_the_rule(monkeypatch):
 
 @pytest.mark.parametrize('rel, shape', [
     ('cls/scaled-vit-tiny_4xb256_in1k.py', (2, 3, 64, 64)),
+    ('cls/scaled-pit-ti_4xb256_in1k.py', (2, 3, 64, 64)),
     ('video/scaled_vit_timesformer_k400.py', (2, 1, 3, 2, 64, 64)),
 ])
 def test_real_cls_and_video_configs_build_and_run(rel, shape):

@@ -654,3 +654,21 @@ def test_dry_run_bill_of_a_real_data_trial(tmp_path):
                                '2 epochs')
     assert lines[1].endswith(f'-> {hours:.1f} GPU-hours, {hours / 4:.1f} h on 4 GPU(s)')
     assert lines[2] == f'  total: {hours:.1f} GPU-hours over 1 real-data trial(s)'  # not cls
+
+
+def test_dry_run_bill_has_the_pit_arm_on_imagenet():
+    """in1k_pit: PiT-Ti's 0.70 GMACs at 224 px (the PiT paper), ImageNet-1k x 300 epochs."""
+    from mmvitscale.experiments.bill import bill_lines, trial_bill
+    from mmvitscale.experiments.tasks import SCALING_DIR
+    from mmvitscale.experiments.trial import make_trial
+    base = osp.join(SCALING_DIR, 'deit_tiny_shape.py')
+    pit = trial_bill(make_trial('in1k_pit', base, 0), gpu_tflops=50)
+    assert pit['gflops'] == pytest.approx(0.70, rel=1e-2) and pit['input_shape'] == [3, 224, 224]
+    assert (pit['samples'], pit['epochs']) == (1_281_167, 300)
+    assert pit['gpu_hours'] == pytest.approx(
+        2 * pit['gflops'] * 1e9 * 1_281_167 * 300 * 3 / 50e12 / 3600)
+    lines = bill_lines([make_trial('in1k_pit', base, s, epochs=1, train=10) for s in (0, 1)],
+                       gpus_per_trial=8, gpu_tflops=50)
+    assert [ln.split(':')[0] for ln in lines[1:3]] == [
+        '  in1k_pit/deit_tiny_shape/seed0', '  in1k_pit/deit_tiny_shape/seed1']
+    assert lines[3].endswith('over 2 real-data trial(s)')

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Sequence
 # Full training splits of the real-data tasks (what their configs read).
 TRAIN_SAMPLES = {
     'in1k': (1_281_167, 'ImageNet-1k train images'),
+    'in1k_pit': (1_281_167, 'ImageNet-1k train images'),
     'coco': (117_266, 'COCO 2017 train images with annotations (mmdet filters empty ones)'),
     'k400': (240_436, 'Kinetics-400 train clips (the mmaction2 list; copies vary)'),
 }

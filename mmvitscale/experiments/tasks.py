@@ -97,6 +97,9 @@ for _spec in (
         # real data: trained on what the config names (DataCheckedRunner says what is missing)
         TaskSpec('in1k', 'configs/cls/scaled-vit-tiny_4xb256_in1k.py', 'cls', 'accuracy/top1',
                  1.0, 'top-1 %', 'images', 0.1),
+        # PiT-Ti on ImageNet-1k, the same recipe: the paper's PiT target at the DeiT-Ti budget
+        TaskSpec('in1k_pit', 'configs/cls/scaled-pit-ti_4xb256_in1k.py', 'cls', 'accuracy/top1',
+                 1.0, 'top-1 %', 'images', 0.1),
         TaskSpec('coco', 'configs/det/scaled_vit_retina.py', 'det', 'coco/bbox_mAP', 100.0,
                  'bbox mAP x100', 'images'),
         TaskSpec('k400', 'configs/video/scaled_vit_timesformer_k400.py', 'video', 'acc/top1',
