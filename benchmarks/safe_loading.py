@@ -8,14 +8,11 @@ Saves a ViT-shaped state dict (``--params`` float32 parameters in 12 blocks, an 
 increase of each reader, measured in a child process per reader (``/proc/self/clear_refs``).
 Writes the numbers as JSON (``--out``).
 """
-import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 
@@ -48,33 +45,18 @@ def state_dict(params: int) -> dict:
     return out
 
 
-def timed(load, path: str, repeats: int) -> float:
-    load(path)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        load(path)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--params', type=int, default=22_000_000)
-    parser.add_argument('--repeats', type=int, default=5)
-    parser.add_argument('--out', default=None)
-    args = parser.parse_args(argv)
-    if args.params < 1000 or args.repeats < 1:
-        parser.error('--params must be >= 1000 and --repeats >= 1')
+    from mmvitscale.cost.protocol import median_seconds, size_and_repeats
+    args = size_and_repeats(__doc__.splitlines()[0], '--params', 22_000_000, 1000, argv)
     from mmvitscale.checkpoint import safe_torch_load
     sd = state_dict(args.params)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, 'vit.pth')
         torch.save({'state_dict': sd, 'meta': {'epoch': 3, 'seed': 0}}, path)
         size = os.path.getsize(path)
-        safe = timed(lambda p: safe_torch_load(p, map_location='cpu'), path, args.repeats)
-        peer = timed(lambda p: torch.load(p, map_location='cpu', weights_only=True), path,
-                     args.repeats)
+        safe = median_seconds(lambda: safe_torch_load(path, map_location='cpu'), args.repeats)
+        peer = median_seconds(lambda: torch.load(path, map_location='cpu', weights_only=True),
+                              args.repeats)
         peaks = {}
         for reader in ('safe', 'torch'):
             out = subprocess.run([sys.executable, '-c', CHILD, path, reader], check=True,

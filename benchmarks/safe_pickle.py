@@ -11,14 +11,11 @@ worst memory amplification found for the safe reader: a file of one-byte empty s
 opcode builds a 216-byte object), its peak RSS over its size (and pickle.load's peak on it).
 Writes the numbers as JSON.
 """
-import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -54,16 +51,6 @@ def annotations(images: int) -> dict:
                           for i in range(images)]}
 
 
-def timed(load, repeats: int) -> float:
-    load()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        load()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def peak(path: str, reader: str, small: str) -> int:
     out = subprocess.run([sys.executable, '-c', CHILD, path, reader, small], check=True,
                          capture_output=True, text=True)
@@ -71,13 +58,8 @@ def peak(path: str, reader: str, small: str) -> int:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--images', type=int, default=20_000)
-    parser.add_argument('--repeats', type=int, default=5)
-    parser.add_argument('--out', default=None)
-    args = parser.parse_args(argv)
-    if args.images < 1 or args.repeats < 1:
-        parser.error('--images and --repeats must be >= 1')
+    from mmvitscale.cost.protocol import median_seconds, size_and_repeats
+    args = size_and_repeats(__doc__.splitlines()[0], '--images', 20_000, 1, argv)
     import pickle
 
     import mmengine
@@ -93,8 +75,8 @@ def main(argv=None) -> dict:
             with open(path, 'rb') as f:
                 return pickle.load(f)
 
-        safe = timed(lambda: mmengine.load(path), args.repeats)
-        peer = timed(unsafe, args.repeats)
+        safe = median_seconds(lambda: mmengine.load(path), args.repeats)
+        peer = median_seconds(unsafe, args.repeats)
         result = dict(images=args.images, file_bytes=os.path.getsize(path), safe_s=safe,
                       pickle_s=peer, ratio=safe / peer,
                       peak_safe_bytes=peak(path, 'safe', small),

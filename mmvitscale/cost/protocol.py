@@ -99,6 +99,32 @@ def loaded_items(results: Sequence[Mapping[str, Any]], threshold: float = QUIET_
     return bad
 
 
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` after one untimed warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def size_and_repeats(description: str, flag: str, default: int, minimum: int,
+                     argv: Optional[Sequence[str]] = None) -> Any:
+    """The arguments of a load benchmark: ``flag`` (its size, >= ``minimum``), ``--repeats``
+    (>= 1) and ``--out`` (a JSON file); argparse refuses a value out of range naming both."""
+    import argparse
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(flag, type=int, default=default)
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--out', default=None)
+    args = parser.parse_args(argv)
+    if getattr(args, flag.lstrip('-').replace('-', '_')) < minimum or args.repeats < 1:
+        parser.error(f'{flag} must be >= {minimum} and --repeats >= 1')
+    return args
+
+
 def gemm_runner(size: int = 512, seed: int = 0) -> Tuple[Callable[[], Any], Callable[[], None]]:
     """``(run, sync)`` of one fixed float32 ``size^3`` GEMM into a preallocated output: the
     host's own timing floor when timed beside the models."""
