@@ -3,15 +3,14 @@
     python tools/train.py configs/det/scaled_vit_retina.py [--work-dir DIR] [--resume [CKPT]]
 """
 import argparse
-import os
-import os.path as osp
 
 import mmvitscale  # noqa: F401  (stack shims + registries, before any host import)
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 from mmvitscale.engine.config import load_config
+from mmvitscale.engine.runner import apply_launch_args, parse_launch_args
 
 
 def parse_args(argv=None):
@@ -25,23 +24,11 @@ def parse_args(argv=None):
                         'one in work-dir (refused if last_checkpoint points outside it); read '
                         'without running code from the file')
     parser.add_argument('--amp', action='store_true', help='enable automatic mixed precision')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override settings in the config, key=value')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        default='none', help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    return parse_launch_args(parser, argv)
 
 
 def merge_args(cfg: Config, args) -> Config:
-    cfg.launcher = args.launcher
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = apply_launch_args(cfg, args)
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')

@@ -1,14 +1,42 @@
-"""A Runner that checks the configured dataset is there before building anything."""
+"""A Runner that checks the configured dataset is there before building anything; the
+launch arguments ``tools/train.py`` and ``tools/test.py`` share."""
+import argparse
 import os
 import os.path as osp
-from typing import Any, Iterator, List, Mapping
+from typing import Any, Iterator, List, Mapping, Optional, Sequence
 
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
 from ..registry import RUNNERS
 
 _SPLITS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
+
+def parse_launch_args(parser: argparse.ArgumentParser,
+                      argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Add ``--cfg-options``, ``--launcher`` and ``--local_rank`` to a tool's ``parser``, parse
+    ``argv`` and set ``LOCAL_RANK`` from ``--local_rank`` when the environment has none."""
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override settings in the config, key=value')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def apply_launch_args(cfg: Config, args: argparse.Namespace) -> Config:
+    """Set ``cfg.launcher`` and ``cfg.work_dir`` from the arguments: ``--work-dir`` if given,
+    else the config's own, else ``./work_dirs/<config name>``."""
+    cfg.launcher = args.launcher
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    return cfg
 
 
 def _datasets(loader: Any) -> Iterator[Mapping]:
