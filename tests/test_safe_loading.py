@@ -340,15 +340,17 @@ def _bombs(folder):
     return out
 
 
-_BATCH = r'''
-import json, os, sys
-from mmvitscale.checkpoint.safe_load import safe_torch_load
-
+_STATUS = r'''
 def status(key):
     for line in open('/proc/self/status'):
         if line.startswith(key):
             return int(line.split()[1]) * 1024
+'''  # a child's /proc/self/status field in bytes (VmRSS, VmHWM)
 
+_BATCH = r'''
+import json, os, sys
+from mmvitscale.checkpoint.safe_load import safe_torch_load
+''' + _STATUS + r'''
 for path in sys.argv[1:]:
     open('/proc/self/clear_refs', 'w').write('5')  # peak RSS := current RSS
     base = status('VmRSS')
@@ -1037,12 +1039,7 @@ from mmengine.fileio.handlers import PickleHandler
 assert 'mmvitscale' not in sys.modules  # the start-up hook alone routes the handler
 mmengine.load(sys.argv[1])  # a real annotation file first: imports the safe reader
 assert 'mmvitscale' in sys.modules
-
-def status(key):
-    for line in open('/proc/self/status'):
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
-
+''' + _STATUS + r'''
 for arg in sys.argv[2:]:
     open('/proc/self/clear_refs', 'w').write('5')  # peak RSS := current RSS
     base = status('VmRSS')
