@@ -19,17 +19,10 @@ import torch
 CHILD = r'''
 import sys, torch
 from mmvitscale.checkpoint import safe_torch_load
-def status(key):
-    for line in open('/proc/self/status'):
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
-open('/proc/self/clear_refs', 'w').write('5')
-base = status('VmRSS')
-if sys.argv[2] == 'safe':
-    safe_torch_load(sys.argv[1], map_location='cpu')
-else:
-    torch.load(sys.argv[1], map_location='cpu', weights_only=True)
-print(status('VmHWM') - base)
+from mmvitscale.cost.protocol import peak_rss_increase
+load = safe_torch_load if sys.argv[2] == 'safe' else torch.load
+kwargs = {} if sys.argv[2] == 'safe' else dict(weights_only=True)
+print(peak_rss_increase(lambda: load(sys.argv[1], map_location='cpu', **kwargs)))
 '''
 
 

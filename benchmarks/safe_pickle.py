@@ -24,18 +24,14 @@ import pickle, sys
 import mmengine
 from mmengine.fileio.handlers import PickleHandler
 mmengine.load(sys.argv[3])  # imports the safe reader
-def status(key):
-    for line in open('/proc/self/status'):
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
-open('/proc/self/clear_refs', 'w').write('5')
-base = status('VmRSS')
-if sys.argv[2] == 'safe':
-    obj = mmengine.load(sys.argv[1])
-else:
+from mmvitscale.cost.protocol import peak_rss_increase
+
+def unsafe():
     with open(sys.argv[1], 'rb') as f:
-        obj = pickle.load(f)
-print(status('VmHWM') - base)
+        return pickle.load(f)
+
+safe = lambda: mmengine.load(sys.argv[1])
+print(peak_rss_increase(safe if sys.argv[2] == 'safe' else unsafe))
 '''
 
 

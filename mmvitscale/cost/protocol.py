@@ -99,6 +99,24 @@ def loaded_items(results: Sequence[Mapping[str, Any]], threshold: float = QUIET_
     return bad
 
 
+def _proc_status(key: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise KeyError(f'/proc/self/status has no {key}')
+
+
+def peak_rss_increase(fn: Callable[[], Any]) -> int:
+    """Bytes by which one call of ``fn`` raises this process's peak RSS above its current RSS
+    (Linux: the peak is reset through ``/proc/self/clear_refs`` first)."""
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # peak RSS := current RSS
+    base = _proc_status('VmRSS')
+    fn()
+    return _proc_status('VmHWM') - base
+
+
 def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
     """Median wall time of ``repeats`` calls of ``fn`` after one untimed warm-up call."""
     fn()
