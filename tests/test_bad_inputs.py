@@ -118,6 +118,11 @@ def study_tool(relpath: str, *argv, **paths: Callable) -> Callable:
     return setup
 
 
+def _on_proc(start: str) -> str:
+    """The refusal of a path on /proc: ``start`` (a regex ending in the path), then the reason."""
+    return start + r' is on /proc \(a proc file system\), which holds no user files$'
+
+
 def _under_file(tmp):
     return _file_in_the_way(tmp)[:-len('/rule.py')] + '/out'
 
@@ -385,8 +390,7 @@ CASES = [
                  r'--budget: must be a finite positive number, got nan$',
                  id='scale_search-budget-nan'),
     pytest.param(scale_search(work_dir=lambda tmp: '/proc/mmvitscale_wd'), S,
-                 r'--work-dir: /proc/mmvitscale_wd is on /proc \(a proc file system\), which '
-                 r'holds no user files$', id='scale_search-work-dir-proc'),
+                 _on_proc('--work-dir: /proc/mmvitscale_wd'), id='scale_search-work-dir-proc'),
     pytest.param(call(run_search, BaseSpec('vit', VIT_ARCH, 32, 8), float('inf'),
                       scorer='flops'), V, r'^budget must be a finite positive number, got inf$',
                  id='run_search-budget-inf'),
@@ -398,8 +402,8 @@ CASES = [
                  r'a file$', id='castling-out-dir-under-file'),
     pytest.param(study_tool('tools/analysis/retokenization_study.py',
                             data_root=lambda tmp: '/proc/mmvitscale_data'), S,
-                 r'error: argument --data-root: /proc/mmvitscale_data is on /proc \(a proc file '
-                 r'system\), which holds no user files$', id='retokenization-data-root-proc'),
+                 _on_proc('error: argument --data-root: /proc/mmvitscale_data'),
+                 id='retokenization-data-root-proc'),
     pytest.param(study_tool('tools/proxy_correlation.py', data_root=_a_file), S,
                  r'error: argument --data-root: .*/plain_file is a file, not a folder$',
                  id='proxy_correlation-data-root-file'),
@@ -423,8 +427,8 @@ CASES = [
                  r'^transfer.py: error: --out-dir: .*/plain_file/out is under .*/plain_file, '
                  r'which is a file$', id='transfer-out-dir-under-file'),
     pytest.param(transfer(out_dir=lambda tmp: '/proc/mmvitscale_out'), S,
-                 r'^transfer.py: error: --out-dir: /proc/mmvitscale_out is on /proc \(a proc file '
-                 r'system\), which holds no user files$', id='transfer-out-dir-proc'),
+                 _on_proc('^transfer.py: error: --out-dir: /proc/mmvitscale_out'),
+                 id='transfer-out-dir-proc'),
     pytest.param(transfer(data_root=_a_file), S,
                  r'^transfer.py: error: --data-root: .*/plain_file is a file, not a folder$',
                  id='transfer-data-root-file'),
